@@ -1,0 +1,37 @@
+# Censored Planet pipeline. `make run` processes generated sample scans locally;
+# `make test` runs the test suite. Both create the environment with uv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV = $(shell PYTHON=$(PYTHON) scripts/ensure-uv.sh)
+VAR ?= var
+SAMPLE_SIZE ?= 200
+
+.PHONY: env run test lint typecheck docs bench clean
+
+env:
+	$(UV) sync --frozen --quiet
+
+run: env
+	$(UV) run python -m services.common.sample_scans --out $(VAR)/sample --size $(SAMPLE_SIZE)
+	$(UV) run python -m services.beam_launcher --input $(VAR)/sample/scans --warehouse $(VAR)/warehouse
+	$(UV) run python -m services.beam_launcher.report --warehouse $(VAR)/warehouse
+
+test: env
+	$(UV) run pytest -q
+
+lint: env
+	$(UV) run ruff check services tests bench
+	$(UV) run ruff format --check services tests bench
+
+typecheck: env
+	$(UV) run mypy services
+
+docs: env
+	$(UV) run python -m services.beam_launcher.schemas --docs docs/tables.md --bigquery-dir docs/bigquery
+
+bench: env
+	$(UV) run python bench/bench_parse.py
+	$(UV) run python bench/bench_pipeline.py
+
+clean:
+	rm -rf $(VAR)

@@ -1,0 +1,91 @@
+"""CLI: ``python -m services.beam_launcher --input DIR --warehouse DIR [...]``.
+
+Exit code 0 on success, 1 with a one-line reason on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import orjson
+
+from services.beam_launcher.run import RunConfig, RunFailed, run
+from services.common.config import env_or
+from services.common.logsetup import configure_logging
+from services.common.scans import HYPERQUACK_TYPES
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Namespace]:
+    p = argparse.ArgumentParser(
+        prog="python -m services.beam_launcher",
+        description="Process extracted Censored Planet scan files into the base tables.",
+    )
+    p.add_argument(
+        "--input", default=env_or("CP_INPUT"), help="folder or gs:// prefix of scans ($CP_INPUT)"
+    )
+    p.add_argument(
+        "--warehouse", default=env_or("CP_WAREHOUSE"), help="local warehouse folder ($CP_WAREHOUSE)"
+    )
+    p.add_argument(
+        "--scan-type",
+        default=env_or("CP_SCAN_TYPE", "all"),
+        choices=["all", *HYPERQUACK_TYPES],
+        help="scan type to process (default all)",
+    )
+    p.add_argument(
+        "--full", action="store_true", help="rebuild: forget the ledger and reprocess all"
+    )
+    p.add_argument(
+        "--resources",
+        default=env_or("CP_RESOURCES"),
+        help="folder or gs:// prefix with signature and category files ($CP_RESOURCES; "
+        "default: the project's sample resources)",
+    )
+    p.add_argument("--runner", default=env_or("CP_RUNNER", "direct"), help="Beam runner (direct)")
+    p.add_argument(
+        "--bad-line-threshold",
+        type=float,
+        default=float(env_or("CP_BAD_LINE_THRESHOLD", "0.10") or 0.1),
+        help="fail when a file's share of bad lines exceeds this (default 0.10)",
+    )
+    p.add_argument("--batch-lines", type=int, default=500, help="lines per Beam element")
+    p.add_argument("--log-level", default=env_or("LOG_LEVEL", "INFO"))
+    args, beam_args = p.parse_known_args(argv)
+    if not args.input or not args.warehouse:
+        p.error("--input and --warehouse are required (or $CP_INPUT / $CP_WAREHOUSE)")
+    cfg = RunConfig(
+        input=args.input,
+        warehouse=args.warehouse,
+        scan_types=HYPERQUACK_TYPES if args.scan_type == "all" else (args.scan_type,),
+        full=args.full,
+        runner=args.runner,
+        bad_line_threshold=args.bad_line_threshold,
+        batch_lines=args.batch_lines,
+        pipeline_args=beam_args,
+    )
+    if args.resources:
+        cfg.resources = args.resources
+    return cfg, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, args = parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        summary = run(cfg)
+    except RunFailed as exc:
+        print(f"beam_launcher: FAILED: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # one line for the operator; the traceback is in the logs
+        print(f"beam_launcher: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if os.environ.get("CP_DEBUG"):
+            raise
+        return 1
+    sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Find the scan files to process under an input location.
+
+Layout: ``…/<scan name>/<file>.json[.gz]`` with a scan name such as
+``CP_Quack-echo-2021-05-30-01-01-01``. Names are parsed strictly; anything that is not a
+recognised data file is reported back (never guessed at, never silently dropped).
+
+Example:
+    >>> plan = discover("/nonexistent", ("echo",), "v")
+    >>> plan.tasks, plan.skipped
+    ([], [])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.beam_launcher.processing import FileTask
+from services.common import storage
+from services.common.scans import UnknownScanName, parse_scan_name
+
+HYPERQUACK_DATA_FILES = frozenset({"results.json"})
+# Other members of Hyperquack archives: known, not data for the base tables.
+HYPERQUACK_SIDE_FILES = frozenset({"servers.txt", "domains.txt"})
+
+
+@dataclass(frozen=True)
+class Skipped:
+    url: str
+    reason: str
+
+
+@dataclass
+class InputPlan:
+    tasks: list[FileTask] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def strip_gz(name: str) -> str:
+    return name[:-3] if name.endswith(".gz") else name
+
+
+def discover(input_url: str, scan_types: tuple[str, ...], pipeline_version: str) -> InputPlan:
+    """List ``input_url`` and return one FileTask per Hyperquack data file of ``scan_types``."""
+    plan = InputPlan()
+    by_key: dict[str, FileTask] = {}
+    for obj in storage.storage_for(input_url).list(input_url):
+        name = storage.basename(obj.url)
+        if name.startswith("."):
+            continue
+        folder = storage.parent_name(obj.url)
+        try:
+            scan = parse_scan_name(folder)
+        except UnknownScanName:
+            plan.skipped.append(Skipped(obj.url, f"folder {folder!r} is not a scan name"))
+            continue
+        if scan.family != "hyperquack":
+            plan.skipped.append(Skipped(obj.url, f"{scan.family} scans are not processed yet"))
+            continue
+        if scan.scan_type not in scan_types:
+            continue
+        base = strip_gz(name)
+        if base in HYPERQUACK_SIDE_FILES:
+            continue
+        if base not in HYPERQUACK_DATA_FILES:
+            plan.skipped.append(Skipped(obj.url, f"unknown file {name!r} in a Hyperquack scan"))
+            continue
+        task = FileTask(
+            url=obj.url,
+            source=scan.source,
+            source_file=base,
+            scan_type=scan.scan_type,
+            scan_date=scan.date.isoformat(),
+            size=obj.size,
+            version=obj.version,
+            pipeline_version=pipeline_version,
+        )
+        previous = by_key.get(task.file_key)
+        if previous is not None:
+            # results.json and results.json.gz of one scan: keep the .gz, report the other.
+            keep, drop = (task, previous) if task.url.endswith(".gz") else (previous, task)
+            by_key[task.file_key] = keep
+            plan.skipped.append(Skipped(drop.url, f"duplicate of {keep.url}"))
+            continue
+        by_key[task.file_key] = task
+    plan.tasks = sorted(by_key.values(), key=lambda t: t.file_key)
+    return plan

@@ -1,0 +1,168 @@
+"""Outcome classification driven by rule data (``rules/*.toml``).
+
+Rules are evaluated in file order; the first that fires names the outcome and its id is
+stored on the row (``outcome_rule_id``) with the rule set version.
+
+Example:
+    >>> rules = load_hyperquack_rules()
+    >>> rules.classify({"received_error": "read tcp 1.2.3.4:80: i/o timeout"}, "http")
+    ('read/timeout', 'HQ-READ-TIMEOUT')
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RULES_DIR = Path(__file__).parent / "rules"
+HYPERQUACK_RULES_FILE = RULES_DIR / "hyperquack_outcomes.toml"
+
+_KINDS = {"blockpage", "trusted_host", "mismatch_no_error", "no_error", "error", "always"}
+_TEXT_KEYS = ("equals", "startswith", "endswith", "contains")
+
+Predicate = Callable[[Mapping[str, Any], str | None], bool]
+
+
+class RuleFileError(ValueError):
+    """The rule file is malformed (bad kind, duplicate id, missing outcome, ...)."""
+
+
+@dataclass(frozen=True)
+class OutcomeRule:
+    """One rule: stable id, outcome template and a compiled predicate."""
+
+    id: str
+    kind: str
+    outcome: str
+    predicate: Predicate
+    scan_types: frozenset[str] | None
+    not_scan_types: frozenset[str]
+
+    def render(self, row: Mapping[str, Any]) -> str:
+        if "{" not in self.outcome:
+            return self.outcome
+        status = row.get("received_status") or ""
+        out = self.outcome.replace("{page_signature}", row.get("page_signature") or "")
+        if "{status3}" in out:
+            # The seed writes "content/status_mismatch" (no suffix) when status is empty.
+            out = out.replace(":{status3}", f":{status[:3]}" if status else "")
+        return out
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """An ordered rule set with its version."""
+
+    version: str
+    rules: tuple[OutcomeRule, ...]
+
+    def classify(self, row: Mapping[str, Any], scan_type: str) -> tuple[str, str]:
+        """Return (outcome, rule id) for a flattened row."""
+        first_error = _first_error(row.get("received_error"))
+        for rule in self.rules:
+            if rule.scan_types is not None and scan_type not in rule.scan_types:
+                continue
+            if scan_type in rule.not_scan_types:
+                continue
+            if rule.predicate(row, first_error):
+                return rule.render(row), rule.id
+        raise RuntimeError(f"rule set {self.version} has no fallback rule")  # pragma: no cover
+
+    def ids(self) -> list[str]:
+        return [r.id for r in self.rules]
+
+
+def _first_error(error: Any) -> str | None:
+    if not error:
+        return None
+    text = str(error)
+    cut = text.find(";")
+    return text if cut < 0 else text[:cut]
+
+
+def _text_predicate(spec: Mapping[str, Any]) -> Predicate:
+    equals = frozenset(spec.get("equals", ()))
+    starts = tuple(spec.get("startswith", ()))
+    ends = tuple(spec.get("endswith", ()))
+    contains = tuple(spec.get("contains", ()))
+
+    def pred(_row: Mapping[str, Any], err: str | None) -> bool:
+        if err is None:
+            return False
+        return (
+            err in equals
+            or (bool(starts) and err.startswith(starts))
+            or (bool(ends) and err.endswith(ends))
+            or any(c in err for c in contains)
+        )
+
+    return pred
+
+
+def _compile(spec: Mapping[str, Any]) -> Predicate:
+    kind = spec["kind"]
+    if kind == "blockpage":
+        return lambda row, _e: (
+            bool(row.get("is_known_blockpage")) and bool(row.get("page_signature"))
+        )
+    if kind == "trusted_host":
+        headers = frozenset(spec.get("headers", ()))
+        if not headers:
+            raise RuleFileError(f"rule {spec['id']}: trusted_host needs headers")
+        return lambda row, _e: any(h in headers for h in row.get("received_headers") or ())
+    if kind == "mismatch_no_error":
+        return lambda row, err: row.get("matches_template") is False and err is None
+    if kind == "no_error":
+        return lambda _row, err: err is None
+    if kind == "error":
+        if not any(spec.get(k) for k in _TEXT_KEYS):
+            raise RuleFileError(f"rule {spec['id']}: error rule needs one of {_TEXT_KEYS}")
+        return _text_predicate(spec)
+    return lambda _row, _err: True
+
+
+def parse_rules(data: Mapping[str, Any], label: str) -> RuleSet:
+    """Build a RuleSet from decoded TOML data, validating ids, kinds and fallback."""
+    version = data.get("version")
+    if not isinstance(version, str) or not version:
+        raise RuleFileError(f"{label}: missing version")
+    seen: set[str] = set()
+    rules: list[OutcomeRule] = []
+    for i, spec in enumerate(data.get("rule", [])):
+        rid, kind, outcome = spec.get("id"), spec.get("kind"), spec.get("outcome")
+        if not isinstance(rid, str) or not rid:
+            raise RuleFileError(f"{label}: rule #{i + 1} has no id")
+        if rid in seen:
+            raise RuleFileError(f"{label}: duplicate rule id {rid}")
+        if kind not in _KINDS:
+            raise RuleFileError(f"{label}: rule {rid} has unknown kind {kind!r}")
+        if not isinstance(outcome, str) or "/" not in outcome:
+            raise RuleFileError(f"{label}: rule {rid} needs an outcome 'stage/result'")
+        seen.add(rid)
+        st = spec.get("scan_types")
+        rules.append(
+            OutcomeRule(
+                id=rid,
+                kind=kind,
+                outcome=outcome,
+                predicate=_compile(spec),
+                scan_types=frozenset(st) if st is not None else None,
+                not_scan_types=frozenset(spec.get("not_scan_types", ())),
+            )
+        )
+    if not rules or rules[-1].kind != "always":
+        raise RuleFileError(f"{label}: the last rule must be kind 'always' (the fallback)")
+    return RuleSet(version=version, rules=tuple(rules))
+
+
+def load_rules(path: Path) -> RuleSet:
+    with path.open("rb") as fh:
+        return parse_rules(tomllib.load(fh), str(path.name))
+
+
+def load_hyperquack_rules() -> RuleSet:
+    """The Hyperquack rule set shipped with the pipeline."""
+    return load_rules(HYPERQUACK_RULES_FILE)

@@ -1,0 +1,66 @@
+"""Print a short summary of a local warehouse: tables, row counts, outcomes, dead letters.
+
+Usage: ``python -m services.beam_launcher.report --warehouse DIR``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import duckdb
+
+from services.beam_launcher.rows import HYPERQUACK_TABLES
+from services.beam_launcher.warehouse_local import DB_NAME
+
+
+def render(warehouse: Path) -> str:
+    db = warehouse / DB_NAME
+    if not db.exists():
+        raise FileNotFoundError(f"no warehouse database at {db}")
+    out: list[str] = [
+        f"Warehouse: {db.resolve()}",
+        f"Parquet:   {(warehouse / 'parquet').resolve()}",
+        "",
+    ]
+    with duckdb.connect(str(db), read_only=True) as con:
+        out.append(f"{'table':<16}{'rows':>9}{'dates':>7}  top outcomes")
+        for spec in HYPERQUACK_TABLES.values():
+            n, dates = con.execute(
+                f'SELECT count(*), count(DISTINCT date) FROM "{spec.name}"'
+            ).fetchone()  # type: ignore[misc]
+            top = con.execute(
+                f'SELECT outcome, count(*) c FROM "{spec.name}" GROUP BY 1 ORDER BY c DESC, 1 LIMIT 3'
+            ).fetchall()
+            tops = ", ".join(f"{o} {c}" for o, c in top)
+            out.append(f"{spec.name:<16}{n:>9}{dates:>7}  {tops}")
+        dl = con.execute(
+            "SELECT error_class, count(*) FROM dead_letter GROUP BY 1 ORDER BY 2 DESC"
+        ).fetchall()
+        out.append("")
+        out.append("dead_letter: " + (", ".join(f"{c} {n}" for c, n in dl) or "none"))
+        files = con.execute(
+            "SELECT status, count(*), sum(lines), sum(rows_written) FROM processed_files GROUP BY 1"
+        ).fetchall()
+        for status, count, lines, rows in files:
+            out.append(f"processed_files[{status}]: {count} files, {lines} lines, {rows} rows")
+    out.append("")
+    out.append(f'Query it: duckdb {db} "SELECT outcome, count(*) FROM http_scan GROUP BY 1"')
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m services.beam_launcher.report")
+    p.add_argument("--warehouse", required=True)
+    args = p.parse_args(argv)
+    try:
+        print(render(Path(args.warehouse)))
+    except FileNotFoundError as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

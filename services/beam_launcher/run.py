@@ -1,0 +1,210 @@
+"""One launcher run: discover → select (ledger) → Beam pipeline → judge → commit.
+
+Example:
+    >>> cfg = RunConfig(input="in", warehouse="wh")
+    >>> cfg.scan_types
+    ('echo', 'discard', 'http', 'https')
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import orjson
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from services.beam_launcher import pipeline as graph
+from services.beam_launcher.inputs import discover
+from services.beam_launcher.metrics import LauncherMetrics
+from services.beam_launcher.processing import FileTask
+from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
+from services.beam_launcher.warehouse_local import FileVerdict, LocalWarehouse, judge
+from services.common import storage
+from services.common.config import pipeline_version
+from services.common.logsetup import get_logger
+from services.common.scans import HYPERQUACK_TYPES
+
+LOCAL_RUNNERS = {"direct": "FnApiRunner", "fnapi": "FnApiRunner", "FnApiRunner": "FnApiRunner"}
+
+
+class RunFailed(RuntimeError):
+    """The run finished but must exit non-zero (e.g. a file had too many bad lines)."""
+
+
+@dataclass
+class RunConfig:
+    input: str
+    warehouse: str
+    scan_types: tuple[str, ...] = HYPERQUACK_TYPES
+    full: bool = False
+    resources: str = str(SAMPLE_RESOURCES)
+    runner: str = "direct"
+    batch_lines: int = graph.DEFAULT_BATCH_LINES
+    bad_line_threshold: float = 0.10
+    pipeline_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    files_found: int = 0
+    files_processed: int = 0
+    files_skipped_unchanged: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+    rows_by_table: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    warehouse: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def select_tasks(
+    tasks: list[FileTask], ledger: dict[str, Any], full: bool
+) -> tuple[list[FileTask], int]:
+    """Files to process: all with --full; else new, changed, or not yet ok."""
+    if full:
+        return tasks, 0
+    todo = []
+    for t in tasks:
+        entry = ledger.get(t.file_key)
+        if entry is None or entry.status != "ok" or entry.version != t.version:
+            todo.append(t)
+    return todo, len(tasks) - len(todo)
+
+
+def _read_stats(stats_dir: str, tasks: list[FileTask]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for t in tasks:
+        url = storage.join(stats_dir, graph.safe_key(t.file_key) + ".json")
+        st = storage.storage_for(url)
+        if st.stat(url) is None:
+            out[t.file_key] = {}
+            continue
+        data = orjson.loads(st.read_bytes(url))
+        data.pop("file_key", None)
+        out[t.file_key] = data
+    return out
+
+
+def _pipeline_options(cfg: RunConfig, run_id: str) -> PipelineOptions:
+    runner = LOCAL_RUNNERS.get(cfg.runner, cfg.runner)
+    return PipelineOptions([f"--runner={runner}", f"--job_name=cp-hq-{run_id}", *cfg.pipeline_args])
+
+
+def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
+    """Execute one run against the local warehouse; raises RunFailed on rejected files."""
+    started = time.monotonic()
+    metrics = metrics or LauncherMetrics()
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dt%H%M%S") + "-" + secrets.token_hex(3)
+    log = get_logger("beam_launcher", run_id=run_id)
+    version = pipeline_version()
+    summary = RunSummary(run_id=run_id, warehouse=cfg.warehouse)
+
+    # Fail fast on bad resources before reading any scan file.
+    res = load_resources(cfg.resources)
+    log.info(
+        "resources_loaded",
+        location=cfg.resources,
+        digest=res.digest,
+        blockpage_signatures=res.n_blockpage,
+        false_positive_signatures=res.n_false_positive,
+        domain_categories=len(res.categories),
+    )
+
+    warehouse = LocalWarehouse(cfg.warehouse)
+    if cfg.full:
+        warehouse.reset(cfg.scan_types)
+    warehouse.ensure_tables()
+    plan = discover(cfg.input, cfg.scan_types, version)
+    for s in plan.skipped:
+        log.warning("input_skipped", url=s.url, reason=s.reason)
+        metrics.files_skipped.labels(reason="unrecognised").inc()
+    summary.skipped = [{"url": s.url, "reason": s.reason} for s in plan.skipped]
+    summary.files_found = len(plan.tasks)
+    todo, unchanged = select_tasks(plan.tasks, warehouse.ledger(), cfg.full)
+    summary.files_skipped_unchanged = unchanged
+    metrics.files_skipped.labels(reason="already_processed").inc(unchanged)
+    if not todo:
+        log.info("no_new_files", files_found=len(plan.tasks), already_processed=unchanged)
+        summary.seconds = round(time.monotonic() - started, 3)
+        metrics.duration.set(summary.seconds)
+        metrics.last_success.set_to_current_time()
+        return summary
+
+    staging = Path(cfg.warehouse) / "staging" / run_id
+    stats_dir = str(staging / "_stats")
+    try:
+        with beam.Pipeline(options=_pipeline_options(cfg, run_id)) as p:
+            graph.build_graph(
+                p,
+                todo,
+                cfg.resources,
+                graph.LocalStagingSink(str(staging)),
+                stats_dir,
+                cfg.batch_lines,
+            )
+        stats = _read_stats(stats_dir, todo)
+        verdicts: list[FileVerdict] = [
+            judge(t, stats[t.file_key], cfg.bad_line_threshold) for t in todo
+        ]
+        report = warehouse.commit(run_id, verdicts, str(staging))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    totals: Counter[str] = Counter()
+    for v in verdicts:
+        totals.update(v.stats)
+        metrics.files.labels(scan_type=v.task.scan_type, status=v.status).inc()
+        metrics.lines.labels(scan_type=v.task.scan_type).inc(v.stats.get("lines", 0))
+        if v.status == "ok":
+            metrics.rows.labels(scan_type=v.task.scan_type).inc(v.stats.get("rows", 0))
+        metrics.cert_parse_errors.labels(scan_type=v.task.scan_type).inc(
+            v.stats.get("cert_parse_errors", 0)
+        )
+        for k, n in v.stats.items():
+            if k.startswith("dead_letters."):
+                metrics.dead_letters.labels(
+                    scan_type=v.task.scan_type, error_class=k.split(".", 1)[1]
+                ).inc(n)
+        log.info(
+            "file_done",
+            file_key=v.task.file_key,
+            status=v.status,
+            reason=v.reason or None,
+            lines=v.stats.get("lines", 0),
+            rows=v.stats.get("rows", 0),
+            dead_letters=v.stats.get("dead_letters", 0),
+        )
+    summary.files_processed = len(verdicts)
+    summary.stats = dict(totals)
+    summary.rows_by_table = report.rows_by_table
+    summary.rejected = [{"file_key": v.task.file_key, "reason": v.reason} for v in report.rejected]
+    summary.seconds = round(time.monotonic() - started, 3)
+    metrics.duration.set(summary.seconds)
+    log.info(
+        "run_done",
+        files=summary.files_processed,
+        lines=totals.get("lines", 0),
+        rows=totals.get("rows", 0),
+        dead_letters=totals.get("dead_letters", 0),
+        rejected=len(summary.rejected),
+        seconds=summary.seconds,
+    )
+    if summary.rejected:
+        first = summary.rejected[0]
+        raise RunFailed(
+            f"{len(summary.rejected)} file(s) rejected; first: {first['file_key']}: {first['reason']}"
+        )
+    metrics.last_success.set_to_current_time()
+    return summary

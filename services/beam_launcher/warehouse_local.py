@@ -1,0 +1,212 @@
+"""The embedded warehouse: Parquet files per table and date plus a DuckDB database.
+
+Layout under ``<warehouse>``::
+
+    warehouse.duckdb
+    parquet/<table>/date=YYYY-MM-DD/<source>__<file>.parquet
+
+Each input file owns exactly one Parquet file per (table, date), so re-processing a file
+replaces what it wrote before: no duplicates, nothing lost. DuckDB tables are updated in
+one transaction per run (delete the files' old rows, insert the new ones, update the
+ledger).
+
+Example:
+    >>> import tempfile
+    >>> wh = LocalWarehouse(tempfile.mkdtemp())
+    >>> wh.ensure_tables(); wh.ledger()
+    {}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from services.beam_launcher.pipeline import safe_key
+from services.beam_launcher.processing import FileTask
+from services.beam_launcher.rows import ALL_TABLES, DEAD_LETTER, HYPERQUACK_TABLES, PROCESSED_FILES
+from services.common.scans import UnknownScanName, parse_scan_name
+
+DB_NAME = "warehouse.duckdb"
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    version: str | None
+    status: str
+    pipeline_version: str
+
+
+@dataclass
+class FileVerdict:
+    task: FileTask
+    status: str  # ok | rejected
+    reason: str
+    stats: Mapping[str, int]
+
+
+@dataclass
+class CommitReport:
+    verdicts: list[FileVerdict] = field(default_factory=list)
+    rows_by_table: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rejected(self) -> list[FileVerdict]:
+        return [v for v in self.verdicts if v.status != "ok"]
+
+
+def judge(task: FileTask, stats: Mapping[str, int], threshold: float) -> FileVerdict:
+    """ok, or rejected when unreadable or when bad lines exceed ``threshold`` of lines."""
+    if stats.get("read_errors"):
+        return FileVerdict(task, "rejected", "file could not be read to the end", stats)
+    lines = stats.get("lines", 0)
+    bad = stats.get("dead_letters", 0)
+    if lines and bad / lines > threshold:
+        return FileVerdict(
+            task,
+            "rejected",
+            f"{bad} of {lines} lines bad ({bad / lines:.1%}) exceeds threshold {threshold:.1%}",
+            stats,
+        )
+    return FileVerdict(task, "ok", "", stats)
+
+
+class LocalWarehouse:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.parquet_root = self.root / "parquet"
+        self.db_path = self.root / DB_NAME
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return duckdb.connect(str(self.db_path))
+
+    def ensure_tables(self) -> None:
+        with self.connect() as con:
+            for spec in ALL_TABLES:
+                con.execute(spec.duckdb_ddl())
+
+    def ledger(self) -> dict[str, LedgerEntry]:
+        with self.connect() as con:
+            con.execute(PROCESSED_FILES.duckdb_ddl())
+            rows = con.execute(
+                "SELECT file_key, version, status, pipeline_version FROM processed_files"
+            ).fetchall()
+        return {r[0]: LedgerEntry(r[1], r[2], r[3]) for r in rows}
+
+    def reset(self, scan_types: Iterable[str]) -> None:
+        """--full: forget everything of these scan types (tables, Parquet, ledger rows)."""
+        types = sorted(set(scan_types))
+        with self.connect() as con:
+            con.execute("BEGIN")
+            for t in types:
+                table = HYPERQUACK_TABLES[t].name
+                con.execute(f'DROP TABLE IF EXISTS "{table}"')
+                con.execute(HYPERQUACK_TABLES[t].duckdb_ddl())
+            for spec in (DEAD_LETTER, PROCESSED_FILES):
+                con.execute(spec.duckdb_ddl())
+                con.execute(
+                    f'DELETE FROM "{spec.name}" WHERE scan_type IN (SELECT unnest(?::VARCHAR[]))',
+                    [types],
+                )
+            con.execute("COMMIT")
+        for t in types:
+            shutil.rmtree(self.parquet_root / HYPERQUACK_TABLES[t].name, ignore_errors=True)
+        for path in (self.parquet_root / DEAD_LETTER.name).glob("date=*/*.parquet"):
+            try:
+                scan_type = parse_scan_name(path.stem.split("__", 1)[0]).scan_type
+            except UnknownScanName:
+                continue
+            if scan_type in types:
+                path.unlink()
+
+    def _final_files(self, table: str, key: str) -> list[Path]:
+        return sorted((self.parquet_root / table).glob(f"date=*/{key}.parquet"))
+
+    def _publish(self, staging: Path, table: str, key: str) -> list[Path]:
+        """Replace the file's Parquet files of ``table`` by the staged ones."""
+        for old in self._final_files(table, key):
+            old.unlink()
+        published: list[Path] = []
+        staged_dir = staging / table / key
+        for staged in sorted(staged_dir.glob("date=*.parquet")):
+            date_dir = self.parquet_root / table / staged.stem
+            date_dir.mkdir(parents=True, exist_ok=True)
+            target = date_dir / f"{key}.parquet"
+            shutil.move(str(staged), target)
+            published.append(target)
+        return published
+
+    def commit(
+        self,
+        run_id: str,
+        verdicts: list[FileVerdict],
+        staging_dir: str,
+    ) -> CommitReport:
+        """Publish staged Parquet of judged files and update DuckDB + ledger atomically."""
+        report = CommitReport(verdicts=verdicts)
+        staging = Path(staging_dir)
+        new_files: dict[str, list[Path]] = {}
+        keys_by_table: dict[str, list[str]] = {}
+        for v in verdicts:
+            key = safe_key(v.task.file_key)
+            tables = [DEAD_LETTER.name]
+            if v.status == "ok":
+                tables.insert(0, HYPERQUACK_TABLES[v.task.scan_type].name)
+            for table in tables:
+                keys_by_table.setdefault(table, []).append(v.task.file_key)
+                new_files.setdefault(table, []).extend(self._publish(staging, table, key))
+        now = dt.datetime.now(dt.timezone.utc)
+        with self.connect() as con:
+            for spec in ALL_TABLES:
+                con.execute(spec.duckdb_ddl())
+            con.execute("BEGIN")
+            for table, keys in keys_by_table.items():
+                con.execute(
+                    f"DELETE FROM \"{table}\" WHERE source || '/' || source_file "
+                    "IN (SELECT unnest(?::VARCHAR[]))",
+                    [keys],
+                )
+                files = [str(f) for f in new_files.get(table, [])]
+                if files:
+                    con.execute(
+                        f'INSERT INTO "{table}" BY NAME SELECT * FROM read_parquet(?)', [files]
+                    )
+                    report.rows_by_table[table] = con.execute(
+                        "SELECT count(*) FROM read_parquet(?)", [files]
+                    ).fetchone()[0]  # type: ignore[index]
+            keys = [v.task.file_key for v in verdicts]
+            con.execute(
+                "DELETE FROM processed_files WHERE file_key IN (SELECT unnest(?::VARCHAR[]))",
+                [keys],
+            )
+            con.executemany(
+                "INSERT INTO processed_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        v.task.file_key,
+                        v.task.scan_type,
+                        v.task.source,
+                        v.task.url,
+                        v.task.size,
+                        v.task.version,
+                        v.task.pipeline_version,
+                        v.status,
+                        v.stats.get("lines", 0),
+                        v.stats.get("rows", 0) if v.status == "ok" else 0,
+                        v.stats.get("dead_letters", 0),
+                        v.stats.get("cert_parse_errors", 0),
+                        run_id,
+                        now,
+                    )
+                    for v in verdicts
+                ],
+            )
+            con.execute("COMMIT")
+        return report

@@ -1,0 +1,234 @@
+"""Typed row definitions: the single source of every table schema.
+
+A table is declared once as a :class:`TableSpec` made of :class:`Column` s. From it we
+generate the BigQuery JSON schema, the Arrow (Parquet) schema, the DuckDB DDL and the
+Markdown docs, so the four can never drift apart.
+
+Rows themselves travel as plain dicts in "BigQuery JSON load" shape (fast to build in
+the parsers, directly loadable by BigQuery): DATE and TIMESTAMP values are ISO strings,
+BYTES are base64 strings, REPEATED values are lists, RECORD values are dicts.
+
+Example:
+    >>> spec = TableSpec("t", (Column("date", DATE, "Day"), Column("n", INTEGER, "Count")))
+    >>> [f["type"] for f in spec.bigquery_schema()]
+    ['DATE', 'INTEGER']
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+STRING = "STRING"
+INTEGER = "INTEGER"
+FLOAT = "FLOAT"
+BOOLEAN = "BOOLEAN"
+DATE = "DATE"
+TIMESTAMP = "TIMESTAMP"
+BYTES = "BYTES"
+RECORD = "RECORD"
+
+NULLABLE = "NULLABLE"
+REQUIRED = "REQUIRED"
+REPEATED = "REPEATED"
+
+Row = dict[str, Any]
+
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    STRING: pa.string(),
+    INTEGER: pa.int64(),
+    FLOAT: pa.float64(),
+    BOOLEAN: pa.bool_(),
+    DATE: pa.date32(),
+    TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    BYTES: pa.binary(),
+}
+
+_DUCKDB_TYPES = {
+    STRING: "VARCHAR",
+    INTEGER: "BIGINT",
+    FLOAT: "DOUBLE",
+    BOOLEAN: "BOOLEAN",
+    DATE: "DATE",
+    TIMESTAMP: "TIMESTAMPTZ",
+    BYTES: "BLOB",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: name, BigQuery type, description, mode and nested fields for RECORDs."""
+
+    name: str
+    type: str
+    description: str
+    mode: str = NULLABLE
+    fields: tuple[Column, ...] = ()
+
+    def bigquery(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "type": self.type,
+            "mode": self.mode,
+            "description": self.description,
+        }
+        if self.fields:
+            out["fields"] = [f.bigquery() for f in self.fields]
+        return out
+
+    def arrow_type(self) -> pa.DataType:
+        if self.type == RECORD:
+            base: pa.DataType = pa.struct([c.arrow_field() for c in self.fields])
+        else:
+            base = _ARROW_TYPES[self.type]
+        return pa.list_(base) if self.mode == REPEATED else base
+
+    def arrow_field(self) -> pa.Field:
+        return pa.field(self.name, self.arrow_type(), nullable=self.mode != REQUIRED)
+
+    def duckdb_type(self) -> str:
+        if self.type == RECORD:
+            inner = ", ".join(f'"{c.name}" {c.duckdb_type()}' for c in self.fields)
+            base = f"STRUCT({inner})"
+        else:
+            base = _DUCKDB_TYPES[self.type]
+        return f"{base}[]" if self.mode == REPEATED else base
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table: its columns plus partitioning/clustering used by the warehouse sinks."""
+
+    name: str
+    columns: tuple[Column, ...]
+    description: str = ""
+    partition_field: str | None = None
+    clustering: tuple[str, ...] = ()
+    _by_name: dict[str, Column] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.columns]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"table {self.name}: duplicate columns {sorted(dupes)}")
+        self._by_name.update({c.name: c for c in self.columns})
+        for key in (self.partition_field, *self.clustering):
+            if key is not None and key not in self._by_name:
+                raise ValueError(f"table {self.name}: unknown partition/cluster column {key}")
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> Column:
+        return self._by_name[name]
+
+    def bigquery_schema(self) -> list[dict[str, Any]]:
+        """BigQuery JSON schema (what `bq mk --schema` and load jobs accept)."""
+        return [c.bigquery() for c in self.columns]
+
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([c.arrow_field() for c in self.columns])
+
+    def duckdb_ddl(self, table_name: str | None = None) -> str:
+        cols = ",\n  ".join(f'"{c.name}" {c.duckdb_type()}' for c in self.columns)
+        return f'CREATE TABLE IF NOT EXISTS "{table_name or self.name}" (\n  {cols}\n)'
+
+    def markdown(self) -> str:
+        """Markdown docs: one table row per column, nested fields indented by dots."""
+        lines = [f"## `{self.name}`", ""]
+        if self.description:
+            lines += [self.description, ""]
+        if self.partition_field:
+            lines.append(f"Partitioned by `{self.partition_field}`.")
+        if self.clustering:
+            lines.append("Clustered by " + ", ".join(f"`{c}`" for c in self.clustering) + ".")
+        lines += ["", "| column | type | mode | description |", "|---|---|---|---|"]
+
+        def emit(cols: Sequence[Column], prefix: str) -> None:
+            for c in cols:
+                desc = c.description.replace("|", "\\|")
+                lines.append(f"| `{prefix}{c.name}` | {c.type} | {c.mode} | {desc} |")
+                if c.fields:
+                    emit(c.fields, f"{prefix}{c.name}.")
+
+        emit(self.columns, "")
+        return "\n".join(lines) + "\n"
+
+    def to_arrow(self, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+        """Convert JSON-shaped row dicts to an Arrow table with this schema.
+
+        Conversion is column-wise: strings for DATE/TIMESTAMP are cast by Arrow in one
+        vectorised step; base64 BYTES are decoded per non-null value.
+        """
+        arrays = [_column_array(c, [r.get(c.name) for r in rows]) for c in self.columns]
+        return pa.Table.from_arrays(arrays, schema=self.arrow_schema())
+
+
+def _column_array(col: Column, values: list[Any]) -> pa.Array:
+    target = col.arrow_type()
+    if col.mode == REPEATED or col.type == RECORD:
+        return pa.array(_python_values(col, values), type=target)
+    if col.type in (DATE, TIMESTAMP):
+        return pa.array(values, type=pa.string()).cast(target)
+    if col.type == BYTES:
+        return pa.array([None if v is None else base64.b64decode(v) for v in values], target)
+    return pa.array(values, type=target)
+
+
+def _python_values(col: Column, values: list[Any]) -> list[Any]:
+    """Convert nested values to what pyarrow accepts for complex types."""
+    if col.type == RECORD:
+        def conv_record(v: Any) -> Any:
+            if v is None:
+                return None
+            return {c.name: _scalar(c, v.get(c.name)) for c in col.fields}
+
+        if col.mode == REPEATED:
+            return [None if v is None else [conv_record(x) for x in v] for v in values]
+        return [conv_record(v) for v in values]
+    return [None if v is None else [_scalar_leaf(col.type, x) for x in v] for v in values]
+
+
+def _scalar(col: Column, v: Any) -> Any:
+    if v is None:
+        return None
+    if col.type == RECORD or col.mode == REPEATED:
+        return _python_values(col, [v])[0]
+    return _scalar_leaf(col.type, v)
+
+
+def _scalar_leaf(type_: str, v: Any) -> Any:
+    if v is None:
+        return None
+    if type_ == BYTES:
+        return base64.b64decode(v)
+    if type_ == DATE:
+        import datetime as _dt
+
+        return _dt.date.fromisoformat(v)
+    if type_ == TIMESTAMP:
+        import datetime as _dt
+
+        return _dt.datetime.fromisoformat(v)
+    return v
+
+
+def check_row(spec: TableSpec, row: Mapping[str, Any]) -> list[str]:
+    """Problems with a row's key set against the spec (both directions); [] when exact."""
+    keys = set(row)
+    names = set(spec.column_names)
+    problems = [f"missing column {k}" for k in sorted(names - keys)]
+    problems += [f"unknown key {k}" for k in sorted(keys - names)]
+    return problems
+
+
+def render_docs(specs: Iterable[TableSpec], title: str) -> str:
+    """The tables reference document (docs/tables.md) for a set of specs."""
+    parts = [f"# {title}", "", "Generated from the row definitions; do not edit by hand.", ""]
+    parts += [s.markdown() for s in specs]
+    return "\n".join(parts)
