@@ -18,6 +18,15 @@ import structlog
 _configured = False
 
 
+class _StderrPrinter:
+    """Writes each rendered line to the *current* sys.stderr (robust to redirection)."""
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
 def configure_logging(level: str | None = None) -> None:
     """JSON logs with ISO UTC timestamps; level from argument or $LOG_LEVEL (INFO)."""
     global _configured
@@ -33,7 +42,7 @@ def configure_logging(level: str | None = None) -> None:
             structlog.processors.JSONRenderer(sort_keys=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=lambda *_args: _StderrPrinter(),
         cache_logger_on_first_use=False,
     )
     _configured = True
