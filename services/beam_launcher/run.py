@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -26,7 +24,8 @@ from services.beam_launcher.inputs import discover
 from services.beam_launcher.metrics import LauncherMetrics
 from services.beam_launcher.processing import FileTask
 from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
-from services.beam_launcher.warehouse_local import FileVerdict, LocalWarehouse, judge
+from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES
+from services.beam_launcher.warehouse_local import FileVerdict, LocalTarget, judge
 from services.common import storage
 from services.common.config import pipeline_version
 from services.common.logsetup import get_logger
@@ -49,6 +48,11 @@ class RunConfig:
     runner: str = "direct"
     batch_lines: int = graph.DEFAULT_BATCH_LINES
     bad_line_threshold: float = 0.10
+    sink: str = "local"  # local | bigquery
+    bq_project: str | None = None
+    bq_dataset: str | None = None
+    bq_location: str | None = None
+    temp_location: str | None = None
     pipeline_args: list[str] = field(default_factory=list)
 
 
@@ -99,7 +103,25 @@ def _read_stats(stats_dir: str, tasks: list[FileTask]) -> dict[str, dict[str, in
 
 def _pipeline_options(cfg: RunConfig, run_id: str) -> PipelineOptions:
     runner = LOCAL_RUNNERS.get(cfg.runner, cfg.runner)
-    return PipelineOptions([f"--runner={runner}", f"--job_name=cp-hq-{run_id}", *cfg.pipeline_args])
+    args = [f"--runner={runner}", f"--job_name=cp-hq-{run_id}"]
+    if cfg.bq_project:
+        args.append(f"--project={cfg.bq_project}")
+    if cfg.temp_location:
+        args.append(f"--temp_location={cfg.temp_location}")
+    return PipelineOptions([*args, *cfg.pipeline_args])
+
+
+def make_target(cfg: RunConfig) -> Any:
+    """The warehouse the run writes to, from configuration."""
+    if cfg.sink == "local":
+        return LocalTarget(cfg.warehouse)
+    if cfg.sink == "bigquery":
+        from services.beam_launcher.warehouse_bigquery import BigQueryTarget
+
+        return BigQueryTarget(
+            cfg.bq_project or "", cfg.bq_dataset or "", cfg.temp_location or "", cfg.bq_location
+        )
+    raise ValueError(f"unknown sink {cfg.sink!r} (local or bigquery)")
 
 
 def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
@@ -122,7 +144,7 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
         domain_categories=len(res.categories),
     )
 
-    warehouse = LocalWarehouse(cfg.warehouse)
+    warehouse = make_target(cfg)
     if cfg.full:
         warehouse.reset(cfg.scan_types)
     warehouse.ensure_tables()
@@ -142,25 +164,21 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
         metrics.last_success.set_to_current_time()
         return summary
 
-    staging = Path(cfg.warehouse) / "staging" / run_id
-    stats_dir = str(staging / "_stats")
+    tables = sorted({HYPERQUACK_TABLES[t.scan_type].name for t in todo}) + [DEAD_LETTER.name]
+    stats_dir = warehouse.stats_dir(run_id)
+    log.info("run_start", files=len(todo), already_processed=unchanged, target=warehouse.name)
     try:
         with beam.Pipeline(options=_pipeline_options(cfg, run_id)) as p:
             graph.build_graph(
-                p,
-                todo,
-                cfg.resources,
-                graph.LocalStagingSink(str(staging)),
-                stats_dir,
-                cfg.batch_lines,
+                p, todo, cfg.resources, warehouse.sink(run_id, tables), stats_dir, cfg.batch_lines
             )
         stats = _read_stats(stats_dir, todo)
         verdicts: list[FileVerdict] = [
             judge(t, stats[t.file_key], cfg.bad_line_threshold) for t in todo
         ]
-        report = warehouse.commit(run_id, verdicts, str(staging))
+        rows_by_table = warehouse.commit(run_id, verdicts, tables)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        warehouse.cleanup(run_id)
 
     totals: Counter[str] = Counter()
     for v in verdicts:
@@ -188,8 +206,10 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
         )
     summary.files_processed = len(verdicts)
     summary.stats = dict(totals)
-    summary.rows_by_table = report.rows_by_table
-    summary.rejected = [{"file_key": v.task.file_key, "reason": v.reason} for v in report.rejected]
+    summary.rows_by_table = rows_by_table
+    summary.rejected = [
+        {"file_key": v.task.file_key, "reason": v.reason} for v in verdicts if v.status != "ok"
+    ]
     summary.seconds = round(time.monotonic() - started, 3)
     metrics.duration.set(summary.seconds)
     log.info(

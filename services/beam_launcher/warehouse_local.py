@@ -210,3 +210,37 @@ class LocalWarehouse:
             )
             con.execute("COMMIT")
         return report
+
+
+class LocalTarget:
+    """Adapter used by the run: local warehouse + Parquet staging under it."""
+
+    def __init__(self, root: str) -> None:
+        self.warehouse = LocalWarehouse(root)
+        self.name = f"local:{self.warehouse.db_path}"
+
+    def staging_dir(self, run_id: str) -> str:
+        return str(self.warehouse.root / "staging" / run_id)
+
+    def stats_dir(self, run_id: str) -> str:
+        return str(Path(self.staging_dir(run_id)) / "_stats")
+
+    def sink(self, run_id: str, tables: list[str]) -> object:
+        from services.beam_launcher.pipeline import LocalStagingSink
+
+        return LocalStagingSink(self.staging_dir(run_id))
+
+    def commit(self, run_id: str, verdicts: list[FileVerdict], tables: list[str]) -> dict[str, int]:
+        return self.warehouse.commit(run_id, verdicts, self.staging_dir(run_id)).rows_by_table
+
+    def cleanup(self, run_id: str) -> None:
+        shutil.rmtree(self.staging_dir(run_id), ignore_errors=True)
+
+    def ensure_tables(self) -> None:
+        self.warehouse.ensure_tables()
+
+    def ledger(self) -> dict[str, LedgerEntry]:
+        return self.warehouse.ledger()
+
+    def reset(self, scan_types: Iterable[str]) -> None:
+        self.warehouse.reset(scan_types)

@@ -1,0 +1,700 @@
+"""Tests for the deterministic sample Hyperquack scan generator and the sample resources."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import gzip
+import io
+import json
+import re
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from services.common import sample_scans as ss
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "resources" / "sample"
+ARCHIVE_RE = re.compile(
+    r"^CP_Quack-(echo|discard|https|http)-(\d{4}-\d\d-\d\d-\d\d-\d\d-\d\d)\.tar\.gz$"
+)
+TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?([+-]\d\d:\d\d|Z)$")
+V1_RT_KEYS = ("Sent", "Received", "Success", "Error", "StartTime", "EndTime")
+V2_RT_KEYS = ("matches_template", "response", "error", "control_url", "start_time", "end_time")
+CONTROL_DOMAINS = set(ss.V1_CONTROL_DOMAINS.values())
+
+Record = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------
+
+
+def load_signatures(path: Path) -> dict[str, re.Pattern[str]]:
+    """Signature file as the reference pipeline loads it: ordered dict, later duplicates win."""
+    out: dict[str, re.Pattern[str]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            out[entry["fingerprint"]] = re.compile(entry["pattern"], re.DOTALL)
+    return out
+
+
+BLOCKPAGES = load_signatures(SAMPLE / "blockpage_signatures.json")
+FALSE_POSITIVES = load_signatures(SAMPLE / "false_positive_signatures.json")
+
+
+def match_page(page: str) -> tuple[bool | None, str | None]:
+    """False positives first, then blockpages (``(None, None)`` when nothing matches)."""
+    for fp, pattern in FALSE_POSITIVES.items():
+        if pattern.search(page):
+            return False, fp
+    for fp, pattern in BLOCKPAGES.items():
+        if pattern.search(page):
+            return True, fp
+    return None, None
+
+
+def page_text(received: Any) -> str:
+    """Text the blockpage matcher sees: the raw string, or status + headers + body."""
+    if isinstance(received, str):
+        return received
+    lines = "".join(
+        f"{name}: {value}\r\n"
+        for name, values in received.get("headers", {}).items()
+        for value in values
+    )
+    return f"{received['status_line']}\r\n{lines}\r\n{received['body']}"
+
+
+def read_lines(data: bytes) -> list[bytes]:
+    return [line for line in data.split(b"\n") if line.strip()]
+
+
+def scan_type_of(source: str) -> str:
+    match = re.match(r"CP_Quack-(echo|discard|https|http)-", source)
+    assert match, source
+    return match.group(1)
+
+
+def is_valid_record(obj: Any) -> bool:
+    """A record with the complete v1 or v2 key set and the right container types."""
+    if not isinstance(obj, dict):
+        return False
+    keys: tuple[str, ...]
+    if "Server" in obj:
+        keys, rts = ss.V1_KEYS, obj.get("Results")
+    elif "vp" in obj:
+        keys, rts = ss.V2_KEYS, obj.get("response")
+    else:
+        return False
+    return tuple(obj) == keys and isinstance(rts, list) and all(isinstance(rt, dict) for rt in rts)
+
+
+def split_v1(rec: Record) -> tuple[list[Record], list[Record]]:
+    n = rec["Retries"] + 1
+    return rec["Results"][:n], rec["Results"][n:]
+
+
+def split_v2(rec: Record) -> tuple[list[Record], list[Record]]:
+    tests = [rt for rt in rec["response"] if "control_url" not in rt]
+    controls = [rt for rt in rec["response"] if "control_url" in rt]
+    return tests, controls
+
+
+def roundtrips(rec: Record) -> list[Record]:
+    return rec["Results"] if "Server" in rec else rec["response"]
+
+
+def rt_ok(rt: Record) -> bool:
+    return bool(rt["Success"] if "Success" in rt else rt["matches_template"])
+
+
+def rt_error(rt: Record) -> str | None:
+    return rt.get("Error", rt.get("error"))
+
+
+def rt_received(rt: Record) -> Any:
+    return rt.get("Received", rt.get("response"))
+
+
+def parse_ns(stamp: str) -> int:
+    match = TIME_RE.match(stamp)
+    assert match, stamp
+    base, frac, offset = match.groups()
+    iso = base + ("+00:00" if offset == "Z" else offset)
+    seconds = int(datetime.fromisoformat(iso).timestamp())
+    return seconds * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    if pattern.startswith("*."):
+        head, _, rest = host.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == host
+
+
+def iter_all(records_by_source: dict[str, list[Record]]) -> Iterator[tuple[str, int, Record]]:
+    for source, records in records_by_source.items():
+        version = 1 if "Server" in records[0] else 2
+        for rec in records:
+            yield scan_type_of(source), version, rec
+
+
+# ---------------------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sample_default")
+    summary = ss.generate(out)
+    assert summary.records == ss.DEFAULT_SIZE * len(ss.DEFAULT_SCANS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def records_by_source(default_out: Path) -> dict[str, list[Record]]:
+    out: dict[str, list[Record]] = {}
+    for path in sorted((default_out / "scans").glob("*/results.json.gz")):
+        data = gzip.decompress(path.read_bytes())
+        out[path.parent.name] = [json.loads(line) for line in read_lines(data)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Resources
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "lo", "hi"),
+    [("blockpage_signatures.json", 8, 16), ("false_positive_signatures.json", 4, 7)],
+)
+def test_signature_files(name: str, lo: int, hi: int) -> None:
+    lines = (SAMPLE / name).read_text(encoding="utf-8").split("\n")
+    assert any(not line.strip() for line in lines[:-1]), "a blank line, as in the real files"
+    entries = [json.loads(line) for line in lines if line.strip()]
+    assert all(list(e) == ["fingerprint", "pattern"] for e in entries)
+    fingerprints = Counter(e["fingerprint"] for e in entries)
+    assert lo <= len(fingerprints) <= hi
+    assert any(count > 1 for count in fingerprints.values()), "a duplicated fingerprint"
+    for entry in entries:
+        re.compile(entry["pattern"], re.DOTALL)
+    re2 = pytest.importorskip("re2")
+    for entry in entries:
+        re2.compile(entry["pattern"])
+
+
+def test_domain_categories_csv() -> None:
+    text = (SAMPLE / "domain_categories.csv").read_text(encoding="utf-8")
+    rows = list(csv.reader(io.StringIO(text)))
+    assert all(len(row) == 2 for row in rows)
+    assert rows[0][0] != "domain", "no header"
+    assert 38 <= len(rows) <= 50
+    assert [tuple(r) for r in rows] == list(ss.SAMPLE_DOMAIN_CATEGORIES)
+    categories = {c for _, c in rows}
+    assert {"News Media", "Social Networking", "Human Rights Issues", "Gambling"} <= categories
+    listed = {d for d, _ in rows}
+    keywords = ss.sample_keywords()
+    assert listed <= set(keywords)
+    assert any(k.partition("/")[0] not in listed for k in keywords), "some domains are unlisted"
+
+
+@pytest.mark.parametrize("template", ss.PAGE_TEMPLATES, ids=lambda t: t.name)
+def test_page_templates_match_their_signature(template: ss.PageTemplate) -> None:
+    values = {
+        "{{domain}}": "www.example.org",
+        "{{url}}": "www.example.org/path",
+        "{{num3}}": "042",
+        "{{num}}": "31337",
+        "{{ref}}": "18.abc.1600000000",
+        "{{local}}": "198.51.100.1",
+        "{{cat}}": "news",
+        "{{len}}": "10",
+    }
+
+    def fill(text: str) -> str:
+        for key, value in values.items():
+            text = text.replace(key, value)
+        return text
+
+    body = fill(template.body)
+    headers = [(k, fill(v)) for k, v in template.headers]
+    nl = template.newline
+    raw = (
+        body
+        if template.body_only
+        else (
+            f"HTTP/1.1 {template.status_line}{nl}"
+            + "".join(f"{k}: {v}{nl}" for k, v in headers)
+            + nl
+            + body
+        )
+    )
+    http = page_text(
+        {"status_line": template.status_line, "headers": {k: [v] for k, v in headers}, "body": body}
+    )
+    expected = (not template.false_positive, template.fingerprint)
+    assert match_page(raw) == expected
+    assert match_page(http) == expected
+
+
+# ---------------------------------------------------------------------------------------
+# Determinism, layout, serialisation
+# ---------------------------------------------------------------------------------------
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_deterministic_byte_identical(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    ss.generate(a, size=60, seed=7, bad_line_ratio=0.05)
+    ss.generate(b, size=60, seed=7, bad_line_ratio=0.05)
+    ss.generate(c, size=60, seed=8, bad_line_ratio=0.05)
+    tree_a, tree_b, tree_c = _tree(a), _tree(b), _tree(c)
+    assert len(tree_a) == 16
+    assert tree_a == tree_b
+    assert tree_a.keys() == tree_c.keys()
+    assert all(tree_a[k] != tree_c[k] for k in tree_a)
+    start = ss.DEFAULT_SCANS[0].start
+    assert ss.generate_hyperquack_records("https", 2, 40, 3, start) == (
+        ss.generate_hyperquack_records("https", 2, 40, 3, start)
+    )
+
+
+def test_plain_option(tmp_path: Path) -> None:
+    summary = ss.generate(tmp_path, size=30, seed=1, plain=True)
+    plain = sorted((tmp_path / "scans").glob("*/results.json"))
+    assert len(plain) == len(ss.DEFAULT_SCANS)
+    assert not list((tmp_path / "scans").glob("*/*.gz"))
+    assert summary.bytes == sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_archive_names_and_members(default_out: Path) -> None:
+    archives = sorted((default_out / "archives").iterdir())
+    assert len(archives) == 8
+    seen = set()
+    for archive in archives:
+        match = ARCHIVE_RE.match(archive.name)
+        assert match, archive.name
+        scan_type, stamp = match.groups()
+        source = archive.name.removesuffix(".tar.gz")
+        raw = archive.read_bytes()
+        assert raw[:2] == b"\x1f\x8b" and raw[4:8] == b"\0\0\0\0", "gzip mtime 0"
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+            members = tar.getmembers()
+            names = [m.name for m in members]
+            files = {m.name.split("/")[-1]: tar.extractfile(m) for m in members if m.isfile()}
+            contents = {k: f.read() for k, f in files.items() if f is not None}
+        version = 1 if stamp.startswith("2020") else 2
+        assert stamp.startswith("2020-11-1") or stamp.startswith(("2021-05-3", "2021-07-"))
+        seen.add((scan_type, version))
+        expected = {"results.json"} | ({"servers.txt", "domains.txt"} if version == 1 else set())
+        assert names[0] == source and members[0].isdir()
+        assert set(contents) == expected
+        assert all(n.startswith(source + "/") for n in names[1:])
+        assert names[1:] == sorted(names[1:])
+        assert len({m.mtime for m in members}) == 1
+        assert all(m.uid == 0 and m.gid == 0 for m in members)
+        extracted = default_out / "scans" / source / "results.json.gz"
+        gz = extracted.read_bytes()
+        assert gz[4:8] == b"\0\0\0\0"
+        assert gzip.decompress(gz) == contents["results.json"]
+        # Real v1 files end with a newline, real v2 files do not.
+        assert contents["results.json"].endswith(b"\n") == (version == 1)
+        if version == 1:
+            records = [json.loads(x) for x in read_lines(contents["results.json"])]
+            servers = contents["servers.txt"].decode().splitlines()
+            domains = contents["domains.txt"].decode().splitlines()
+            assert set(servers) == {r["Server"] for r in records}
+            assert set(domains) == {r["Keyword"] for r in records}
+    assert seen == {(t, v) for t in ss.SCAN_TYPES for v in (1, 2)}
+
+
+def test_go_style_json(default_out: Path) -> None:
+    data = gzip.decompress(
+        next((default_out / "scans").glob("CP_Quack-http-2020*/results.json.gz")).read_bytes()
+    )
+    assert b"<" not in data and b">" not in data and b"&" not in data
+    assert b"\\u003c" in data and b"\\u003e" in data
+    assert b'","' in data and b'", "' not in data, "compact separators"
+    assert re.search(rb'^\{"Server":"[\d.]+","Keyword":', data)
+    assert ss.go_json_line({"a": "<é&>"}) == '{"a":"\\u003cé\\u0026\\u003e"}'.encode()
+
+
+# ---------------------------------------------------------------------------------------
+# Record structure and semantics
+# ---------------------------------------------------------------------------------------
+
+
+def test_record_keys_types_and_times(records_by_source: dict[str, list[Record]]) -> None:
+    assert len(records_by_source) == 8
+    for scan_type, version, rec in iter_all(records_by_source):
+        assert is_valid_record(rec)
+        rts = roundtrips(rec)
+        assert rts
+        if version == 1:
+            assert isinstance(rec["Retries"], int) and 0 <= rec["Retries"] <= 4
+            for key in ("Blocked", "FailSanity", "StatefulBlock"):
+                assert isinstance(rec[key], bool)
+            order = V1_RT_KEYS
+        else:
+            assert set(rec["location"]) == {"country_name", "country_code"}
+            assert rec["service"] in (scan_type, f"{scan_type}:{ss.ALT_PORTS[scan_type]}")
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", rec["tag"])
+            order = V2_RT_KEYS
+        offset = "-05:00" if version == 1 else "-04:00"
+        for rt in rts:
+            keys = list(rt)
+            assert keys == [k for k in order if k in rt], keys
+            start, end = (
+                (rt["StartTime"], rt["EndTime"])
+                if version == 1
+                else (
+                    rt["start_time"],
+                    rt["end_time"],
+                )
+            )
+            assert start.endswith(offset) and end.endswith(offset)
+            assert not re.search(r"\.\d*0[+-]", start), "Go trims trailing zeros"
+            assert parse_ns(start) <= parse_ns(end)
+            if "control_url" in rt:
+                assert re.fullmatch(r"control-[0-9a-f]{1,16}\.com", rt["control_url"])
+            received = rt_received(rt)
+            if received is None:
+                continue
+            if scan_type in ("echo", "discard"):
+                assert isinstance(received, str)
+            else:
+                assert isinstance(received, dict)
+                assert isinstance(received["status_line"], str)
+                assert isinstance(received["body"], str)
+                assert len(received["body"].encode()) <= 65536
+                headers = received.get("headers", {})
+                assert list(headers) == sorted(headers)
+                for name, values in headers.items():
+                    assert re.fullmatch(r"[A-Z][a-z0-9]*(-[A-Z0-9][a-z0-9]*)*", name), name
+                    assert isinstance(values, list) and all(isinstance(v, str) for v in values)
+                if scan_type == "https":
+                    if version == 1:
+                        assert set(received["tls"]) == {"version", "cipher_suite", "cert"}
+                    else:
+                        assert {"TlsVersion", "CipherSuite", "Certificate"} <= set(received)
+
+
+def test_measurement_semantics(records_by_source: dict[str, list[Record]]) -> None:
+    """Blocked/anomaly: all tests failed and the control after them passed, etc."""
+    for scan_type, version, rec in iter_all(records_by_source):
+        if version == 1:
+            tests, controls = split_v1(rec)
+            blocked, failed, stateful = rec["Blocked"], rec["FailSanity"], rec["StatefulBlock"]
+            control = ss.V1_CONTROL_DOMAINS[scan_type]
+            for rt in controls:
+                assert rt["Sent"] == "" or control in rt["Sent"]
+            for rt in tests:
+                assert control not in rt["Sent"]
+            if controls:
+                assert len(tests) == 5 and not any(rt_ok(rt) for rt in tests)
+        else:
+            tests, controls = split_v2(rec)
+            blocked, failed, stateful = (
+                rec["anomaly"],
+                rec["controls_failed"],
+                rec["stateful_block"],
+            )
+            assert controls, "v2 always sends a control"
+        if blocked:
+            assert tests and not any(rt_ok(rt) for rt in tests)
+            assert rt_ok(roundtrips(rec)[-1]) and roundtrips(rec)[-1] in controls
+            assert not failed
+        if stateful:
+            assert blocked
+            after = controls[-2:]
+            assert len(after) == 2 and not rt_ok(after[0]) and rt_ok(after[1])
+        if failed:
+            assert not blocked and not stateful
+            assert not rt_ok(roundtrips(rec)[-1]) and roundtrips(rec)[-1] in controls
+        if not blocked and not failed:
+            assert tests and rt_ok(tests[-1])
+            assert all(rt_ok(c) for c in controls)
+            if version == 1:
+                assert not controls
+        for rt in roundtrips(rec):
+            if rt_ok(rt):
+                assert rt_error(rt) is None and rt_received(rt) is None
+            else:
+                assert rt_error(rt) is not None or rt_received(rt) is not None
+
+
+def test_coverage_of_cases(records_by_source: dict[str, list[Record]]) -> None:
+    counts: Counter[str] = Counter()
+    retries: set[int] = set()
+    for _scan_type, version, rec in iter_all(records_by_source):
+        rts = roundtrips(rec)
+        if version == 1:
+            counts["v1_stateful"] += rec["StatefulBlock"]
+            counts["v1_fail_sanity"] += rec["FailSanity"]
+            counts["v1_blocked"] += rec["Blocked"]
+            retries.add(rec["Retries"])
+            for rt in rts:
+                sent = rt["Sent"]
+                counts["v1_sent_empty"] += sent == ""
+                counts["v1_control"] += any(c in sent for c in CONTROL_DOMAINS)
+                counts["v1_swapped"] += bool(re.match(r"GET [^/ ][^ ]* HTTP/1\.1\r\nHost: /", sent))
+        else:
+            counts["v2_stateful"] += rec["stateful_block"]
+            counts["v2_controls_failed"] += rec["controls_failed"]
+            counts["v2_anomaly"] += rec["anomaly"]
+            counts["v2_alt_port"] += ":" in rec["service"]
+            counts["v2_control_first"] += "control_url" in rts[0]
+            counts["v2_control_last"] += len(rts) > 1 and "control_url" in rts[-1]
+            counts["v2_only_failed_control"] += len(rts) == 1 and not rt_ok(rts[0])
+        for rt in rts:
+            error = rt_error(rt) or ""
+            received = rt_received(rt)
+            counts["multi_error"] += ";" in error
+            if not rt_ok(rt) and not error and received not in (None, ""):
+                counts["v2_mismatch_no_error"] += 1
+            counts["received_empty_string"] += received == ""
+            if isinstance(received, dict):
+                headers = received.get("headers")
+                counts["http_no_headers"] += headers is None
+                server = (headers or {}).get("Server", [])
+                counts["akamai"] += "AkamaiGHost" in server or "GHost" in server
+                counts["body_capped"] += len(received["body"]) == 65536
+                if "tls" in received:
+                    counts["v1_tls_cert"] += isinstance(received["tls"]["cert"], str)
+                cert = received.get("Certificate")
+                counts["v2_cert_string"] += isinstance(cert, str)
+                counts["v2_cert_list"] += isinstance(cert, list) and len(cert) >= 2
+            if isinstance(received, str) and any(ord(ch) > 127 for ch in received):
+                counts["non_ascii"] += 1
+            for label, needle in ERROR_NEEDLES.items():
+                counts[label] += needle in error
+    missing = [k for k in (*ERROR_NEEDLES, *EXPECTED_CASES) if counts[k] == 0]
+    assert not missing, (missing, counts)
+    assert retries == {0, 1, 2, 3, 4}
+
+
+ERROR_NEEDLES = {
+    "dial_timeout": "connect: connection timed out",
+    "read_timeout": ": i/o timeout",
+    "conn_reset": "read: connection reset by peer",
+    "dial_reset": "connect: connection reset by peer",
+    "conn_refused": "connect: connection refused",
+    "net_unreachable": "connect: network is unreachable",
+    "no_route": "connect: no route to host",
+    "bind": "bind: address already in use",
+    "broken_pipe": "write: broken pipe",
+    "tls_handshake": "remote error: tls: handshake failure",
+    "tls_oversized": "tls: oversized record received with length",
+    "tls_timeout": "TLS handshake timeout",
+    "request_canceled": "request canceled (Client.Timeout exceeded",
+    "eof": "EOF",
+    "unexpected_eof": "unexpected EOF",
+    "malformed_status": "malformed HTTP status code",
+    "v1_echo": "Incorrect echo response",
+    "v1_discard": "Received response",
+    "v1_status": "Incorrect web response: status lines don't match",
+    "v1_body": "Incorrect web response: bodies don't match",
+    "v1_cert": "Incorrect web response: certificates don't match",
+    "v1_cipher": "Incorrect web response: cipher suites don't match",
+    "v1_tls_version": "Incorrect web response: TLS versions don't match",
+    "v2_echo": "echo response does not match echo request",
+    "v2_discard": "discard response is not empty",
+    "v2_status_do": "Status lines do not match",
+    "v2_status_does": "Status lines does not match",
+    "v2_body": "Bodies do not match",
+    "v2_cert": "Certificates do not match",
+    "v2_cipher": "Cipher suites do not match",
+    "v2_tls_version": "TLS versions do not match",
+    "v2_header": "header field m",
+}
+EXPECTED_CASES = (
+    "v1_stateful",
+    "v1_fail_sanity",
+    "v1_blocked",
+    "v1_sent_empty",
+    "v1_control",
+    "v1_swapped",
+    "v2_stateful",
+    "v2_controls_failed",
+    "v2_anomaly",
+    "v2_alt_port",
+    "v2_control_first",
+    "v2_control_last",
+    "v2_only_failed_control",
+    "multi_error",
+    "v2_mismatch_no_error",
+    "received_empty_string",
+    "http_no_headers",
+    "akamai",
+    "body_capped",
+    "v1_tls_cert",
+    "v2_cert_string",
+    "v2_cert_list",
+    "non_ascii",
+)
+
+
+def test_per_scan_minimum_coverage(records_by_source: dict[str, list[Record]]) -> None:
+    for source, records in records_by_source.items():
+        v1 = "Server" in records[0]
+        stateful = sum(r["StatefulBlock" if v1 else "stateful_block"] for r in records)
+        failed = sum(r["FailSanity" if v1 else "controls_failed"] for r in records)
+        blocked = sum(r["Blocked" if v1 else "anomaly"] for r in records)
+        passing = sum(all(rt_ok(rt) for rt in roundtrips(r)) for r in records)
+        assert stateful and failed and blocked > 20, source
+        assert passing > len(records) // 3, source
+
+
+def test_blockpages_match_sample_signatures(records_by_source: dict[str, list[Record]]) -> None:
+    blockpage_hits: Counter[str] = Counter()
+    false_positive_hits: Counter[str] = Counter()
+    for _scan_type, version, rec in iter_all(records_by_source):
+        anomaly = rec["Blocked"] if version == 1 else rec["anomaly"]
+        for rt in roundtrips(rec):
+            received = rt_received(rt)
+            if not received:
+                continue
+            known, fingerprint = match_page(page_text(received))
+            if fingerprint is None:
+                continue
+            assert anomaly or rec.get("StatefulBlock") or not rt_ok(rt)
+            (blockpage_hits if known else false_positive_hits)[fingerprint] += 1
+    assert set(blockpage_hits) == set(BLOCKPAGES), blockpage_hits
+    assert set(false_positive_hits) == set(FALSE_POSITIVES), false_positive_hits
+
+
+def test_certificates(records_by_source: dict[str, list[Record]]) -> None:
+    kinds: Counter[str] = Counter()
+    for scan_type, version, rec in iter_all(records_by_source):
+        if scan_type != "https":
+            continue
+        domain = (rec["Keyword"] if version == 1 else rec["test_url"]).partition("/")[0]
+        for rt in roundtrips(rec):
+            received = rt_received(rt)
+            if not isinstance(received, dict):
+                continue
+            raw = received["tls"]["cert"] if version == 1 else received["Certificate"]
+            chain = [raw] if isinstance(raw, str) else raw
+            certs = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in chain]
+            leaf = certs[0]
+            assert leaf.not_valid_before_utc.year in (2019, 2020)
+            if len(certs) > 1:
+                leaf.verify_directly_issued_by(certs[1])
+            san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+            names = san.value.get_values_for_type(x509.DNSName)
+            if domain in names:
+                kinds["match"] += 1
+            elif any(n.startswith("*.") and host_matches(n, domain) for n in names):
+                kinds["wildcard"] += 1
+            else:
+                assert not any(host_matches(n, domain) for n in names)
+                kinds["mismatch"] += 1
+    assert kinds["match"] and kinds["wildcard"] and kinds["mismatch"], kinds
+
+
+def test_certificate_chain_is_deterministic() -> None:
+    first = ss.certificate_chain(99, "match", "www.example.org")
+    ss._CERT_CACHE.clear()
+    ss._CA_CACHE.clear()
+    assert ss.certificate_chain(99, "match", "www.example.org") == first
+    assert ss.certificate_chain(98, "match", "www.example.org") != first
+    leaf = x509.load_der_x509_certificate(base64.b64decode(first[0]))
+    assert leaf.not_valid_before_utc == datetime(2020, 6, 1, tzinfo=UTC)
+    middlebox = ss.certificate_chain(99, "middlebox")
+    assert len(middlebox) == 1
+    mb = x509.load_der_x509_certificate(base64.b64decode(middlebox[0]))
+    assert mb.issuer == mb.subject
+
+
+# ---------------------------------------------------------------------------------------
+# Malformed lines and CLI
+# ---------------------------------------------------------------------------------------
+
+
+def classify_bad(line: bytes) -> str | None:
+    """Kind of a malformed line, or ``None`` for a valid record."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return "truncated" if line.startswith(b"{") else "text"
+    if isinstance(obj, list):
+        return "array"
+    if not isinstance(obj, dict):
+        return "text"
+    if "Server" not in obj and "vp" not in obj:
+        return "unknown_format"
+    key = "Results" if "Server" in obj else "response"
+    if key not in obj:
+        return "missing_key"
+    if not isinstance(obj[key], list):
+        return "wrong_type"
+    return None if is_valid_record(obj) else "other"
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.2])
+def test_bad_lines(tmp_path: Path, ratio: float) -> None:
+    scans = [s for s in ss.DEFAULT_SCANS if s.scan_type in ("echo", "https")]
+    bad_summary = ss.write_scan_archives(tmp_path / "bad", scans, 150, 5, bad_line_ratio=ratio)
+    good_summary = ss.write_scan_archives(tmp_path / "good", scans, 150, 5)
+    assert good_summary.bad_lines == 0
+    total_bad = 0
+    kinds: Counter[str] = Counter()
+    for path in sorted((tmp_path / "bad" / "scans").glob("*/results.json.gz")):
+        lines = read_lines(gzip.decompress(path.read_bytes()))
+        good_path = tmp_path / "good" / "scans" / path.parent.name / path.name
+        good_lines = read_lines(gzip.decompress(good_path.read_bytes()))
+        labels = [classify_bad(line) for line in lines]
+        bad = [k for k in labels if k is not None]
+        assert "other" not in bad
+        kinds.update(bad)
+        total_bad += len(bad)
+        assert abs(len(bad) / len(lines) - ratio) < 0.02
+        # Bad lines are inserted; the valid records are unchanged and in order.
+        assert [ln for ln, k in zip(lines, labels, strict=True) if k is None] == good_lines
+    assert total_bad == bad_summary.bad_lines
+    assert set(kinds) == set(ss.BAD_LINE_KINDS)
+
+
+def test_render_results_ratio_zero_and_validation() -> None:
+    data, n_bad = ss.render_results([], bad_line_ratio=0.3)
+    assert (data, n_bad) == (b"", 0)
+    with pytest.raises(ValueError):
+        ss.render_results([], bad_line_ratio=1.0)
+    with pytest.raises(ValueError):
+        ss.generate_hyperquack_records("dns", 1, 1, 0, ss.DEFAULT_SCANS[0].start)
+    with pytest.raises(ValueError):
+        ss.generate_hyperquack_records("echo", 1, 1, 0, datetime(2020, 1, 1))
+
+
+def test_small_sizes() -> None:
+    start = ss.DEFAULT_SCANS[4].start
+    assert ss.generate_hyperquack_records("echo", 2, 0, 0, start) == []
+    records = ss.generate_hyperquack_records("http", 2, 3, 0, start)
+    assert len(records) == 3 and all(is_valid_record(r) for r in records)
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert ss.main(["--out", str(tmp_path), "--size", "20", "--seed", "3", "--plain"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    summary = json.loads(out)
+    assert summary["records"] == 160
+    assert summary["files_written"] == 16
+    assert summary["bytes"] == sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
