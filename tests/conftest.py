@@ -39,7 +39,11 @@ def build_real_input(dest: Path, versions: tuple[str, ...] = ("v1", "v2")) -> Pa
     """Lay the real Hyperquack files out as `<dest>/<scan name>/results.json` (in tmp)."""
     require_real()
     for rel, scan in REAL_HQ_SCANS.items():
-        if not any(rel.startswith(f"{t}_{v}/") for v in versions for t in ("echo", "discard", "http", "https")):
+        if not any(
+            rel.startswith(f"{t}_{v}/")
+            for v in versions
+            for t in ("echo", "discard", "http", "https")
+        ):
             continue
         target = dest / scan / "results.json"
         target.parent.mkdir(parents=True, exist_ok=True)

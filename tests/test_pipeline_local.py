@@ -34,9 +34,15 @@ def v2_record(vp: str, url: str, n_tests: int = 2, error: str | None = None) -> 
             rt["error"] = error
         rts.append(rt)
     return {
-        "vp": vp, "location": {"country_name": "X", "country_code": "XX"}, "service": "echo",
-        "test_url": url, "response": rts, "anomaly": error is not None,
-        "controls_failed": False, "stateful_block": False, "tag": "2021-06-01T10:00:00",
+        "vp": vp,
+        "location": {"country_name": "X", "country_code": "XX"},
+        "service": "echo",
+        "test_url": url,
+        "response": rts,
+        "anomaly": error is not None,
+        "controls_failed": False,
+        "stateful_block": False,
+        "tag": "2021-06-01T10:00:00",
     }
 
 
@@ -78,16 +84,28 @@ def test_malformed_lines_go_to_dead_letter_and_run_succeeds(tmp_path: Path, caps
     ]
     mixed = lines[:5] + bad[:3] + [""] + lines[5:] + bad[3:]
     write_scan(tmp_path / "in", "CP_Quack-echo-2021-06-01-10-00-00", mixed)
-    code = main(["--input", str(tmp_path / "in"), "--warehouse", str(tmp_path / "wh"),
-                 "--bad-line-threshold", "0.5"])
+    code = main(
+        [
+            "--input",
+            str(tmp_path / "in"),
+            "--warehouse",
+            str(tmp_path / "wh"),
+            "--bad-line-threshold",
+            "0.5",
+        ]
+    )
     assert code == 0
     assert '"files_processed": 1' in capsys.readouterr().out
     wh = tmp_path / "wh"
     assert table(wh, "SELECT count(*), count(DISTINCT measurement_id) FROM echo_scan") == [(60, 20)]
     dead = table(wh, "SELECT source_line, stage, error_class, raw_line FROM dead_letter ORDER BY 1")
     assert [(d[0], d[2]) for d in dead] == [
-        (6, "invalid_json"), (7, "invalid_json"), (8, "not_an_object"),
-        (25, "missing_field"), (26, "wrong_type"), (27, "unknown_format"),
+        (6, "invalid_json"),
+        (7, "invalid_json"),
+        (8, "not_an_object"),
+        (25, "missing_field"),
+        (26, "wrong_type"),
+        (27, "unknown_format"),
     ]
     assert dead[1][3] == "this is not json" and {d[1] for d in dead} == {"parse"}
     assert table(wh, "SELECT status, lines, rows_written, dead_letters FROM processed_files") == [
@@ -143,7 +161,8 @@ def test_too_many_bad_lines_fails_the_run_but_keeps_good_files(tmp_path: Path, c
     assert table(wh, "SELECT count(*) FROM discard_scan") == [(0,)]
     assert table(wh, "SELECT count(*) FROM dead_letter") == [(2,)]
     assert table(wh, "SELECT scan_type, status FROM processed_files ORDER BY 1") == [
-        ("discard", "rejected"), ("echo", "ok")
+        ("discard", "rejected"),
+        ("echo", "ok"),
     ]
     # With a looser threshold the rejected file is retried (and only it).
     summary = run(cfg(inp, wh, bad_line_threshold=0.5))
@@ -172,6 +191,8 @@ def test_unknown_folders_and_files_are_reported(tmp_path: Path) -> None:
     (inp / "random-folder" / "results.json").write_text("{}")
     summary = run(cfg(inp, wh, scan_types=("echo",)))
     reasons = sorted(s["reason"] for s in summary.skipped)
-    assert reasons == ["folder 'random-folder' is not a scan name",
-                       "unknown file 'extra.json' in a Hyperquack scan"]
+    assert reasons == [
+        "folder 'random-folder' is not a scan name",
+        "unknown file 'extra.json' in a Hyperquack scan",
+    ]
     assert summary.files_processed == 1

@@ -97,19 +97,30 @@ def _row(wh: Path, table: str, where: str, cols: str) -> list[tuple]:
 def test_v1_echo_retries_controls_and_blockpage(real_warehouses) -> None:
     wh = real_warehouses["v1"]
     rows = _row(
-        wh, "echo_scan", "server_ip = '122.155.84.41' AND source_line = 4",
+        wh,
+        "echo_scan",
+        "server_ip = '122.155.84.41' AND source_line = 4",
         "domain, domain_is_control, retry, outcome, outcome_rule_id, page_signature, "
         "is_known_blockpage, no_response_in_measurement_matches_template, domain_category",
     )
     assert [r[:3] for r in rows] == [
-        ("www.89.com", False, 0), ("www.89.com", False, 1), ("www.89.com", False, 2),
-        ("www.89.com", False, 3), ("www.89.com", False, 4),
+        ("www.89.com", False, 0),
+        ("www.89.com", False, 1),
+        ("www.89.com", False, 2),
+        ("www.89.com", False, 3),
+        ("www.89.com", False, 4),
         ("example5718349450314.com", True, None),
     ]
     assert rows[1][3:5] == ("dial/timeout", "HQ-DIAL-TIMEOUT")
     # The 503 page the middlebox echoed is a known false positive, so the outcome stays
     # content/mismatch and the row says which signature matched.
-    assert rows[0][3:8] == ("content/mismatch", "HQ-CONTENT-MISMATCH", "x_generic_503_4", False, True)
+    assert rows[0][3:8] == (
+        "content/mismatch",
+        "HQ-CONTENT-MISMATCH",
+        "x_generic_503_4",
+        False,
+        True,
+    )
     assert rows[5][3] == "expected/match" and rows[5][8] == "Control"
     assert rows[0][8] == "Pornography"
 
@@ -117,23 +128,34 @@ def test_v1_echo_retries_controls_and_blockpage(real_warehouses) -> None:
 def test_v2_blockpage_and_stateful_block(real_warehouses) -> None:
     wh = real_warehouses["v2"]
     rows = _row(
-        wh, "discard_scan", "server_ip = '116.0.42.17'",
+        wh,
+        "discard_scan",
+        "server_ip = '116.0.42.17'",
         "domain, retry, outcome, page_signature, is_known_blockpage, matches_template",
     )
     assert [r[1] for r in rows] == [None, 0, 1, 2, 3, None]
     assert rows[1][2:] == (
         "content/blockpage:b_nat_pak_isp_common_blockpage",
-        "b_nat_pak_isp_common_blockpage", True, False,
+        "b_nat_pak_isp_common_blockpage",
+        True,
+        False,
     )
     stateful = _row(
-        wh, "echo_scan", "server_ip = '139.159.212.25'",
+        wh,
+        "echo_scan",
+        "server_ip = '139.159.212.25'",
         "domain_is_control, retry, stateful_block, outcome, matches_template",
     )
     assert [r[2] for r in stateful] == [True] * 7
     # C+ T- T- T- T- C- C+: the first control after the tests fails, a later one passes.
     assert [(r[0], r[1], r[4]) for r in stateful] == [
-        (True, None, True), (False, 0, False), (False, 1, False), (False, 2, False),
-        (False, 3, False), (True, None, False), (True, None, True),
+        (True, None, True),
+        (False, 0, False),
+        (False, 1, False),
+        (False, 2, False),
+        (False, 3, False),
+        (True, None, False),
+        (True, None, True),
     ]
     assert [r[3] for r in stateful[4:6]] == ["setup/system_failure"] * 2
 
@@ -145,9 +167,20 @@ def test_tls_fields_v1_and_v2(real_warehouses) -> None:
         "octet_length(received_tls_cert) > 1000, outcome"
     )
     v1 = _row(real_warehouses["v1"], "https_scan", "domain = 'www.arabhra.org' AND retry = 0", cols)
-    assert v1 == [(771, 49199, "jobs.bankaudi.com.lb", "Entrust Certification Authority - L1M",
-                   False, True, "content/status_mismatch:302")]
-    v2 = _row(real_warehouses["v2"], "https_scan", "server_ip = '111.198.172.139' AND retry = 0", cols)
+    assert v1 == [
+        (
+            771,
+            49199,
+            "jobs.bankaudi.com.lb",
+            "Entrust Certification Authority - L1M",
+            False,
+            True,
+            "content/status_mismatch:302",
+        )
+    ]
+    v2 = _row(
+        real_warehouses["v2"], "https_scan", "server_ip = '111.198.172.139' AND retry = 0", cols
+    )
     assert v2[0][0:3] == (771, 156, "e.cebbank.com")
     assert v2[0][4:] == (False, True, "content/mismatch")
 
@@ -163,5 +196,7 @@ def test_provenance_columns(real_warehouses) -> None:
     assert {r[0] for r in rows} == {"CP_Quack-http-2021-05-30-01-01-01"}
     assert {r[1] for r in rows} == {"results.json"}
     assert all(r[3].startswith("hq-outcomes-") for r in rows)
-    files = _query(wh, "SELECT count(*) FROM glob('" + str(wh) + "/parquet/http_scan/date=*/*.parquet')")
+    files = _query(
+        wh, "SELECT count(*) FROM glob('" + str(wh) + "/parquet/http_scan/date=*/*.parquet')"
+    )
     assert files == [(1,)]

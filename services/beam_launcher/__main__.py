@@ -51,13 +51,36 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         help="fail when a file's share of bad lines exceeds this (default 0.10)",
     )
     p.add_argument("--batch-lines", type=int, default=500, help="lines per Beam element")
+    p.add_argument(
+        "--sink",
+        default=env_or("CP_SINK", "local"),
+        choices=["local", "bigquery"],
+        help="where tables go: local DuckDB/Parquet (default) or BigQuery",
+    )
+    p.add_argument("--bq-project", default=env_or("CP_BQ_PROJECT"), help="BigQuery project")
+    p.add_argument("--bq-dataset", default=env_or("CP_BQ_DATASET"), help="BigQuery dataset")
+    p.add_argument("--bq-location", default=env_or("CP_BQ_LOCATION"), help="BigQuery location")
+    p.add_argument(
+        "--temp-location",
+        default=env_or("CP_TEMP_LOCATION"),
+        help="gs:// folder for BigQuery loads and run stats (bigquery sink)",
+    )
     p.add_argument("--log-level", default=env_or("LOG_LEVEL", "INFO"))
     args, beam_args = p.parse_known_args(argv)
-    if not args.input or not args.warehouse:
-        p.error("--input and --warehouse are required (or $CP_INPUT / $CP_WAREHOUSE)")
+    if not args.input:
+        p.error("--input is required (or $CP_INPUT)")
+    if args.sink == "local" and not args.warehouse:
+        p.error("--warehouse is required for the local sink (or $CP_WAREHOUSE)")
+    if args.sink == "bigquery" and not (args.bq_project and args.bq_dataset and args.temp_location):
+        p.error("the bigquery sink needs --bq-project, --bq-dataset and --temp-location")
     cfg = RunConfig(
         input=args.input,
-        warehouse=args.warehouse,
+        warehouse=args.warehouse or "",
+        sink=args.sink,
+        bq_project=args.bq_project,
+        bq_dataset=args.bq_dataset,
+        bq_location=args.bq_location,
+        temp_location=args.temp_location,
         scan_types=HYPERQUACK_TYPES if args.scan_type == "all" else (args.scan_type,),
         full=args.full,
         runner=args.runner,

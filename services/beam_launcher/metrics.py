@@ -6,7 +6,8 @@ Pushgateway (grouping: job and scan type) and tests can read them back.
 Example:
     >>> m = LauncherMetrics()
     >>> m.files.labels(scan_type="echo", status="ok").inc()
-    >>> m.registry.get_sample_value("cp_launcher_files_total", {"scan_type": "echo", "status": "ok"})
+    >>> labels = {"scan_type": "echo", "status": "ok"}
+    >>> m.registry.get_sample_value("cp_launcher_files_total", labels)
     1.0
 """
 

@@ -12,6 +12,7 @@ Example (graph construction only):
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from services.beam_launcher.processing import FileTask, HyperquackProcessor, dead_letter
-from services.beam_launcher.resources import load_resources
+from services.beam_launcher.resources import Resources, load_resources
 from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES
 from services.common import storage
 from services.common.rowschema import Row, TableSpec
@@ -86,6 +87,19 @@ class ReadLineBatches(beam.DoFn):
         self.bytes_read.inc(nbytes)
 
 
+_RESOURCES: dict[str, Resources] = {}
+_RESOURCES_LOCK = threading.Lock()
+
+
+def shared_resources(location: str) -> Resources:
+    """One compiled matcher per worker process (RE2 matching is thread-safe)."""
+    with _RESOURCES_LOCK:
+        res = _RESOURCES.get(location)
+        if res is None:
+            res = _RESOURCES[location] = load_resources(location)
+        return res
+
+
 class ProcessBatches(beam.DoFn):
     """Parse + annotate a batch; rows keyed by (table, file_key), stats per file."""
 
@@ -95,7 +109,7 @@ class ProcessBatches(beam.DoFn):
         self.counters: dict[str, Any] = {}
 
     def setup(self) -> None:
-        self.processor = HyperquackProcessor(load_resources(self.resources_location))
+        self.processor = HyperquackProcessor(shared_resources(self.resources_location))
 
     def _count(self, name: str, value: int) -> None:
         counter = self.counters.get(name)
@@ -120,7 +134,7 @@ class ProcessBatches(beam.DoFn):
         yield beam.pvalue.TaggedOutput("stats", (task.file_key, stats))
 
 
-class SumStats(beam.CombineFn):  # type: ignore[misc]
+class SumStats(beam.CombineFn):
     """Sum per-file stat dicts."""
 
     def create_accumulator(self) -> Counter[str]:

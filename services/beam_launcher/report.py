@@ -31,7 +31,8 @@ def render(warehouse: Path) -> str:
                 f'SELECT count(*), count(DISTINCT date) FROM "{spec.name}"'
             ).fetchone()  # type: ignore[misc]
             top = con.execute(
-                f'SELECT outcome, count(*) c FROM "{spec.name}" GROUP BY 1 ORDER BY c DESC, 1 LIMIT 3'
+                f'SELECT outcome, count(*) c FROM "{spec.name}" '
+                "GROUP BY 1 ORDER BY c DESC, 1 LIMIT 3"
             ).fetchall()
             tops = ", ".join(f"{o} {c}" for o, c in top)
             out.append(f"{spec.name:<16}{n:>9}{dates:>7}  {tops}")

@@ -17,6 +17,7 @@ from typing import Any
 
 import apache_beam as beam
 import orjson
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from services.beam_launcher import pipeline as graph
@@ -68,6 +69,7 @@ class RunSummary:
     rows_by_table: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     warehouse: str = ""
+    beam_counters: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -101,6 +103,20 @@ def _read_stats(stats_dir: str, tasks: list[FileTask]) -> dict[str, dict[str, in
     return out
 
 
+def beam_counters(result: Any) -> dict[str, int]:
+    """Committed Beam counters of our namespace, read back from the finished pipeline."""
+    out: dict[str, int] = {}
+    try:
+        for c in result.metrics().query(MetricsFilter().with_namespace(graph.NAMESPACE))[
+            "counters"
+        ]:
+            value = c.committed if c.committed is not None else c.attempted
+            out[c.key.metric.name] = out.get(c.key.metric.name, 0) + int(value or 0)
+    except Exception as exc:  # some runners (e.g. a dry run) have no metrics
+        get_logger("beam_launcher").warning("beam_counters_unavailable", error=str(exc))
+    return dict(sorted(out.items()))
+
+
 def _pipeline_options(cfg: RunConfig, run_id: str) -> PipelineOptions:
     runner = LOCAL_RUNNERS.get(cfg.runner, cfg.runner)
     args = [f"--runner={runner}", f"--job_name=cp-hq-{run_id}"]
@@ -109,6 +125,21 @@ def _pipeline_options(cfg: RunConfig, run_id: str) -> PipelineOptions:
     if cfg.temp_location:
         args.append(f"--temp_location={cfg.temp_location}")
     return PipelineOptions([*args, *cfg.pipeline_args])
+
+
+def build_pipeline(cfg: RunConfig, todo: list[FileTask], target: Any, run_id: str) -> beam.Pipeline:
+    """The Beam pipeline of a run (also used for offline Dataflow dry runs)."""
+    tables = [*sorted({HYPERQUACK_TABLES[t.scan_type].name for t in todo}), DEAD_LETTER.name]
+    p = beam.Pipeline(options=_pipeline_options(cfg, run_id))
+    graph.build_graph(
+        p,
+        todo,
+        cfg.resources,
+        target.sink(run_id, tables),
+        target.stats_dir(run_id),
+        cfg.batch_lines,
+    )
+    return p
 
 
 def make_target(cfg: RunConfig) -> Any:
@@ -128,7 +159,7 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
     """Execute one run against the local warehouse; raises RunFailed on rejected files."""
     started = time.monotonic()
     metrics = metrics or LauncherMetrics()
-    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dt%H%M%S") + "-" + secrets.token_hex(3)
+    run_id = dt.datetime.now(dt.UTC).strftime("%Y%m%dt%H%M%S") + "-" + secrets.token_hex(3)
     log = get_logger("beam_launcher", run_id=run_id)
     version = pipeline_version()
     summary = RunSummary(run_id=run_id, warehouse=cfg.warehouse)
@@ -164,14 +195,16 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
         metrics.last_success.set_to_current_time()
         return summary
 
-    tables = sorted({HYPERQUACK_TABLES[t.scan_type].name for t in todo}) + [DEAD_LETTER.name]
+    tables = [*sorted({HYPERQUACK_TABLES[t.scan_type].name for t in todo}), DEAD_LETTER.name]
     stats_dir = warehouse.stats_dir(run_id)
     log.info("run_start", files=len(todo), already_processed=unchanged, target=warehouse.name)
     try:
-        with beam.Pipeline(options=_pipeline_options(cfg, run_id)) as p:
-            graph.build_graph(
-                p, todo, cfg.resources, warehouse.sink(run_id, tables), stats_dir, cfg.batch_lines
-            )
+        result = build_pipeline(cfg, todo, warehouse, run_id).run()
+        state = result.wait_until_finish()
+        if str(state) not in ("DONE", "PipelineState.DONE"):
+            raise RuntimeError(f"Beam pipeline ended in state {state}")
+        summary.beam_counters = beam_counters(result)
+        log.info("beam_counters", **summary.beam_counters)
         stats = _read_stats(stats_dir, todo)
         verdicts: list[FileVerdict] = [
             judge(t, stats[t.file_key], cfg.bad_line_threshold) for t in todo
@@ -224,7 +257,8 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
     if summary.rejected:
         first = summary.rejected[0]
         raise RunFailed(
-            f"{len(summary.rejected)} file(s) rejected; first: {first['file_key']}: {first['reason']}"
+            f"{len(summary.rejected)} file(s) rejected; "
+            f"first: {first['file_key']}: {first['reason']}"
         )
     metrics.last_success.set_to_current_time()
     return summary

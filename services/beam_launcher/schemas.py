@@ -1,6 +1,8 @@
 """Generate the table docs and BigQuery JSON schemas from the row definitions.
 
-Usage: ``python -m services.beam_launcher.schemas --docs docs/tables.md --bigquery-dir docs/bigquery``
+Usage::
+
+    python -m services.beam_launcher.schemas --docs docs/tables.md --bigquery-dir docs/bigquery
 """
 
 from __future__ import annotations

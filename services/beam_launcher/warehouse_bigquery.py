@@ -47,7 +47,9 @@ class _RowsOf(beam.DoFn):
 class BigQueryStagingSink:
     """Load rows into one staging table per target table with Beam's BigQuery sink."""
 
-    def __init__(self, project: str, dataset: str, run_id: str, tables: Iterable[TableSpec]) -> None:
+    def __init__(
+        self, project: str, dataset: str, run_id: str, tables: Iterable[TableSpec]
+    ) -> None:
         self.project = project
         self.dataset = dataset
         self.run_id = run_id
@@ -166,7 +168,7 @@ class BigQueryWarehouse:
     def commit(self, run_id: str, verdicts: list[FileVerdict], tables: list[TableSpec]) -> None:
         from google.cloud import bigquery
 
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         ok_keys = [v.task.file_key for v in verdicts if v.status == "ok"]
         all_keys = [v.task.file_key for v in verdicts]
         ledger_rows = [
@@ -178,13 +180,17 @@ class BigQueryWarehouse:
                 bigquery.ScalarQueryParameter("path", "STRING", v.task.url),
                 bigquery.ScalarQueryParameter("size_bytes", "INT64", v.task.size),
                 bigquery.ScalarQueryParameter("version", "STRING", v.task.version),
-                bigquery.ScalarQueryParameter("pipeline_version", "STRING", v.task.pipeline_version),
+                bigquery.ScalarQueryParameter(
+                    "pipeline_version", "STRING", v.task.pipeline_version
+                ),
                 bigquery.ScalarQueryParameter("status", "STRING", v.status),
                 bigquery.ScalarQueryParameter("lines", "INT64", v.stats.get("lines", 0)),
                 bigquery.ScalarQueryParameter(
                     "rows_written", "INT64", v.stats.get("rows", 0) if v.status == "ok" else 0
                 ),
-                bigquery.ScalarQueryParameter("dead_letters", "INT64", v.stats.get("dead_letters", 0)),
+                bigquery.ScalarQueryParameter(
+                    "dead_letters", "INT64", v.stats.get("dead_letters", 0)
+                ),
                 bigquery.ScalarQueryParameter(
                     "cert_parse_errors", "INT64", v.stats.get("cert_parse_errors", 0)
                 ),
@@ -215,7 +221,9 @@ class BigQueryTarget:
 
     def __init__(self, project: str, dataset: str, temp_location: str, location: str | None = None):
         if not project or not dataset or not temp_location:
-            raise ValueError("the bigquery sink needs --bq-project, --bq-dataset and --temp-location")
+            raise ValueError(
+                "the bigquery sink needs --bq-project, --bq-dataset and --temp-location"
+            )
         self.warehouse = BigQueryWarehouse(project, dataset, location)
         self.temp_location = temp_location.rstrip("/")
         self.name = f"bigquery:{project}.{dataset}"

@@ -162,7 +162,7 @@ class LocalWarehouse:
             for table in tables:
                 keys_by_table.setdefault(table, []).append(v.task.file_key)
                 new_files.setdefault(table, []).extend(self._publish(staging, table, key))
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         with self.connect() as con:
             for spec in ALL_TABLES:
                 con.execute(spec.duckdb_ddl())

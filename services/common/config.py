@@ -29,8 +29,8 @@ def pipeline_version() -> str:
     try:
         return metadata.version("cp-pipeline")
     except metadata.PackageNotFoundError:
-        from pathlib import Path
         import tomllib
+        from pathlib import Path
 
         pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
         with pyproject.open("rb") as fh:

@@ -32,7 +32,9 @@ def configure_logging(level: str | None = None) -> None:
     global _configured
     level_name = (level or os.environ.get("LOG_LEVEL") or "INFO").upper()
     numeric = getattr(logging, level_name, logging.INFO)
-    logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=max(numeric, logging.WARNING), format="%(message)s"
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

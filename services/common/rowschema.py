@@ -183,6 +183,7 @@ def _column_array(col: Column, values: list[Any]) -> pa.Array:
 def _python_values(col: Column, values: list[Any]) -> list[Any]:
     """Convert nested values to what pyarrow accepts for complex types."""
     if col.type == RECORD:
+
         def conv_record(v: Any) -> Any:
             if v is None:
                 return None

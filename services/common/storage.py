@@ -129,7 +129,7 @@ class GcsStorage:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from google.cloud import storage as gcs
+            from google.cloud import storage as gcs  # type: ignore[attr-defined]
 
             if os.environ.get("STORAGE_EMULATOR_HOST"):
                 from google.auth.credentials import AnonymousCredentials
@@ -170,11 +170,11 @@ class GcsStorage:
     def open_read(self, url: str) -> IO[bytes]:
         bucket, key = self.split(url)
         blob = self.client.bucket(bucket).blob(key)
-        return blob.open("rb", chunk_size=8 * 1024 * 1024)  # type: ignore[no-any-return]
+        return blob.open("rb", chunk_size=8 * 1024 * 1024)
 
     def read_bytes(self, url: str) -> bytes:
         bucket, key = self.split(url)
-        return self.client.bucket(bucket).blob(key).download_as_bytes()  # type: ignore[no-any-return]
+        return self.client.bucket(bucket).blob(key).download_as_bytes()
 
     def write_bytes(self, url: str, data: bytes) -> None:
         # A single-request upload is atomic in GCS: the object appears whole or not at all.
