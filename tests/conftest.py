@@ -49,3 +49,7 @@ def build_real_input(dest: Path, versions: tuple[str, ...] = ("v1", "v2")) -> Pa
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(REAL / rel, target)
     return dest
+
+
+# Real GCS JSON API (gcp-storage-emulator on 127.0.0.1): gcs_server, gcs_env, gcs_bucket.
+pytest_plugins = ["tests.gcs_server"]

@@ -167,6 +167,11 @@ def _parse_cached(cert_b64: str) -> _Parsed | None:
         return None
 
 
+def decode_certificate_text(text: str) -> bytes | None:
+    """DER bytes of a base64 certificate (PEM armour, whitespace, URL-safe tolerated)."""
+    return _decode_base64(text)
+
+
 def _decode_base64(text: str) -> bytes | None:
     if "-----" in text:  # tolerate PEM armour
         text = "\n".join(line for line in text.splitlines() if not line.startswith("-----"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from services.common.rowschema import Row
@@ -27,7 +28,7 @@ V1_CONTROL_DOMAINS = frozenset({"example5718349450314.com", "rtyutgyhefdafioasfj
 
 _SENT_RE = re.compile(r"GET (.*) HTTP/1.1\r\nHost: (.*)\r\n")
 _TIME_RE = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?\d{2})\Z"
+    r"(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:?[0-5]\d)\Z"
 )
 
 
@@ -77,7 +78,12 @@ def normalize_timestamp(value: Any, field: str) -> tuple[str, str]:
     if len(offset) == 5:  # +hhmm
         offset = f"{offset[:3]}:{offset[3:]}"
     frac_part = f".{frac[:6]}" if frac else ""
-    return day, f"{day}T{clock}{frac_part}{offset}"
+    out = f"{day}T{clock}{frac_part}{offset}"
+    try:
+        datetime.fromisoformat(out)  # rejects impossible dates, times and offsets
+    except ValueError:
+        raise BadRecord("invalid_timestamp", f"{field}: {value[:80]!r}") from None
+    return day, out
 
 
 def _need(record: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -103,8 +109,15 @@ def _opt_str(record: dict[str, Any], key: str, where: str) -> str | None:
     raise BadRecord("wrong_type", f"{where}: {key} is {type(value).__name__}")
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _opt_int(value: Any, where: str) -> int | None:
-    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise BadRecord("wrong_type", f"{where}: integer out of range")
         return value
     raise BadRecord("wrong_type", f"{where}: expected an integer, got {type(value).__name__}")
 

@@ -20,6 +20,7 @@ from typing import Any
 RULES_DIR = Path(__file__).parent / "rules"
 HYPERQUACK_RULES_FILE = RULES_DIR / "hyperquack_outcomes.toml"
 
+KNOWN_SCAN_TYPES = frozenset({"echo", "discard", "http", "https", "satellite"})
 _KINDS = {"blockpage", "trusted_host", "mismatch_no_error", "no_error", "error", "always"}
 _TEXT_KEYS = ("equals", "startswith", "endswith", "contains")
 
@@ -83,11 +84,18 @@ def _first_error(error: Any) -> str | None:
     return text if cut < 0 else text[:cut]
 
 
+def _string_list(spec: Mapping[str, Any], key: str) -> list[str]:
+    value = spec.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise RuleFileError(f"rule {spec.get('id')}: {key} must be a list of non-empty strings")
+    return value
+
+
 def _text_predicate(spec: Mapping[str, Any]) -> Predicate:
-    equals = frozenset(spec.get("equals", ()))
-    starts = tuple(spec.get("startswith", ()))
-    ends = tuple(spec.get("endswith", ()))
-    contains = tuple(spec.get("contains", ()))
+    equals = frozenset(_string_list(spec, "equals"))
+    starts = tuple(_string_list(spec, "startswith"))
+    ends = tuple(_string_list(spec, "endswith"))
+    contains = tuple(_string_list(spec, "contains"))
 
     def pred(_row: Mapping[str, Any], err: str | None) -> bool:
         if err is None:
@@ -109,7 +117,7 @@ def _compile(spec: Mapping[str, Any]) -> Predicate:
             bool(row.get("is_known_blockpage")) and bool(row.get("page_signature"))
         )
     if kind == "trusted_host":
-        headers = frozenset(spec.get("headers", ()))
+        headers = frozenset(_string_list(spec, "headers"))
         if not headers:
             raise RuleFileError(f"rule {spec['id']}: trusted_host needs headers")
         return lambda row, _e: any(h in headers for h in row.get("received_headers") or ())
@@ -142,7 +150,11 @@ def parse_rules(data: Mapping[str, Any], label: str) -> RuleSet:
         if not isinstance(outcome, str) or "/" not in outcome:
             raise RuleFileError(f"{label}: rule {rid} needs an outcome 'stage/result'")
         seen.add(rid)
-        st = spec.get("scan_types")
+        st = _string_list(spec, "scan_types") if "scan_types" in spec else None
+        not_st = _string_list(spec, "not_scan_types")
+        unknown = sorted((set(st or ()) | set(not_st)) - KNOWN_SCAN_TYPES)
+        if unknown or st == []:
+            raise RuleFileError(f"{label}: rule {rid} has bad scan types {unknown or st}")
         rules.append(
             OutcomeRule(
                 id=rid,
@@ -150,7 +162,7 @@ def parse_rules(data: Mapping[str, Any], label: str) -> RuleSet:
                 outcome=outcome,
                 predicate=_compile(spec),
                 scan_types=frozenset(st) if st is not None else None,
-                not_scan_types=frozenset(spec.get("not_scan_types", ())),
+                not_scan_types=frozenset(not_st),
             )
         )
     if not rules or rules[-1].kind != "always":

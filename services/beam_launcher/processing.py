@@ -15,14 +15,17 @@ Example:
 from __future__ import annotations
 
 import base64
-import binascii
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from services.beam_launcher.certs import leaf_certificate, parse_certificate
+from services.beam_launcher.certs import (
+    decode_certificate_text,
+    leaf_certificate,
+    parse_certificate,
+)
 from services.beam_launcher.hyperquack import BadRecord, FileContext, flatten_record
 from services.beam_launcher.outcomes import RuleSet, load_hyperquack_rules
 from services.beam_launcher.resources import Resources
@@ -116,10 +119,9 @@ def page_text(row: Row) -> str | None:
 
 
 def _canonical_b64(value: str) -> str | None:
-    try:
-        return base64.b64encode(base64.b64decode(value, validate=False)).decode("ascii")
-    except (binascii.Error, ValueError):
-        return None
+    """Standard base64 of the DER the certificate text decodes to (None if it does not)."""
+    der = decode_certificate_text(value)
+    return None if der is None else base64.b64encode(der).decode("ascii")
 
 
 class HyperquackProcessor:

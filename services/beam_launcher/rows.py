@@ -105,7 +105,7 @@ HYPERQUACK_TABLES: dict[str, TableSpec] = {
 DEAD_LETTER = TableSpec(
     name="dead_letter",
     columns=(
-        Column("date", DATE, "Processing date (UTC)", REQUIRED),
+        Column("date", DATE, "Date of the scan, from its name", REQUIRED),
         Column("scan_type", STRING, "Scan type of the input file"),
         Column("source", STRING, "Scan (archive) name", REQUIRED),
         Column("source_file", STRING, "Input file name, without .gz", REQUIRED),

@@ -154,9 +154,14 @@ class GcsStorage:
         return f"gen:{blob.generation}:md5:{blob.md5_hash}"
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        # Like LocalStorage: the object named by the URL, or everything in that folder, but
+        # not siblings sharing the string prefix ("scans" must not list "scans-old/...").
         bucket, key = self.split(prefix)
+        folder = key.rstrip("/") + "/" if key else ""
         for blob in self.client.list_blobs(bucket, prefix=key):
             if blob.name.endswith("/"):
+                continue
+            if key and blob.name != key and not blob.name.startswith(folder):
                 continue
             yield ObjectInfo(f"gs://{bucket}/{blob.name}", int(blob.size or 0), self._version(blob))
 
@@ -168,13 +173,25 @@ class GcsStorage:
         return ObjectInfo(url, int(blob.size or 0), self._version(blob))
 
     def open_read(self, url: str) -> IO[bytes]:
+        # Bytes as stored (raw_download): an object uploaded with Content-Encoding: gzip
+        # would otherwise be gunzipped by the client (then our *.gz decoding fails) and its
+        # ranged reads break mid-stream. get_blob pins the reader to the live generation:
+        # if the object is rewritten mid-read the next range fails (404) instead of
+        # splicing two versions together.
         bucket, key = self.split(url)
-        blob = self.client.bucket(bucket).blob(key)
-        return blob.open("rb", chunk_size=8 * 1024 * 1024)
+        blob = self.client.bucket(bucket).get_blob(key)
+        if blob is None:
+            raise FileNotFoundError(url)
+        return blob.open("rb", chunk_size=8 * 1024 * 1024, raw_download=True)
 
     def read_bytes(self, url: str) -> bytes:
+        from google.api_core.exceptions import NotFound
+
         bucket, key = self.split(url)
-        return self.client.bucket(bucket).blob(key).download_as_bytes()
+        try:
+            return self.client.bucket(bucket).blob(key).download_as_bytes(raw_download=True)
+        except NotFound:
+            raise FileNotFoundError(url) from None
 
     def write_bytes(self, url: str, data: bytes) -> None:
         # A single-request upload is atomic in GCS: the object appears whole or not at all.
