@@ -597,3 +597,9 @@ def test_load_rules_reports_the_file_name(tmp_path: Path) -> None:
     path.write_text('[[rule]]\nid = "X"\nkind = "always"\noutcome = "a/b"\n', encoding="utf-8")
     with pytest.raises(RuleFileError, match=r"broken\.toml: missing version"):
         load_rules(path)
+
+
+def test_blockpage_outcome_names_the_fingerprint_not_the_duplicate_id() -> None:
+    rules = load_hyperquack_rules()
+    row = {"is_known_blockpage": True, "page_signature": "e_unk_ru_blocked~3"}
+    assert rules.classify(row, "http") == ("content/blockpage:e_unk_ru_blocked", "HQ-BLOCKPAGE")

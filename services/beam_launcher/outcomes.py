@@ -46,7 +46,10 @@ class OutcomeRule:
         if "{" not in self.outcome:
             return self.outcome
         status = row.get("received_status") or ""
-        out = self.outcome.replace("{page_signature}", row.get("page_signature") or "")
+        signature = row.get("page_signature") or ""
+        out = self.outcome.replace("{page_signature}", signature)
+        # The fingerprint is the signature id without its "~N" duplicate suffix.
+        out = out.replace("{page_fingerprint}", signature.partition("~")[0])
         if "{status3}" in out:
             # The seed writes "content/status_mismatch" (no suffix) when status is empty.
             out = out.replace(":{status3}", f":{status[:3]}" if status else "")

@@ -68,7 +68,12 @@ _HQ_COLUMNS = (
     Column("received_headers", STRING, "Response headers as 'Name: value'", REPEATED),
     Column("received_body", STRING, "Response body (at most 64 KiB as captured)"),
     Column("is_known_blockpage", BOOLEAN, "True: blockpage signature; False: false positive"),
-    Column("page_signature", STRING, "Id of the signature that matched the received page"),
+    Column(
+        "page_signature",
+        STRING,
+        "Id of the signature that matched the received page (name~N for the Nth pattern "
+        "of a repeated fingerprint)",
+    ),
     Column("outcome", STRING, "Outcome class 'stage/outcome[:detail]'"),
     Column("outcome_rule_id", STRING, "Id of the outcome rule that fired"),
     Column("outcome_rules_version", STRING, "Version of the outcome rule set"),
