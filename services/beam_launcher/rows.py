@@ -13,7 +13,9 @@ from services.common.rowschema import (
     BOOLEAN,
     BYTES,
     DATE,
+    FLOAT,
     INTEGER,
+    RECORD,
     REPEATED,
     REQUIRED,
     STRING,
@@ -106,6 +108,105 @@ HYPERQUACK_TABLES: dict[str, TableSpec] = {
     )
     for t in HYPERQUACK_SCAN_TYPES
 }
+
+_MATCHES_CONTROL = (
+    Column("ip", BOOLEAN, "The answer IP was also returned by a control resolver"),
+    Column("censys_http_body_hash", BOOLEAN, "HTTP body hash tag matched a control answer"),
+    Column("censys_ip_cert", BOOLEAN, "Certificate hash tag matched a control answer"),
+    Column("asn", BOOLEAN, "ASN tag matched a control answer"),
+    Column("as_name", BOOLEAN, "AS name tag matched a control answer"),
+)
+
+_ANSWER_FIELDS = (
+    Column("ip", STRING, "Answer IP address"),
+    Column("asn", INTEGER, "ASN of the answer IP"),
+    Column("as_name", STRING, "AS name of the answer IP"),
+    Column("ip_organization", STRING, "Organisation of the answer IP"),
+    Column("censys_http_body_hash", STRING, "Tag: hash of the HTTP body served by the IP"),
+    Column("censys_ip_cert", STRING, "Tag: hash of the certificate served by the IP"),
+    Column(
+        "matches_control", RECORD, "Which tags matched control answers", fields=_MATCHES_CONTROL
+    ),
+    Column("match_confidence", FLOAT, "Percent of this answer's available tags that matched"),
+    Column("http_error", STRING, "Error of the HTTP fetch of the answer IP"),
+    Column("http_response_status", STRING, "HTTP status line"),
+    Column("http_response_headers", STRING, "HTTP headers 'Name: value'", REPEATED),
+    Column("http_response_body", STRING, "HTTP body (NULL when bodies are not kept)"),
+    Column(
+        "http_analysis_is_known_blockpage", BOOLEAN, "HTTP page matched a blockpage (true) or FP"
+    ),
+    Column("http_analysis_page_signature", STRING, "Signature id matched by the HTTP page"),
+    Column("https_error", STRING, "Error of the HTTPS fetch of the answer IP"),
+    Column("https_tls_version", INTEGER, "TLS version number"),
+    Column("https_tls_cipher_suite", INTEGER, "TLS cipher suite number"),
+    Column("https_tls_cert", BYTES, "DER of the leaf certificate"),
+    Column("https_tls_cert_common_name", STRING, "Subject common name"),
+    Column("https_tls_cert_issuer", STRING, "Issuer common name"),
+    Column("https_tls_cert_start_date", TIMESTAMP, "Certificate not-before"),
+    Column("https_tls_cert_end_date", TIMESTAMP, "Certificate not-after"),
+    Column("https_tls_cert_alternative_names", STRING, "Subject alternative names", REPEATED),
+    Column("https_tls_cert_has_trusted_ca", BOOLEAN, "Certificate chains to a trusted root (raw)"),
+    Column("https_tls_cert_matches_domain", BOOLEAN, "Certificate is valid for the domain"),
+    Column("https_response_status", STRING, "HTTPS status line"),
+    Column("https_response_headers", STRING, "HTTPS headers 'Name: value'", REPEATED),
+    Column("https_response_body", STRING, "HTTPS body (NULL when bodies are not kept)"),
+    Column("https_analysis_is_known_blockpage", BOOLEAN, "HTTPS page matched a blockpage or FP"),
+    Column("https_analysis_page_signature", STRING, "Signature id matched by the HTTPS page"),
+)
+
+SATELLITE_SCAN = TableSpec(
+    name="satellite_scan",
+    columns=(
+        Column("domain", STRING, "Queried domain"),
+        Column("domain_category", STRING, "Category of the domain; 'Control' for control domains"),
+        Column("domain_is_control", BOOLEAN, "The query is a control (liveness) domain"),
+        Column("date", DATE, "Date of the query (local date of start_time; v1: scan date)"),
+        Column("start_time", TIMESTAMP, "Query start time (NULL for v1)"),
+        Column("end_time", TIMESTAMP, "Query end time (NULL for v1)"),
+        Column("retry", INTEGER, "0-based attempt among test queries; NULL for control queries"),
+        Column("resolver_ip", STRING, "IP of the open resolver queried"),
+        Column(
+            "resolver_name", STRING, "PTR name of the resolver ('control'/'special' predefined)"
+        ),
+        Column("resolver_is_trusted", BOOLEAN, "The resolver is a trusted control resolver"),
+        Column("resolver_netblock", STRING, "Routed prefix of the resolver"),
+        Column("resolver_asn", INTEGER, "ASN of the resolver"),
+        Column("resolver_as_name", STRING, "AS short name"),
+        Column("resolver_as_full_name", STRING, "AS organisation name"),
+        Column("resolver_as_class", STRING, "AS class"),
+        Column("resolver_country", STRING, "ISO 3166-1 alpha-2 country of the resolver"),
+        Column("resolver_organization", STRING, "Organisation of the resolver IP"),
+        Column(
+            "resolver_non_zero_rcode_rate", FLOAT, "Share of the resolver's queries with rcode != 0"
+        ),
+        Column("resolver_private_ip_rate", FLOAT, "Share of answers that were private IPs"),
+        Column("resolver_zero_ip_rate", FLOAT, "Share of answers that were 0.0.0.0"),
+        Column("resolver_connect_error_rate", FLOAT, "Share of queries with connection errors"),
+        Column("resolver_invalid_cert_rate", FLOAT, "Share of answers with invalid certificates"),
+        Column("received_error", STRING, "Error of the query"),
+        Column("received_rcode", INTEGER, "DNS rcode; -1 = connection error"),
+        Column(
+            "answers", RECORD, "Answer IPs with tags and page fetches", REPEATED, _ANSWER_FIELDS
+        ),
+        Column("success", BOOLEAN, "The query got an answer (rcode 0)"),
+        Column("anomaly", BOOLEAN, "Answers did not match the control answers"),
+        Column("domain_controls_failed", BOOLEAN, "The liveness/control queries failed"),
+        Column("average_confidence", FLOAT, "Mean match_confidence of the answers"),
+        Column("untagged_controls", BOOLEAN, "No control answer had tags"),
+        Column("untagged_response", BOOLEAN, "No answer had tags"),
+        Column("excluded", BOOLEAN, "Not to be counted as an anomaly"),
+        Column("exclude_reason", STRING, "Why excluded (space-separated reasons)"),
+        Column("has_type_a", BOOLEAN, "The answer had an A record"),
+        Column("outcome", STRING, "DNS outcome class 'stage.outcome[:detail]'"),
+        Column("outcome_rule_id", STRING, "Id of the outcome rule that fired"),
+        Column("outcome_rules_version", STRING, "Version of the outcome rule set"),
+        Column("measurement_id", STRING, "Deterministic id of the measurement", REQUIRED),
+        *PROVENANCE_COLUMNS,
+    ),
+    description="One row per Satellite DNS query (roundtrip), answers nested.",
+    partition_field="date",
+    clustering=("resolver_country", "resolver_asn"),
+)
 
 DEAD_LETTER = TableSpec(
     name="dead_letter",
