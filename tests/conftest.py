@@ -53,3 +53,22 @@ def build_real_input(dest: Path, versions: tuple[str, ...] = ("v1", "v2")) -> Pa
 
 # Real GCS JSON API (gcp-storage-emulator on 127.0.0.1): gcs_server, gcs_env, gcs_bucket.
 pytest_plugins = ["tests.gcs_server"]
+
+
+# Real Satellite fixture folder → the scan name it is filed under in our input layout.
+REAL_SAT_SCANS = {
+    "satellite_v1": "CP_Satellite-2018-08-03-00-00-01",
+    "satellite_v2.1": "CP_Satellite-2021-04-25-14-00-01",
+    "satellite_v2.2": "CP_Satellite-2021-10-20-14-00-01",
+}
+
+
+def build_real_satellite_input(dest: Path) -> Path:
+    """Lay the real Satellite files out as `<dest>/<scan name>/<file>.json` (in tmp)."""
+    require_real()
+    for folder, scan in REAL_SAT_SCANS.items():
+        target = dest / scan
+        target.mkdir(parents=True, exist_ok=True)
+        for f in sorted((REAL / folder).glob("*.json")):
+            shutil.copyfile(f, target / f.name)
+    return dest

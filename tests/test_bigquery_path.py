@@ -131,3 +131,35 @@ def test_commit_is_one_transaction_with_parameters() -> None:
     ledger = json.dumps(params["ledger_rows"].to_api_repr())
     assert "rejected" in ledger and ok.file_key in ledger
     assert sorted(client.deleted) == sorted(f"proj.base.{staging_table(t, 'r-1')}" for t in tables)
+
+
+def test_dataflow_dry_run_of_the_satellite_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    cfg = RunConfig(
+        input="gs://example-in/scans",
+        warehouse="",
+        sink="bigquery",
+        bq_project="example-project",
+        bq_dataset="base",
+        temp_location="gs://example-tmp/runs",
+        resources="gs://example-res/resources",
+        runner="DataflowRunner",
+        pipeline_args=["--dry_run=True", "--region=us-central1"],
+    )
+    todo = [
+        FileTask.for_test("CP_Satellite-2021-10-20-14-00-01", name)
+        for name in ("results.json", "resolvers.json", "blockpages.json")
+    ]
+    target = BigQueryTarget("example-project", "base", "gs://example-tmp/runs")
+    p = build_pipeline(cfg, todo, target, "r2", "satellite")
+    labels = {t.unique_name for t in p.to_runner_api().components.transforms.values()}
+    for expected in (
+        "SatParse",
+        "JoinResolvers",
+        "JoinFetches",
+        "PostProcess",
+        "Load_satellite_scan",
+        "Load_dead_letter",
+    ):
+        assert expected in labels
+    assert str(p.run().state).endswith("DONE")

@@ -144,6 +144,7 @@ def test_table_set() -> None:
         "discard_scan",
         "http_scan",
         "https_scan",
+        "satellite_scan",
         "dead_letter",
         "processed_files",
     ]

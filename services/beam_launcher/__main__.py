@@ -14,7 +14,7 @@ import orjson
 from services.beam_launcher.run import RunConfig, RunFailed, run
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
-from services.common.scans import HYPERQUACK_TYPES
+from services.common.scans import SCAN_TYPES
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Namespace]:
@@ -31,7 +31,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
     p.add_argument(
         "--scan-type",
         default=env_or("CP_SCAN_TYPE", "all"),
-        choices=["all", *HYPERQUACK_TYPES],
+        choices=["all", *SCAN_TYPES],
         help="scan type to process (default all)",
     )
     p.add_argument(
@@ -51,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         help="fail when a file's share of bad lines exceeds this (default 0.10)",
     )
     p.add_argument("--batch-lines", type=int, default=500, help="lines per Beam element")
+    p.add_argument(
+        "--keep-satellite-bodies",
+        action="store_true",
+        default=env_or("CP_KEEP_SATELLITE_BODIES", "") in ("1", "true", "yes"),
+        help="keep page bodies of Satellite page fetches (default: dropped for size; "
+        "signatures then match status line + headers only)",
+    )
     p.add_argument(
         "--sink",
         default=env_or("CP_SINK", "local"),
@@ -81,11 +88,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         bq_dataset=args.bq_dataset,
         bq_location=args.bq_location,
         temp_location=args.temp_location,
-        scan_types=HYPERQUACK_TYPES if args.scan_type == "all" else (args.scan_type,),
+        scan_types=SCAN_TYPES if args.scan_type == "all" else (args.scan_type,),
         full=args.full,
         runner=args.runner,
         bad_line_threshold=args.bad_line_threshold,
         batch_lines=args.batch_lines,
+        keep_satellite_bodies=args.keep_satellite_bodies,
         pipeline_args=beam_args,
     )
     if args.resources:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.beam_launcher import satellite
 from services.beam_launcher.processing import FileTask
 from services.common import storage
 from services.common.scans import UnknownScanName, parse_scan_name
@@ -27,6 +28,7 @@ HYPERQUACK_SIDE_FILES = frozenset({"servers.txt", "domains.txt"})
 class Skipped:
     url: str
     reason: str
+    task: FileTask | None = None  # set for files of a known scan: recorded in the ledger
 
 
 @dataclass
@@ -53,17 +55,9 @@ def discover(input_url: str, scan_types: tuple[str, ...], pipeline_version: str)
         except UnknownScanName:
             plan.skipped.append(Skipped(obj.url, f"folder {folder!r} is not a scan name"))
             continue
-        if scan.family != "hyperquack":
-            plan.skipped.append(Skipped(obj.url, f"{scan.family} scans are not processed yet"))
-            continue
         if scan.scan_type not in scan_types:
             continue
         base = strip_gz(name)
-        if base in HYPERQUACK_SIDE_FILES:
-            continue
-        if base not in HYPERQUACK_DATA_FILES:
-            plan.skipped.append(Skipped(obj.url, f"unknown file {name!r} in a Hyperquack scan"))
-            continue
         task = FileTask(
             url=obj.url,
             source=scan.source,
@@ -74,6 +68,16 @@ def discover(input_url: str, scan_types: tuple[str, ...], pipeline_version: str)
             version=obj.version,
             pipeline_version=pipeline_version,
         )
+        if scan.family == "satellite":
+            reason = satellite.skip_reason(base)
+            if reason is not None:
+                plan.skipped.append(Skipped(obj.url, f"{name}: {reason}", task))
+                continue
+        elif base in HYPERQUACK_SIDE_FILES:
+            continue
+        elif base not in HYPERQUACK_DATA_FILES:
+            plan.skipped.append(Skipped(obj.url, f"unknown file {name!r} in a Hyperquack scan"))
+            continue
         previous = by_key.get(task.file_key)
         if previous is not None:
             # results.json and results.json.gz of one scan: keep the .gz, report the other.

@@ -24,7 +24,7 @@ from apache_beam.metrics import Metrics
 
 from services.beam_launcher.processing import FileTask, HyperquackProcessor, dead_letter
 from services.beam_launcher.resources import Resources, load_resources
-from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES
+from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES, SATELLITE_SCAN
 from services.common import storage
 from services.common.rowschema import Row, TableSpec
 
@@ -33,6 +33,7 @@ DEFAULT_BATCH_LINES = 500
 TABLE_SPECS: dict[str, TableSpec] = {
     **{s.name: s for s in HYPERQUACK_TABLES.values()},
     DEAD_LETTER.name: DEAD_LETTER,
+    SATELLITE_SCAN.name: SATELLITE_SCAN,
 }
 
 Batch = tuple[FileTask, int, list[bytes]]

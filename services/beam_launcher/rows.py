@@ -237,7 +237,10 @@ PROCESSED_FILES = TableSpec(
         Column("size_bytes", INTEGER, "Size of the file as read", REQUIRED),
         Column("version", STRING, "Content version: GCS generation/md5 or local size+mtime"),
         Column("pipeline_version", STRING, "Pipeline version", REQUIRED),
-        Column("status", STRING, "ok, or rejected (too many bad lines)", REQUIRED),
+        Column(
+            "status", STRING, "ok, rejected (unreadable / too many bad lines) or skipped", REQUIRED
+        ),
+        Column("reason", STRING, "Why the file was rejected or skipped"),
         Column("lines", INTEGER, "Non-empty lines read", REQUIRED),
         Column("rows_written", INTEGER, "Base-table rows written", REQUIRED),
         Column("dead_letters", INTEGER, "Lines sent to dead_letter", REQUIRED),
@@ -248,4 +251,5 @@ PROCESSED_FILES = TableSpec(
     description="Ledger: one row per input file and processing run outcome (latest wins).",
 )
 
-ALL_TABLES: tuple[TableSpec, ...] = (*HYPERQUACK_TABLES.values(), DEAD_LETTER, PROCESSED_FILES)
+SCAN_TABLES: dict[str, TableSpec] = {**HYPERQUACK_TABLES, "satellite": SATELLITE_SCAN}
+ALL_TABLES: tuple[TableSpec, ...] = (*SCAN_TABLES.values(), DEAD_LETTER, PROCESSED_FILES)

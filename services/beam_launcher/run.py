@@ -25,12 +25,12 @@ from services.beam_launcher.inputs import discover
 from services.beam_launcher.metrics import LauncherMetrics
 from services.beam_launcher.processing import FileTask
 from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
-from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES
+from services.beam_launcher.rows import DEAD_LETTER, SCAN_TABLES
 from services.beam_launcher.warehouse_local import FileVerdict, LocalTarget, judge
 from services.common import storage
 from services.common.config import pipeline_version
 from services.common.logsetup import get_logger
-from services.common.scans import HYPERQUACK_TYPES
+from services.common.scans import SCAN_TYPES
 
 LOCAL_RUNNERS = {"direct": "FnApiRunner", "fnapi": "FnApiRunner", "FnApiRunner": "FnApiRunner"}
 
@@ -43,11 +43,12 @@ class RunFailed(RuntimeError):
 class RunConfig:
     input: str
     warehouse: str
-    scan_types: tuple[str, ...] = HYPERQUACK_TYPES
+    scan_types: tuple[str, ...] = SCAN_TYPES
     full: bool = False
     resources: str = str(SAMPLE_RESOURCES)
     runner: str = "direct"
     batch_lines: int = graph.DEFAULT_BATCH_LINES
+    keep_satellite_bodies: bool = False
     bad_line_threshold: float = 0.10
     sink: str = "local"  # local | bigquery
     bq_project: str | None = None
@@ -78,7 +79,11 @@ class RunSummary:
 def select_tasks(
     tasks: list[FileTask], ledger: dict[str, Any], full: bool
 ) -> tuple[list[FileTask], int]:
-    """Files to process: all with --full; else new, changed, or not yet ok."""
+    """Files to process: all with --full; else new, changed, or not yet ok.
+
+    A Satellite scan is processed as a whole (its rows join all its files): when any of
+    its files needs processing, all of them are taken.
+    """
     if full:
         return tasks, 0
     todo = []
@@ -86,6 +91,10 @@ def select_tasks(
         entry = ledger.get(t.file_key)
         if entry is None or entry.status != "ok" or entry.version != t.version:
             todo.append(t)
+    sat_sources = {t.source for t in todo if t.scan_type == "satellite"}
+    chosen = {t.file_key for t in todo}
+    todo += [t for t in tasks if t.source in sat_sources and t.file_key not in chosen]
+    todo.sort(key=lambda t: t.file_key)
     return todo, len(tasks) - len(todo)
 
 
@@ -127,18 +136,48 @@ def _pipeline_options(cfg: RunConfig, run_id: str) -> PipelineOptions:
     return PipelineOptions([*args, *cfg.pipeline_args])
 
 
-def build_pipeline(cfg: RunConfig, todo: list[FileTask], target: Any, run_id: str) -> beam.Pipeline:
+def tables_for(tasks: list[FileTask]) -> list[str]:
+    """Tables a set of files writes: their scan tables plus dead_letter."""
+    return [*sorted({SCAN_TABLES[t.scan_type].name for t in tasks}), DEAD_LETTER.name]
+
+
+def judge_scans(verdicts: list[FileVerdict]) -> list[FileVerdict]:
+    """Satellite rows join all files of a scan: one rejected file rejects the whole scan."""
+    bad = {v.task.source: v for v in verdicts if v.status != "ok"}
+    out = []
+    for v in verdicts:
+        first = bad.get(v.task.source)
+        if first is not None and v.status == "ok":
+            reason = f"scan rejected because of {first.task.source_file}: {first.reason}"
+            v = FileVerdict(v.task, "rejected", reason, v.stats)
+        out.append(v)
+    return out
+
+
+def _skip_reasons(skipped: list[Any], sources: set[str]) -> list[tuple[FileTask, str]]:
+    return [(s.task, s.reason) for s in skipped if s.task is not None and s.task.source in sources]
+
+
+def build_pipeline(
+    cfg: RunConfig, todo: list[FileTask], target: Any, run_id: str, family: str = "hyperquack"
+) -> beam.Pipeline:
     """The Beam pipeline of a run (also used for offline Dataflow dry runs)."""
-    tables = [*sorted({HYPERQUACK_TABLES[t.scan_type].name for t in todo}), DEAD_LETTER.name]
     p = beam.Pipeline(options=_pipeline_options(cfg, run_id))
-    graph.build_graph(
-        p,
-        todo,
-        cfg.resources,
-        target.sink(run_id, tables),
-        target.stats_dir(run_id),
-        cfg.batch_lines,
-    )
+    sink = target.sink(run_id, tables_for(todo))
+    if family == "satellite":
+        from services.beam_launcher.satellite_pipeline import build_satellite_graph
+
+        build_satellite_graph(
+            p,
+            todo,
+            cfg.resources,
+            sink,
+            target.stats_dir(run_id),
+            cfg.batch_lines,
+            cfg.keep_satellite_bodies,
+        )
+    else:
+        graph.build_graph(p, todo, cfg.resources, sink, target.stats_dir(run_id), cfg.batch_lines)
     return p
 
 
@@ -195,23 +234,40 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
         metrics.last_success.set_to_current_time()
         return summary
 
-    tables = [*sorted({HYPERQUACK_TABLES[t.scan_type].name for t in todo}), DEAD_LETTER.name]
-    stats_dir = warehouse.stats_dir(run_id)
     log.info("run_start", files=len(todo), already_processed=unchanged, target=warehouse.name)
-    try:
-        result = build_pipeline(cfg, todo, warehouse, run_id).run()
-        state = result.wait_until_finish()
-        if str(state) not in ("DONE", "PipelineState.DONE"):
-            raise RuntimeError(f"Beam pipeline ended in state {state}")
-        summary.beam_counters = beam_counters(result)
-        log.info("beam_counters", **summary.beam_counters)
-        stats = _read_stats(stats_dir, todo)
-        verdicts: list[FileVerdict] = [
-            judge(t, stats[t.file_key], cfg.bad_line_threshold) for t in todo
-        ]
-        rows_by_table = warehouse.commit(run_id, verdicts, tables)
-    finally:
-        warehouse.cleanup(run_id)
+    verdicts: list[FileVerdict] = []
+    rows_by_table: dict[str, int] = {}
+    family_errors: list[str] = []
+    for family in ("hyperquack", "satellite"):
+        tasks = [t for t in todo if (t.scan_type == "satellite") == (family == "satellite")]
+        if not tasks:
+            continue
+        fam_run = f"{run_id}-{family[:3]}"
+        try:
+            result = build_pipeline(cfg, tasks, warehouse, fam_run, family).run()
+            state = result.wait_until_finish()
+            if str(state) not in ("DONE", "PipelineState.DONE"):
+                raise RuntimeError(f"Beam pipeline ended in state {state}")
+            counters = beam_counters(result)
+            summary.beam_counters.update(counters)
+            log.info("beam_counters", family=family, **counters)
+            stats = _read_stats(warehouse.stats_dir(fam_run), tasks)
+            fam_verdicts = [judge(t, stats[t.file_key], cfg.bad_line_threshold) for t in tasks]
+            if family == "satellite":
+                fam_verdicts = judge_scans(fam_verdicts)
+            skipped = [
+                FileVerdict(t, "skipped", s_reason, {})
+                for t, s_reason in _skip_reasons(plan.skipped, {t.source for t in tasks})
+            ]
+            rows_by_table.update(
+                warehouse.commit(fam_run, fam_verdicts + skipped, tables_for(tasks), run_id)
+            )
+            verdicts.extend(fam_verdicts)
+        except Exception as exc:  # one family failing must not block the other
+            log.error("family_failed", family=family, error=f"{type(exc).__name__}: {exc}")
+            family_errors.append(f"{family}: {type(exc).__name__}: {exc}")
+        finally:
+            warehouse.cleanup(fam_run)
 
     totals: Counter[str] = Counter()
     for v in verdicts:
@@ -254,6 +310,8 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
         rejected=len(summary.rejected),
         seconds=summary.seconds,
     )
+    if family_errors:
+        raise RunFailed("; ".join(family_errors))
     if summary.rejected:
         first = summary.rejected[0]
         raise RunFailed(

@@ -18,7 +18,13 @@ from typing import Any
 
 import apache_beam as beam
 
-from services.beam_launcher.rows import ALL_TABLES, DEAD_LETTER, HYPERQUACK_TABLES, PROCESSED_FILES
+from services.beam_launcher.rows import (
+    ALL_TABLES,
+    DEAD_LETTER,
+    PROCESSED_FILES,
+    SATELLITE_SCAN,
+    SCAN_TABLES,
+)
 from services.beam_launcher.warehouse_local import FileVerdict, LedgerEntry
 from services.common.rowschema import TableSpec
 
@@ -83,21 +89,23 @@ def commit_script(
 ) -> str:
     """The transaction that publishes a run (file keys are passed as query parameters).
 
-    Parameters: ``@ok_keys`` (files whose rows are published) and ``@all_keys`` (every
-    judged file: its dead letters and ledger row are replaced).
+    Parameters: ``@ok_keys`` (files whose rows are published), ``@ok_sources`` (Satellite
+    scans whose rows are published: they are replaced per scan), ``@all_keys`` (every
+    judged file: its dead letters are replaced) and ``@ledger_keys`` (ledger rows replaced).
     """
     stmts = ["BEGIN TRANSACTION;"]
-    key_expr = "CONCAT(source, '/', source_file)"
     for spec in tables:
-        keys = "@all_keys" if spec.name == DEAD_LETTER.name else "@ok_keys"
+        if spec.name == SATELLITE_SCAN.name:
+            cond = "source IN UNNEST(@ok_sources)"
+        else:
+            keys = "@all_keys" if spec.name == DEAD_LETTER.name else "@ok_keys"
+            cond = f"CONCAT(source, '/', source_file) IN UNNEST({keys})"
         target = table_ref(project, dataset, spec.name)
         staged = table_ref(project, dataset, staging_table(spec, run_id))
-        stmts.append(f"DELETE FROM {target} WHERE {key_expr} IN UNNEST({keys});")
-        stmts.append(
-            f"INSERT INTO {target} SELECT * FROM {staged} WHERE {key_expr} IN UNNEST({keys});"
-        )
+        stmts.append(f"DELETE FROM {target} WHERE {cond};")
+        stmts.append(f"INSERT INTO {target} SELECT * FROM {staged} WHERE {cond};")
     ledger = table_ref(project, dataset, PROCESSED_FILES.name)
-    stmts.append(f"DELETE FROM {ledger} WHERE file_key IN UNNEST(@all_keys);")
+    stmts.append(f"DELETE FROM {ledger} WHERE file_key IN UNNEST(@ledger_keys);")
     stmts.append(f"INSERT INTO {ledger} SELECT * FROM UNNEST(@ledger_rows);")
     stmts.append("COMMIT TRANSACTION;")
     return "\n".join(stmts)
@@ -152,7 +160,7 @@ class BigQueryWarehouse:
         types = sorted(set(scan_types))
         for t in types:
             self.client.delete_table(
-                f"{self.project}.{self.dataset}.{HYPERQUACK_TABLES[t].name}", not_found_ok=True
+                f"{self.project}.{self.dataset}.{SCAN_TABLES[t].name}", not_found_ok=True
             )
         self.ensure_tables()
         for spec in (DEAD_LETTER, PROCESSED_FILES):
@@ -165,12 +173,24 @@ class BigQueryWarehouse:
             )
             job.result()
 
-    def commit(self, run_id: str, verdicts: list[FileVerdict], tables: list[TableSpec]) -> None:
+    def commit(
+        self,
+        staging_id: str,
+        verdicts: list[FileVerdict],
+        tables: list[TableSpec],
+        run_id: str | None = None,
+    ) -> None:
+        """Publish staged rows of ``staging_id``; ledger rows carry ``run_id``."""
         from google.cloud import bigquery
 
+        run_id = run_id or staging_id
         now = dt.datetime.now(dt.UTC)
-        ok_keys = [v.task.file_key for v in verdicts if v.status == "ok"]
-        all_keys = [v.task.file_key for v in verdicts]
+        judged = [v for v in verdicts if v.status != "skipped"]
+        ok_keys = [v.task.file_key for v in judged if v.status == "ok"]
+        ok_sources = sorted(
+            {v.task.source for v in judged if v.status == "ok" and v.task.scan_type == "satellite"}
+        )
+        all_keys = [v.task.file_key for v in judged]
         ledger_rows = [
             bigquery.StructQueryParameter(
                 None,
@@ -184,6 +204,7 @@ class BigQueryWarehouse:
                     "pipeline_version", "STRING", v.task.pipeline_version
                 ),
                 bigquery.ScalarQueryParameter("status", "STRING", v.status),
+                bigquery.ScalarQueryParameter("reason", "STRING", v.reason or None),
                 bigquery.ScalarQueryParameter("lines", "INT64", v.stats.get("lines", 0)),
                 bigquery.ScalarQueryParameter(
                     "rows_written", "INT64", v.stats.get("rows", 0) if v.status == "ok" else 0
@@ -200,11 +221,15 @@ class BigQueryWarehouse:
             for v in verdicts
         ]
         job = self.client.query(
-            commit_script(self.project, self.dataset, run_id, verdicts, tables),
+            commit_script(self.project, self.dataset, staging_id, verdicts, tables),
             job_config=bigquery.QueryJobConfig(
                 query_parameters=[
                     bigquery.ArrayQueryParameter("ok_keys", "STRING", ok_keys),
                     bigquery.ArrayQueryParameter("all_keys", "STRING", all_keys),
+                    bigquery.ArrayQueryParameter("ok_sources", "STRING", ok_sources),
+                    bigquery.ArrayQueryParameter(
+                        "ledger_keys", "STRING", [v.task.file_key for v in verdicts]
+                    ),
                     bigquery.ArrayQueryParameter("ledger_rows", "STRUCT", ledger_rows),
                 ]
             ),
@@ -212,7 +237,8 @@ class BigQueryWarehouse:
         job.result()
         for spec in tables:
             self.client.delete_table(
-                f"{self.project}.{self.dataset}.{staging_table(spec, run_id)}", not_found_ok=True
+                f"{self.project}.{self.dataset}.{staging_table(spec, staging_id)}",
+                not_found_ok=True,
             )
 
 
@@ -235,8 +261,10 @@ class BigQueryTarget:
         specs = [_spec(t) for t in tables]
         return BigQueryStagingSink(self.warehouse.project, self.warehouse.dataset, run_id, specs)
 
-    def commit(self, run_id: str, verdicts: list[FileVerdict], tables: list[str]) -> dict[str, int]:
-        self.warehouse.commit(run_id, verdicts, [_spec(t) for t in tables])
+    def commit(
+        self, staging_id: str, verdicts: list[FileVerdict], tables: list[str], run_id: str
+    ) -> dict[str, int]:
+        self.warehouse.commit(staging_id, verdicts, [_spec(t) for t in tables], run_id)
         return {}
 
     def cleanup(self, run_id: str) -> None:

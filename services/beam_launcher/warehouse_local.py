@@ -30,7 +30,12 @@ import duckdb
 
 from services.beam_launcher.pipeline import safe_key
 from services.beam_launcher.processing import FileTask
-from services.beam_launcher.rows import ALL_TABLES, DEAD_LETTER, HYPERQUACK_TABLES, PROCESSED_FILES
+from services.beam_launcher.rows import (
+    ALL_TABLES,
+    DEAD_LETTER,
+    PROCESSED_FILES,
+    SCAN_TABLES,
+)
 from services.common.scans import UnknownScanName, parse_scan_name
 
 DB_NAME = "warehouse.duckdb"
@@ -106,9 +111,9 @@ class LocalWarehouse:
         with self.connect() as con:
             con.execute("BEGIN")
             for t in types:
-                table = HYPERQUACK_TABLES[t].name
+                table = SCAN_TABLES[t].name
                 con.execute(f'DROP TABLE IF EXISTS "{table}"')
-                con.execute(HYPERQUACK_TABLES[t].duckdb_ddl())
+                con.execute(SCAN_TABLES[t].duckdb_ddl())
             for spec in (DEAD_LETTER, PROCESSED_FILES):
                 con.execute(spec.duckdb_ddl())
                 con.execute(
@@ -117,7 +122,7 @@ class LocalWarehouse:
                 )
             con.execute("COMMIT")
         for t in types:
-            shutil.rmtree(self.parquet_root / HYPERQUACK_TABLES[t].name, ignore_errors=True)
+            shutil.rmtree(self.parquet_root / SCAN_TABLES[t].name, ignore_errors=True)
         for path in (self.parquet_root / DEAD_LETTER.name).glob("date=*/*.parquet"):
             try:
                 scan_type = parse_scan_name(path.stem.split("__", 1)[0]).scan_type
@@ -153,26 +158,42 @@ class LocalWarehouse:
         report = CommitReport(verdicts=verdicts)
         staging = Path(staging_dir)
         new_files: dict[str, list[Path]] = {}
-        keys_by_table: dict[str, list[str]] = {}
+        keys_by_table: dict[str, list[str]] = {}  # rows replaced per input file
+        sources_by_table: dict[str, list[str]] = {}  # rows replaced per scan (Satellite)
         for v in verdicts:
-            key = safe_key(v.task.file_key)
-            tables = [DEAD_LETTER.name]
-            if v.status == "ok":
-                tables.insert(0, HYPERQUACK_TABLES[v.task.scan_type].name)
-            for table in tables:
-                keys_by_table.setdefault(table, []).append(v.task.file_key)
-                new_files.setdefault(table, []).extend(self._publish(staging, table, key))
+            if v.status == "skipped":
+                continue
+            table = SCAN_TABLES[v.task.scan_type].name
+            units = [(DEAD_LETTER.name, v.task.file_key)]
+            if v.status == "ok" and v.task.scan_type != "satellite":
+                units.append((table, v.task.file_key))
+            for t, file_key in units:
+                keys_by_table.setdefault(t, []).append(file_key)
+                new_files.setdefault(t, []).extend(self._publish(staging, t, safe_key(file_key)))
+            sat = (
+                sources_by_table.setdefault(table, []) if v.task.scan_type == "satellite" else None
+            )
+            if sat is not None and v.status == "ok" and v.task.source not in sat:
+                sat.append(v.task.source)
+                staged_key = safe_key(f"{v.task.source}/satellite")
+                new_files.setdefault(table, []).extend(self._publish(staging, table, staged_key))
         now = dt.datetime.now(dt.UTC)
         with self.connect() as con:
             for spec in ALL_TABLES:
                 con.execute(spec.duckdb_ddl())
             con.execute("BEGIN")
-            for table, keys in keys_by_table.items():
-                con.execute(
-                    f"DELETE FROM \"{table}\" WHERE source || '/' || source_file "
-                    "IN (SELECT unnest(?::VARCHAR[]))",
-                    [keys],
-                )
+            for table in sorted(set(keys_by_table) | set(sources_by_table)):
+                if keys_by_table.get(table):
+                    con.execute(
+                        f"DELETE FROM \"{table}\" WHERE source || '/' || source_file "
+                        "IN (SELECT unnest(?::VARCHAR[]))",
+                        [keys_by_table[table]],
+                    )
+                if sources_by_table.get(table):
+                    con.execute(
+                        f'DELETE FROM "{table}" WHERE source IN (SELECT unnest(?::VARCHAR[]))',
+                        [sources_by_table[table]],
+                    )
                 files = [str(f) for f in new_files.get(table, [])]
                 if files:
                     con.execute(
@@ -187,7 +208,7 @@ class LocalWarehouse:
                 [keys],
             )
             con.executemany(
-                "INSERT INTO processed_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO processed_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         v.task.file_key,
@@ -198,6 +219,7 @@ class LocalWarehouse:
                         v.task.version,
                         v.task.pipeline_version,
                         v.status,
+                        v.reason or None,
                         v.stats.get("lines", 0),
                         v.stats.get("rows", 0) if v.status == "ok" else 0,
                         v.stats.get("dead_letters", 0),
@@ -230,8 +252,11 @@ class LocalTarget:
 
         return LocalStagingSink(self.staging_dir(run_id))
 
-    def commit(self, run_id: str, verdicts: list[FileVerdict], tables: list[str]) -> dict[str, int]:
-        return self.warehouse.commit(run_id, verdicts, self.staging_dir(run_id)).rows_by_table
+    def commit(
+        self, staging_id: str, verdicts: list[FileVerdict], tables: list[str], run_id: str
+    ) -> dict[str, int]:
+        staging = self.staging_dir(staging_id)
+        return self.warehouse.commit(run_id, verdicts, staging).rows_by_table
 
     def cleanup(self, run_id: str) -> None:
         shutil.rmtree(self.staging_dir(run_id), ignore_errors=True)

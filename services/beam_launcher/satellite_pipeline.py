@@ -1,0 +1,285 @@
+"""Beam graph for Satellite scans: parse every file of a scan, join, post-process, classify.
+
+A Satellite scan is several files joined on keys that stay inside one scan:
+
+* resolver tags by (scan, resolver ip),
+* answer tags by (scan, answer ip) and page fetches by (scan, domain, answer ip),
+* post-processing per (scan, domain).
+
+Every join is a CoGroupByKey on such keys, so no worker ever holds a whole scan.
+
+Example (graph construction only):
+    >>> import apache_beam as beam
+    >>> p = beam.Pipeline(runner="FnApiRunner")
+    >>> _ = build_satellite_graph(p, [], "resources/sample", None, "/tmp/x/_stats")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+import orjson
+from apache_beam.metrics import Metrics
+
+from services.beam_launcher import satellite, satellite_outcomes, satellite_post
+from services.beam_launcher.hyperquack import BadRecord
+from services.beam_launcher.pipeline import (
+    NAMESPACE,
+    ReadLineBatches,
+    SumStats,
+    WriteStats,
+    shared_resources,
+)
+from services.beam_launcher.processing import FileTask, dead_letter
+from services.beam_launcher.rows import DEAD_LETTER, SATELLITE_SCAN
+from services.common.rowschema import Row
+
+SATELLITE_TABLE = SATELLITE_SCAN.name
+
+
+def scan_key(source: str) -> str:
+    """Satellite rows are replaced per scan: their 'file key' is the scan itself."""
+    return f"{source}/satellite"
+
+
+class ParseSatelliteBatch(beam.DoFn):
+    """Route each line of a batch by its file's role and parse it.
+
+    Outputs: main = rows (one element per row, for the joins); ``resolver_tags``,
+    ``answer_tags``, ``fetches`` keyed for their joins; ``dead`` and ``stats``.
+    """
+
+    def __init__(self, resources_location: str, keep_bodies: bool) -> None:
+        self.resources_location = resources_location
+        self.keep_bodies = keep_bodies
+        self.matcher: Any = None
+        self.counters: dict[str, Any] = {}
+
+    def setup(self) -> None:
+        self.matcher = shared_resources(self.resources_location).matcher
+
+    def _count(self, name: str, value: int = 1) -> None:
+        c = self.counters.get(name)
+        if c is None:
+            c = self.counters[name] = Metrics.counter(NAMESPACE, f"satellite.{name}")
+        c.inc(value)
+
+    def process(self, batch: tuple[FileTask, int, list[bytes]]) -> Iterator[Any]:
+        task, first, lines = batch
+        role = satellite.file_role(task.source_file)
+        ctx = task.context()
+        stats: dict[str, int] = {}
+        dead: list[Row] = []
+
+        def bump(name: str, n: int = 1) -> None:
+            stats[name] = stats.get(name, 0) + n
+
+        for offset, raw in enumerate(lines):
+            line_no = first + offset
+            raw = raw.rstrip(b"\r\n")
+            if not raw.strip():
+                bump("blank_lines")
+                continue
+            bump("lines")
+            try:
+                try:
+                    record = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    raise BadRecord("invalid_json", f"invalid JSON: {exc}") from None
+                if not isinstance(record, dict):
+                    raise BadRecord("not_an_object", f"record is a JSON {type(record).__name__}")
+                if role == "observations":
+                    rows = satellite.flatten_observation(
+                        record, task.source_file, line_no, raw, ctx, task.scan_date
+                    )
+                    bump("rows", len(rows))
+                    for i, row in enumerate(rows):
+                        row["_row_id"] = f"{row['measurement_id']}:{i}"
+                        yield row
+                elif role == "resolver_tags":
+                    ip, tags = satellite.parse_resolver_tag(record, task.source_file)
+                    yield beam.pvalue.TaggedOutput("resolver_tags", ((task.source, ip), tags))
+                elif role == "answer_tags":
+                    ip, tags = satellite.parse_answer_tag(record)
+                    yield beam.pvalue.TaggedOutput("answer_tags", ((task.source, ip), tags))
+                elif role == "page_fetches":
+                    for domain, ip, fetch in satellite.parse_page_fetch(
+                        record, self.matcher, self.keep_bodies
+                    ):
+                        key = (task.source, domain, ip)
+                        yield beam.pvalue.TaggedOutput("fetches", (key, fetch))
+            except BadRecord as bad:
+                bump("dead_letters")
+                bump(f"dead_letters.{bad.error_class}")
+                dead.append(dead_letter(task, line_no, "parse", bad.error_class, bad.message, raw))
+            except Exception as exc:  # parser bug: dead-letter it, never crash the run
+                bump("dead_letters")
+                bump("dead_letters.internal_error")
+                msg = f"{type(exc).__name__}: {exc}"
+                dead.append(dead_letter(task, line_no, "parse", "internal_error", msg, raw))
+        if dead:
+            yield beam.pvalue.TaggedOutput("dead", ((DEAD_LETTER.name, task.file_key), dead))
+        for name, value in stats.items():
+            self._count(name, value)
+        yield beam.pvalue.TaggedOutput("stats", (task.file_key, stats))
+
+
+def _merge_resolver(item: tuple[tuple[str, str], dict[str, list[Any]]]) -> Iterator[Row]:
+    _key, groups = item
+    tag_list = list(groups["tags"])
+    tags = satellite.merge_resolver_tags(tag_list) if tag_list else {}
+    for row in groups["rows"]:
+        for k, v in tags.items():
+            if v is not None:
+                row[k] = v
+        yield row
+
+
+def _explode_answers(row: Row) -> Iterator[Any]:
+    """Per answer: a tag-join key and a fetch-join key, both pointing back to the row."""
+    for idx, answer in enumerate(row.get("answers") or ()):
+        ip = answer.get("ip")
+        if not ip:
+            continue
+        ref = (row["_row_id"], idx)
+        yield beam.pvalue.TaggedOutput("tag_keys", ((row["source"], ip), ref))
+        yield beam.pvalue.TaggedOutput("fetch_keys", ((row["source"], row["domain"], ip), ref))
+
+
+def _route_answers(
+    item: tuple[Any, dict[str, list[Any]]], update_kind: str
+) -> Iterator[tuple[str, tuple[str, int, Any]]]:
+    _key, groups = item
+    values = list(groups["values"])
+    if not values:
+        return
+    for row_id, idx in groups["refs"]:
+        yield (row_id, (update_kind, idx, values))
+
+
+def _apply_updates(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Row]:
+    _row_id, groups = item
+    rows = list(groups["rows"])
+    if not rows:
+        return
+    row = rows[0]
+    answers = row.get("answers") or []
+    duplicates = 0
+    for kind, idx, values in groups["updates"]:
+        if idx >= len(answers):
+            continue
+        if kind == "tags":
+            for tags in values:
+                satellite.apply_answer_tags(answers[idx], tags)
+        else:
+            for fetch in values:
+                if satellite.apply_page_fetch(answers[idx], fetch):
+                    duplicates += 1
+    if duplicates:
+        Metrics.counter(NAMESPACE, "satellite.duplicate_page_fetches").inc(duplicates)
+    yield row
+
+
+class PostProcessDomain(beam.DoFn):
+    """Post-process one (scan, domain) group, then classify and annotate every row."""
+
+    def __init__(self, resources_location: str) -> None:
+        self.resources_location = resources_location
+        self.categories: Any = None
+        self.rules: Any = None
+
+    def setup(self) -> None:
+        self.categories = shared_resources(self.resources_location).categories
+        self.rules = satellite_outcomes.load_satellite_rules()
+
+    def process(self, item: tuple[tuple[str, str], Iterable[Row]]) -> Iterator[Any]:
+        (source, _domain), rows_iter = item
+        rows = satellite_post.post_process(list(rows_iter))
+        out: list[Row] = []
+        for row in rows:
+            row["domain_category"] = self.categories.category(
+                row.get("domain") or "", bool(row.get("domain_is_control"))
+            )
+            outcome, rule_id = self.rules.classify(row)
+            row["outcome"] = outcome
+            row["outcome_rule_id"] = rule_id
+            row["outcome_rules_version"] = self.rules.version
+            out.append({k: row.get(k) for k in SATELLITE_SCAN.column_names})
+        if out:
+            yield ((SATELLITE_TABLE, scan_key(source)), out)
+
+
+def build_satellite_graph(
+    p: beam.Pipeline,
+    tasks: list[FileTask],
+    resources_location: str,
+    sink: Any,
+    stats_dir: str,
+    batch_lines: int = 500,
+    keep_bodies: bool = False,
+) -> Any:
+    """Add the Satellite graph for the files of whole scans (``tasks``) to ``p``."""
+    read = (
+        p
+        | "SatFiles" >> beam.Create(tasks)
+        | "SatReadLineBatches"
+        >> beam.ParDo(ReadLineBatches(batch_lines)).with_outputs(
+            "read_errors", "stats", main="batches"
+        )
+    )
+    parsed = (
+        read.batches
+        | "SatSpreadBatches" >> beam.Reshuffle()
+        | "SatParse"
+        >> beam.ParDo(ParseSatelliteBatch(resources_location, keep_bodies)).with_outputs(
+            "resolver_tags", "answer_tags", "fetches", "dead", "stats", main="rows"
+        )
+    )
+    with_resolvers = (
+        {
+            "rows": parsed.rows
+            | "KeyByResolver" >> beam.Map(lambda r: ((r["source"], r["resolver_ip"]), r)),
+            "tags": parsed.resolver_tags,
+        }
+        | "JoinResolvers" >> beam.CoGroupByKey()
+        | "MergeResolverTags" >> beam.FlatMap(_merge_resolver)
+    )
+    keys = with_resolvers | "ExplodeAnswers" >> beam.FlatMap(_explode_answers).with_outputs(
+        "tag_keys", "fetch_keys"
+    )
+    tag_updates = (
+        {"refs": keys.tag_keys, "values": parsed.answer_tags}
+        | "JoinAnswerTags" >> beam.CoGroupByKey()
+        | "RouteTags" >> beam.FlatMap(_route_answers, "tags")
+    )
+    fetch_updates = (
+        {"refs": keys.fetch_keys, "values": parsed.fetches}
+        | "JoinFetches" >> beam.CoGroupByKey()
+        | "RouteFetches" >> beam.FlatMap(_route_answers, "fetch")
+    )
+    updates = (tag_updates, fetch_updates) | "AllAnswerUpdates" >> beam.Flatten()
+    joined = (
+        {
+            "rows": with_resolvers | "KeyByRowId" >> beam.Map(lambda r: (r["_row_id"], r)),
+            "updates": updates,
+        }
+        | "JoinAnswerUpdates" >> beam.CoGroupByKey()
+        | "ApplyAnswerUpdates" >> beam.FlatMap(_apply_updates)
+    )
+    finished = (
+        joined
+        | "KeyByDomain" >> beam.Map(lambda r: ((r["source"], r["domain"]), r))
+        | "GroupByDomain" >> beam.GroupByKey()
+        | "PostProcess" >> beam.ParDo(PostProcessDomain(resources_location))
+    )
+    keyed = (finished, parsed.dead, read.read_errors) | "SatAllRows" >> beam.Flatten()
+    written = sink.write(keyed) if sink is not None else None
+    stats = (
+        (parsed.stats, read.stats)
+        | "SatAllStats" >> beam.Flatten()
+        | "SatSumPerFile" >> beam.CombinePerKey(SumStats())
+        | "SatWriteStats" >> beam.ParDo(WriteStats(stats_dir))
+    )
+    return written, stats

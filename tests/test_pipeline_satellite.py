@@ -1,0 +1,130 @@
+"""End-to-end Satellite runs on the real scans: joins, skipped files, reruns, isolation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from services.beam_launcher.run import RunConfig, RunFailed, run
+from tests.conftest import REAL, REAL_RESOURCES, REAL_SAT_SCANS, build_real_satellite_input
+from tests.test_pipeline_local import good_lines, write_scan
+
+pytestmark = pytest.mark.slow
+
+
+def q(wh: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(wh / "warehouse.duckdb"), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def cfg(inp: Path, wh: Path, **kw: object) -> RunConfig:
+    return RunConfig(input=str(inp), warehouse=str(wh), resources=str(REAL_RESOURCES), **kw)
+
+
+@pytest.fixture(scope="module")
+def sat_wh(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("sat")
+    build_real_satellite_input(base / "in")
+    run(cfg(base / "in", base / "wh"))
+    return base / "wh"
+
+
+def test_row_counts_per_version(sat_wh: Path) -> None:
+    got = dict(q(sat_wh, "SELECT source, count(*) FROM satellite_scan GROUP BY 1"))
+    assert got == {
+        REAL_SAT_SCANS["satellite_v1"]: 8,
+        REAL_SAT_SCANS["satellite_v2.1"]: 16,
+        REAL_SAT_SCANS["satellite_v2.2"]: 20,
+    }
+    assert q(sat_wh, "SELECT count(*) FROM dead_letter") == [(0,)]
+    assert q(sat_wh, "SELECT count(*) FROM satellite_scan WHERE domain = 'a.root-servers.net'") == [
+        (6,)
+    ]
+
+
+def test_unknown_file_is_recorded_as_skipped(sat_wh: Path) -> None:
+    rows = q(sat_wh, "SELECT file_key, status, reason FROM processed_files WHERE status <> 'ok'")
+    assert len(rows) == 1
+    key, status, reason = rows[0]
+    assert key.endswith("/resolver_info.json") and status == "skipped" and reason
+
+
+def test_resolver_tags_answers_and_page_fetches_are_joined(sat_wh: Path) -> None:
+    resolvers = q(
+        sat_wh,
+        "SELECT DISTINCT resolver_name, resolver_country FROM satellite_scan "
+        "WHERE resolver_ip = '208.67.222.222'",
+    )
+    assert resolvers == [("dns.umbrella.com.", "US")]
+    row = q(
+        sat_wh,
+        "SELECT answers[1].ip, answers[1].https_tls_cert_common_name, "
+        "answers[1].http_response_status, outcome, outcome_rule_id FROM satellite_scan "
+        "WHERE domain = '9gag.com' AND resolver_ip = '116.63.159.66'",
+    )
+    assert row == [
+        (
+            "31.13.92.35",
+            "*.facebook.com",
+            "400 default_vip_400",
+            "tls.baddomain:*.facebook.com",
+            "TLS-BADDOMAIN",
+        )
+    ]
+    # v1: answer tags from tagged_answers.json, confidence computed by post-processing.
+    v1 = q(
+        sat_wh,
+        "SELECT count(*) FROM satellite_scan, unnest(answers) t(a) "
+        f"WHERE source = '{REAL_SAT_SCANS['satellite_v1']}' AND a.as_name IS NOT NULL",
+    )
+    assert v1[0][0] > 0
+    # match_confidence is filled (always NULL in the seed).
+    filled = q(
+        sat_wh,
+        "SELECT count(*) FROM satellite_scan, unnest(answers) t(a) "
+        "WHERE a.match_confidence IS NOT NULL",
+    )
+    assert filled[0][0] > 0
+
+
+def test_late_file_reprocesses_the_whole_scan_without_duplicates(tmp_path: Path) -> None:
+    inp, wh = tmp_path / "in", tmp_path / "wh"
+    build_real_satellite_input(inp)
+    v22 = inp / REAL_SAT_SCANS["satellite_v2.2"]
+    late = tmp_path / "blockpages.json"
+    shutil.move(v22 / "blockpages.json", late)
+    run(cfg(inp, wh))
+    before = q(wh, "SELECT count(*) FROM satellite_scan")
+    assert run(cfg(inp, wh)).files_processed == 0
+    shutil.move(late, v22 / "blockpages.json")
+    summary = run(cfg(inp, wh))
+    assert summary.files_processed == 5  # every read file of that one scan
+    assert q(wh, "SELECT count(*) FROM satellite_scan") == before == [(44,)]
+    fetched = q(
+        wh,
+        "SELECT count(*) FROM satellite_scan, unnest(answers) t(a) "
+        "WHERE a.https_tls_cert_common_name IS NOT NULL",
+    )
+    assert fetched[0][0] > 0
+
+
+def test_broken_satellite_scan_does_not_block_hyperquack(tmp_path: Path) -> None:
+    inp, wh = tmp_path / "in", tmp_path / "wh"
+    write_scan(inp, "CP_Quack-echo-2021-06-01-10-00-00", good_lines(5))
+    bad = inp / "CP_Satellite-2021-10-20-14-00-01"
+    bad.mkdir(parents=True)
+    record = json.loads((REAL / "satellite_v2.2" / "results.json").read_text().splitlines()[0])
+    record["start_time"] = ""  # the seed dropped such rows silently
+    (bad / "results.json").write_text(
+        "\n".join([json.dumps(record), "{not json", json.dumps(record)])
+    )
+    with pytest.raises(RunFailed, match=r"CP_Satellite-2021-10-20-14-00-01/results\.json"):
+        run(cfg(inp, wh))
+    assert q(wh, "SELECT count(*) FROM echo_scan") == [(15,)]
+    assert q(wh, "SELECT count(*) FROM satellite_scan") == [(0,)]
+    classes = q(wh, "SELECT error_class, count(*) FROM dead_letter GROUP BY 1 ORDER BY 1")
+    assert classes == [("invalid_json", 1), ("missing_start_time", 2)]
