@@ -1,0 +1,946 @@
+"""IP metadata from CAIDA reference data: netblock, ASN, AS names, AS class and country.
+
+Pure library: the parsers take lines, the matcher takes strings, and only
+``ReferenceCatalog`` touches storage (through ``services.common.storage``).
+
+Sources (formats in ``shared/docs/formats.md`` §4):
+
+* RouteViews prefix-to-AS (``routeviews-rv2-YYYYMMDD-HHMM.pfx2as.gz``):
+  ``prefix<TAB>length<TAB>origin`` → netblock and ASN by longest-prefix match.
+* AS organisations (``YYYYMMDD.as-org2info.txt.gz`` pipe format with ``# format:``
+  sections in either order, or ``YYYYMMDD.as-org2info.jsonl.gz``):
+  ASN → (AS short name, organisation name, organisation's registration country).
+* AS classification (``YYYYMMDD.as2types.txt.gz``): ASN → ``Transit/Access`` |
+  ``Content`` | ``Enterprise``.
+
+Origin rule (pfx2as): the origin field is a ``_``-separated list of origins (MOAS, most
+frequent first since 2010-10-27), each of which may be an AS set written ``a,b,c``. The
+ASN we report is **the first ASN of the first origin** (``4192,7160_7160`` → 4192,
+``12025_11217,20019`` → 12025). That is CAIDA's suggested simplification and what the
+seed gets from pyasn (which parses the field with ``atol``). The raw origin string is
+kept in the table (``PrefixMatch.origin``) for anyone who needs all origins.
+
+Longest-prefix match is pure Python (no pyasn: it has no wheel, and fresh machines may
+lack a compiler): one dict per prefix length, ``{address >> (width - length): asn}``,
+probed from the longest length present to the shortest. A lookup costs one
+``inet_pton`` plus at most one dict probe per distinct length (≤ 25 for a real IPv4
+table, usually a handful before the hit). ``bench/bench_ipmeta.py`` measures it.
+
+Example:
+    >>> table = parse_pfx2as(["8.0.0.0\\t9\\t3356", "8.8.8.0\\t24\\t15169"])
+    >>> table.lookup("8.8.8.8")
+    PrefixMatch(netblock='8.8.8.0/24', asn=15169, origin='15169')
+    >>> table.lookup("8.1.2.3").netblock
+    '8.0.0.0/9'
+    >>> orgs = parse_as2org(["# format:aut|changed|aut_name|org_id|opaque_id|source",
+    ...                      "15169|20120224|GOOGLE|GOGL-ARIN||ARIN",
+    ...                      "# format:org_id|changed|org_name|country|source",
+    ...                      "GOGL-ARIN|20191031|Google LLC|US|ARIN"])
+    >>> orgs[15169]
+    AsOrg(as_name='GOOGLE', org_name='Google LLC', country='US')
+    >>> e = Enricher(pfx2as=table, pfx2as_id="routeviews-rv2-20201101-1200",
+    ...              as2org=orgs, as2org_id="20201001.as-org2info",
+    ...              as2types={15169: "Content"}, as2types_id="20201101.as2types")
+    >>> m = e.lookup("8.8.8.8")
+    >>> (m.netblock, m.asn, m.as_name, m.as_full_name, m.as_class, m.country)
+    ('8.8.8.0/24', 15169, 'GOOGLE', 'Google LLC', 'Content', 'US')
+    >>> m.sources
+    ('routeviews-rv2-20201101-1200', '20201001.as-org2info', '20201101.as2types')
+    >>> e.lookup("10.1.2.3").status, e.lookup("not an ip").status
+    ('special', 'invalid')
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import ipaddress
+import re
+import socket
+import threading
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+import orjson
+
+from services.common import storage as st
+
+__all__ = [
+    "AsOrg",
+    "Enricher",
+    "EnrichmentStats",
+    "IpMetadata",
+    "OrgSource",
+    "PrefixMatch",
+    "PrefixTable",
+    "RefFile",
+    "ReferenceCatalog",
+    "Selection",
+    "enrich_pairs",
+    "parse_as2org",
+    "parse_as2types",
+    "parse_asn",
+    "parse_origin",
+    "parse_pfx2as",
+]
+
+# ---------------------------------------------------------------------------------------
+# Origins and ASNs
+
+
+def parse_asn(token: str) -> int:
+    """An ASN in asplain (``64512``) or asdot (``1.10`` = 65546); ValueError otherwise."""
+    token = token.strip()
+    if token.isascii() and token.isdigit():
+        value = int(token)
+    else:
+        hi, sep, lo = token.partition(".")
+        if not (sep and hi.isascii() and hi.isdigit() and lo.isascii() and lo.isdigit()):
+            raise ValueError(f"not an ASN: {token!r}")
+        if int(hi) > 0xFFFF or int(lo) > 0xFFFF:
+            raise ValueError(f"asdot part out of range: {token!r}")
+        value = (int(hi) << 16) | int(lo)
+    if value > 0xFFFFFFFF:
+        raise ValueError(f"ASN out of range: {token!r}")
+    return value
+
+
+def parse_origin(raw: str) -> tuple[int, tuple[int, ...]]:
+    """The reported ASN and every distinct ASN of a pfx2as origin field, in order.
+
+    ``_`` separates the origins of a multi-origin prefix (MOAS); ``,`` separates the
+    members of an AS set. The reported ASN is the first ASN of the first origin.
+
+    >>> parse_origin("12025_11217,20019")
+    (12025, (12025, 11217, 20019))
+    >>> parse_origin("4192,7160_7160")
+    (4192, (4192, 7160))
+    """
+    seen: dict[int, None] = {}
+    for origin in raw.split("_"):
+        for member in origin.split(","):
+            seen.setdefault(parse_asn(member), None)
+    if not seen:  # pragma: no cover - split always yields one token
+        raise ValueError("empty origin")
+    asns = tuple(seen)
+    return asns[0], asns
+
+
+# ---------------------------------------------------------------------------------------
+# Prefix table and longest-prefix match
+
+
+class PrefixMatch(NamedTuple):
+    netblock: str  # "prefix/length", e.g. "8.8.8.0/24"
+    asn: int  # first ASN of the first origin
+    origin: str  # the raw origin field, e.g. "12025_11217,20019"
+
+
+class PrefixTable:
+    """Longest-prefix match over IPv4 and IPv6 prefixes (one dict per prefix length).
+
+    Keys are ``address >> (width - length)``: the network bits only, so no mask is
+    needed at lookup and host bits set in an input prefix are ignored. A prefix given
+    twice keeps its first line (CAIDA files have no duplicates).
+    """
+
+    __slots__ = (
+        "_deep4",
+        "_deep6",
+        "_probes4",
+        "_probes4_short",
+        "_probes6",
+        "_probes6_short",
+        "_raw",
+        "_v4",
+        "_v6",
+        "bad_lines",
+        "count",
+    )
+
+    # Most prefixes are at most /24 (IPv4) or /48 (IPv6). Addresses whose /24 (/48)
+    # holds no longer prefix start probing at that length, skipping the empty probes
+    # of the longer lengths.
+    SPLIT4 = 24
+    SPLIT6 = 48
+
+    def __init__(self) -> None:
+        self._v4: dict[int, dict[int, int]] = {}  # length → {network bits: asn}
+        self._v6: dict[int, dict[int, int]] = {}
+        # Raw origin strings only where they differ from str(asn) (MOAS / AS sets: <1 %).
+        self._raw: dict[tuple[int, int, int], str] = {}  # (family, length, key) → raw
+        self._probes4: tuple[tuple[int, int, dict[int, int]], ...] = ()
+        self._probes6: tuple[tuple[int, int, dict[int, int]], ...] = ()
+        self._probes4_short: tuple[tuple[int, int, dict[int, int]], ...] = ()
+        self._probes6_short: tuple[tuple[int, int, dict[int, int]], ...] = ()
+        self._deep4: frozenset[int] = frozenset()
+        self._deep6: frozenset[int] = frozenset()
+        self.count = 0
+        self.bad_lines = 0
+
+    # -- building ------------------------------------------------------------------------
+
+    def add(self, prefix: str, length: int, origin: str) -> None:
+        """Add one prefix; ValueError on a malformed prefix, length or origin."""
+        asn, _ = parse_origin(origin)
+        if ":" in prefix:
+            family, width, by_len = 6, 128, self._v6
+            addr = int.from_bytes(socket.inet_pton(socket.AF_INET6, prefix), "big")
+        else:
+            family, width, by_len = 4, 32, self._v4
+            addr = int.from_bytes(socket.inet_pton(socket.AF_INET, prefix), "big")
+        if not 0 <= length <= width:
+            raise ValueError(f"prefix length out of range: {length}")
+        key = addr >> (width - length)
+        bucket = by_len.get(length)
+        if bucket is None:
+            bucket = by_len[length] = {}
+        if key in bucket:
+            return
+        bucket[key] = asn
+        if origin != str(asn):
+            self._raw[(family, length, key)] = origin
+        self.count += 1
+
+    def freeze(self) -> PrefixTable:
+        """Fix the probe order (longest first). Called by ``parse_pfx2as``; idempotent."""
+        self._probes4 = tuple((n, 32 - n, self._v4[n]) for n in sorted(self._v4, reverse=True))
+        self._probes6 = tuple((n, 128 - n, self._v6[n]) for n in sorted(self._v6, reverse=True))
+        self._probes4_short = tuple(p for p in self._probes4 if p[0] <= self.SPLIT4)
+        self._probes6_short = tuple(p for p in self._probes6 if p[0] <= self.SPLIT6)
+        self._deep4 = self._deep_keys(self._v4, self.SPLIT4)
+        self._deep6 = self._deep_keys(self._v6, self.SPLIT6)
+        return self
+
+    @staticmethod
+    def _deep_keys(by_len: dict[int, dict[int, int]], split: int) -> frozenset[int]:
+        """The split-length networks that contain a longer prefix."""
+        deep: set[int] = set()
+        for length, bucket in by_len.items():
+            if length > split:
+                drop = length - split
+                deep.update(key >> drop for key in bucket)
+        return frozenset(deep)
+
+    # -- queries -------------------------------------------------------------------------
+
+    @property
+    def has_ipv4(self) -> bool:
+        return bool(self._v4)
+
+    @property
+    def has_ipv6(self) -> bool:
+        return bool(self._v6)
+
+    def lengths(self, family: int = 4) -> tuple[int, ...]:
+        """The prefix lengths present, longest first (the probe order)."""
+        probes = self._probes4 if family == 4 else self._probes6
+        return tuple(p[0] for p in probes)
+
+    def match_v4(self, addr: int) -> PrefixMatch | None:
+        """Longest match for an IPv4 address given as a 32-bit int."""
+        probes = self._probes4 if addr >> 8 in self._deep4 else self._probes4_short
+        for length, shift, bucket in probes:
+            key = addr >> shift
+            asn = bucket.get(key)
+            if asn is not None:
+                net = socket.inet_ntop(socket.AF_INET, (key << shift).to_bytes(4, "big"))
+                raw = self._raw.get((4, length, key)) if self._raw else None
+                return PrefixMatch(f"{net}/{length}", asn, raw or str(asn))
+        return None
+
+    def match_v6(self, addr: int) -> PrefixMatch | None:
+        """Longest match for an IPv6 address given as a 128-bit int."""
+        probes = self._probes6 if addr >> 80 in self._deep6 else self._probes6_short
+        for length, shift, bucket in probes:
+            key = addr >> shift
+            asn = bucket.get(key)
+            if asn is not None:
+                net = socket.inet_ntop(socket.AF_INET6, (key << shift).to_bytes(16, "big"))
+                raw = self._raw.get((6, length, key)) if self._raw else None
+                return PrefixMatch(f"{net}/{length}", asn, raw or str(asn))
+        return None
+
+    def lookup(self, ip: str) -> PrefixMatch | None:
+        """Longest match for an address string; None when unmatched or not an address."""
+        parsed = parse_ip(ip)
+        if parsed is None:
+            return None
+        family, addr = parsed
+        return self.match_v4(addr) if family == 4 else self.match_v6(addr)
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def parse_pfx2as(lines: Iterable[str | bytes]) -> PrefixTable:
+    """Build a table from pfx2as lines (IPv4 and/or IPv6; blank and ``#`` lines skipped).
+
+    Malformed lines are skipped and counted in ``table.bad_lines``.
+    """
+    table = PrefixTable()
+    add = table.add
+    for line in lines:
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        text = text.strip()
+        if not text or text[0] == "#":
+            continue
+        parts = text.split("\t")
+        if len(parts) != 3:
+            parts = text.split()
+        try:
+            prefix, length, origin = parts
+            add(prefix, int(length), origin)
+        except (ValueError, OSError):
+            table.bad_lines += 1
+    return table.freeze()
+
+
+# ---------------------------------------------------------------------------------------
+# IP parsing
+
+
+def parse_ip(ip: str) -> tuple[int, int] | None:
+    """(family, integer) of an address string, or None. IPv4-mapped IPv6 → IPv4.
+
+    Strict: no leading zeros, no shorthand forms (``inet_pton`` rules).
+    """
+    try:
+        text = ip.strip()
+        if ":" not in text:
+            return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+        value = int.from_bytes(socket.inet_pton(socket.AF_INET6, text.split("%", 1)[0]), "big")
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    if value >> 32 == 0xFFFF:  # ::ffff:a.b.c.d
+        return 4, value & 0xFFFFFFFF
+    return 6, value
+
+
+# First octets under which IANA special-purpose IPv4 ranges live; anything else is
+# global unicast and skips the (slower) ipaddress check.
+_V4_SPECIAL_FIRST_OCTETS = frozenset([0, 10, 100, 127, 169, 172, 192, 198, 203, *range(224, 256)])
+
+
+def is_special_v4(addr: int) -> bool:
+    """Private, loopback, link-local, shared, documentation, multicast or reserved."""
+    if addr >> 24 not in _V4_SPECIAL_FIRST_OCTETS:
+        return False
+    a = ipaddress.IPv4Address(addr)
+    return not a.is_global or a.is_multicast or a.is_reserved
+
+
+def is_special_v6(addr: int) -> bool:
+    """Anything outside global unicast 2000::/3, or a special range inside it."""
+    if addr >> 125 != 1:
+        return True
+    a = ipaddress.IPv6Address(addr)
+    return not a.is_global or a.is_multicast or a.is_reserved
+
+
+# ---------------------------------------------------------------------------------------
+# AS organisations and classes
+
+
+class AsOrg(NamedTuple):
+    as_name: str | None  # aut_name, e.g. "GOOGLE"
+    org_name: str | None  # organisation name, e.g. "Google LLC"
+    country: str | None  # organisation's registration country (ISO alpha-2)
+
+
+def _none_if_empty(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+_FIELD_ALIASES = {"name": None, "aut_name": "name", "org_name": "name", "aut": "asn"}
+
+
+def _format_fields(header: str) -> list[str]:
+    # "# format:org_id|changed|org_name|..." or "# format: aut|changed|name|org_id|source"
+    spec = header.split(":", 1)[1]
+    return [f.strip().lower() for f in spec.split("|")]
+
+
+def _fit_fields(parts: list[str], fields: list[str], name_field: str) -> list[str] | None:
+    """Match a line's parts to the header; extra ``|`` are assumed to be in the name."""
+    if len(parts) == len(fields):
+        return parts
+    if len(parts) < len(fields) or name_field not in fields:
+        return None
+    i = fields.index(name_field)
+    extra = len(parts) - len(fields)
+    return [*parts[:i], "|".join(parts[i : i + extra + 1]), *parts[i + extra + 1 :]]
+
+
+def parse_as2org(lines: Iterable[str | bytes]) -> dict[int, AsOrg]:
+    """ASN → AsOrg from either CAIDA as-org2info format (detected per line).
+
+    Pipe format: sections are found by their ``# format:`` header (org section:
+    first field ``org_id``; AS section: first field ``aut``), in either order, with
+    or without ``opaque_id``. JSONL: objects with ``type`` ``Organization`` or ``ASN``.
+    An AS whose organisation is missing gets ``AsOrg(as_name, None, None)``.
+    Unparsable lines are skipped.
+    """
+    orgs: dict[str, tuple[str | None, str | None]] = {}
+    auts: dict[int, tuple[str | None, str]] = {}
+    section: str | None = None
+    fields: list[str] = []
+    for line in lines:
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        text = text.strip()
+        if not text:
+            continue
+        if text[0] == "{":
+            try:
+                obj = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(obj, dict):
+                continue
+            kind = obj.get("type")
+            if kind == "Organization" and obj.get("organizationId"):
+                orgs[str(obj["organizationId"])] = (
+                    _none_if_empty(obj.get("name")),
+                    _none_if_empty(obj.get("country")),
+                )
+            elif kind == "ASN" and obj.get("asn") is not None:
+                try:
+                    asn = parse_asn(str(obj["asn"]))
+                except ValueError:
+                    continue
+                auts[asn] = (_none_if_empty(obj.get("name")), str(obj.get("organizationId") or ""))
+            continue
+        if text[0] == "#":
+            if text[1:].lstrip().lower().startswith("format:"):
+                fields = _format_fields(text)
+                section = {"org_id": "org", "aut": "aut"}.get(fields[0])
+            continue
+        if section is None:
+            continue
+        parts = text.split("|")
+        if section == "org":
+            name_field = "org_name" if "org_name" in fields else "name"
+            fitted = _fit_fields(parts, fields, name_field)
+            if fitted is None:
+                continue
+            rec = dict(zip(fields, fitted, strict=True))
+            if rec.get("org_id"):
+                orgs[rec["org_id"]] = (
+                    _none_if_empty(rec.get(name_field)),
+                    _none_if_empty(rec.get("country")),
+                )
+        else:
+            name_field = "aut_name" if "aut_name" in fields else "name"
+            fitted = _fit_fields(parts, fields, name_field)
+            if fitted is None:
+                continue
+            rec = dict(zip(fields, fitted, strict=True))
+            try:
+                asn = parse_asn(rec["aut"])
+            except ValueError:
+                continue
+            auts[asn] = (_none_if_empty(rec.get(name_field)), rec.get("org_id") or "")
+    out: dict[int, AsOrg] = {}
+    for asn, (as_name, org_id) in auts.items():
+        org_name, country = orgs.get(org_id, (None, None))
+        out[asn] = AsOrg(as_name, org_name, country)
+    return out
+
+
+def parse_as2types(lines: Iterable[str | bytes]) -> dict[int, str]:
+    """ASN → class (``Transit/Access``, ``Content``, ``Enterprise``) from ``as|source|type``.
+
+    Values are taken from the data lines as written (the header's type list is ignored:
+    a 2015 header misspells one). ``#`` lines and malformed lines are skipped.
+    """
+    out: dict[int, str] = {}
+    for line in lines:
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        text = text.strip()
+        if not text or text[0] == "#":
+            continue
+        parts = text.split("|")
+        if len(parts) < 3:
+            continue
+        try:
+            asn = parse_asn(parts[0])
+        except ValueError:
+            continue
+        cls = parts[-1].strip()
+        if cls:
+            out[asn] = cls
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Enrichment
+
+
+@dataclass(frozen=True, slots=True)
+class IpMetadata:
+    """Metadata of one IP on one date. Empty (all None) when it cannot be determined.
+
+    ``sources`` are the ids of the reference files consulted (routeviews, as2org,
+    as2types, then the MMDB when its organisation was kept). ``status`` says why the
+    metadata is what it is: ``ok`` (prefix matched), ``not_routed`` (no prefix covers
+    the IP), ``special`` (private/reserved/multicast…), ``invalid`` (not an IP),
+    ``no_table`` (no routeviews data for the IP's family on that date: IPv6 without
+    an IPv6 table, or the date's routeviews file is missing/stale).
+    """
+
+    netblock: str | None = None
+    asn: int | None = None
+    as_name: str | None = None
+    as_full_name: str | None = None
+    as_class: str | None = None
+    country: str | None = None
+    organization: str | None = None
+    sources: tuple[str, ...] = ()
+    status: str = "ok"
+
+    @property
+    def is_empty(self) -> bool:
+        return self.asn is None and self.netblock is None
+
+    def as_columns(self, prefix: str) -> dict[str, Any]:
+        """The row columns ``<prefix>_netblock`` … ``<prefix>_organization``.
+
+        >>> IpMetadata(asn=1).as_columns("server")["server_asn"]
+        1
+        """
+        return {
+            f"{prefix}_netblock": self.netblock,
+            f"{prefix}_asn": self.asn,
+            f"{prefix}_as_name": self.as_name,
+            f"{prefix}_as_full_name": self.as_full_name,
+            f"{prefix}_as_class": self.as_class,
+            f"{prefix}_country": self.country,
+            f"{prefix}_organization": self.organization,
+        }
+
+
+class OrgSource(Protocol):
+    """An optional per-IP organisation source (DB-IP ISP / MaxMind mmdb reader).
+
+    ``lookup`` returns ``(asn, organization)`` or None; ``file_id`` names the database
+    (e.g. ``dbip-isp-2025-02``). Not implemented here: see the routeviews README.
+    """
+
+    file_id: str
+
+    def lookup(self, ip: str) -> tuple[int | None, str | None] | None: ...
+
+
+class Enricher:
+    """Looks IPs up in one date's reference data. ``lookup`` never raises.
+
+    Build it from parsed tables and their file ids; any part may be None (then the
+    fields it provides stay empty and its id is not listed in ``sources``).
+    ``pfx2as`` may hold IPv4 and IPv6 prefixes; ``pfx2as6`` is an optional separate
+    IPv6 table (CAIDA publishes rv6 files separately).
+    """
+
+    def __init__(
+        self,
+        *,
+        pfx2as: PrefixTable | None,
+        pfx2as_id: str | None = None,
+        as2org: Mapping[int, AsOrg] | None = None,
+        as2org_id: str | None = None,
+        as2types: Mapping[int, str] | None = None,
+        as2types_id: str | None = None,
+        pfx2as6: PrefixTable | None = None,
+        pfx2as6_id: str | None = None,
+        org_source: OrgSource | None = None,
+    ) -> None:
+        self.pfx2as, self.pfx2as_id = pfx2as, pfx2as_id
+        self.pfx2as6, self.pfx2as6_id = pfx2as6, pfx2as6_id
+        self.as2org: Mapping[int, AsOrg] = as2org or {}
+        self.as2org_id = as2org_id if as2org is not None else None
+        self.as2types: Mapping[int, str] = as2types or {}
+        self.as2types_id = as2types_id if as2types is not None else None
+        self.org_source = org_source
+        v4 = pfx2as if pfx2as is not None and pfx2as.has_ipv4 else None
+        self._v4: tuple[PrefixTable, str] | None = (v4, pfx2as_id or "") if v4 else None
+        if pfx2as6 is not None and pfx2as6.has_ipv6:
+            self._v6: tuple[PrefixTable, str] | None = (pfx2as6, pfx2as6_id or "")
+        elif pfx2as is not None and pfx2as.has_ipv6:
+            self._v6 = (pfx2as, pfx2as_id or "")
+        else:
+            self._v6 = None
+
+    def asn_info(self, asn: int) -> tuple[AsOrg, str | None]:
+        """(AsOrg, class) of an ASN; empty parts when the snapshots lack it."""
+        return self.as2org.get(asn) or AsOrg(None, None, None), self.as2types.get(asn)
+
+    def lookup(self, ip: str) -> IpMetadata:
+        parsed = parse_ip(ip) if isinstance(ip, str) else None
+        if parsed is None:
+            return _INVALID
+        family, addr = parsed
+        if family == 4:
+            if is_special_v4(addr):
+                return _SPECIAL
+            if self._v4 is None:
+                return _NO_TABLE
+            table, table_id = self._v4
+            match = table.match_v4(addr)
+        else:
+            if is_special_v6(addr):
+                return _SPECIAL
+            if self._v6 is None:
+                return _NO_TABLE
+            table, table_id = self._v6
+            match = table.match_v6(addr)
+        if match is None:
+            return IpMetadata(sources=(table_id,), status="not_routed")
+        org, cls = self.asn_info(match.asn)
+        sources = [table_id]
+        if self.as2org_id:
+            sources.append(self.as2org_id)
+        if self.as2types_id:
+            sources.append(self.as2types_id)
+        organization = None
+        if self.org_source is not None:
+            organization = self._organization(ip, match.asn)
+            if organization is not None:
+                sources.append(self.org_source.file_id)
+        return IpMetadata(
+            netblock=match.netblock,
+            asn=match.asn,
+            as_name=org.as_name,
+            as_full_name=org.org_name,
+            as_class=cls,
+            country=org.country,
+            organization=organization,
+            sources=tuple(sources),
+        )
+
+    def _organization(self, ip: str, asn: int) -> str | None:
+        # Kept only when the database's ASN agrees with CAIDA's: a single dated mmdb
+        # snapshot is unreliable for old measurements (the seed's rule).
+        assert self.org_source is not None
+        try:
+            hit = self.org_source.lookup(ip)
+        except Exception:  # an optional source must never fail the lookup
+            return None
+        if not hit:
+            return None
+        db_asn, org = hit
+        return org if db_asn == asn and org else None
+
+
+_INVALID = IpMetadata(status="invalid")
+_SPECIAL = IpMetadata(status="special")
+_NO_TABLE = IpMetadata(status="no_table")
+
+
+# ---------------------------------------------------------------------------------------
+# Dated reference files in storage (the layout written by services/routeviews)
+
+KIND_ROUTEVIEWS = "routeviews"
+KIND_ROUTEVIEWS6 = "routeviews6"
+KIND_AS2ORG = "as2org"
+KIND_AS2CLASS = "as2class"
+
+# Folder under the catalog root for each kind (services/routeviews writes these).
+KIND_FOLDERS = {
+    KIND_ROUTEVIEWS: "routeviews",
+    KIND_ROUTEVIEWS6: "routeviews6",
+    KIND_AS2ORG: "as-organizations",
+    KIND_AS2CLASS: "as-classifications",
+}
+
+FILE_PATTERNS = {
+    KIND_ROUTEVIEWS: re.compile(
+        r"(?P<id>routeviews-(?:rv2|oix)-(?P<date>\d{8})-(?P<time>\d{4}))\.pfx2as\.gz\Z"
+    ),
+    KIND_ROUTEVIEWS6: re.compile(
+        r"(?P<id>routeviews-rv6-(?P<date>\d{8})-(?P<time>\d{4}))\.pfx2as\.gz\Z"
+    ),
+    KIND_AS2ORG: re.compile(r"(?P<id>(?P<date>\d{8})\.as-org2info)\.(?P<fmt>txt|jsonl)\.gz\Z"),
+    KIND_AS2CLASS: re.compile(r"(?P<id>(?P<date>\d{8})\.as2types)\.txt\.gz\Z"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RefFile:
+    """One dated reference file in storage."""
+
+    kind: str
+    file_id: str  # e.g. routeviews-rv2-20210530-1200, 20210401.as-org2info
+    date: dt.date
+    time: str  # HHMM for routeviews, "" otherwise
+    rank: int  # preference between two files of one id (as2org: jsonl 1 > txt 0)
+    url: str
+    size: int = 0
+
+    @property
+    def sort_key(self) -> tuple[dt.date, str, int]:
+        return (self.date, self.time, self.rank)
+
+
+def ref_file_from_name(kind: str, url: str, size: int = 0) -> RefFile | None:
+    """A RefFile for a stored object whose name matches the kind's pattern, else None."""
+    m = FILE_PATTERNS[kind].match(st.basename(url))
+    if m is None:
+        return None
+    try:
+        date = dt.datetime.strptime(m["date"], "%Y%m%d").date()
+    except ValueError:
+        return None
+    groups = m.groupdict()
+    rank = 1 if groups.get("fmt") == "jsonl" else 0
+    return RefFile(kind, m["id"], date, groups.get("time") or "", rank, url, size)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The reference files chosen for one measurement date, with the reasons."""
+
+    date: dt.date
+    routeviews: RefFile | None
+    routeviews_reason: str | None  # None, "stale" (older files only) or "missing"
+    as2org: RefFile | None
+    as2class: RefFile | None
+    routeviews6: RefFile | None = None
+
+    @property
+    def key(self) -> tuple[str | None, ...]:
+        return tuple(
+            f.file_id if f else None
+            for f in (self.routeviews, self.as2org, self.as2class, self.routeviews6)
+        )
+
+    def age_days(self, which: str) -> int | None:
+        f = getattr(self, which)
+        return None if f is None else (self.date - f.date).days
+
+
+T = TypeVar("T")
+
+
+class _Lru:
+    """A small thread-safe LRU keyed by file id (the loaded tables are large)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.RLock()
+        self.loads = 0
+
+    def get(self, key: str, load: Callable[[], T]) -> T:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                cached: T = self._items[key]
+                return cached
+            value = load()
+            self.loads += 1
+            self._items[key] = value
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+            return value
+
+
+def _gz_lines(data: bytes) -> Iterator[str]:
+    text = gzip.decompress(data).decode("utf-8", "replace")
+    return iter(text.splitlines())
+
+
+class ReferenceCatalog:
+    """Lists the mirrored reference files under ``root`` and picks them by date.
+
+    Layout (as written by ``python -m services.routeviews``; file names are matched
+    anywhere below each folder, so a flat folder works too)::
+
+        <root>/routeviews/YYYY/MM/routeviews-rv2-YYYYMMDD-HHMM.pfx2as.gz
+        <root>/routeviews6/YYYY/MM/routeviews-rv6-YYYYMMDD-HHMM.pfx2as.gz   (optional)
+        <root>/as-organizations/YYYYMMDD.as-org2info.{txt,jsonl}.gz
+        <root>/as-classifications/YYYYMMDD.as2types.txt.gz
+
+    Choice for a measurement date D:
+
+    * routeviews (and routeviews6): the newest file dated ≤ D and ≥ D −
+      ``max_staleness_days``; on a tie the latest HHMM. None with reason ``stale``
+      when only older files exist, ``missing`` when none is dated ≤ D.
+    * as2org and as2class: the newest snapshot dated ≤ D; when there is none (D before
+      the first snapshot), the earliest snapshot after D. Snapshots are quarterly or
+      sparser and AS names change slowly, so a near snapshot beats no names at all.
+      For two formats of one as2org date, JSONL is preferred.
+
+    Loaded tables are cached, LRU by file id (``max_tables`` pfx2as tables of ~100 MiB
+    each for a full IPv4 file, ``max_asinfo`` AS snapshots). The storage listing is taken
+    on first use; call ``refresh()`` to see files mirrored since.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        max_staleness_days: int = 30,
+        max_tables: int = 2,
+        max_asinfo: int = 4,
+        storage: st.Storage | None = None,
+    ) -> None:
+        self.root = root
+        self.max_staleness_days = max_staleness_days
+        self._storage = storage or st.storage_for(root)
+        self._files: dict[str, list[RefFile]] | None = None
+        self._tables = _Lru(max_tables)
+        self._asinfo = _Lru(max_asinfo)
+        self._lock = threading.RLock()
+
+    # -- listing -------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """(Re)list the storage location."""
+        files: dict[str, list[RefFile]] = {}
+        for kind, folder in KIND_FOLDERS.items():
+            found: list[RefFile] = []
+            try:
+                for obj in self._storage.list(st.join(self.root, folder)):
+                    ref = ref_file_from_name(kind, obj.url, obj.size)
+                    if ref is not None:
+                        found.append(ref)
+            except FileNotFoundError:
+                pass
+            files[kind] = sorted(found, key=lambda f: f.sort_key)
+        with self._lock:
+            self._files = files
+
+    def available(self, kind: str) -> list[RefFile]:
+        """The files of one kind, oldest first (by date, HHMM, format preference)."""
+        with self._lock:
+            if self._files is None:
+                self.refresh()
+            assert self._files is not None
+            return list(self._files.get(kind, ()))
+
+    # -- choosing ------------------------------------------------------------------------
+
+    def _routeviews(self, kind: str, date: dt.date) -> tuple[RefFile | None, str | None]:
+        files = self.available(kind)
+        at_or_before = [f for f in files if f.date <= date]
+        if not at_or_before:
+            return None, "missing"
+        newest = at_or_before[-1]
+        if (date - newest.date).days > self.max_staleness_days:
+            return None, "stale"
+        return newest, None
+
+    def _snapshot(self, kind: str, date: dt.date) -> RefFile | None:
+        files = self.available(kind)
+        if not files:
+            return None
+        at_or_before = [f for f in files if f.date <= date]
+        if at_or_before:
+            return at_or_before[-1]
+        first_date = files[0].date
+        return [f for f in files if f.date == first_date][-1]
+
+    def choose(self, date: dt.date) -> Selection:
+        rv, reason = self._routeviews(KIND_ROUTEVIEWS, date)
+        rv6, _ = self._routeviews(KIND_ROUTEVIEWS6, date)
+        return Selection(
+            date=date,
+            routeviews=rv,
+            routeviews_reason=reason,
+            as2org=self._snapshot(KIND_AS2ORG, date),
+            as2class=self._snapshot(KIND_AS2CLASS, date),
+            routeviews6=rv6,
+        )
+
+    # -- loading -------------------------------------------------------------------------
+
+    def _read(self, ref: RefFile) -> bytes:
+        return self._storage.read_bytes(ref.url)
+
+    def load_pfx2as(self, ref: RefFile) -> PrefixTable:
+        return self._tables.get(ref.file_id, lambda: parse_pfx2as(_gz_lines(self._read(ref))))
+
+    def load_as2org(self, ref: RefFile) -> dict[int, AsOrg]:
+        return self._asinfo.get(ref.file_id, lambda: parse_as2org(_gz_lines(self._read(ref))))
+
+    def load_as2types(self, ref: RefFile) -> dict[int, str]:
+        return self._asinfo.get(ref.file_id, lambda: parse_as2types(_gz_lines(self._read(ref))))
+
+    def enricher_for(
+        self, date: dt.date, org_source: OrgSource | None = None
+    ) -> tuple[Enricher, Selection]:
+        """An Enricher with the date's reference data, and the selection behind it."""
+        sel = self.choose(date)
+        rv = sel.routeviews
+        rv6 = sel.routeviews6
+        org, cls = sel.as2org, sel.as2class
+        enricher = Enricher(
+            pfx2as=self.load_pfx2as(rv) if rv else None,
+            pfx2as_id=rv.file_id if rv else None,
+            pfx2as6=self.load_pfx2as(rv6) if rv6 else None,
+            pfx2as6_id=rv6.file_id if rv6 else None,
+            as2org=self.load_as2org(org) if org else None,
+            as2org_id=org.file_id if org else None,
+            as2types=self.load_as2types(cls) if cls else None,
+            as2types_id=cls.file_id if cls else None,
+            org_source=org_source,
+        )
+        return enricher, sel
+
+    @property
+    def loads(self) -> int:
+        """How many files were parsed so far (cache misses)."""
+        return self._tables.loads + self._asinfo.loads
+
+
+# ---------------------------------------------------------------------------------------
+# Batch enrichment of distinct (date, ip) pairs
+
+
+@dataclass
+class EnrichmentStats:
+    """Counts of one enrichment pass: lookups by status, and dates without routeviews."""
+
+    by_status: Counter[str] = field(default_factory=Counter)
+    dates_without_routeviews: dict[dt.date, str] = field(default_factory=dict)
+
+    @property
+    def lookups(self) -> int:
+        return sum(self.by_status.values())
+
+    @property
+    def coverage(self) -> float:
+        """Share of lookups that got a prefix match (1.0 when there were none)."""
+        total = self.lookups
+        return 1.0 if total == 0 else self.by_status["ok"] / total
+
+
+def enrich_pairs(
+    catalog: ReferenceCatalog,
+    pairs: Iterable[tuple[dt.date, str]],
+    org_source: OrgSource | None = None,
+) -> tuple[dict[tuple[dt.date, str], IpMetadata], EnrichmentStats]:
+    """Look each distinct (date, ip) up once, one date at a time.
+
+    A date whose routeviews file is missing or stale does not fail: its IPs get empty
+    metadata with status ``no_table`` and the date is listed in
+    ``stats.dates_without_routeviews`` with the reason.
+    """
+    by_date: dict[dt.date, set[str]] = {}
+    for date, ip in pairs:
+        by_date.setdefault(date, set()).add(ip)
+    out: dict[tuple[dt.date, str], IpMetadata] = {}
+    stats = EnrichmentStats()
+    for date in sorted(by_date):
+        enricher, sel = catalog.enricher_for(date, org_source)
+        if sel.routeviews is None:
+            stats.dates_without_routeviews[date] = sel.routeviews_reason or "missing"
+        for ip in by_date[date]:
+            meta = enricher.lookup(ip)
+            stats.by_status[meta.status] += 1
+            out[(date, ip)] = meta
+    return out, stats

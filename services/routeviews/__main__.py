@@ -1,0 +1,178 @@
+"""CLI: mirror CAIDA RouteViews pfx2as, AS-organisation and AS-class files.
+
+    python -m services.routeviews sync [--kinds routeviews,as2org,as2class]
+    python -m services.routeviews backfill --start 2021-05-01 --end 2021-05-31 [--kinds …]
+    python -m services.routeviews asorg      # = sync --kinds as2org
+    python -m services.routeviews asclass    # = sync --kinds as2class
+
+Prints a JSON summary on stdout. Exit code 0 when nothing failed, 1 when a file or a
+listing failed (the other files are still published), 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from services.common.config import env_or
+from services.common.logsetup import configure_logging
+from services.routeviews import caida
+from services.routeviews.fetch import Fetcher
+from services.routeviews.metrics import MirrorMetrics
+from services.routeviews.mirror import Mirror, RunSummary
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    try:
+        kinds = caida.resolve_kinds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if not kinds:
+        raise argparse.ArgumentTypeError("no kind given")
+    return kinds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--base-url",
+        default=env_or("CP_CAIDA_BASE_URL", caida.DEFAULT_BASE_URL),
+        help=f"CAIDA datasets URL ($CP_CAIDA_BASE_URL; default {caida.DEFAULT_BASE_URL})",
+    )
+    common.add_argument(
+        "--dest",
+        default=env_or("CP_IP_METADATA"),
+        help="folder or gs:// prefix of the mirrored reference data ($CP_IP_METADATA)",
+    )
+    common.add_argument(
+        "--retries",
+        type=int,
+        default=int(env_or("CP_HTTP_RETRIES", "4") or 4),
+        help="retries per request on 5xx/connection errors ($CP_HTTP_RETRIES; default 4)",
+    )
+    common.add_argument(
+        "--backoff",
+        type=float,
+        default=float(env_or("CP_HTTP_BACKOFF", "2") or 2),
+        help="first retry delay in seconds, doubled each retry ($CP_HTTP_BACKOFF; default 2)",
+    )
+    common.add_argument(
+        "--timeout",
+        type=float,
+        default=float(env_or("CP_HTTP_TIMEOUT", "120") or 120),
+        help="socket timeout per request in seconds ($CP_HTTP_TIMEOUT; default 120)",
+    )
+    common.add_argument(
+        "--no-size-check",
+        action="store_true",
+        help="skip present files without asking CAIDA for their size (no HEAD requests)",
+    )
+    common.add_argument(
+        "--metrics-file",
+        default=env_or("CP_METRICS_FILE"),
+        help="write the metrics in Prometheus text format here ($CP_METRICS_FILE)",
+    )
+    common.add_argument(
+        "--pushgateway",
+        default=env_or("CP_PUSHGATEWAY"),
+        help="push the metrics to this Pushgateway, job cp_routeviews ($CP_PUSHGATEWAY)",
+    )
+    common.add_argument("--log-level", default=env_or("LOG_LEVEL", "INFO"))
+    snapshots = argparse.ArgumentParser(add_help=False)
+    snapshots.add_argument(
+        "--snapshot-days",
+        type=int,
+        default=int(env_or("CP_SNAPSHOT_DAYS", "400") or 400),
+        help="AS snapshots dated within this many days are mirrored; the newest always is "
+        "($CP_SNAPSHOT_DAYS; default 400)",
+    )
+
+    p = argparse.ArgumentParser(
+        prog="python -m services.routeviews",
+        description="Mirror CAIDA RouteViews prefix-to-AS, AS-organisation and AS-class files.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    sync = sub.add_parser(
+        "sync",
+        parents=[common, snapshots],
+        help="mirror the current files (creation log, recent snapshots)",
+    )
+    sync.add_argument(
+        "--kinds",
+        type=_kinds,
+        default=caida.DEFAULT_KINDS,
+        help="comma-separated: routeviews (pfx2as), routeviews6 (pfx2as6), as2org (asorg), "
+        "as2class (asclass), or all (default: routeviews,as2org,as2class)",
+    )
+    back = sub.add_parser("backfill", parents=[common], help="mirror every file in a date range")
+    back.add_argument("--start", type=_date, required=True, help="first date (YYYY-MM-DD)")
+    back.add_argument("--end", type=_date, required=True, help="last date, inclusive")
+    back.add_argument(
+        "--kinds",
+        type=_kinds,
+        default=(caida.SPECS["routeviews"].kind,),
+        help="comma-separated kinds as for sync (default: routeviews)",
+    )
+    sub.add_parser("asorg", parents=[common, snapshots], help="sync the AS-organisation files only")
+    sub.add_parser(
+        "asclass", parents=[common, snapshots], help="sync the AS-classification files only"
+    )
+    return p
+
+
+def export_metrics(metrics: MirrorMetrics, args: argparse.Namespace) -> None:
+    if args.metrics_file:
+        from prometheus_client import write_to_textfile
+
+        write_to_textfile(args.metrics_file, metrics.registry)
+    if args.pushgateway:
+        from prometheus_client import push_to_gateway
+
+        push_to_gateway(args.pushgateway, job="cp_routeviews", registry=metrics.registry)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.dest:
+        parser.error("--dest is required (or $CP_IP_METADATA)")
+    if args.command == "backfill" and args.end < args.start:
+        parser.error("--end is before --start")
+    configure_logging(args.log_level)
+    metrics = MirrorMetrics()
+    mirror = Mirror(
+        base_url=args.base_url,
+        dest=args.dest,
+        fetcher=Fetcher(retries=args.retries, backoff=args.backoff, timeout=args.timeout),
+        metrics=metrics,
+        check_remote_size=not args.no_size_check,
+    )
+    summary: RunSummary
+    if args.command == "backfill":
+        summary = mirror.backfill(args.kinds, args.start, args.end)
+    elif args.command == "sync":
+        summary = mirror.sync(args.kinds, snapshot_days=args.snapshot_days)
+    else:
+        kind = "as2org" if args.command == "asorg" else "as2class"
+        summary = mirror.sync((kind,), snapshot_days=args.snapshot_days)
+    try:
+        export_metrics(metrics, args)
+    except Exception as exc:  # metrics must not turn a good mirror run into a failure
+        print(f"routeviews: could not export metrics: {exc}", file=sys.stderr)
+    sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""HTTP GET/HEAD with retries and exponential backoff (standard library only).
+
+Outcomes:
+
+* ``ok``: 2xx and, when the server sent ``Content-Length``, exactly that many bytes.
+* ``missing``: 404 or 410. Not retried: the file is not there.
+* ``failed``: anything else after the retries are spent. Retried: 5xx, 408, 429,
+  connection errors, timeouts and short bodies (fewer bytes than ``Content-Length``).
+  Other 4xx and bodies over ``max_bytes`` fail at once. A numeric ``Retry-After`` is
+  honoured up to ``max_backoff``.
+
+Only ``http`` and ``https`` URLs with a host are fetched.
+
+Example:
+    >>> Fetcher(retries=0).get("file:///etc/passwd").outcome
+    'failed'
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+USER_AGENT = "cp-pipeline-routeviews-mirror/1 (+https://censoredplanet.org)"
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+MISSING_STATUSES = frozenset({404, 410})
+
+
+@dataclass(slots=True)
+class FetchResult:
+    url: str
+    outcome: str  # ok | missing | failed
+    data: bytes = b""
+    status: int | None = None  # last HTTP status seen
+    attempts: int = 0
+    error: str | None = None
+    content_length: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+
+class _Fail(Exception):
+    """A permanent failure (not retried)."""
+
+
+class _Retry(Exception):
+    def __init__(self, message: str, status: int | None = None, wait: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.wait = wait
+
+
+class Fetcher:
+    def __init__(
+        self,
+        *,
+        timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        max_bytes: int = 1 << 30,
+        sleep: Callable[[float], None] = time.sleep,
+        user_agent: str = USER_AGENT,
+    ) -> None:
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.max_bytes = max_bytes
+        self.sleep = sleep
+        self.user_agent = user_agent
+
+    def get(self, url: str) -> FetchResult:
+        return self._request("GET", url)
+
+    def head_size(self, url: str) -> int | None:
+        """Content-Length from a HEAD request, or None (not ok, or no length given)."""
+        res = self._request("HEAD", url)
+        return res.content_length if res.ok else None
+
+    def delay(self, attempt: int, wait: float | None = None) -> float:
+        """Seconds before retry number ``attempt`` (1-based): backoff·2^(n-1), jittered."""
+        if wait is not None:
+            return min(max(wait, 0.0), self.max_backoff)
+        base = min(self.backoff * (2 ** (attempt - 1)), self.max_backoff)
+        return base * (0.75 + random.random() / 2)
+
+    def _request(self, method: str, url: str) -> FetchResult:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return FetchResult(url, "failed", error=f"not an http(s) URL with a host: {url}")
+        result = FetchResult(url, "failed")
+        for attempt in range(1, self.retries + 2):
+            result.attempts = attempt
+            try:
+                status, length, data = self._once(method, url)
+            except _Retry as exc:
+                result.status, result.error = exc.status, str(exc)
+                if attempt > self.retries:
+                    break
+                self.sleep(self.delay(attempt, exc.wait))
+                continue
+            except urllib.error.HTTPError as exc:
+                result.status, result.error = exc.code, f"HTTP {exc.code}"
+                result.outcome = "missing" if exc.code in MISSING_STATUSES else "failed"
+                return result
+            except (_Fail, ValueError) as exc:  # too large, malformed URL
+                result.error = str(exc)
+                return result
+            result.outcome, result.status, result.data = "ok", status, data
+            result.content_length, result.error = length, None
+            return result
+        result.outcome = "failed"
+        return result
+
+    def _once(self, method: str, url: str) -> tuple[int, int | None, bytes]:
+        req = urllib.request.Request(url, method=method, headers={"User-Agent": self.user_agent})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                header = resp.headers.get("Content-Length")
+                length = int(header) if header and header.strip().isdigit() else None
+                if length is not None and length > self.max_bytes:
+                    raise _Fail(f"too large: {length} bytes > {self.max_bytes}")
+                if method == "HEAD":
+                    return resp.status, length, b""
+                chunks: list[bytes] = []
+                total = 0
+                while chunk := resp.read(1 << 20):
+                    total += len(chunk)
+                    if total > self.max_bytes:
+                        raise _Fail(f"too large: more than {self.max_bytes} bytes")
+                    chunks.append(chunk)
+                data = b"".join(chunks)
+                if length is not None and len(data) != length:
+                    raise _Retry(f"short body: {len(data)} of {length} bytes")
+                return resp.status, length, data
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code in RETRY_STATUSES:
+                raise _Retry(f"HTTP {exc.code}", exc.code, _retry_after(exc)) from None
+            raise
+        except (
+            urllib.error.URLError,
+            http.client.HTTPException,
+            ConnectionError,
+            TimeoutError,
+            OSError,
+        ) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise _Retry(f"{type(exc).__name__}: {reason}") from None
+
+
+def _retry_after(exc: urllib.error.HTTPError) -> float | None:
+    value = exc.headers.get("Retry-After") if exc.headers else None
+    if value and value.strip().isdigit():
+        return float(value.strip())
+    return None
