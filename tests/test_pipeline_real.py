@@ -200,3 +200,58 @@ def test_provenance_columns(real_warehouses) -> None:
         wh, "SELECT count(*) FROM glob('" + str(wh) + "/parquet/http_scan/date=*/*.parquet')"
     )
     assert files == [(1,)]
+
+
+def build_real_ip_metadata(dest: Path) -> Path:
+    """The real CAIDA excerpts laid out as the routeviews service mirrors them (in tmp)."""
+    from tests.conftest import REAL
+
+    caida = REAL / "caida"
+    layout = {
+        "routeviews-rv2-00000000-test.pfx2as.gz": (
+            "routeviews/2020/11/routeviews-rv2-20201101-1200.pfx2as.gz"
+        ),
+        "20201001.test.as-org2info.txt.gz": "as-organizations/20201001.as-org2info.txt.gz",
+        "20201101.test.as2types.txt.gz": "as-classifications/20201101.as2types.txt.gz",
+    }
+    for src, rel in layout.items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes((caida / src).read_bytes())
+    return dest
+
+
+def test_dated_ip_metadata_enrichment(tmp_path: Path) -> None:
+    build_real_input(tmp_path / "in")
+    meta = build_real_ip_metadata(tmp_path / "meta")
+    summary = run(
+        RunConfig(
+            input=str(tmp_path / "in"),
+            warehouse=str(tmp_path / "wh"),
+            resources=str(REAL_RESOURCES),
+            ip_metadata=str(meta),
+        )
+    )
+    wh = tmp_path / "wh"
+    got = _query(
+        wh,
+        "SELECT DISTINCT server_netblock, server_asn, server_as_name, server_as_full_name, "
+        "server_as_class, server_country, ip_metadata_sources FROM echo_scan "
+        "WHERE server_ip = '122.155.84.41'",
+    )
+    assert got == [
+        (
+            "122.155.80.0/21",
+            9931,
+            "CAT-AP",
+            "CAT Telecom Public Company Limited",
+            "Transit/Access",
+            "TH",
+            ["routeviews-rv2-20201101-1200", "20201001.as-org2info", "20201101.as2types"],
+        )
+    ]
+    # 2021 scans are more than 30 days after the only routeviews file: rows are kept with
+    # empty metadata and counted, the run does not fail.
+    v2 = _query(wh, "SELECT count(*), count(server_asn) FROM echo_scan WHERE date >= '2021-01-01'")
+    assert v2 == [(17, 0)]
+    assert summary.stats["ip_metadata.server.no_table"] == 57
+    assert summary.stats["rows_with_asn"] > 0

@@ -64,6 +64,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         choices=["local", "bigquery"],
         help="where tables go: local DuckDB/Parquet (default) or BigQuery",
     )
+    p.add_argument(
+        "--ip-metadata",
+        default=env_or("CP_IP_METADATA"),
+        help="folder or gs:// prefix of mirrored CAIDA files (python -m services.routeviews); "
+        "without it IP metadata columns stay empty",
+    )
+    p.add_argument(
+        "--max-staleness-days",
+        type=int,
+        default=int(env_or("CP_MAX_STALENESS_DAYS", "30") or 30),
+        help="newest routeviews file may be this many days older than a measurement (30)",
+    )
     p.add_argument("--bq-project", default=env_or("CP_BQ_PROJECT"), help="BigQuery project")
     p.add_argument("--bq-dataset", default=env_or("CP_BQ_DATASET"), help="BigQuery dataset")
     p.add_argument("--bq-location", default=env_or("CP_BQ_LOCATION"), help="BigQuery location")
@@ -94,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         bad_line_threshold=args.bad_line_threshold,
         batch_lines=args.batch_lines,
         keep_satellite_bodies=args.keep_satellite_bodies,
+        ip_metadata=args.ip_metadata,
+        max_staleness_days=args.max_staleness_days,
         pipeline_args=beam_args,
     )
     if args.resources:

@@ -49,6 +49,18 @@ class LauncherMetrics:
             ["scan_type"],
             registry=r,
         )
+        self.coverage = Gauge(
+            "cp_launcher_enrichment_coverage_ratio",
+            "Share of the last run's rows with IP metadata, by field",
+            ["scan_type", "field"],
+            registry=r,
+        )
+        self.ip_metadata_missing = Gauge(
+            "cp_launcher_ip_metadata_missing_lookups",
+            "Lookups of the last run with no routeviews file for the date (stale/missing)",
+            ["scan_type"],
+            registry=r,
+        )
         self.bytes_read = Counter("cp_launcher_bytes_read", "Bytes of scan files read", registry=r)
         self.duration = Gauge(
             "cp_launcher_run_duration_seconds", "Wall time of the last run", registry=r

@@ -22,6 +22,7 @@ import orjson
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
+from services.beam_launcher.enrich import RowEnricher
 from services.beam_launcher.processing import FileTask, HyperquackProcessor, dead_letter
 from services.beam_launcher.resources import Resources, load_resources
 from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES, SATELLITE_SCAN
@@ -92,6 +93,19 @@ _RESOURCES: dict[str, Resources] = {}
 _RESOURCES_LOCK = threading.Lock()
 
 
+_ENRICHERS: dict[tuple[str | None, int], RowEnricher] = {}
+
+
+def shared_enricher(location: str | None, max_staleness_days: int) -> RowEnricher:
+    """One IP-metadata enricher (and its reference-table cache) per worker process."""
+    with _RESOURCES_LOCK:
+        key = (location, max_staleness_days)
+        enricher = _ENRICHERS.get(key)
+        if enricher is None:
+            enricher = _ENRICHERS[key] = RowEnricher(location, max_staleness_days)
+        return enricher
+
+
 def shared_resources(location: str) -> Resources:
     """One compiled matcher per worker process (RE2 matching is thread-safe)."""
     with _RESOURCES_LOCK:
@@ -104,13 +118,19 @@ def shared_resources(location: str) -> Resources:
 class ProcessBatches(beam.DoFn):
     """Parse + annotate a batch; rows keyed by (table, file_key), stats per file."""
 
-    def __init__(self, resources_location: str) -> None:
+    def __init__(
+        self, resources_location: str, ip_metadata: str | None = None, max_staleness_days: int = 30
+    ) -> None:
         self.resources_location = resources_location
+        self.ip_metadata = ip_metadata
+        self.max_staleness_days = max_staleness_days
         self.processor: HyperquackProcessor | None = None
+        self.enricher: RowEnricher | None = None
         self.counters: dict[str, Any] = {}
 
     def setup(self) -> None:
         self.processor = HyperquackProcessor(shared_resources(self.resources_location))
+        self.enricher = shared_enricher(self.ip_metadata, self.max_staleness_days)
 
     def _count(self, name: str, value: int) -> None:
         counter = self.counters.get(name)
@@ -122,6 +142,15 @@ class ProcessBatches(beam.DoFn):
         task, first, lines = batch
         assert self.processor is not None
         out = self.processor.process_lines(task, first, lines)
+        assert self.enricher is not None
+        ip_stats: dict[str, int] = {}
+        for row in out.rows:
+            self.enricher.enrich_hyperquack(row, ip_stats)
+            if row["server_asn"] is not None:
+                ip_stats["rows_with_asn"] = ip_stats.get("rows_with_asn", 0) + 1
+            if row["server_country"] is not None:
+                ip_stats["rows_with_country"] = ip_stats.get("rows_with_country", 0) + 1
+        out.stats.update(ip_stats)
         table = HYPERQUACK_TABLES[task.scan_type].name
         if out.rows:
             yield ((table, task.file_key), out.rows)
@@ -230,6 +259,8 @@ def build_graph(
     sink: Any,
     stats_dir: str,
     batch_lines: int = DEFAULT_BATCH_LINES,
+    ip_metadata: str | None = None,
+    max_staleness_days: int = 30,
 ) -> Any:
     """Add the whole processing graph for ``tasks`` to ``p``."""
     read = (
@@ -244,7 +275,9 @@ def build_graph(
         read.batches
         | "SpreadBatches" >> beam.Reshuffle()
         | "Process"
-        >> beam.ParDo(ProcessBatches(resources_location)).with_outputs("dead", "stats", main="rows")
+        >> beam.ParDo(
+            ProcessBatches(resources_location, ip_metadata, max_staleness_days)
+        ).with_outputs("dead", "stats", main="rows")
     )
     keyed = (parsed.rows, parsed.dead, read.read_errors) | "AllRows" >> beam.Flatten()
     written = sink.write(keyed)

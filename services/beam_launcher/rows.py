@@ -53,6 +53,12 @@ _HQ_COLUMNS = (
     Column("server_as_class", STRING, "AS class: Transit/Access, Content or Enterprise"),
     Column("server_country", STRING, "ISO 3166-1 alpha-2 country of the AS organisation"),
     Column("server_organization", STRING, "Organisation owning server_ip (MMDB), when it agrees"),
+    Column(
+        "ip_metadata_sources",
+        STRING,
+        "Reference files the IP metadata came from (routeviews, as2org, as2types)",
+        REPEATED,
+    ),
     Column("received_error", STRING, "Error string reported by the probe (all errors, ';'-joined)"),
     Column("received_tls_version", INTEGER, "TLS version number (771 = TLS 1.2)"),
     Column("received_tls_cipher_suite", INTEGER, "TLS cipher suite number"),
@@ -176,6 +182,12 @@ SATELLITE_SCAN = TableSpec(
         Column("resolver_as_class", STRING, "AS class"),
         Column("resolver_country", STRING, "ISO 3166-1 alpha-2 country of the resolver"),
         Column("resolver_organization", STRING, "Organisation of the resolver IP"),
+        Column(
+            "ip_metadata_sources",
+            STRING,
+            "Reference files the resolver/answer IP metadata came from",
+            REPEATED,
+        ),
         Column(
             "resolver_non_zero_rcode_rate", FLOAT, "Share of the resolver's queries with rcode != 0"
         ),

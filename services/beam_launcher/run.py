@@ -49,6 +49,8 @@ class RunConfig:
     runner: str = "direct"
     batch_lines: int = graph.DEFAULT_BATCH_LINES
     keep_satellite_bodies: bool = False
+    ip_metadata: str | None = None  # mirrored CAIDA files (python -m services.routeviews)
+    max_staleness_days: int = 30
     bad_line_threshold: float = 0.10
     sink: str = "local"  # local | bigquery
     bq_project: str | None = None
@@ -136,6 +138,23 @@ def _pipeline_options(cfg: RunConfig, run_id: str) -> PipelineOptions:
     return PipelineOptions([*args, *cfg.pipeline_args])
 
 
+def _coverage(verdicts: list[FileVerdict], metrics: LauncherMetrics, log: Any) -> None:
+    """Enrichment coverage per scan type (Hyperquack rows; lookups for Satellite)."""
+    by_type: dict[str, Counter[str]] = {}
+    for v in verdicts:
+        by_type.setdefault(v.task.scan_type, Counter()).update(v.stats)
+    for scan_type, st in by_type.items():
+        rows = st.get("rows", 0)
+        if rows and scan_type != "satellite":
+            for field_name in ("asn", "country"):
+                share = st.get(f"rows_with_{field_name}", 0) / rows
+                metrics.coverage.labels(scan_type=scan_type, field=field_name).set(share)
+        missing = sum(n for k, n in st.items() if k.endswith(".no_table"))
+        metrics.ip_metadata_missing.labels(scan_type=scan_type).set(missing)
+        if missing:
+            log.warning("ip_metadata_missing", scan_type=scan_type, lookups=missing)
+
+
 def tables_for(tasks: list[FileTask]) -> list[str]:
     """Tables a set of files writes: their scan tables plus dead_letter."""
     return [*sorted({SCAN_TABLES[t.scan_type].name for t in tasks}), DEAD_LETTER.name]
@@ -175,9 +194,20 @@ def build_pipeline(
             target.stats_dir(run_id),
             cfg.batch_lines,
             cfg.keep_satellite_bodies,
+            cfg.ip_metadata,
+            cfg.max_staleness_days,
         )
     else:
-        graph.build_graph(p, todo, cfg.resources, sink, target.stats_dir(run_id), cfg.batch_lines)
+        graph.build_graph(
+            p,
+            todo,
+            cfg.resources,
+            sink,
+            target.stats_dir(run_id),
+            cfg.batch_lines,
+            cfg.ip_metadata,
+            cfg.max_staleness_days,
+        )
     return p
 
 
@@ -293,6 +323,7 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
             rows=v.stats.get("rows", 0),
             dead_letters=v.stats.get("dead_letters", 0),
         )
+    _coverage(verdicts, metrics, log)
     summary.files_processed = len(verdicts)
     summary.stats = dict(totals)
     summary.rows_by_table = rows_by_table

@@ -30,6 +30,7 @@ from services.beam_launcher.pipeline import (
     ReadLineBatches,
     SumStats,
     WriteStats,
+    shared_enricher,
     shared_resources,
 )
 from services.beam_launcher.processing import FileTask, dead_letter
@@ -185,18 +186,30 @@ def _apply_updates(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Row]:
 class PostProcessDomain(beam.DoFn):
     """Post-process one (scan, domain) group, then classify and annotate every row."""
 
-    def __init__(self, resources_location: str) -> None:
+    def __init__(
+        self, resources_location: str, ip_metadata: str | None = None, max_staleness_days: int = 30
+    ) -> None:
         self.resources_location = resources_location
+        self.ip_metadata = ip_metadata
+        self.max_staleness_days = max_staleness_days
         self.categories: Any = None
         self.rules: Any = None
+        self.enricher: Any = None
 
     def setup(self) -> None:
         self.categories = shared_resources(self.resources_location).categories
         self.rules = satellite_outcomes.load_satellite_rules()
+        self.enricher = shared_enricher(self.ip_metadata, self.max_staleness_days)
 
     def process(self, item: tuple[tuple[str, str], Iterable[Row]]) -> Iterator[Any]:
         (source, _domain), rows_iter = item
-        rows = satellite_post.post_process(list(rows_iter))
+        rows_in = list(rows_iter)
+        ip_stats: dict[str, int] = {}
+        for row in rows_in:
+            self.enricher.enrich_satellite(row, ip_stats)
+        for name, value in ip_stats.items():
+            Metrics.counter(NAMESPACE, f"satellite.{name}").inc(value)
+        rows = satellite_post.post_process(rows_in)
         out: list[Row] = []
         for row in rows:
             row["domain_category"] = self.categories.category(
@@ -219,6 +232,8 @@ def build_satellite_graph(
     stats_dir: str,
     batch_lines: int = 500,
     keep_bodies: bool = False,
+    ip_metadata: str | None = None,
+    max_staleness_days: int = 30,
 ) -> Any:
     """Add the Satellite graph for the files of whole scans (``tasks``) to ``p``."""
     read = (
@@ -272,7 +287,8 @@ def build_satellite_graph(
         joined
         | "KeyByDomain" >> beam.Map(lambda r: ((r["source"], r["domain"]), r))
         | "GroupByDomain" >> beam.GroupByKey()
-        | "PostProcess" >> beam.ParDo(PostProcessDomain(resources_location))
+        | "PostProcess"
+        >> beam.ParDo(PostProcessDomain(resources_location, ip_metadata, max_staleness_days))
     )
     keyed = (finished, parsed.dead, read.read_errors) | "SatAllRows" >> beam.Flatten()
     written = sink.write(keyed) if sink is not None else None

@@ -1,0 +1,98 @@
+"""Dated IP metadata for rows: server, resolver and answer IPs → AS, netblock, country.
+
+Each worker keeps one :class:`RowEnricher`; every distinct (date, ip) is looked up once
+per worker (memoised) with the reference files of that date chosen by
+:class:`services.common.ipmeta.ReferenceCatalog` (routeviews at or before the date within
+the staleness limit; nearest AS-organisation / AS-class snapshots). Missing or stale
+reference data never fails a run: the row keeps empty metadata and the stats say why.
+
+Example:
+    >>> e = RowEnricher(None)
+    >>> row = {"date": "2021-05-30", "server_ip": "1.1.1.1"}
+    >>> e.enrich_hyperquack(row, {}); row["ip_metadata_sources"]
+    []
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from services.common.ipmeta import Enricher, IpMetadata, ReferenceCatalog
+
+_EMPTY = IpMetadata(status="unconfigured")
+MEMO_SIZE = 200_000
+
+
+class RowEnricher:
+    """Adds IP metadata columns to rows; a no-op (counted) when no location is configured."""
+
+    def __init__(self, location: str | None, max_staleness_days: int = 30) -> None:
+        self.location = location
+        self.catalog = (
+            ReferenceCatalog(location, max_staleness_days=max_staleness_days) if location else None
+        )
+        self._enrichers: dict[str, tuple[Enricher, Any]] = {}
+        self._memo: OrderedDict[tuple[str, str], IpMetadata] = OrderedDict()
+        self._lock = threading.Lock()
+        self.stale_dates: dict[str, str] = {}
+
+    def _enricher(self, date: str) -> Enricher | None:
+        assert self.catalog is not None
+        got = self._enrichers.get(date)
+        if got is None:
+            enricher, selection = self.catalog.enricher_for(dt.date.fromisoformat(date))
+            if selection.routeviews is None:
+                self.stale_dates[date] = selection.routeviews_reason or "missing"
+            if len(self._enrichers) > 8:
+                self._enrichers.pop(next(iter(self._enrichers)))
+            got = self._enrichers[date] = (enricher, selection)
+        return got[0]
+
+    def lookup(self, date: str | None, ip: str | None) -> IpMetadata:
+        if self.catalog is None or not date or not ip:
+            return _EMPTY
+        key = (date, ip)
+        with self._lock:
+            md = self._memo.get(key)
+            if md is None:
+                enricher = self._enricher(date)
+                md = enricher.lookup(ip) if enricher is not None else _EMPTY
+                self._memo[key] = md
+                if len(self._memo) > MEMO_SIZE:
+                    self._memo.popitem(last=False)
+            return md
+
+    @staticmethod
+    def _count(stats: dict[str, int], md: IpMetadata, what: str) -> None:
+        name = f"ip_metadata.{what}.{md.status}"
+        stats[name] = stats.get(name, 0) + 1
+
+    def enrich_hyperquack(self, row: dict[str, Any], stats: dict[str, int]) -> None:
+        md = self.lookup(row.get("date"), row.get("server_ip"))
+        self._count(stats, md, "server")
+        row.update(md.as_columns("server"))
+        row["ip_metadata_sources"] = list(md.sources)
+
+    def enrich_satellite(self, row: dict[str, Any], stats: dict[str, int]) -> None:
+        """Resolver and answers; non-empty CAIDA values override tag values (as the seed)."""
+        date = row.get("date")
+        md = self.lookup(date, row.get("resolver_ip"))
+        self._count(stats, md, "resolver")
+        for k, v in md.as_columns("resolver").items():
+            if v is not None:
+                row[k] = v
+        sources = set(md.sources)
+        for answer in row.get("answers") or ():
+            amd = self.lookup(date, answer.get("ip"))
+            self._count(stats, amd, "answer")
+            if amd.asn is not None:
+                answer["asn"] = amd.asn
+            if amd.as_name is not None:
+                answer["as_name"] = amd.as_name
+            if amd.organization is not None:
+                answer["ip_organization"] = amd.organization
+            sources.update(amd.sources)
+        row["ip_metadata_sources"] = sorted(sources)
