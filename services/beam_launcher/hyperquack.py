@@ -163,10 +163,12 @@ def _received_fields(received: Any, where: str) -> dict[str, Any]:
             raise BadRecord("wrong_type", f"{where}: headers is {type(headers).__name__}")
         flat: list[str] = []
         for name, values in headers.items():
-            if isinstance(values, list):
-                flat.extend(f"{name}: {v}" for v in values)
-            else:
+            if not isinstance(values, list):
                 flat.append(f"{name}: {values}")
+            elif len(values) == 1:  # the usual case; a generator per header costs ~0.2 µs
+                flat.append(f"{name}: {values[0]}")
+            else:
+                flat.extend([f"{name}: {v}" for v in values])
         out["received_headers"] = flat
     body = received.get("body")
     if body is not None and not isinstance(body, str):

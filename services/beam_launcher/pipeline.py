@@ -12,7 +12,9 @@ Example (graph construction only):
 
 from __future__ import annotations
 
+import os
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -197,45 +199,60 @@ class WriteStats(beam.DoFn):
         yield url
 
 
-class WriteParquetGroup(beam.DoFn):
-    """Write all batches of one (table, file) as Parquet files, one per date.
+class WriteParquetParts(beam.DoFn):
+    """Write each batch of rows straight to Parquet part files, one per date.
 
-    Batches are streamed into per-date writers, so memory holds one batch at a time.
-    Output: ``<staging>/<table>/<safe file key>/date=<YYYY-MM-DD>.parquet``.
+    Runs fused with the parse step, so rows are never encoded by the runner nor held by
+    a shuffle: only ``((table, file_key), (date, part path))`` goes on.
+    Parts: ``<staging>/_parts/<table>/<safe key>/date=<d>.<first line>.<random>.parquet``.
     """
 
     def __init__(self, staging_dir: str) -> None:
         self.staging_dir = staging_dir
 
-    def process(self, item: tuple[tuple[str, str], Iterable[list[Row]]]) -> Iterator[str]:
-        (table, file_key), batches = item
+    def process(self, item: tuple[tuple[str, str], list[Row]]) -> Iterator[Any]:
+        (table, file_key), rows = item
+        if not rows:
+            return
         spec = TABLE_SPECS[table]
+        by_date: dict[str, list[Row]] = {}
+        for row in rows:
+            by_date.setdefault(row["date"], []).append(row)
+        folder = storage.join(self.staging_dir, "_parts", table, safe_key(file_key))
+        os.makedirs(folder, exist_ok=True)
+        first = rows[0].get("source_line") or 0
+        for date, date_rows in by_date.items():
+            name = f"date={date}.{first:012d}.{uuid.uuid4().hex[:8]}.parquet"
+            path = storage.join(folder, name)
+            pq.write_table(spec.to_arrow(date_rows), path, compression="lz4")
+            yield ((table, file_key), (date, path))
+
+
+class MergeParquetParts(beam.DoFn):
+    """Concatenate the parts of one (table, file) into one Parquet file per date.
+
+    Output: ``<staging>/<table>/<safe file key>/date=<YYYY-MM-DD>.parquet``, rows in
+    line order; memory holds one part at a time.
+    """
+
+    def __init__(self, staging_dir: str) -> None:
+        self.staging_dir = staging_dir
+
+    def process(self, item: tuple[tuple[str, str], Iterable[tuple[str, str]]]) -> Iterator[str]:
+        (table, file_key), parts = item
+        schema = TABLE_SPECS[table].arrow_schema()
         folder = storage.join(self.staging_dir, table, safe_key(file_key))
-        writers: dict[str, pq.ParquetWriter] = {}
-        try:
-            for rows in batches:
-                by_date: dict[str, list[Row]] = {}
-                for row in rows:
-                    by_date.setdefault(row["date"], []).append(row)
-                for date, date_rows in by_date.items():
-                    writer = writers.get(date)
-                    if writer is None:
-                        path = storage.join(folder, f"date={date}.parquet")
-                        _ensure_parent(path)
-                        writer = writers[date] = pq.ParquetWriter(
-                            path, spec.arrow_schema(), compression="zstd"
-                        )
-                    writer.write_table(spec.to_arrow(date_rows))
-        finally:
-            for w in writers.values():
-                w.close()
-        yield from (storage.join(folder, f"date={d}.parquet") for d in writers)
-
-
-def _ensure_parent(path: str) -> None:
-    import os
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
+        by_date: dict[str, list[str]] = {}
+        for date, path in parts:
+            by_date.setdefault(date, []).append(path)
+        for date, paths in sorted(by_date.items()):
+            target = storage.join(folder, f"date={date}.parquet")
+            with pq.ParquetWriter(target, schema, compression="zstd") as writer:
+                for path in sorted(paths):  # names sort by first line
+                    writer.write_table(pq.read_table(path, schema=schema))
+                    os.remove(path)
+            yield target
 
 
 class LocalStagingSink:
@@ -245,10 +262,22 @@ class LocalStagingSink:
         self.staging_dir = staging_dir
 
     def write(self, keyed_rows: Any) -> Any:
+        """``keyed_rows``: one PCollection, or a list of them (preferred: not flattened).
+
+        One writer per input, fused with its producer: rows are never buffered by the
+        runner (FnApiRunner materialises a multi-input Flatten completely in memory);
+        only the small part-file names are flattened and grouped.
+        """
+        inputs = keyed_rows if isinstance(keyed_rows, list | tuple) else [keyed_rows]
+        parts = [
+            pcoll | f"WriteParquetParts{i}" >> beam.ParDo(WriteParquetParts(self.staging_dir))
+            for i, pcoll in enumerate(inputs)
+        ]
         return (
-            keyed_rows
-            | "GroupByTableAndFile" >> beam.GroupByKey()
-            | "WriteParquet" >> beam.ParDo(WriteParquetGroup(self.staging_dir))
+            parts
+            | "AllParts" >> beam.Flatten()
+            | "GroupPartsByTableAndFile" >> beam.GroupByKey()
+            | "MergeParquetParts" >> beam.ParDo(MergeParquetParts(self.staging_dir))
         )
 
 
@@ -261,8 +290,14 @@ def build_graph(
     batch_lines: int = DEFAULT_BATCH_LINES,
     ip_metadata: str | None = None,
     max_staleness_days: int = 30,
+    spread_batches: bool = True,
 ) -> Any:
-    """Add the whole processing graph for ``tasks`` to ``p``."""
+    """Add the whole processing graph for ``tasks`` to ``p``.
+
+    ``spread_batches`` reshuffles line batches so a distributed runner parses one file on
+    many workers. Off on the single-process local runner: there it gains nothing and
+    FnApiRunner holds every line of the run in memory for the shuffle.
+    """
     read = (
         p
         | "Files" >> beam.Create(tasks)
@@ -271,16 +306,15 @@ def build_graph(
             "read_errors", "stats", main="batches"
         )
     )
-    parsed = (
-        read.batches
-        | "SpreadBatches" >> beam.Reshuffle()
-        | "Process"
-        >> beam.ParDo(
-            ProcessBatches(resources_location, ip_metadata, max_staleness_days)
-        ).with_outputs("dead", "stats", main="rows")
-    )
-    keyed = (parsed.rows, parsed.dead, read.read_errors) | "AllRows" >> beam.Flatten()
-    written = sink.write(keyed)
+    batches = read.batches
+    if spread_batches:
+        batches = batches | "SpreadBatches" >> beam.Reshuffle()
+    parsed = batches | "Process" >> beam.ParDo(
+        ProcessBatches(resources_location, ip_metadata, max_staleness_days)
+    ).with_outputs("dead", "stats", main="rows")
+    # The sink gets the row collections separately: flattening them here would make the
+    # local runner buffer every row of the run in memory.
+    written = sink.write([parsed.rows, parsed.dead, read.read_errors])
     stats = (
         (parsed.stats, read.stats)
         | "AllStats" >> beam.Flatten()

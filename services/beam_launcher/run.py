@@ -183,6 +183,8 @@ def build_pipeline(
     """The Beam pipeline of a run (also used for offline Dataflow dry runs)."""
     p = beam.Pipeline(options=_pipeline_options(cfg, run_id))
     sink = target.sink(run_id, tables_for(todo))
+    # The local runner gains nothing from reshuffling and would hold every line.
+    spread = LOCAL_RUNNERS.get(cfg.runner) != "FnApiRunner"
     if family == "satellite":
         from services.beam_launcher.satellite_pipeline import build_satellite_graph
 
@@ -196,6 +198,7 @@ def build_pipeline(
             cfg.keep_satellite_bodies,
             cfg.ip_metadata,
             cfg.max_staleness_days,
+            spread_batches=spread,
         )
     else:
         graph.build_graph(
@@ -207,6 +210,7 @@ def build_pipeline(
             cfg.batch_lines,
             cfg.ip_metadata,
             cfg.max_staleness_days,
+            spread_batches=spread,
         )
     return p
 

@@ -234,6 +234,7 @@ def build_satellite_graph(
     keep_bodies: bool = False,
     ip_metadata: str | None = None,
     max_staleness_days: int = 30,
+    spread_batches: bool = True,
 ) -> Any:
     """Add the Satellite graph for the files of whole scans (``tasks``) to ``p``."""
     read = (
@@ -244,14 +245,12 @@ def build_satellite_graph(
             "read_errors", "stats", main="batches"
         )
     )
-    parsed = (
-        read.batches
-        | "SatSpreadBatches" >> beam.Reshuffle()
-        | "SatParse"
-        >> beam.ParDo(ParseSatelliteBatch(resources_location, keep_bodies)).with_outputs(
-            "resolver_tags", "answer_tags", "fetches", "dead", "stats", main="rows"
-        )
-    )
+    batches = read.batches
+    if spread_batches:
+        batches = batches | "SatSpreadBatches" >> beam.Reshuffle()
+    parsed = batches | "SatParse" >> beam.ParDo(
+        ParseSatelliteBatch(resources_location, keep_bodies)
+    ).with_outputs("resolver_tags", "answer_tags", "fetches", "dead", "stats", main="rows")
     with_resolvers = (
         {
             "rows": parsed.rows
@@ -290,8 +289,7 @@ def build_satellite_graph(
         | "PostProcess"
         >> beam.ParDo(PostProcessDomain(resources_location, ip_metadata, max_staleness_days))
     )
-    keyed = (finished, parsed.dead, read.read_errors) | "SatAllRows" >> beam.Flatten()
-    written = sink.write(keyed) if sink is not None else None
+    written = sink.write([finished, parsed.dead, read.read_errors]) if sink is not None else None
     stats = (
         (parsed.stats, read.stats)
         | "SatAllStats" >> beam.Flatten()

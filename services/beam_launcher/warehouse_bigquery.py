@@ -62,6 +62,8 @@ class BigQueryStagingSink:
         self.tables = list(tables)
 
     def write(self, keyed_rows: Any) -> Any:
+        if isinstance(keyed_rows, list | tuple):  # free on Dataflow
+            keyed_rows = keyed_rows | "AllRows" >> beam.Flatten()
         results = []
         for spec in self.tables:
             target = f"{self.project}:{self.dataset}.{staging_table(spec, self.run_id)}"
