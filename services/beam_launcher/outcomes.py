@@ -133,13 +133,19 @@ def _string_list(spec: Mapping[str, Any], key: str) -> list[str]:
     return value
 
 
-def _text_predicate(spec: Mapping[str, Any]) -> Predicate:
+def text_matcher(spec: Mapping[str, Any]) -> Callable[[str | None], bool]:
+    """Compile a rule's ``equals``/``startswith``/``endswith``/``contains`` lists.
+
+    Shared by the Hyperquack and Satellite rule engines.
+    """
     equals = frozenset(_string_list(spec, "equals"))
     starts = tuple(_string_list(spec, "startswith"))
     ends = tuple(_string_list(spec, "endswith"))
     contains = tuple(_string_list(spec, "contains"))
+    if not (equals or starts or ends or contains):
+        raise RuleFileError(f"rule {spec.get('id')}: error rule needs one of {_TEXT_KEYS}")
 
-    def pred(_row: Mapping[str, Any], err: str | None) -> bool:
+    def matches(err: str | None) -> bool:
         if err is None:
             return False
         return (
@@ -149,7 +155,12 @@ def _text_predicate(spec: Mapping[str, Any]) -> Predicate:
             or any(c in err for c in contains)
         )
 
-    return pred
+    return matches
+
+
+def _text_predicate(spec: Mapping[str, Any]) -> Predicate:
+    matches = text_matcher(spec)
+    return lambda _row, err: matches(err)
 
 
 def _compile(spec: Mapping[str, Any]) -> Predicate:
@@ -168,8 +179,6 @@ def _compile(spec: Mapping[str, Any]) -> Predicate:
     if kind == "no_error":
         return lambda _row, err: err is None
     if kind == "error":
-        if not any(spec.get(k) for k in _TEXT_KEYS):
-            raise RuleFileError(f"rule {spec['id']}: error rule needs one of {_TEXT_KEYS}")
         return _text_predicate(spec)
     return lambda _row, _err: True
 

@@ -36,7 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from services.beam_launcher.outcomes import RULES_DIR, RuleFileError
+from services.beam_launcher.outcomes import RULES_DIR, RuleFileError, text_matcher
 from services.beam_launcher.rows import SATELLITE_SCAN
 from services.common.rowschema import Row
 
@@ -270,25 +270,8 @@ def _string_list(spec: Mapping[str, Any], key: str, allow_empty: bool = False) -
 
 
 def _text_predicate(spec: Mapping[str, Any]) -> Predicate:
-    equals = frozenset(_string_list(spec, "equals"))
-    starts = tuple(_string_list(spec, "startswith"))
-    ends = tuple(_string_list(spec, "endswith"))
-    contains = tuple(_string_list(spec, "contains"))
-    if not (equals or starts or ends or contains):
-        raise RuleFileError(f"rule {spec['id']}: error rule needs one of {_TEXT_KEYS}")
-
-    def pred(f: _Facts) -> bool:
-        err = f.error
-        if err is None:
-            return False
-        return (
-            err in equals
-            or (bool(starts) and err.startswith(starts))
-            or (bool(ends) and err.endswith(ends))
-            or any(c in err for c in contains)
-        )
-
-    return pred
+    matches = text_matcher(spec)
+    return lambda f: matches(f.error)
 
 
 def _where(spec: Mapping[str, Any]) -> dict[str, bool]:
