@@ -13,7 +13,11 @@ env:
 
 run: env
 	$(UV) run python -m services.common.sample_scans --out $(VAR)/sample --size $(SAMPLE_SIZE)
-	$(UV) run python -m services.beam_launcher --input $(VAR)/sample/scans --warehouse $(VAR)/warehouse
+	$(UV) run python -m services.mirror archives --source $(VAR)/sample/archives --dest $(VAR)/raw
+	$(UV) run python -m services.mirror resources --url resources/sample --dest $(VAR)/resources
+	$(UV) run python -m services.untar --raw $(VAR)/raw --target $(VAR)/bucket
+	$(UV) run python -m services.beam_launcher --input $(VAR)/bucket/scans --require-markers \
+		--resources $(VAR)/resources/current --warehouse $(VAR)/warehouse
 	$(UV) run python -m services.beam_launcher.report --warehouse $(VAR)/warehouse
 
 test: env

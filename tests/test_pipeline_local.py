@@ -196,3 +196,16 @@ def test_unknown_folders_and_files_are_reported(tmp_path: Path) -> None:
         "unknown file 'extra.json' in a Hyperquack scan",
     ]
     assert summary.files_processed == 1
+
+
+def test_require_markers_reads_only_completed_scan_folders(tmp_path: Path) -> None:
+    inp, wh = tmp_path / "in", tmp_path / "wh"
+    write_scan(inp, "CP_Quack-echo-2021-06-01-10-00-00", good_lines(2))
+    write_scan(inp, "CP_Quack-echo-2021-06-02-10-00-00", good_lines(3))
+    (inp / "CP_Quack-echo-2021-06-01-10-00-00" / "_COMPLETE").write_text("{}")
+    summary = run(cfg(inp, wh, require_markers=True))
+    assert summary.files_processed == 1
+    assert [s["reason"] for s in summary.skipped] == ["scan folder has no completion marker yet"]
+    assert table(wh, "SELECT DISTINCT source FROM echo_scan") == [
+        ("CP_Quack-echo-2021-06-01-10-00-00",)
+    ]

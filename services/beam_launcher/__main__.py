@@ -76,6 +76,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         default=int(env_or("CP_MAX_STALENESS_DAYS", "30") or 30),
         help="newest routeviews file may be this many days older than a measurement (30)",
     )
+    p.add_argument(
+        "--require-markers",
+        action="store_true",
+        default=env_or("CP_REQUIRE_MARKERS", "") in ("1", "true", "yes"),
+        help="read only scan folders with untar's _COMPLETE marker ($CP_REQUIRE_MARKERS)",
+    )
     p.add_argument("--bq-project", default=env_or("CP_BQ_PROJECT"), help="BigQuery project")
     p.add_argument("--bq-dataset", default=env_or("CP_BQ_DATASET"), help="BigQuery dataset")
     p.add_argument("--bq-location", default=env_or("CP_BQ_LOCATION"), help="BigQuery location")
@@ -108,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         keep_satellite_bodies=args.keep_satellite_bodies,
         ip_metadata=args.ip_metadata,
         max_staleness_days=args.max_staleness_days,
+        require_markers=args.require_markers,
         pipeline_args=beam_args,
     )
     if args.resources:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from services.beam_launcher import satellite
 from services.beam_launcher.processing import FileTask
 from services.common import storage
-from services.common.scans import UnknownScanName, parse_scan_name
+from services.common.scans import COMPLETION_MARKER, UnknownScanName, parse_scan_name
 
 HYPERQUACK_DATA_FILES = frozenset({"results.json"})
 # Other members of Hyperquack archives: known, not data for the base tables.
@@ -41,13 +41,29 @@ def strip_gz(name: str) -> str:
     return name[:-3] if name.endswith(".gz") else name
 
 
-def discover(input_url: str, scan_types: tuple[str, ...], pipeline_version: str) -> InputPlan:
-    """List ``input_url`` and return one FileTask per Hyperquack data file of ``scan_types``."""
+def discover(
+    input_url: str,
+    scan_types: tuple[str, ...],
+    pipeline_version: str,
+    require_markers: bool = False,
+) -> InputPlan:
+    """List ``input_url`` and return one FileTask per data file of ``scan_types``.
+
+    With ``require_markers`` only scan folders holding untar's completion marker are
+    read; files of unfinished folders are reported as skipped.
+    """
     plan = InputPlan()
     by_key: dict[str, FileTask] = {}
-    for obj in storage.storage_for(input_url).list(input_url):
+    objects = list(storage.storage_for(input_url).list(input_url))
+    complete = {
+        storage.parent_name(o.url) for o in objects if storage.basename(o.url) == COMPLETION_MARKER
+    }
+    for obj in objects:
         name = storage.basename(obj.url)
-        if name.startswith("."):
+        if name.startswith(".") or name == COMPLETION_MARKER:
+            continue
+        if require_markers and storage.parent_name(obj.url) not in complete:
+            plan.skipped.append(Skipped(obj.url, "scan folder has no completion marker yet"))
             continue
         folder = storage.parent_name(obj.url)
         try:

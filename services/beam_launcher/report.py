@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 
-from services.beam_launcher.rows import HYPERQUACK_TABLES
+from services.beam_launcher.rows import SCAN_TABLES
 from services.beam_launcher.warehouse_local import DB_NAME
 
 
@@ -26,7 +26,7 @@ def render(warehouse: Path) -> str:
     ]
     with duckdb.connect(str(db), read_only=True) as con:
         out.append(f"{'table':<16}{'rows':>9}{'dates':>7}  top outcomes")
-        for spec in HYPERQUACK_TABLES.values():
+        for spec in SCAN_TABLES.values():
             n, dates = con.execute(
                 f'SELECT count(*), count(DISTINCT date) FROM "{spec.name}"'
             ).fetchone()  # type: ignore[misc]
@@ -47,7 +47,10 @@ def render(warehouse: Path) -> str:
         for status, count, lines, rows in files:
             out.append(f"processed_files[{status}]: {count} files, {lines} lines, {rows} rows")
     out.append("")
-    out.append(f'Query it: duckdb {db} "SELECT outcome, count(*) FROM http_scan GROUP BY 1"')
+    out.append(
+        'Query it: uv run python -c "import duckdb; print(duckdb.connect('
+        f"'{db}', read_only=True).sql('SELECT outcome, count(*) FROM http_scan GROUP BY 1'))\""
+    )
     return "\n".join(out)
 
 

@@ -51,6 +51,7 @@ class RunConfig:
     keep_satellite_bodies: bool = False
     ip_metadata: str | None = None  # mirrored CAIDA files (python -m services.routeviews)
     max_staleness_days: int = 30
+    require_markers: bool = False  # read only scan folders untar marked complete
     bad_line_threshold: float = 0.10
     sink: str = "local"  # local | bigquery
     bq_project: str | None = None
@@ -252,7 +253,7 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
     if cfg.full:
         warehouse.reset(cfg.scan_types)
     warehouse.ensure_tables()
-    plan = discover(cfg.input, cfg.scan_types, version)
+    plan = discover(cfg.input, cfg.scan_types, version, cfg.require_markers)
     for s in plan.skipped:
         log.warning("input_skipped", url=s.url, reason=s.reason)
         metrics.files_skipped.labels(reason="unrecognised").inc()

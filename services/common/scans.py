@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 
 HYPERQUACK_TYPES = ("echo", "discard", "http", "https")
+# Written by untar into a scan folder after all of its files: readers trust only these.
+COMPLETION_MARKER = "_COMPLETE"
 SCAN_TYPES = (*HYPERQUACK_TYPES, "satellite")
 
 _NAME_RE = re.compile(

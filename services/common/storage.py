@@ -3,6 +3,23 @@
 Writes are atomic: data goes to a temporary name and is moved into place, so no reader
 ever sees a half-written object under its final name.
 
+Streaming writes use :meth:`StreamStorage.open_write`, a context manager that publishes
+the object when the ``with`` block ends without an error and discards it otherwise
+(``if_absent=True``: publish only if nothing exists under that name yet, else
+:class:`ObjectExists`). The writer counts bytes and computes the MD5 as it goes, so a
+caller can check both *before* the object is published. :func:`copy_stream` builds a
+verified streaming copy on it.
+
+* Local folders: a ``.tmp-*`` file in the target folder, fsync, ``os.replace`` (or
+  ``os.link`` for ``if_absent``), fsync of the folder. A process killed mid-write
+  leaves only the hidden ``.tmp-*`` file (``list`` skips it; ``remove_stale_temps``
+  deletes old ones).
+* GCS: up to ``chunk_size`` bytes are sent in one multipart request (atomic; the MD5 is
+  sent along, so the server refuses corrupted bodies); larger objects use a resumable
+  upload session, whose object only appears when the session is finalized at the end
+  of the block; an error cancels the session. ``if_absent`` is the
+  ``ifGenerationMatch=0`` precondition.
+
 Example:
     >>> import tempfile, os
     >>> root = tempfile.mkdtemp()
@@ -14,15 +31,25 @@ Example:
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
+import errno
 import gzip
+import hashlib
 import io
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
+
+TMP_PREFIX = ".tmp-"
+COPY_CHUNK = 1024 * 1024
+GCS_CHUNK = 8 * 1024 * 1024  # resumable-upload chunk (a multiple of 256 KiB)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +59,15 @@ class ObjectInfo:
     url: str
     size: int
     version: str | None
+    md5: str | None = None  # hex MD5 of the content when the backend knows it (GCS), else None
+
+
+class ObjectExists(FileExistsError):
+    """``if_absent`` was asked for and an object already exists under that name."""
+
+
+class ChecksumMismatch(ValueError):
+    """Copied bytes do not have the expected size or MD5 (nothing was published)."""
 
 
 class Storage(Protocol):
@@ -41,6 +77,95 @@ class Storage(Protocol):
     def read_bytes(self, url: str) -> bytes: ...
     def write_bytes(self, url: str, data: bytes) -> None: ...
     def delete(self, url: str) -> None: ...
+
+
+class StreamStorage(Storage, Protocol):
+    """Storage with streaming atomic writes (both backends implement it)."""
+
+    def open_write(
+        self, url: str, *, if_absent: bool = False
+    ) -> contextlib.AbstractContextManager[AtomicWriter]: ...
+    def remove_stale_temps(self, prefix: str, older_than_s: float) -> int: ...
+
+
+class AtomicWriter:
+    """A write handle from ``open_write``: counts bytes and hashes them (MD5) as they pass.
+
+    Usable as the ``fileobj`` of ``gzip.GzipFile``. ``info`` is set once published.
+    """
+
+    def __init__(self, url: str, if_absent: bool = False) -> None:
+        self.url = url
+        self.if_absent = if_absent
+        self.size = 0
+        self.info: ObjectInfo | None = None
+        self._md5 = hashlib.md5()
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self.closed:
+            raise ValueError(f"write to a finished writer: {self.url}")
+        n = len(data)
+        if n:
+            self._md5.update(data)
+            self._sink(data)
+            self.size += n
+        return n
+
+    def md5_hex(self) -> str:
+        return self._md5.hexdigest()
+
+    def md5_digest(self) -> bytes:
+        return self._md5.digest()
+
+    def flush(self) -> None:  # data is published on commit, never partially
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self.size
+
+    # Backend hooks.
+    def _sink(self, data: bytes | bytearray | memoryview) -> None:
+        raise NotImplementedError
+
+    def _commit(self) -> ObjectInfo:
+        raise NotImplementedError
+
+    def _abort(self) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> ObjectInfo:
+        """Publish (``open_write`` calls it when the block ends without an error)."""
+        self.closed = True
+        try:
+            self.info = self._commit()
+        except BaseException:
+            self._abort()
+            raise
+        return self.info
+
+    def abort(self) -> None:
+        self.closed = True
+        self._abort()
+
+
+@contextlib.contextmanager
+def _atomic(writer: AtomicWriter) -> Iterator[AtomicWriter]:
+    try:
+        yield writer
+    except BaseException:
+        writer.abort()
+        raise
+    writer.commit()
 
 
 def is_gcs(url: str) -> bool:
@@ -80,7 +205,7 @@ class LocalStorage:
             dirnames.sort()
             for name in sorted(filenames):
                 p = Path(dirpath) / name
-                if p.is_file() and not name.startswith(".tmp-"):
+                if p.is_file() and not name.startswith(TMP_PREFIX):
                     yield self._info(p)
 
     @staticmethod
@@ -119,12 +244,93 @@ class LocalStorage:
         else:
             p.unlink(missing_ok=True)
 
+    def open_write(
+        self, url: str, *, if_absent: bool = False
+    ) -> contextlib.AbstractContextManager[AtomicWriter]:
+        """Stream into ``.tmp-*`` next to the target; publish by rename on success."""
+        return _atomic(_LocalWriter(url, self._path(url), if_absent))
+
+    def remove_stale_temps(self, prefix: str, older_than_s: float) -> int:
+        """Delete ``.tmp-*`` files under ``prefix`` older than ``older_than_s`` seconds."""
+        root = self._path(prefix)
+        if not root.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for dirpath, _dirnames, filenames in os.walk(root):
+            for name in filenames:
+                if not name.startswith(TMP_PREFIX):
+                    continue
+                p = Path(dirpath) / name
+                try:
+                    if p.stat().st_mtime <= cutoff:
+                        p.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+        return removed
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _LocalWriter(AtomicWriter):
+    def __init__(self, url: str, target: Path, if_absent: bool) -> None:
+        super().__init__(url, if_absent)
+        self._target = target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TMP_PREFIX)
+        self._tmp = Path(tmp)
+        self._fh: IO[bytes] = os.fdopen(fd, "wb")
+
+    def _sink(self, data: bytes | bytearray | memoryview) -> None:
+        self._fh.write(data)
+
+    def _commit(self) -> ObjectInfo:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        if self.if_absent:
+            try:
+                os.link(self._tmp, self._target)  # atomic create-only
+            except FileExistsError:
+                raise ObjectExists(self.url) from None
+            except OSError as exc:  # a filesystem without hard links: check, then rename
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+                    raise
+                if self._target.exists():
+                    raise ObjectExists(self.url) from None
+                os.replace(self._tmp, self._target)
+            else:
+                self._tmp.unlink()
+        else:
+            os.replace(self._tmp, self._target)
+        _fsync_dir(self._target.parent)
+        st = self._target.stat()
+        return ObjectInfo(self.url, st.st_size, f"{st.st_size}:{st.st_mtime_ns}", self.md5_hex())
+
+    def _abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._fh.close()
+        self._tmp.unlink(missing_ok=True)
+
 
 class GcsStorage:
     """Google Cloud Storage via google-cloud-storage; honours $STORAGE_EMULATOR_HOST."""
 
-    def __init__(self, client: Any = None) -> None:
+    def __init__(self, client: Any = None, chunk_size: int = GCS_CHUNK) -> None:
         self._client = client
+        self.chunk_size = chunk_size
 
     @property
     def client(self) -> Any:
@@ -153,6 +359,10 @@ class GcsStorage:
     def _version(blob: Any) -> str:
         return f"gen:{blob.generation}:md5:{blob.md5_hash}"
 
+    @classmethod
+    def _info(cls, url: str, blob: Any) -> ObjectInfo:
+        return ObjectInfo(url, int(blob.size or 0), cls._version(blob), md5_hex_of(blob.md5_hash))
+
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         # Like LocalStorage: the object named by the URL, or everything in that folder, but
         # not siblings sharing the string prefix ("scans" must not list "scans-old/...").
@@ -163,14 +373,14 @@ class GcsStorage:
                 continue
             if key and blob.name != key and not blob.name.startswith(folder):
                 continue
-            yield ObjectInfo(f"gs://{bucket}/{blob.name}", int(blob.size or 0), self._version(blob))
+            yield self._info(f"gs://{bucket}/{blob.name}", blob)
 
     def stat(self, url: str) -> ObjectInfo | None:
         bucket, key = self.split(url)
         blob = self.client.bucket(bucket).get_blob(key)
         if blob is None:
             return None
-        return ObjectInfo(url, int(blob.size or 0), self._version(blob))
+        return self._info(url, blob)
 
     def open_read(self, url: str) -> IO[bytes]:
         # Bytes as stored (raw_download): an object uploaded with Content-Encoding: gzip
@@ -204,13 +414,192 @@ class GcsStorage:
             if blob.name == key or blob.name.startswith(key.rstrip("/") + "/"):
                 blob.delete()
 
+    def open_write(
+        self, url: str, *, if_absent: bool = False
+    ) -> contextlib.AbstractContextManager[AtomicWriter]:
+        """Stream to the object; it becomes visible only when the block ends without error."""
+        bucket, key = self.split(url)
+        if not key or key.endswith("/"):
+            raise ValueError(f"not an object URL: {url}")
+        return _atomic(_GcsWriter(url, self, self.client.bucket(bucket).blob(key), if_absent))
+
+    def remove_stale_temps(self, prefix: str, older_than_s: float) -> int:
+        """Nothing to do: an unfinished upload session is never visible (it expires)."""
+        return 0
+
+
+def md5_hex_of(b64: str | None) -> str | None:
+    """Hex form of a base64 MD5 as GCS reports it (``md5_hash``); None stays None."""
+    if not b64:
+        return None
+    try:
+        return base64.b64decode(b64, validate=True).hex()
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _http_status(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+class _GcsWriter(AtomicWriter):
+    """Buffers up to one chunk; a small object is one multipart request, a big one a session."""
+
+    def __init__(self, url: str, owner: GcsStorage, blob: Any, if_absent: bool) -> None:
+        super().__init__(url, if_absent)
+        self._owner = owner
+        self._blob = blob
+        self._chunk = owner.chunk_size
+        self._buf = bytearray()
+        self._session: Any = None
+
+    def _start_session(self) -> Any:
+        if self.if_absent and self._owner.stat(self.url) is not None:  # fail early
+            raise ObjectExists(self.url)
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        # The precondition travels with the session; GCS checks it when it finalizes.
+        # Chunks of a session are safe to resend (the session knows its offset), so
+        # transient errors are retried even without a precondition. checksum="md5": the
+        # client compares its MD5 with the one in GCS's final response.
+        kwargs: dict[str, Any] = {"if_generation_match": 0} if self.if_absent else {}
+        return self._blob.open(
+            "wb",
+            chunk_size=self._chunk,
+            ignore_flush=True,
+            retry=DEFAULT_RETRY,
+            checksum="md5",
+            **kwargs,
+        )
+
+    def _sink(self, data: bytes | bytearray | memoryview) -> None:
+        if self._session is not None:
+            self._session.write(data)
+            return
+        self._buf += data
+        if len(self._buf) > self._chunk:
+            session = self._session = self._start_session()
+            buf, self._buf = self._buf, bytearray()
+            session.write(bytes(buf))
+
+    def _commit(self) -> ObjectInfo:
+        try:
+            if self._session is None:
+                # One request: atomic, and GCS checks the MD5 before it stores anything.
+                self._blob.md5_hash = base64.b64encode(self.md5_digest()).decode()
+                kwargs: dict[str, Any] = {"if_generation_match": 0} if self.if_absent else {}
+                self._blob.upload_from_file(
+                    io.BytesIO(bytes(self._buf)),
+                    size=len(self._buf),
+                    content_type="application/octet-stream",
+                    **kwargs,
+                )  # sets the blob's properties from the response
+            else:
+                session, self._session = self._session, None
+                try:
+                    session.close()
+                except Exception as exc:
+                    self._delete_corrupt(exc)
+                    raise
+                self._blob.reload()
+        except Exception as exc:
+            if self.if_absent and _http_status(exc) == 412:
+                raise ObjectExists(self.url) from None
+            raise
+        finally:
+            self._buf = bytearray()
+        return GcsStorage._info(self.url, self._blob)
+
+    def _delete_corrupt(self, exc: Exception) -> None:
+        """A finalized upload whose MD5 differs from ours: delete exactly that generation."""
+        if type(exc).__name__ != "DataCorruption":
+            return
+        try:
+            generation = int(exc.response.json()["generation"])  # type: ignore[attr-defined]
+        except Exception:  # pragma: no cover - GCS always returns the object resource
+            return
+        from google.api_core.exceptions import GoogleAPICallError
+
+        with contextlib.suppress(GoogleAPICallError):
+            self._blob.delete(if_generation_match=generation)
+        raise ChecksumMismatch(f"{self.url}: {exc}") from exc
+
+    def _abort(self) -> None:
+        self._buf = bytearray()
+        session, self._session = self._session, None
+        if session is not None:
+            with contextlib.suppress(Exception):
+                session.terminate()  # cancels the upload session: nothing is published
+
 
 _LOCAL = LocalStorage()
 
 
-def storage_for(url: str) -> Storage:
+def storage_for(url: str) -> StreamStorage:
     """The storage implementation for a URL (``gs://`` or a local path)."""
     return GcsStorage() if is_gcs(url) else _LOCAL
+
+
+@dataclass(frozen=True, slots=True)
+class CopyResult:
+    """What :func:`copy_stream` published."""
+
+    url: str
+    size: int
+    md5: str
+    info: ObjectInfo | None
+
+
+def copy_stream(
+    src: IO[bytes],
+    url: str,
+    *,
+    storage: StreamStorage | None = None,
+    if_absent: bool = False,
+    expected_size: int | None = None,
+    expected_md5: str | None = None,
+    chunk_size: int = COPY_CHUNK,
+) -> CopyResult:
+    """Stream ``src`` to ``url`` atomically; verify size and MD5 before publishing.
+
+    Memory use is one chunk. A reader that raises, or bytes that do not match
+    ``expected_size``/``expected_md5`` (hex), leave nothing under ``url``
+    (:class:`ChecksumMismatch` for a mismatch).
+    """
+    st = storage if storage is not None else storage_for(url)
+    with st.open_write(url, if_absent=if_absent) as out:
+        while True:
+            chunk = src.read(chunk_size)
+            if not chunk:
+                break
+            out.write(chunk)
+            if expected_size is not None and out.size > expected_size:
+                raise ChecksumMismatch(f"{url}: source is longer than {expected_size} bytes")
+        if expected_size is not None and out.size != expected_size:
+            raise ChecksumMismatch(f"{url}: got {out.size} bytes, expected {expected_size}")
+        if expected_md5 is not None and out.md5_hex() != expected_md5.lower():
+            raise ChecksumMismatch(f"{url}: MD5 {out.md5_hex()} differs from {expected_md5}")
+    return CopyResult(url, out.size, out.md5_hex(), out.info)
+
+
+def md5_of(url: str, storage: Storage | None = None, chunk_size: int = COPY_CHUNK) -> str:
+    """Hex MD5 of an object: from the backend's metadata when it has it, else by reading."""
+    st = storage if storage is not None else storage_for(url)
+    info = st.stat(url)
+    if info is None:
+        raise FileNotFoundError(url)
+    if info.md5:
+        return info.md5
+    digest = hashlib.md5()
+    with st.open_read(url) as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def open_text_lines(url: str) -> IO[bytes]:

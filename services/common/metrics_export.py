@@ -1,0 +1,43 @@
+"""Hand a batch job's Prometheus registry over: a textfile and/or a Pushgateway push.
+
+Both are optional; a failure is logged and never fails the job (the job's own result is
+what matters, and ``*_last_success_timestamp_seconds`` going stale is what alerts).
+
+Example:
+    >>> from prometheus_client import CollectorRegistry
+    >>> export_metrics(CollectorRegistry(), job="demo")  # nothing configured: no-op
+    []
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, push_to_gateway, write_to_textfile
+
+from services.common.logsetup import get_logger
+
+
+def export_metrics(
+    registry: CollectorRegistry,
+    job: str,
+    metrics_file: str | None = None,
+    pushgateway: str | None = None,
+    grouping_key: dict[str, str] | None = None,
+) -> list[str]:
+    """Write ``metrics_file`` (node-exporter textfile format) and push; return what worked."""
+    log: Any = get_logger("metrics_export", job=job)
+    done: list[str] = []
+    if metrics_file:
+        try:
+            write_to_textfile(metrics_file, registry)  # writes a temp file, then renames
+            done.append(metrics_file)
+        except OSError as exc:
+            log.warning("metrics_file_failed", path=metrics_file, error=str(exc))
+    if pushgateway:
+        try:
+            push_to_gateway(pushgateway, job=job, registry=registry, grouping_key=grouping_key)
+            done.append(pushgateway)
+        except Exception as exc:  # network trouble must not fail the batch job
+            log.warning("metrics_push_failed", gateway=pushgateway, error=str(exc))
+    return done

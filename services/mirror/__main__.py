@@ -1,0 +1,191 @@
+"""CLI: ``python -m services.mirror archives|resources ...``.
+
+Exit code 0 on success, 1 with a one-line reason on stderr on failure; the run summary
+is printed as JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from services.common.config import env_or
+from services.common.httpfetch import Backoff
+from services.common.logsetup import configure_logging
+from services.common.metrics_export import export_metrics
+from services.common.scans import SCAN_TYPES
+from services.mirror.archives import DEFAULT_TMP_MAX_AGE_S, MirrorConfig, mirror_archives
+from services.mirror.metrics import MirrorMetrics
+from services.mirror.resources import sync_resources
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _scan_types(text: str) -> tuple[str, ...] | None:
+    if text in ("", "all"):
+        return None
+    types = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in types if t not in SCAN_TYPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown scan type(s) {', '.join(unknown)}; known: {', '.join(SCAN_TYPES)}"
+        )
+    return types
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m services.mirror",
+        description="Mirror Censored Planet scan archives and resource files.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=env_or("LOG_LEVEL", "INFO"))
+    common.add_argument(
+        "--metrics-file",
+        default=env_or("CP_METRICS_FILE"),
+        help="write Prometheus metrics here (textfile format) ($CP_METRICS_FILE)",
+    )
+    common.add_argument(
+        "--pushgateway",
+        default=env_or("CP_PUSHGATEWAY"),
+        help="push metrics to this Pushgateway ($CP_PUSHGATEWAY)",
+    )
+    common.add_argument(
+        "--retries",
+        type=int,
+        default=int(env_or("CP_MIRROR_RETRIES", "4") or 4),
+        help="retries of transient HTTP/GCS errors (default 4; $CP_MIRROR_RETRIES)",
+    )
+    common.add_argument(
+        "--backoff",
+        type=float,
+        default=float(env_or("CP_MIRROR_BACKOFF", "0.5") or 0.5),
+        help="base backoff seconds, doubled per retry (default 0.5; $CP_MIRROR_BACKOFF)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("archives", parents=[common], help="copy new scan archives")
+    a.add_argument(
+        "--source",
+        default=env_or("CP_MIRROR_SOURCE"),
+        help="gs://bucket/prefix, https:// index page or local folder ($CP_MIRROR_SOURCE)",
+    )
+    a.add_argument(
+        "--dest", default=env_or("CP_RAW"), help="raw archive folder or gs:// prefix ($CP_RAW)"
+    )
+    a.add_argument(
+        "--since",
+        type=_date,
+        default=env_or("CP_MIRROR_SINCE"),
+        help="first scan date, inclusive ($CP_MIRROR_SINCE)",
+    )
+    a.add_argument(
+        "--until",
+        type=_date,
+        default=env_or("CP_MIRROR_UNTIL"),
+        help="last scan date, inclusive ($CP_MIRROR_UNTIL)",
+    )
+    a.add_argument(
+        "--scan-types",
+        type=_scan_types,
+        default=env_or("CP_SCAN_TYPES", "all"),
+        help=f"comma-separated subset of {','.join(SCAN_TYPES)} (default all; $CP_SCAN_TYPES)",
+    )
+    a.add_argument(
+        "--attempts",
+        type=int,
+        default=int(env_or("CP_MIRROR_ATTEMPTS", "3") or 3),
+        help="copy attempts per archive on transient errors (default 3)",
+    )
+    a.add_argument(
+        "--tmp-max-age",
+        type=float,
+        default=DEFAULT_TMP_MAX_AGE_S,
+        help="remove abandoned local .tmp-* files older than this many seconds (default 6 h)",
+    )
+    a.add_argument(
+        "--allow-host",
+        action="append",
+        default=[h for h in (env_or("CP_MIRROR_ALLOW_HOSTS", "") or "").split(",") if h],
+        help="host an https index may link archives on (repeatable; $CP_MIRROR_ALLOW_HOSTS)",
+    )
+    a.add_argument("--dry-run", action="store_true", help="report what would be copied")
+
+    r = sub.add_parser("resources", parents=[common], help="sync signatures and categories")
+    r.add_argument(
+        "--url",
+        default=env_or("CP_RESOURCES_URL"),
+        help="base URL (http/https), folder or gs:// prefix of the files ($CP_RESOURCES_URL)",
+    )
+    r.add_argument(
+        "--dest",
+        default=env_or("CP_RESOURCES_DEST"),
+        help="folder or gs:// prefix for dated sets and current/ ($CP_RESOURCES_DEST)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "archives":
+        if not args.source or not args.dest:
+            parser.error("archives needs --source and --dest (or $CP_MIRROR_SOURCE, $CP_RAW)")
+    elif not args.url or not args.dest:
+        parser.error("resources needs --url and --dest (or $CP_RESOURCES_URL, $CP_RESOURCES_DEST)")
+    configure_logging(args.log_level)
+    backoff = Backoff(retries=args.retries, base=args.backoff)
+    metrics = MirrorMetrics()
+    try:
+        if args.command == "archives":
+            cfg = MirrorConfig(
+                source=args.source,
+                dest=args.dest,
+                since=args.since,
+                until=args.until,
+                scan_types=args.scan_types,
+                attempts=max(1, args.attempts),
+                backoff=backoff,
+                dry_run=args.dry_run,
+                tmp_max_age_s=args.tmp_max_age,
+                allowed_hosts=tuple(args.allow_host),
+            )
+            summary = mirror_archives(cfg, metrics=metrics)
+            out = summary.to_dict()
+            failed = summary.failed
+            reason = (
+                f"{len(failed)} of {summary.found} archive(s) failed: "
+                + "; ".join(f"{o.name}: {o.reason}" for o in failed[:3])
+                + (" ..." if len(failed) > 3 else "")
+                if failed
+                else None
+            )
+        else:
+            result = sync_resources(args.url, args.dest, metrics=metrics, backoff=backoff)
+            out, reason = result.to_dict(), None
+    except Exception as exc:  # one line for the operator; details are in the logs
+        export_metrics(metrics.registry, "cp_mirror", args.metrics_file, args.pushgateway)
+        print(f"mirror: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if os.environ.get("CP_DEBUG"):
+            raise
+        return 1
+    export_metrics(metrics.registry, "cp_mirror", args.metrics_file, args.pushgateway)
+    sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+    if reason:
+        print(f"mirror: FAILED: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

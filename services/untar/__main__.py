@@ -1,0 +1,168 @@
+"""CLI: ``python -m services.untar --raw RAW --target TARGET [...]``.
+
+Exit code 0 when every archive was unpacked or skipped, 1 with a one-line reason on
+stderr when any failed or was rejected (the others are still done); the run summary is
+printed as JSON on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from services.common.config import env_or
+from services.common.logsetup import configure_logging
+from services.common.metrics_export import export_metrics
+from services.common.scans import SCAN_TYPES
+from services.untar.metrics import UntarMetrics
+from services.untar.run import DEFAULT_TMP_MAX_AGE_S, UntarConfig, untar_all
+from services.untar.safety import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_MEMBER_BYTES,
+    DEFAULT_MAX_RATIO,
+    Limits,
+)
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _scan_types(text: str) -> tuple[str, ...] | None:
+    if text in ("", "all"):
+        return None
+    types = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in types if t not in SCAN_TYPES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown scan type(s) {', '.join(unknown)}; known: {', '.join(SCAN_TYPES)}"
+        )
+    return types
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if value <= 1:
+        raise argparse.ArgumentTypeError("must be > 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m services.untar",
+        description="Unpack mirrored Censored Planet archives into per-file gzip objects.",
+    )
+    p.add_argument("--raw", default=env_or("CP_RAW"), help="archives: folder or gs:// ($CP_RAW)")
+    p.add_argument(
+        "--target",
+        default=env_or("CP_UNTAR_TARGET"),
+        help="output root; files go to TARGET/scans/<type>/<scan>/ ($CP_UNTAR_TARGET)",
+    )
+    p.add_argument(
+        "--max-member-bytes",
+        type=_positive_int,
+        default=env_or("CP_UNTAR_MAX_MEMBER_BYTES", str(DEFAULT_MAX_MEMBER_BYTES)),
+        help="largest accepted member, uncompressed (default 32 GiB)",
+    )
+    p.add_argument(
+        "--max-ratio",
+        type=_ratio,
+        default=env_or("CP_UNTAR_MAX_RATIO", str(DEFAULT_MAX_RATIO)),
+        help="largest accepted inflated/compressed ratio (default 100)",
+    )
+    p.add_argument(
+        "--max-header-bytes",
+        type=_positive_int,
+        default=env_or("CP_UNTAR_MAX_HEADER_BYTES", str(DEFAULT_MAX_HEADER_BYTES)),
+        help="largest accepted tar header block incl. PAX data (default 1 MiB)",
+    )
+    p.add_argument(
+        "--scan-types",
+        type=_scan_types,
+        default=env_or("CP_SCAN_TYPES", "all"),
+        help=f"comma-separated subset of {','.join(SCAN_TYPES)} (default all; $CP_SCAN_TYPES)",
+    )
+    p.add_argument("--since", type=_date, default=env_or("CP_UNTAR_SINCE"), help="first date")
+    p.add_argument("--until", type=_date, default=env_or("CP_UNTAR_UNTIL"), help="last date")
+    p.add_argument(
+        "--recheck",
+        action="store_true",
+        help="redo archives whose raw size/MD5 no longer match their marker (reads markers)",
+    )
+    p.add_argument(
+        "--compresslevel", type=int, choices=range(1, 10), default=6, help="gzip level (6)"
+    )
+    p.add_argument(
+        "--tmp-max-age",
+        type=float,
+        default=DEFAULT_TMP_MAX_AGE_S,
+        help="remove abandoned local .tmp-* files older than this many seconds (default 6 h)",
+    )
+    p.add_argument("--metrics-file", default=env_or("CP_METRICS_FILE"))
+    p.add_argument("--pushgateway", default=env_or("CP_PUSHGATEWAY"))
+    p.add_argument("--log-level", default=env_or("LOG_LEVEL", "INFO"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.raw or not args.target:
+        parser.error("--raw and --target are required (or $CP_RAW, $CP_UNTAR_TARGET)")
+    configure_logging(args.log_level)
+    cfg = UntarConfig(
+        raw=args.raw,
+        target=args.target,
+        limits=Limits(
+            max_member_bytes=args.max_member_bytes,
+            max_ratio=args.max_ratio,
+            max_header_bytes=args.max_header_bytes,
+        ),
+        scan_types=args.scan_types,
+        since=args.since,
+        until=args.until,
+        recheck=args.recheck,
+        compresslevel=args.compresslevel,
+        tmp_max_age_s=args.tmp_max_age,
+    )
+    metrics = UntarMetrics()
+    try:
+        summary = untar_all(cfg, metrics)
+    except Exception as exc:  # e.g. the raw location cannot be listed
+        export_metrics(metrics.registry, "cp_untar", args.metrics_file, args.pushgateway)
+        print(f"untar: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if os.environ.get("CP_DEBUG"):
+            raise
+        return 1
+    export_metrics(metrics.registry, "cp_untar", args.metrics_file, args.pushgateway)
+    sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    if not summary.ok:
+        problems = summary.problems
+        detail = "; ".join(f"{o.name}: {o.result}: {o.reason}" for o in problems[:3])
+        more = " ..." if len(problems) > 3 else ""
+        print(
+            f"untar: FAILED: {len(problems)} of {summary.found} archive(s) not unpacked: "
+            f"{detail}{more}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
