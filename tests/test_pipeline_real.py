@@ -255,3 +255,52 @@ def test_dated_ip_metadata_enrichment(tmp_path: Path) -> None:
     assert v2 == [(17, 0)]
     assert summary.stats["ip_metadata.server.no_table"] == 57
     assert summary.stats["rows_with_asn"] > 0
+
+
+def test_organization_from_mmdb_only_when_asns_agree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(4, "DBIP-ISP (test)", description="made by the test")
+    writer.insert_network(
+        IPSet(["122.155.80.0/21"]), {"autonomous_system_number": 9931, "organization": "CAT Org"}
+    )
+    writer.insert_network(  # disagrees with CAIDA (AS36692): must not be used
+        IPSet(["146.112.62.0/24"]), {"autonomous_system_number": 1, "organization": "Wrong"}
+    )
+    mmdb = tmp_path / "dbip-isp-2020-11.mmdb"
+    writer.to_db_file(str(mmdb))
+    monkeypatch.setenv("CP_IP_ORG_MMDB", str(mmdb))
+    build_real_input(tmp_path / "in", ("v1",))
+    run(
+        RunConfig(
+            input=str(tmp_path / "in"),
+            warehouse=str(tmp_path / "wh"),
+            resources=str(REAL_RESOURCES),
+            ip_metadata=str(build_real_ip_metadata(tmp_path / "meta")),
+        )
+    )
+    got = dict(
+        _query(
+            tmp_path / "wh",
+            "SELECT DISTINCT server_ip, server_organization FROM echo_scan "
+            "WHERE server_ip IN ('122.155.84.41', '146.112.62.39')",
+        )
+    )
+    assert got == {"122.155.84.41": "CAT Org", "146.112.62.39": None}
+    sources = _query(
+        tmp_path / "wh",
+        "SELECT DISTINCT ip_metadata_sources FROM echo_scan WHERE server_ip = '122.155.84.41'",
+    )
+    assert sources == [
+        (
+            [
+                "routeviews-rv2-20201101-1200",
+                "20201001.as-org2info",
+                "20201101.as2types",
+                "dbip-isp-2020-11",
+            ],
+        )
+    ]

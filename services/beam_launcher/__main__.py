@@ -71,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         "without it IP metadata columns stay empty",
     )
     p.add_argument(
+        "--ip-org-mmdb",
+        default=env_or("CP_IP_ORG_MMDB"),
+        help="optional DB-IP/MaxMind ISP MMDB (path or gs://) for server_organization; kept "
+        "only when its ASN agrees with CAIDA's ($CP_IP_ORG_MMDB)",
+    )
+    p.add_argument(
         "--max-staleness-days",
         type=int,
         default=int(env_or("CP_MAX_STALENESS_DAYS", "30") or 30),
@@ -125,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
     configure_logging(args.log_level)
+    if args.ip_org_mmdb:  # read by the workers' enrichers (also set on Dataflow workers)
+        os.environ["CP_IP_ORG_MMDB"] = args.ip_org_mmdb
     try:
         summary = run(cfg)
     except RunFailed as exc:

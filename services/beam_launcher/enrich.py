@@ -21,6 +21,7 @@ from collections import OrderedDict
 from typing import Any
 
 from services.common.ipmeta import Enricher, IpMetadata, ReferenceCatalog
+from services.common.mmdb import MmdbOrgSource
 
 _EMPTY = IpMetadata(status="unconfigured")
 MEMO_SIZE = 200_000
@@ -29,8 +30,11 @@ MEMO_SIZE = 200_000
 class RowEnricher:
     """Adds IP metadata columns to rows; a no-op (counted) when no location is configured."""
 
-    def __init__(self, location: str | None, max_staleness_days: int = 30) -> None:
+    def __init__(
+        self, location: str | None, max_staleness_days: int = 30, org_mmdb: str | None = None
+    ) -> None:
         self.location = location
+        self.org_source = MmdbOrgSource(org_mmdb) if org_mmdb and location else None
         self.catalog = (
             ReferenceCatalog(location, max_staleness_days=max_staleness_days) if location else None
         )
@@ -43,7 +47,9 @@ class RowEnricher:
         assert self.catalog is not None
         got = self._enrichers.get(date)
         if got is None:
-            enricher, selection = self.catalog.enricher_for(dt.date.fromisoformat(date))
+            enricher, selection = self.catalog.enricher_for(
+                dt.date.fromisoformat(date), org_source=self.org_source
+            )
             if selection.routeviews is None:
                 self.stale_dates[date] = selection.routeviews_reason or "missing"
             if len(self._enrichers) > 8:

@@ -95,16 +95,21 @@ _RESOURCES: dict[str, Resources] = {}
 _RESOURCES_LOCK = threading.Lock()
 
 
-_ENRICHERS: dict[tuple[str | None, int], RowEnricher] = {}
+_ENRICHERS: dict[tuple[str | None, int, str | None], RowEnricher] = {}
+ORG_MMDB_ENV = "CP_IP_ORG_MMDB"
 
 
 def shared_enricher(location: str | None, max_staleness_days: int) -> RowEnricher:
-    """One IP-metadata enricher (and its reference-table cache) per worker process."""
+    """One IP-metadata enricher (and its reference-table cache) per worker process.
+
+    The optional organisation MMDB comes from ``$CP_IP_ORG_MMDB`` (worker environment).
+    """
+    org_mmdb = os.environ.get(ORG_MMDB_ENV) or None
     with _RESOURCES_LOCK:
-        key = (location, max_staleness_days)
+        key = (location, max_staleness_days, org_mmdb)
         enricher = _ENRICHERS.get(key)
         if enricher is None:
-            enricher = _ENRICHERS[key] = RowEnricher(location, max_staleness_days)
+            enricher = _ENRICHERS[key] = RowEnricher(location, max_staleness_days, org_mmdb)
         return enricher
 
 
