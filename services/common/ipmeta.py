@@ -528,7 +528,7 @@ class OrgSource(Protocol):
     """An optional per-IP organisation source (DB-IP ISP / MaxMind mmdb reader).
 
     ``lookup`` returns ``(asn, organization)`` or None; ``file_id`` names the database
-    (e.g. ``dbip-isp-2025-02``). Not implemented here: see the routeviews README.
+    (e.g. ``dbip-isp-2025-02``). Implemented by ``services.common.mmdb.MmdbOrgSource``.
     """
 
     file_id: str
