@@ -128,3 +128,40 @@ def test_broken_satellite_scan_does_not_block_hyperquack(tmp_path: Path) -> None
     assert q(wh, "SELECT count(*) FROM satellite_scan") == [(0,)]
     classes = q(wh, "SELECT error_class, count(*) FROM dead_letter GROUP BY 1 ORDER BY 1")
     assert classes == [("invalid_json", 1), ("missing_start_time", 2)]
+
+
+def test_resolver_and_answer_ip_metadata(tmp_path: Path) -> None:
+    from services.beam_launcher.metrics import LauncherMetrics
+    from tests.test_pipeline_real import build_real_ip_metadata
+
+    build_real_satellite_input(tmp_path / "in")
+    meta = build_real_ip_metadata(tmp_path / "meta")
+    # The same excerpt filed under a date just before the v2.2 scan.
+    v22 = meta / "routeviews/2021/10/routeviews-rv2-20211019-1200.pfx2as.gz"
+    v22.parent.mkdir(parents=True)
+    v22.write_bytes(
+        (meta / "routeviews/2020/11/routeviews-rv2-20201101-1200.pfx2as.gz").read_bytes()
+    )
+    metrics = LauncherMetrics()
+    run(cfg(tmp_path / "in", tmp_path / "wh", ip_metadata=str(meta)), metrics)
+    wh = tmp_path / "wh"
+    rows = q(
+        wh,
+        "SELECT resolver_ip, resolver_asn, resolver_as_name, ip_metadata_sources "
+        "FROM satellite_scan WHERE resolver_ip = '208.67.222.222' LIMIT 1",
+    )
+    assert rows[0][1] == 36692 and rows[0][2] == "OPENDNS"
+    assert "routeviews-rv2-20211019-1200" in rows[0][3]
+    # v1 (2018) and v2.1 (2021-04) have no routeviews file within 30 days: kept, empty.
+    old = q(
+        wh, "SELECT count(*), count(resolver_asn) FROM satellite_scan WHERE date < '2021-06-01'"
+    )
+    assert old == [(24, 0)]
+    coverage = metrics.registry.get_sample_value(
+        "cp_launcher_enrichment_coverage_ratio", {"scan_type": "satellite", "field": "asn"}
+    )
+    assert coverage is not None and 0 < coverage < 1
+    missing = metrics.registry.get_sample_value(
+        "cp_launcher_ip_metadata_missing_lookups", {"scan_type": "satellite"}
+    )
+    assert missing and missing >= 24

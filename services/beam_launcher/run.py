@@ -140,13 +140,13 @@ def _pipeline_options(cfg: RunConfig, run_id: str) -> PipelineOptions:
 
 
 def _coverage(verdicts: list[FileVerdict], metrics: LauncherMetrics, log: Any) -> None:
-    """Enrichment coverage per scan type (Hyperquack rows; lookups for Satellite)."""
+    """Enrichment coverage per scan type: share of rows with ASN and with country."""
     by_type: dict[str, Counter[str]] = {}
     for v in verdicts:
         by_type.setdefault(v.task.scan_type, Counter()).update(v.stats)
     for scan_type, st in by_type.items():
         rows = st.get("rows", 0)
-        if rows and scan_type != "satellite":
+        if rows:
             for field_name in ("asn", "country"):
                 share = st.get(f"rows_with_{field_name}", 0) / rows
                 metrics.coverage.labels(scan_type=scan_type, field=field_name).set(share)

@@ -204,11 +204,20 @@ class PostProcessDomain(beam.DoFn):
     def process(self, item: tuple[tuple[str, str], Iterable[Row]]) -> Iterator[Any]:
         (source, _domain), rows_iter = item
         rows_in = list(rows_iter)
-        ip_stats: dict[str, int] = {}
+        per_file: dict[str, dict[str, int]] = {}
         for row in rows_in:
-            self.enricher.enrich_satellite(row, ip_stats)
-        for name, value in ip_stats.items():
-            Metrics.counter(NAMESPACE, f"satellite.{name}").inc(value)
+            file_stats = per_file.setdefault(f"{row['source']}/{row['source_file']}", {})
+            self.enricher.enrich_satellite(row, file_stats)
+            for column, stat in (
+                ("resolver_asn", "rows_with_asn"),
+                ("resolver_country", "rows_with_country"),
+            ):
+                if row.get(column) is not None:
+                    file_stats[stat] = file_stats.get(stat, 0) + 1
+        for file_key, file_stats in per_file.items():
+            for name, value in file_stats.items():
+                Metrics.counter(NAMESPACE, f"satellite.{name}").inc(value)
+            yield beam.pvalue.TaggedOutput("stats", (file_key, file_stats))
         rows = satellite_post.post_process(rows_in)
         out: list[Row] = []
         for row in rows:
@@ -287,11 +296,15 @@ def build_satellite_graph(
         | "KeyByDomain" >> beam.Map(lambda r: ((r["source"], r["domain"]), r))
         | "GroupByDomain" >> beam.GroupByKey()
         | "PostProcess"
-        >> beam.ParDo(PostProcessDomain(resources_location, ip_metadata, max_staleness_days))
+        >> beam.ParDo(
+            PostProcessDomain(resources_location, ip_metadata, max_staleness_days)
+        ).with_outputs("stats", main="rows")
     )
-    written = sink.write([finished, parsed.dead, read.read_errors]) if sink is not None else None
+    written = (
+        sink.write([finished.rows, parsed.dead, read.read_errors]) if sink is not None else None
+    )
     stats = (
-        (parsed.stats, read.stats)
+        (parsed.stats, read.stats, finished.stats)
         | "SatAllStats" >> beam.Flatten()
         | "SatSumPerFile" >> beam.CombinePerKey(SumStats())
         | "SatWriteStats" >> beam.ParDo(WriteStats(stats_dir))
