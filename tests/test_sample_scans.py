@@ -29,6 +29,9 @@ TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?([+-]\d\
 V1_RT_KEYS = ("Sent", "Received", "Success", "Error", "StartTime", "EndTime")
 V2_RT_KEYS = ("matches_template", "response", "error", "control_url", "start_time", "end_time")
 CONTROL_DOMAINS = set(ss.V1_CONTROL_DOMAINS.values())
+SATELLITE_SOURCE = "CP_Satellite-2021-10-20-14-00-01"
+SATELLITE_ARCHIVE = SATELLITE_SOURCE + ".tar.gz"
+REAL_SATELLITE = ROOT.parent / "shared" / "fixtures" / "real" / "satellite_v2.2"
 
 Record = dict[str, Any]
 
@@ -164,8 +167,9 @@ def default_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def records_by_source(default_out: Path) -> dict[str, list[Record]]:
+    """Hyperquack records per scan (the Satellite scan has its own fixtures below)."""
     out: dict[str, list[Record]] = {}
-    for path in sorted((default_out / "scans").glob("*/results.json.gz")):
+    for path in sorted((default_out / "scans").glob("CP_Quack-*/results.json.gz")):
         data = gzip.decompress(path.read_bytes())
         out[path.parent.name] = [json.loads(line) for line in read_lines(data)]
     return out
@@ -266,7 +270,8 @@ def test_deterministic_byte_identical(tmp_path: Path) -> None:
     ss.generate(b, size=60, seed=7, bad_line_ratio=0.05)
     ss.generate(c, size=60, seed=8, bad_line_ratio=0.05)
     tree_a, tree_b, tree_c = _tree(a), _tree(b), _tree(c)
-    assert len(tree_a) == 16
+    # 8 Hyperquack scans x (archive + results.json.gz) + Satellite archive + its 7 files.
+    assert len(tree_a) == 16 + 1 + len(ss.SATELLITE_FILES)
     assert tree_a == tree_b
     assert tree_a.keys() == tree_c.keys()
     assert all(tree_a[k] != tree_c[k] for k in tree_a)
@@ -281,14 +286,19 @@ def test_plain_option(tmp_path: Path) -> None:
     plain = sorted((tmp_path / "scans").glob("*/results.json"))
     assert len(plain) == len(ss.DEFAULT_SCANS)
     assert not list((tmp_path / "scans").glob("*/*.gz"))
+    satellite = tmp_path / "scans" / ss.source_name("satellite", ss.SATELLITE_SCANS[0].start)
+    assert sorted(p.name for p in satellite.iterdir()) == sorted(ss.SATELLITE_FILES)
     assert summary.bytes == sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
 
 
 def test_archive_names_and_members(default_out: Path) -> None:
     archives = sorted((default_out / "archives").iterdir())
-    assert len(archives) == 8
+    assert len(archives) == 9
+    quack = [a for a in archives if a.name.startswith("CP_Quack-")]
+    assert len(quack) == 8
+    assert [a.name for a in archives if a not in quack] == [SATELLITE_ARCHIVE]
     seen = set()
-    for archive in archives:
+    for archive in quack:
         match = ARCHIVE_RE.match(archive.name)
         assert match, archive.name
         scan_type, stamp = match.groups()
@@ -695,6 +705,414 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     summary = json.loads(out)
-    assert summary["records"] == 160
-    assert summary["files_written"] == 16
+    assert summary["records"] == 20 * 9
+    assert summary["files_written"] == 16 + 1 + len(ss.SATELLITE_FILES)
+    assert summary["scans"] == 9
     assert summary["bytes"] == sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------------------------------
+# Satellite v2.2
+# ---------------------------------------------------------------------------------------
+
+GO_TIME_RE = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d{0,8}[1-9])? -0400 EDT(?: m=\+\d+\.\d{9})?$"
+)
+RT_KEYS = ["url", "has_type_a", "response", "error", "rcode"]
+ANSWER_KEYS = ["http", "cert", "asnum", "asname", "matched"]
+SHA_RE = re.compile(r"^(?:[0-9a-f]{64})?$")
+RATE_RE = re.compile(r"^[01]\.\d{4}$")
+UDP_ERROR_RE = re.compile(
+    r"^read udp 198\.51\.100\.185:\d+->[\d.]+:53: (?:i/o timeout|read: connection refused)$"
+)
+
+
+def jsonl(data: bytes) -> list[Record]:
+    return [json.loads(line) for line in data.split(b"\n") if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def sat_files(default_out: Path) -> dict[str, bytes]:
+    """The extracted members of the default Satellite scan (decompressed)."""
+    folder = default_out / "scans" / SATELLITE_SOURCE
+    return {p.name.removesuffix(".gz"): gzip.decompress(p.read_bytes()) for p in folder.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def sat(sat_files: dict[str, bytes]) -> dict[str, list[Record]]:
+    return {name: jsonl(data) for name, data in sat_files.items() if name.endswith(".json")}
+
+
+def page_head(side: Record) -> str:
+    """Status line + headers of a fetch side, as matched when bodies are dropped."""
+    return page_text({**side, "body": ""})
+
+
+def cert_names(chain: list[str]) -> tuple[x509.Certificate, list[str]]:
+    leaf = x509.load_der_x509_certificate(base64.b64decode(chain[0]))
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return leaf, san.value.get_values_for_type(x509.DNSName)
+
+
+def test_satellite_archive_layout(default_out: Path, sat_files: dict[str, bytes]) -> None:
+    raw = (default_out / "archives" / SATELLITE_ARCHIVE).read_bytes()
+    assert raw[4:8] == b"\0\0\0\0", "gzip mtime 0"
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+        members = tar.getmembers()
+        contents = {
+            m.name: f.read()
+            for m in members
+            if m.isfile() and (f := tar.extractfile(m)) is not None
+        }
+    assert members[0].name == SATELLITE_SOURCE and members[0].isdir()
+    assert [m.name for m in members[1:]] == [f"{SATELLITE_SOURCE}/{n}" for n in ss.SATELLITE_FILES]
+    assert {m.mtime for m in members} == {int(ss.SATELLITE_SCANS[0].start.timestamp())}
+    assert {k.split("/")[1]: v for k, v in contents.items()} == sat_files
+    for name, data in sat_files.items():
+        if name.endswith(".json"):
+            assert data and not data.endswith(b"\n"), f"{name}: no trailing newline, as real files"
+    # Go-written files: compact, HTML-safe escapes; Python-written ones: json.dumps style.
+    compact = {
+        "results.json": b'{"confidence":{"average":',
+        "resolvers.json": b'{"vp":"',
+        "blockpages.json": b'{"ip":"',
+    }
+    for name, head in compact.items():
+        assert all(line.startswith(head) for line in sat_files[name].split(b"\n")), name
+    assert b"\\u003c" in sat_files["blockpages.json"] and b"<" not in sat_files["blockpages.json"]
+    assert b"-\\u003e" in sat_files["results.json"], "Go escapes '->' in error strings"
+    for name in ("control_pages.json", "resolvers_profile.json", "resolvers_extra.json"):
+        assert sat_files[name].startswith(b'{"'), name
+        assert b'", "' in sat_files[name] and sat_files[name].isascii(), name
+    assert sat_files["dns.pkt"][2:6] == b"\x01\x00\x00\x01", "a recursive query, one question"
+    assert b"\x01a\x0croot-servers\x03net\x00" in sat_files["dns.pkt"]
+
+
+def test_satellite_deterministic_and_seeded() -> None:
+    start = ss.SATELLITE_SCANS[0].start
+    first = ss.build_satellite_files(120, 5, start, bad_line_ratio=0.05)
+    assert first == ss.build_satellite_files(120, 5, start, bad_line_ratio=0.05)
+    other, _, _ = ss.build_satellite_files(120, 6, start)
+    assert all(first[0][k] != other[k] for k in ss.SATELLITE_FILES)
+    assert first[1] == 120 and first[2] > 0
+    assert ss.generate_satellite_scan(30, 1, start) == ss.generate_satellite_scan(30, 1, start)
+
+
+def test_satellite_size_scales_resolvers_x_domains() -> None:
+    start = ss.SATELLITE_SCANS[0].start
+    n_domains = len(ss.satellite_domains())
+    assert ss.generate_satellite_scan(0, 0, start).results == []
+    for size in (7, 200, 1000):
+        scan = ss.generate_satellite_scan(size, 0, start)
+        assert len(scan.results) == size
+        pairs = {(r["vp"], r["test_url"]) for r in scan.results}
+        assert len(pairs) == size, "each (resolver, domain) is measured once"
+        vps = {r["vp"] for r in scan.results}
+        assert len(vps) == min(size, max(8, -(-size // n_domains)))
+        assert {"1.1.1.1", "8.8.8.8"} <= vps or size < 2
+    with pytest.raises(ValueError):
+        ss.generate_satellite_scan(-1, 0, start)
+    with pytest.raises(ValueError):
+        ss.build_scan_files(ss.ScanSpec("satellite", 1, start), 10, 0)
+
+
+def test_satellite_results_format(sat: dict[str, list[Record]]) -> None:
+    results = sat["results.json"]
+    assert len(results) == ss.DEFAULT_SIZE
+    if (REAL_SATELLITE / "results.json").is_file():  # same key order as the real file
+        real = json.loads((REAL_SATELLITE / "results.json").read_bytes().split(b"\n")[0])
+        assert list(ss.SATELLITE_RESULT_KEYS) == list(real)
+        assert list(real["response"][0]) == RT_KEYS
+        assert list(next(iter(real["response"][0]["response"].values()))) == ANSWER_KEYS
+    for rec in results:
+        assert tuple(rec) == ss.SATELLITE_RESULT_KEYS
+        assert GO_TIME_RE.match(rec["start_time"]) and GO_TIME_RE.match(rec["end_time"])
+        assert "m=" not in rec["start_time"]
+        assert rec["start_time"] <= rec["end_time"]
+        assert rec["start_time"].startswith("2021-10-20 14:")
+        conf = rec["confidence"]
+        assert list(conf) == ["average", "matches", "untagged_controls", "untagged_response"]
+        assert isinstance(rec["exclude_reason"], list)
+        assert rec["excluded"] == bool(rec["exclude_reason"])
+        assert set(rec["location"]) == {"country_name", "country_code"}
+        assert rec["response"], "at least one roundtrip"
+        for rt in rec["response"]:
+            assert list(rt) == RT_KEYS
+            assert rt["url"] in (rec["test_url"], ss.LIVENESS_DOMAIN)
+            assert type(rt["rcode"]) is int and rt["rcode"] >= -1
+            assert rt["error"] == "null" or UDP_ERROR_RE.match(rt["error"]), rt["error"]
+            assert rt["error"] == "null" or rt["rcode"] == -1
+            assert rt["has_type_a"] == bool(rt["response"])
+            assert list(rt["response"]) == sorted(rt["response"]), "Go sorts map keys"
+            for answer in rt["response"].values():
+                assert list(answer) == ANSWER_KEYS
+                assert SHA_RE.match(answer["http"]) and SHA_RE.match(answer["cert"])
+                assert type(answer["asnum"]) is int
+                assert answer["matched"] is None or isinstance(answer["matched"], list)
+        final = rec["response"][-1]
+        if final["rcode"] == 0 and final["response"]:
+            assert len(conf["matches"]) == len(final["response"])
+            assert conf["average"] == pytest.approx(sum(conf["matches"]) / len(conf["matches"]))
+        else:
+            assert conf["matches"] is None and conf["average"] == 0
+        for value in (conf["average"], *(conf["matches"] or ())):
+            assert type(value) is int or not float(value).is_integer(), "Go writes 100, not 100.0"
+        if not rec["passed_liveness"]:
+            assert rec["connect_error"] and not rec["anomaly"]
+            urls = [rt["url"] for rt in rec["response"]]
+            assert urls[0] == urls[-1] == ss.LIVENESS_DOMAIN
+
+
+def test_satellite_case_coverage(sat: dict[str, list[Record]]) -> None:
+    """Every case the pipeline must handle appears in the default Satellite scan."""
+    counts: Counter[str] = Counter()
+    for rec in sat["results.json"]:
+        vp = rec["vp"]
+        counts["control_resolver_" + vp] += vp in ("1.1.1.1", "8.8.8.8")
+        counts["anomaly"] += rec["anomaly"]
+        counts["passed_liveness_false"] += not rec["passed_liveness"]
+        counts["connect_error"] += rec["connect_error"]
+        counts["untagged_response"] += rec["confidence"]["untagged_response"]
+        counts["matches_null"] += rec["confidence"]["matches"] is None
+        for reason in rec["exclude_reason"]:
+            counts["excluded_" + reason] += 1
+        rts = rec["response"]
+        counts["retries"] += len([rt for rt in rts if rt["url"] == rec["test_url"]]) > 1
+        for rt in rts:
+            counts[f"rcode_{rt['rcode']}"] += 1
+            counts["liveness_rt"] += rt["url"] == ss.LIVENESS_DOMAIN
+            counts["timeout"] += rt["error"].endswith("i/o timeout")
+            counts["conn_refused"] += rt["error"].endswith("connection refused")
+            counts["rcode_-1_null_error"] += rt["rcode"] == -1 and rt["error"] == "null"
+            counts["empty_noerror"] += rt["rcode"] == 0 and not rt["response"]
+            for ip, answer in rt["response"].items():
+                counts["zero_ip"] += ip == "0.0.0.0"
+                counts["localhost"] += ip == "127.0.0.1"
+                counts["private"] += ip.startswith(("10.", "192.168.")) or bool(
+                    re.match(r"172\.(1[6-9]|2\d|3[01])\.", ip)
+                )
+                counts["cdn_" + answer["asname"]] += answer["asname"] in (
+                    "AMAZON-02",
+                    "AKAMAI-AS",
+                    "CLOUDFLARENET",
+                )
+                matched = answer["matched"]
+                counts["matched_all"] += bool(matched) and "ip" in matched
+                counts["matched_partial"] += bool(matched) and "ip" not in matched
+                counts["matched_null"] += matched is None
+                counts["cert_tag_empty"] += answer["cert"] == ""
+    expected = [
+        "control_resolver_1.1.1.1",
+        "control_resolver_8.8.8.8",
+        "anomaly",
+        "passed_liveness_false",
+        "connect_error",
+        "untagged_response",
+        "matches_null",
+        "excluded_is_CDN",
+        "excluded_domain_below_threshold",
+        "retries",
+        "rcode_0",
+        "rcode_2",
+        "rcode_3",
+        "rcode_5",
+        "rcode_-1",
+        "liveness_rt",
+        "timeout",
+        "conn_refused",
+        "rcode_-1_null_error",
+        "empty_noerror",
+        "zero_ip",
+        "localhost",
+        "private",
+        "cdn_AMAZON-02",
+        "cdn_AKAMAI-AS",
+        "cdn_CLOUDFLARENET",
+        "matched_all",
+        "matched_partial",
+        "matched_null",
+        "cert_tag_empty",
+    ]
+    missing = [k for k in expected if not counts[k]]
+    assert not missing, (missing, counts)
+    assert counts["matched_all"] > len(sat["results.json"]) // 2, "most answers are normal"
+
+
+def test_satellite_page_fetches(sat: dict[str, list[Record]]) -> None:
+    results = sat["results.json"]
+    anomalous = {
+        (ip, r["test_url"]) for r in results if r["anomaly"] for ip in r["response"][-1]["response"]
+    }
+    control = {
+        (ip, r["test_url"])
+        for r in results
+        if r["vp"] in ("1.1.1.1", "8.8.8.8")
+        for ip in r["response"][-1]["response"]
+    }
+    counts: Counter[str] = Counter()
+    for name, wanted in (("blockpages.json", anomalous), ("control_pages.json", control)):
+        fetches = sat[name]
+        keys = [(f["ip"], f["keyword"]) for f in fetches]
+        assert len(keys) == len(set(keys)) and set(keys) == wanted, name
+        ends = [f["end_time"] for f in fetches]
+        assert ends == sorted(ends)
+        for f in fetches:
+            assert tuple(f) == ss.PAGE_FETCH_KEYS
+            assert GO_TIME_RE.match(f["start_time"]) and " m=+" in f["start_time"]
+            assert f["fetched"] == (isinstance(f["http"], dict) or isinstance(f["https"], dict))
+            for side in ("http", "https"):
+                value = f[side]
+                if isinstance(value, str):
+                    counts[f"{side}_error"] += 1
+                    assert value == "EOF" or value.startswith(f'Get "{side}://{f["ip"]}:'), value
+                    continue
+                assert list(value)[:3] == ["status_line", "headers", "body"]
+                assert list(value["headers"]) == sorted(value["headers"])
+                assert "Date" in value["headers"]
+                known, fingerprint = match_page(page_head(value))
+                if known:
+                    counts["blockpage_" + str(fingerprint)] += 1
+                    assert name == "blockpages.json"
+            https = f["https"]
+            if not isinstance(https, dict):
+                assert f["trusted_cert"] is None and f["cert_hostname_match"] is None
+                continue
+            assert {"TlsVersion", "CipherSuite", "Certificate"} <= set(https)
+            chain = https["Certificate"]
+            assert isinstance(chain, list) and chain, "2022+ format: the chain as a list"
+            leaf, names = cert_names(chain)
+            match = any(n == f["keyword"] or host_matches(n, f["keyword"]) for n in names)
+            assert f["cert_hostname_match"] is match
+            assert isinstance(f["trusted_cert"], bool)
+            counts["cert_mismatch"] += not match
+            counts["untrusted_ca"] += not f["trusted_cert"] and match
+            counts["self_signed"] += leaf.issuer == leaf.subject
+            counts["valid"] += f["trusted_cert"] and match
+            counts["chain_2"] += len(chain) == 2
+    for key in (
+        "http_error",
+        "https_error",
+        "blockpage_a_prod_sampleguard_1",
+        "blockpage_b_nat_sample_redirect_1",
+        "cert_mismatch",
+        "untrusted_ca",
+        "self_signed",
+        "valid",
+        "chain_2",
+    ):
+        assert counts[key], (key, counts)
+    assert any(
+        isinstance(f["http"], str) and isinstance(f["https"], str) and not f["fetched"]
+        for f in sat["blockpages.json"]
+    ), "a sinkhole: both fetches failed"
+
+
+def test_satellite_resolver_files(sat: dict[str, list[Record]]) -> None:
+    vps = {r["vp"] for r in sat["results.json"]}
+    resolvers = sat["resolvers.json"]
+    assert all(list(r) == ["vp", "name", "location"] for r in resolvers)
+    assert {r["vp"] for r in resolvers} == vps
+    assert len(resolvers) == len(vps) + 1, "one duplicated line"
+    lines = [json.dumps(r, sort_keys=True) for r in resolvers]
+    assert len(set(lines)) == len(vps)
+    assert all(r["name"].endswith(".") for r in resolvers)
+    names = {r["vp"]: r["name"] for r in resolvers}
+    assert names["8.8.8.8"] == "dns.google." and names["1.1.1.1"] == "one.one.one.one."
+    profiles = sat["resolvers_profile.json"]
+    assert all(tuple(p) == ss.PROFILE_KEYS for p in profiles)
+    assert all(RATE_RE.match(p[k]) for p in profiles for k in ss.PROFILE_KEYS[1:])
+    assert {p["resolver"] for p in profiles} > vps, "plus a resolver not measured in this scan"
+    rates = {k: max(float(p[k]) for p in profiles) for k in ss.PROFILE_KEYS[1:]}
+    assert all(v > 0 for v in rates.values()), rates
+    extra = sat["resolvers_extra.json"]
+    assert extra and all(tuple(e) == ss.PROFILE_KEYS for e in extra)
+
+
+def _outcomes_without_beam(sat_files: dict[str, bytes]) -> tuple[Counter[str], int]:
+    """Parse, join, post-process and classify the scan with the pipeline's pure functions."""
+    from services.beam_launcher import satellite, satellite_outcomes, satellite_post
+    from services.beam_launcher.hyperquack import BadRecord, FileContext
+    from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
+
+    matcher = load_resources(str(SAMPLE_RESOURCES)).matcher
+    roles = {name: satellite.file_role(name) for name in sat_files}
+    assert roles["resolvers_extra.json"] == "unknown" and roles["dns.pkt"] == "unused"
+    rows: list[Record] = []
+    tags: dict[str, list[Record]] = {}
+    fetches: dict[tuple[str, str], list[Record]] = {}
+    bad = 0
+    for name, data in sorted(sat_files.items()):
+        ctx = FileContext("satellite", SATELLITE_SOURCE, name, "test")
+        for line_no, raw in enumerate(data.split(b"\n"), 1):
+            try:
+                if roles[name] == "observations":
+                    rows += satellite.flatten_observation(
+                        json.loads(raw), name, line_no, raw, ctx, "2021-10-20"
+                    )
+                elif roles[name] == "resolver_tags":
+                    ip, values = satellite.parse_resolver_tag(json.loads(raw), name)
+                    tags.setdefault(ip, []).append(values)
+                elif roles[name] == "page_fetches":
+                    for domain, ip, fetch in satellite.parse_page_fetch(
+                        json.loads(raw), matcher, False
+                    ):
+                        fetches.setdefault((domain, ip), []).append(fetch)
+            except BadRecord:
+                bad += 1
+    for row in rows:
+        for key, value in satellite.merge_resolver_tags(tags.get(row["resolver_ip"], [])).items():
+            row[key] = value
+        for answer in row["answers"]:
+            for fetch in fetches.get((row["domain"], answer["ip"]), []):
+                satellite.apply_page_fetch(answer, fetch)
+    groups: dict[tuple[str, str], list[Record]] = {}
+    for row in rows:
+        groups.setdefault(satellite_post.group_key(row), []).append(row)
+    rules = satellite_outcomes.load_satellite_rules()
+    outcomes: Counter[str] = Counter()
+    for group in groups.values():
+        for row in satellite_post.post_process(group):
+            outcomes[rules.classify(row)[0]] += 1
+    return outcomes, bad
+
+
+def test_satellite_parses_and_classifies(sat_files: dict[str, bytes]) -> None:
+    outcomes, bad = _outcomes_without_beam(sat_files)
+    assert bad == 0
+    classes = {o.partition(":")[0] for o in outcomes}
+    assert {
+        "ip.matchip",
+        "ip.matchasn",
+        "ip.empty",
+        "dns.timedout",
+        "dns.connrefused",
+        "tls.validcert",
+        "tls.connerror",
+    } <= classes, outcomes
+    for outcome in (
+        "dns.error:NXDomain",
+        "dns.error:ServFail",
+        "dns.error:Refused",
+        "ip.invalid:zero",
+        "ip.invalid:local_host",
+        "ip.invalid:local_net",
+        "http.blockpage:a_prod_sampleguard_1",
+        "http.blockpage:b_nat_sample_redirect_1",
+        "tls.baddomain:edge.sample-hosting.example",
+        "tls.baddomain:*.sample-filter.example",
+        "tls.badca:SampleGuard Inspection CA",
+    ):
+        assert outcomes[outcome], (outcome, outcomes)
+    assert not any(o.startswith("unknown_error") for o in outcomes), outcomes
+
+
+def test_go_clock_format() -> None:
+    clock = ss._GoClock(ss.SATELLITE_SCANS[0].start)
+    base = ss._epoch_ns(datetime(2021, 10, 20, 18, 51, 41, tzinfo=UTC))
+    assert clock.fmt(base + 221_546_144) == "2021-10-20 14:51:41.221546144 -0400 EDT"
+    assert clock.fmt(base + 335_769_350) == "2021-10-20 14:51:41.33576935 -0400 EDT"
+    assert clock.fmt(base) == "2021-10-20 14:51:41 -0400 EDT"
+    assert clock.fmt(base + 1, 24_069_053_224_779) == (
+        "2021-10-20 14:51:41.000000001 -0400 EDT m=+24069.053224779"
+    )
+    assert ss._GoClock(ss.HYPERQUACK_SCANS[0].start).fmt(base) == ("2021-10-20 13:51:41 -0500 EST")

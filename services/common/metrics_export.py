@@ -13,9 +13,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, push_to_gateway, write_to_textfile
+from prometheus_client import CollectorRegistry, pushadd_to_gateway, write_to_textfile
 
 from services.common.logsetup import get_logger
+
+LAST_SUCCESS_SUFFIX = "_last_success_timestamp_seconds"
+
+
+class _WithoutLastSuccess:
+    """A registry view without ``*_last_success_timestamp_seconds`` (pushed on failure)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Any:
+        return [m for m in self.registry.collect() if not m.name.endswith(LAST_SUCCESS_SUFFIX)]
 
 
 def export_metrics(
@@ -24,19 +36,26 @@ def export_metrics(
     metrics_file: str | None = None,
     pushgateway: str | None = None,
     grouping_key: dict[str, str] | None = None,
+    succeeded: bool = True,
 ) -> list[str]:
-    """Write ``metrics_file`` (node-exporter textfile format) and push; return what worked."""
+    """Write ``metrics_file`` (node-exporter textfile format) and push; return what worked.
+
+    Pushes use add semantics (POST): metrics of this run replace those of the same name
+    in the group, others stay. After a failed run ``*_last_success_timestamp_seconds`` is
+    not sent at all, so the previous success time survives and staleness alerts work.
+    """
     log: Any = get_logger("metrics_export", job=job)
     done: list[str] = []
+    source: Any = registry if succeeded else _WithoutLastSuccess(registry)
     if metrics_file:
         try:
-            write_to_textfile(metrics_file, registry)  # writes a temp file, then renames
+            write_to_textfile(metrics_file, source)  # writes a temp file, then renames
             done.append(metrics_file)
         except OSError as exc:
             log.warning("metrics_file_failed", path=metrics_file, error=str(exc))
     if pushgateway:
         try:
-            push_to_gateway(pushgateway, job=job, registry=registry, grouping_key=grouping_key)
+            pushadd_to_gateway(pushgateway, job=job, registry=source, grouping_key=grouping_key)
             done.append(pushgateway)
         except Exception as exc:  # network trouble must not fail the batch job
             log.warning("metrics_push_failed", gateway=pushgateway, error=str(exc))

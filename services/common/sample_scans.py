@@ -1,11 +1,23 @@
-"""Deterministic generator of sample Hyperquack scans (echo, discard, http, https; v1 and v2).
+"""Deterministic generator of sample Censored Planet scans: Hyperquack (echo, discard,
+http, https; v1 and v2) and Satellite v2.2 (DNS).
 
-The records imitate the raw Censored Planet formats described in
-``shared/docs/formats.md`` §1.1 and §2: compact Go-style JSON lines (HTML-safe escaping,
-raw UTF-8), RFC3339 timestamps with nanoseconds and a local offset, Go canonical header
-names, fixed v1 control domains and random v2 ``control-<hex>.com`` controls, stateful
-blocks, failed controls, retries, the v1 path/host swap bug, blockpages that match the
-project's sample signatures, and real DER certificates built with ``cryptography``.
+Hyperquack records imitate the raw formats described in ``shared/docs/formats.md`` §1.1
+and §2: compact Go-style JSON lines (HTML-safe escaping, raw UTF-8), RFC3339 timestamps
+with nanoseconds and a local offset, Go canonical header names, fixed v1 control domains
+and random v2 ``control-<hex>.com`` controls, stateful blocks, failed controls, retries,
+the v1 path/host swap bug, blockpages that match the project's sample signatures, and real
+DER certificates built with ``cryptography``.
+
+A Satellite scan (§3.3) has ``results.json`` (Go ``time.String()`` times, ``"null"`` error
+strings, int rcodes, inline answer tags, ``confidence`` with ``untagged_response``,
+``exclude_reason`` lists, liveness roundtrips to ``a.root-servers.net``), ``resolvers.json``
+(with a duplicated line), ``resolvers_profile.json`` (rates as decimal strings),
+``blockpages.json`` and ``control_pages.json`` (http/https as a response object or an error
+string, certificate chains as lists, ``trusted_cert``/``cert_hostname_match``), the
+prober's ``dns.pkt`` and an unknown ``resolvers_extra.json``. It covers control resolvers,
+NXDOMAIN/SERVFAIL/REFUSED, timeouts, refused connections, empty and private/zero answers,
+blockpages whose status line + headers match the sample signatures, certificate mismatches,
+untrusted CAs and CDN answers.
 
 Everything is derived from ``random.Random`` seeded with the caller's seed: no wall
 clock, no ``uuid4``, no OS randomness. The same arguments give byte-identical files.
@@ -20,10 +32,13 @@ import argparse
 import base64
 import gzip
 import io
+import itertools
 import json
 import random
+import struct
 import sys
 import tarfile
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,25 +55,42 @@ from cryptography.x509.oid import NameOID
 __all__ = [
     "DEFAULT_SCANS",
     "DEFAULT_SIZE",
+    "HYPERQUACK_SCANS",
+    "LIVENESS_DOMAIN",
+    "PAGE_FETCH_KEYS",
     "PAGE_TEMPLATES",
+    "PROFILE_KEYS",
     "SAMPLE_DOMAIN_CATEGORIES",
+    "SATELLITE",
+    "SATELLITE_CONTROL_RESOLVERS",
+    "SATELLITE_FILES",
+    "SATELLITE_FORMAT",
+    "SATELLITE_RESULT_KEYS",
+    "SATELLITE_SCANS",
+    "SATELLITE_SCENARIOS",
     "SCAN_TYPES",
     "V1_CONTROL_DOMAINS",
     "V1_KEYS",
     "V2_KEYS",
     "GenerationSummary",
     "PageTemplate",
+    "SatelliteScan",
     "ScanSpec",
     "archive_name",
+    "build_satellite_files",
     "build_scan_files",
     "certificate_chain",
+    "extracted_members",
     "generate",
     "generate_hyperquack_records",
+    "generate_satellite_scan",
     "go_json_line",
     "iter_hyperquack_records",
     "main",
+    "python_json_line",
     "render_results",
     "sample_keywords",
+    "satellite_domains",
     "source_name",
     "write_scan_archives",
 ]
@@ -200,6 +232,8 @@ _MONTHS: Final = (
     "Dec",
 )
 _NO_ERROR_WINDOW: Final = ("2021-04-26", "2021-07-21")
+#: First octets never used for synthetic public addresses (private, loopback, CGN, TEST-NETs).
+_RESERVED_FIRST_OCTETS: Final = frozenset({0, 10, 100, 127, 169, 172, 192, 198, 203})
 _BODY_CAP: Final = 65536
 _NS: Final = 1_000_000_000
 _MS: Final = 1_000_000
@@ -542,12 +576,14 @@ _SSH_BANNER = PageTemplate(
 
 _CERT_CACHE: dict[tuple[int, str, str], tuple[str, ...]] = {}
 _CA_CACHE: dict[int, tuple[ec.EllipticCurvePrivateKey, x509.Certificate, str]] = {}
+_INTERCEPT_CA_CACHE: dict[int, tuple[ec.EllipticCurvePrivateKey, x509.Certificate, str]] = {}
 _P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _LEAF_VALIDITY: Final = (datetime(2020, 6, 1, tzinfo=UTC), datetime(2022, 6, 1, tzinfo=UTC))
 _CA_VALIDITY: Final = (datetime(2018, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC))
 _MIDDLEBOX_VALIDITY: Final = (datetime(2019, 3, 1, tzinfo=UTC), datetime(2029, 3, 1, tzinfo=UTC))
 _HOSTING_NAME: Final = "edge.sample-hosting.example"
 _MIDDLEBOX_NAME: Final = "*.sample-filter.example"
+_INTERCEPT_CA_NAME: Final = "SampleGuard Inspection CA"
 
 
 def _name(cn: str, org: str) -> x509.Name:
@@ -607,6 +643,20 @@ def _sample_ca(seed: int) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate,
     return cached
 
 
+def _interception_ca(seed: int) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, str]:
+    """A second, untrusted CA: what a TLS-inspecting middlebox signs its forged leaves with."""
+    cached = _INTERCEPT_CA_CACHE.get(seed)
+    if cached is None:
+        rng = random.Random(f"cert/{seed}/intercept-ca")
+        key = _ec_key(rng)
+        name = _name(_INTERCEPT_CA_NAME, "SampleGuard Appliance")
+        builder = _builder(name, name, key.public_key(), rng, _MIDDLEBOX_VALIDITY, (), True)
+        cert = builder.sign(key, hashes.SHA256(), ecdsa_deterministic=True)
+        cached = (key, cert, _b64(cert))
+        _INTERCEPT_CA_CACHE[seed] = cached
+    return cached
+
+
 def _wildcard_base(domain: str) -> str:
     labels = domain.split(".")
     return ".".join(labels[1:]) if len(labels) >= 3 else domain
@@ -616,8 +666,11 @@ def certificate_chain(seed: int, kind: str, domain: str = "") -> tuple[str, ...]
     """Base64 DER certificate chain, leaf first, deterministic for ``(seed, kind, domain)``.
 
     ``kind``: ``match`` (CN/SAN = domain), ``wildcard`` (``*.parent`` + parent), ``hosting``
-    (a CA-signed cert for an unrelated hosting name) or ``middlebox`` (self-signed Ed25519
-    cert for ``*.sample-filter.example``). Results are cached.
+    (a CA-signed cert for an unrelated hosting name), ``middlebox`` (self-signed Ed25519
+    cert for ``*.sample-filter.example``) or ``intercept`` (CN/SAN = domain, like ``match``,
+    but signed by the untrusted "SampleGuard Inspection CA" of a TLS-inspecting middlebox).
+    The ``match``/``wildcard``/``hosting`` chains share the "Sample Demo Root CA". Results
+    are cached.
     """
     if kind in ("hosting", "middlebox"):
         domain = ""
@@ -634,7 +687,7 @@ def certificate_chain(seed: int, kind: str, domain: str = "") -> tuple[str, ...]
         )
         chain = (_b64(builder.sign(mb_key, None)),)
     else:
-        if kind == "match":
+        if kind in ("match", "intercept"):
             alt = domain[4:] if domain.startswith("www.") else "www." + domain
             cn, san = domain, (domain, alt)
         elif kind == "wildcard":
@@ -644,7 +697,7 @@ def certificate_chain(seed: int, kind: str, domain: str = "") -> tuple[str, ...]
             cn, san = _HOSTING_NAME, (_HOSTING_NAME, "*.sample-hosting.example")
         else:
             raise ValueError(f"unknown certificate kind {kind!r}")
-        ca_key, ca_cert, ca_b64 = _sample_ca(seed)
+        ca_key, ca_cert, ca_b64 = (_interception_ca if kind == "intercept" else _sample_ca)(seed)
         leaf_key = _ec_key(rng)
         builder = _builder(
             _name(cn, "Sample Sites Inc"),
@@ -707,6 +760,52 @@ def _http_date(ns: int) -> str:
         f"{_DAYS[d.weekday()]}, {d.day:02d} {_MONTHS[d.month - 1]} {d.year} "
         f"{d.hour:02d}:{d.minute:02d}:{d.second:02d} GMT"
     )
+
+
+_FILLER_WORDS: Final = (
+    "news",
+    "report",
+    "press",
+    "freedom",
+    "election",
+    "court",
+    "rights",
+    "media",
+    "government",
+    "police",
+    "protest",
+    "health",
+    "economy",
+    "market",
+    "climate",
+    "energy",
+    "sport",
+    "culture",
+    "music",
+    "film",
+    "travel",
+    "science",
+    "education",
+    "technology",
+    "internet",
+    "mobile",
+    "world",
+    "region",
+    "city",
+    "people",
+)
+
+
+def _filler_text(rng: random.Random, min_chars: int) -> str:
+    """Paragraphs of random filler words, at least ``min_chars`` characters long."""
+    parts: list[str] = []
+    size = 0
+    while size < min_chars:
+        sentence = " ".join(rng.choice(_FILLER_WORDS) for _ in range(rng.randint(6, 18)))
+        chunk = f'<p class="c{rng.randint(1, 9)}">{sentence.capitalize()}.</p>\n'
+        parts.append(chunk)
+        size += len(chunk)
+    return "".join(parts)
 
 
 # --------------------------------------------------------------------------------------
@@ -982,12 +1081,11 @@ class _Generator:
 
     def _make_vps(self, count: int) -> list[_VP]:
         rng = self.rng
-        bad_first = {0, 10, 100, 127, 169, 172, 192, 198, 203}
         seen: set[str] = set()
         vps: list[_VP] = []
         while len(vps) < count:
             first = rng.randint(1, 223)
-            if first in bad_first:
+            if first in _RESERVED_FIRST_OCTETS:
                 continue
             ip = f"{first}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
             if ip in seen:
@@ -1000,47 +1098,7 @@ class _Generator:
         return vps
 
     def _make_filler(self) -> str:
-        words = [
-            "news",
-            "report",
-            "press",
-            "freedom",
-            "election",
-            "court",
-            "rights",
-            "media",
-            "government",
-            "police",
-            "protest",
-            "health",
-            "economy",
-            "market",
-            "climate",
-            "energy",
-            "sport",
-            "culture",
-            "music",
-            "film",
-            "travel",
-            "science",
-            "education",
-            "technology",
-            "internet",
-            "mobile",
-            "world",
-            "region",
-            "city",
-            "people",
-        ]
-        rng = self.rng
-        parts: list[str] = []
-        size = 0
-        while size < _BODY_CAP + 8192:
-            sentence = " ".join(rng.choice(words) for _ in range(rng.randint(6, 18)))
-            chunk = f'<p class="c{rng.randint(1, 9)}">{sentence.capitalize()}.</p>\n'
-            parts.append(chunk)
-            size += len(chunk)
-        return "".join(parts)
+        return _filler_text(self.rng, _BODY_CAP + 8192)
 
     # -- small helpers -------------------------------------------------------------------
 
@@ -1670,20 +1728,933 @@ def render_results(
 
 
 # --------------------------------------------------------------------------------------
+# Satellite v2.2 (DNS)
+# --------------------------------------------------------------------------------------
+
+SATELLITE: Final = "satellite"
+#: The only Satellite format the generator writes; a ``ScanSpec`` for it has version 2.
+SATELLITE_FORMAT: Final = "v2.2"
+LIVENESS_DOMAIN: Final = "a.root-servers.net"
+#: Control resolvers measured in every Satellite scan: (IP, PTR name).
+SATELLITE_CONTROL_RESOLVERS: Final[tuple[tuple[str, str], ...]] = (
+    ("1.1.1.1", "one.one.one.one."),
+    ("8.8.8.8", "dns.google."),
+)
+#: Members of a generated Satellite scan. ``resolvers_extra.json`` is deliberately not a
+#: known Satellite file name (a pipeline must skip it); ``dns.pkt`` is the prober's binary
+#: query template (known, never read).
+SATELLITE_FILES: Final = (
+    "blockpages.json",
+    "control_pages.json",
+    "dns.pkt",
+    "resolvers.json",
+    "resolvers_extra.json",
+    "resolvers_profile.json",
+    "results.json",
+)
+SATELLITE_RESULT_KEYS: Final = (
+    "confidence",
+    "passed_liveness",
+    "connect_error",
+    "in_control_group",
+    "anomaly",
+    "excluded",
+    "vp",
+    "test_url",
+    "start_time",
+    "end_time",
+    "exclude_reason",
+    "location",
+    "response",
+)
+PAGE_FETCH_KEYS: Final = (
+    "ip",
+    "keyword",
+    "http",
+    "https",
+    "fetched",
+    "start_time",
+    "end_time",
+    "trusted_cert",
+    "cert_hostname_match",
+)
+PROFILE_KEYS: Final = (
+    "resolver",
+    "non_zero_rcode",
+    "private_ip",
+    "zero_ip",
+    "connect_error",
+    "invalid_cert",
+)
+
+#: Test-resolver scenarios and their weights. Every scenario appears at least once when
+#: the scan has enough test measurements (about 30; the default size has ~150).
+SATELLITE_SCENARIOS: Final[tuple[tuple[str, float], ...]] = (
+    ("match", 55.0),  # answers = the control answers (all tags matched)
+    ("match_partial", 6.0),  # another address of the same provider: some tags matched
+    ("match_mixed", 2.0),  # one matching and one unrelated answer
+    ("retry_pass", 3.0),  # timeouts / refusals, then a matching answer
+    ("liveness_retry", 2.0),  # first a.root-servers.net probe got no A record
+    ("nxdomain", 4.0),
+    ("nxdomain_excluded", 0.5),  # verify step: excluded, domain_below_threshold
+    ("servfail", 2.5),
+    ("refused", 2.5),
+    ("timeout", 3.0),  # 4 x "read udp ...: i/o timeout"
+    ("connerr_null", 0.7),  # rcode -1 with the error "null" (seen in real data)
+    ("connrefused", 1.5),  # 4 x "read udp ...: read: connection refused"
+    ("liveness_failed", 1.5),  # both liveness probes failed: passed_liveness false
+    ("empty", 1.5),  # NOERROR without A records
+    ("zero_ip", 1.0),  # 0.0.0.0
+    ("localhost", 0.7),  # 127.0.0.1
+    ("private", 1.0),  # 10/8, 172.16/12, 192.168/16
+    ("blockpage:guard_server", 1.5),  # blockpage with a Server-header signature
+    ("blockpage:warning_redirect", 1.5),  # blockpage with a Location-header signature
+    ("sinkhole", 1.0),  # fetches fail with EOF / refused
+    ("cert_mismatch", 1.0),  # https cert of an unrelated hosting name (trusted CA)
+    ("middlebox", 0.7),  # self-signed middlebox cert + blockpage
+    ("untrusted_ca", 0.7),  # cert for the domain, signed by an untrusted inspection CA
+    ("cdn_anomaly", 1.5),  # another CDN's edge: anomaly, excluded is_CDN, valid cert
+)
+_SAT_ANOMALIES: Final = frozenset(
+    {
+        "nxdomain",
+        "nxdomain_excluded",
+        "servfail",
+        "refused",
+        "timeout",
+        "connerr_null",
+        "connrefused",
+        "empty",
+        "blockpage:guard_server",
+        "blockpage:warning_redirect",
+        "sinkhole",
+        "cert_mismatch",
+        "middlebox",
+        "untrusted_ca",
+        "cdn_anomaly",
+    }
+)
+_SAT_RCODES: Final = {"nxdomain": 3, "nxdomain_excluded": 3, "servfail": 2, "refused": 5}
+
+#: Local address of the (synthetic) Satellite prober.
+_SAT_LOCAL_IP: Final = "198.51.100.185"
+_SAT_MIN_RESOLVERS: Final = 8
+_GO_ZONES: Final = {-18000: "EST", -14400: "EDT", 0: "UTC"}
+_TAG_NAMES: Final = ("http", "cert", "asnum", "asname")
+
+
+@dataclass(frozen=True, slots=True)
+class _Provider:
+    """Where a site is hosted: AS, /16 prefixes its addresses come from, Server header."""
+
+    asname: str
+    asn: int
+    prefixes: tuple[str, ...]
+    server: str
+
+
+_CDN_PROVIDERS: Final = (
+    _Provider("AMAZON-02", 16509, ("13.224", "13.225", "52.84", "99.86"), "CloudFront"),
+    _Provider("AKAMAI-AS", 16625, ("23.1", "23.54", "184.25"), "AkamaiGHost"),
+    _Provider("CLOUDFLARENET", 13335, ("104.16", "104.21", "172.67"), "cloudflare"),
+    _Provider("GOOGLE", 15169, ("142.250", "172.217"), "gws"),
+    _Provider("FASTLY", 54113, ("151.101",), "Varnish"),
+)
+#: CDNs a verify step flags as ``is_CDN`` (AMAZON|Akamai|OPENDNS|CLOUDFLARENET|GOOGLE).
+_EXCLUDED_CDNS: Final = _CDN_PROVIDERS[:4]
+_HOSTING_PROVIDERS: Final = (
+    _Provider("HETZNER-AS", 24940, ("88.198", "136.243"), "nginx"),
+    _Provider("OVH", 16276, ("51.68", "54.36"), "Apache"),
+    _Provider("DIGITALOCEAN-ASN", 14061, ("159.89", "167.99"), "nginx/1.18.0"),
+    _Provider("AS-CHOOPA", 20473, ("45.76", "108.61"), "Apache/2.4.41 (Ubuntu)"),
+    _Provider("LINODE-AP Linode, LLC", 63949, ("172.104", "139.162"), "nginx"),
+)
+_PTR_WORDS: Final = (
+    "sample-telecom",
+    "isp-sample",
+    "metro-sample",
+    "citynet-sample",
+    "backbone-sample",
+    "cable-sample",
+)
+_FETCH_ERRORS_HTTPS: Final = (
+    "remote error: handshake failure",
+    "remote error: protocol version not supported",
+    "net/http: request canceled (Client.Timeout exceeded while awaiting headers)",
+)
+
+
+def satellite_domains() -> tuple[str, ...]:
+    """Test domains of the generated Satellite scans: the sample domains (no URL paths),
+    in alphabetical order, the order the prober walks them in the real files."""
+    return tuple(sorted([d for d, _ in SAMPLE_DOMAIN_CATEGORIES] + list(UNLISTED_DOMAINS)))
+
+
+class _GoClock:
+    """Formats epoch nanoseconds like Go's ``time.String()`` in a fixed zone.
+
+    ``2021-10-20 14:51:41.221546144 -0400 EDT``: trailing zeros of the fraction trimmed
+    (no fraction at all on a whole second); with ``mono`` the monotonic reading is
+    appended as `` m=+24069.053224779`` (always 9 digits), as in ``blockpages.json``.
+    """
+
+    __slots__ = ("_cache", "_offset", "suffix")
+
+    def __init__(self, start: datetime) -> None:
+        off = start.utcoffset()
+        if off is None:
+            raise ValueError("start must be timezone-aware")
+        offset_s = int(off.total_seconds())
+        sign = "-" if offset_s < 0 else "+"
+        hh, mm = divmod(abs(offset_s) // 60, 60)
+        numeric = f"{sign}{hh:02d}{mm:02d}"
+        self.suffix = f" {numeric} {_GO_ZONES.get(offset_s, numeric)}"
+        self._offset = offset_s
+        self._cache: dict[int, str] = {}
+
+    def fmt(self, ns: int, mono: int | None = None) -> str:
+        sec, frac = divmod(ns, _NS)
+        prefix = self._cache.get(sec)
+        if prefix is None:
+            if len(self._cache) > 200_000:
+                self._cache.clear()
+            prefix = (_EPOCH + timedelta(seconds=sec + self._offset)).strftime("%Y-%m-%d %H:%M:%S")
+            self._cache[sec] = prefix
+        text = prefix + (f".{frac:09d}".rstrip("0") if frac else "") + self.suffix
+        if mono is not None:
+            m_sec, m_frac = divmod(abs(mono), _NS)
+            text += f" m={'-' if mono < 0 else '+'}{m_sec}.{m_frac:09d}"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Site:
+    """A test domain's hosting: what the control resolvers answer and its tags."""
+
+    domain: str
+    provider: _Provider
+    ips: tuple[str, ...]
+    alt_ips: tuple[str, ...]  # other addresses of the same provider
+    http: str  # sha256 of the body Censys saw ("" = none)
+    cert: str  # sha256 of the certificate ("" = no TLS seen)
+    cert_kind: str  # match | wildcard
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolver:
+    ip: str
+    name: str
+    country: tuple[str, str]
+    control: bool
+    isp: tuple[int, str]  # (asn, asname) of the resolver's network (censor answers)
+    index: int
+
+
+@dataclass(slots=True)
+class _Answer:
+    ip: str
+    http: str = ""
+    cert: str = ""
+    asnum: int = 0
+    asname: str = ""
+    matched: list[str] | None = None
+
+    def confidence(self) -> float:
+        """Percent of this answer's tags that matched a control answer (100 if the IP did)."""
+        if self.matched is None:
+            return 0
+        if "ip" in self.matched:
+            return 100
+        tags = [t for t in _TAG_NAMES if getattr(self, t)]
+        if not tags:
+            return 0
+        return _go_number(100 * sum(t in self.matched for t in tags) / len(tags))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "http": self.http,
+            "cert": self.cert,
+            "asnum": self.asnum,
+            "asname": self.asname,
+            "matched": self.matched,
+        }
+
+
+@dataclass(slots=True)
+class _Roundtrip:
+    url: str
+    rcode: int
+    error: str  # "null" when there is none, as the prober writes it
+    answers: list[_Answer]
+    dur: int
+
+
+@dataclass(slots=True)
+class _SatMeas:
+    resolver: _Resolver
+    site: _Site
+    scenario: str
+    rts: list[_Roundtrip]
+    anomaly: bool = False
+    passed_liveness: bool = True
+    connect_error: bool = False
+    excluded: bool = False
+    exclude_reason: list[str] = field(default_factory=list)
+    start: int = 0
+    end: int = 0
+    order: int = 0
+
+
+@dataclass
+class SatelliteScan:
+    """The records of one generated Satellite v2.2 scan, per file, in file order."""
+
+    results: list[dict[str, Any]]
+    resolvers: list[dict[str, Any]]
+    profiles: list[dict[str, Any]]
+    blockpages: list[dict[str, Any]]
+    control_pages: list[dict[str, Any]]
+    extra: list[dict[str, Any]]
+    dns_packet: bytes
+    scenarios: list[str]  # scenario of each results.json record (same order)
+
+
+def _go_number(value: float) -> float:
+    """An int when whole, as Go's encoder writes float64 100 as ``100``."""
+    return int(value) if float(value).is_integer() else value
+
+
+def _sha(rng: random.Random) -> str:
+    return f"{rng.getrandbits(256):064x}"
+
+
+def _is_private(ip: str) -> bool:
+    a, b = (int(x) for x in ip.split(".")[:2])
+    return a in (10, 127) or (a == 172 and 16 <= b <= 31) or (a == 192 and b == 168)
+
+
+class _SatelliteGenerator:
+    """Builds the files of one Satellite v2.2 scan from one seeded ``Random``."""
+
+    def __init__(self, seed: int, start: datetime, n: int, domains: Sequence[str]) -> None:
+        if n < 0:
+            raise ValueError("n_measurements must be >= 0")
+        if not domains:
+            raise ValueError("domains must not be empty")
+        self.seed = seed
+        self.n = n
+        self.rng = random.Random(f"satellite/{seed}/{SATELLITE_FORMAT}/{start.isoformat()}")
+        self.clock = _GoClock(start)
+        self.start_ns = _epoch_ns(start)
+        self.domains = list(domains)
+        n_resolvers = max(_SAT_MIN_RESOLVERS, -(-n // len(self.domains)))
+        self.resolvers = self._make_resolvers(n_resolvers)
+        self._provider_turn = {True: self.rng.randrange(5), False: self.rng.randrange(5)}
+        self.sites = {d: self._make_site(d) for d in self.domains}
+        self.filler = _filler_text(self.rng, _BODY_CAP + 8192)
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _ptr_name(self, ip: str, cc: str) -> str:
+        rng = self.rng
+        tld = {"US": "net", "GB": "co.uk", "CA": "ca"}.get(cc, cc.lower())
+        word = rng.choice(_PTR_WORDS)
+        style = rng.randrange(4)
+        if style == 0:
+            return f"ns{rng.randint(1, 4)}.{word}.{tld}."
+        if style == 1:
+            return f"dns{rng.randint(1, 9)}.{word}.{tld}."
+        if style == 2:
+            return f"{'-'.join(reversed(ip.split('.')))}.static.{word}.{tld}."
+        return f"resolver{rng.randint(1, 30)}.{word}.{tld}."
+
+    def _make_resolvers(self, count: int) -> list[_Resolver]:
+        rng = self.rng
+        out = [
+            _Resolver(ip, name, ("United States", "US"), True, isp, i)
+            for i, ((ip, name), isp) in enumerate(
+                zip(
+                    SATELLITE_CONTROL_RESOLVERS,
+                    ((13335, "CLOUDFLARENET"), (15169, "GOOGLE")),
+                    strict=False,
+                )
+            )
+        ]
+        seen = {r.ip for r in out}
+        while len(out) < count:
+            first = rng.randint(1, 223)
+            if first in _RESERVED_FIRST_OCTETS:
+                continue
+            ip = f"{first}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+            if ip in seen:
+                continue
+            seen.add(ip)
+            country = rng.choice(_COUNTRIES)
+            i = len(out) - len(SATELLITE_CONTROL_RESOLVERS)
+            asn = 64496 + i if i < 16 else 65536 + (i - 16) % 16  # documentation ASNs
+            isp = (asn, f"SAMPLENET-{country[1]} Sample Telecom {country[0]}")
+            out.append(_Resolver(ip, self._ptr_name(ip, country[1]), country, False, isp, len(out)))
+        return out
+
+    def _addresses(self, provider: _Provider, count: int, avoid: set[str]) -> tuple[str, ...]:
+        rng = self.rng
+        out: list[str] = []
+        while len(out) < count:
+            ip = f"{rng.choice(provider.prefixes)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+            if ip not in avoid:
+                avoid.add(ip)
+                out.append(ip)
+        return tuple(out)
+
+    def _make_site(self, domain: str) -> _Site:
+        rng = self.rng
+        cdn = rng.random() < 0.45
+        # Providers in turn (CDNs and hosters separately), so a few sites show every one.
+        pool = _CDN_PROVIDERS if cdn else _HOSTING_PROVIDERS
+        provider = pool[self._provider_turn[cdn] % len(pool)]
+        self._provider_turn[cdn] += 1
+        n_ips = rng.choice((1, 2, 2, 3, 4)) if cdn else rng.choice((1, 1, 1, 2))
+        used: set[str] = set()
+        ips = self._addresses(provider, n_ips, used)
+        alt = self._addresses(provider, 2, used)
+        cert = "" if rng.random() < 0.2 else _sha(rng)
+        kind = "wildcard" if cdn and rng.random() < 0.5 else "match"
+        return _Site(domain, provider, ips, alt, _sha(rng), cert, kind)
+
+    # -- answers and roundtrips ----------------------------------------------------------
+
+    def _ms(self, lo: float, hi: float) -> int:
+        return int(self.rng.uniform(lo, hi) * _MS)
+
+    def _tagged(self, ip: str, site: _Site, matched: list[str] | None, http: str = "") -> _Answer:
+        p = site.provider
+        return _Answer(ip, http or site.http, site.cert, p.asn, p.asname, matched)
+
+    def _full_match(self, site: _Site, ip: str) -> _Answer:
+        tags = ["ip"] + [t for t in ("http", "cert") if getattr(site, t)] + ["asnum", "asname"]
+        return self._tagged(ip, site, tags)
+
+    def _matching(self, site: _Site, control: bool) -> list[_Answer]:
+        ips = site.ips
+        if not control and len(ips) > 1:
+            ips = tuple(self.rng.sample(ips, self.rng.randint(1, len(ips))))
+        return [self._full_match(site, ip) for ip in ips]
+
+    def _partial(self, site: _Site) -> _Answer:
+        """Another address of the site's provider: AS tags match, maybe not the body."""
+        rng = self.rng
+        same_body = rng.random() < 0.5
+        matched = [t for t in ("http", "cert") if getattr(site, t) and (t == "cert" or same_body)]
+        http = site.http if same_body else _sha(rng)
+        return self._tagged(rng.choice(site.alt_ips), site, [*matched, "asnum", "asname"], http)
+
+    def _foreign(self, provider: _Provider, ip: str) -> _Answer:
+        """An answer from another network, tagged by Censys, sharing no tag with the controls."""
+        rng = self.rng
+        return _Answer(ip, _sha(rng), _sha(rng), provider.asn, provider.asname, None)
+
+    def _isp_answer(self, res: _Resolver, ip: str, http: str = "") -> _Answer:
+        return _Answer(ip, http, "", res.isp[0], res.isp[1], None)
+
+    def _ok(self, url: str, answers: list[_Answer]) -> _Roundtrip:
+        return _Roundtrip(url, 0, "null", sorted(answers, key=lambda a: a.ip), self._ms(15, 450))
+
+    def _rcode(self, url: str, rcode: int) -> _Roundtrip:
+        return _Roundtrip(url, rcode, "null", [], self._ms(20, 600))
+
+    def _failed(self, url: str, res: _Resolver, kind: str) -> _Roundtrip:
+        where = f"read udp {_SAT_LOCAL_IP}:{self.rng.randint(1024, 65535)}->{res.ip}:53: "
+        if kind == "timeout":
+            return _Roundtrip(url, -1, where + "i/o timeout", [], self._ms(2_000, 2_004))
+        return _Roundtrip(url, -1, where + "read: connection refused", [], self._ms(40, 260))
+
+    def _liveness_failure(self, res: _Resolver) -> _Roundtrip:
+        rng = self.rng
+        pick = rng.random()
+        if pick < 0.5:
+            return self._failed(LIVENESS_DOMAIN, res, "timeout")
+        if pick < 0.75:
+            return self._failed(LIVENESS_DOMAIN, res, "refused")
+        return self._rcode(LIVENESS_DOMAIN, rng.choice((2, 5)))
+
+    # -- measurements --------------------------------------------------------------------
+
+    def measure(self, res: _Resolver, site: _Site, scenario: str) -> _SatMeas:
+        """Roundtrips and flags of one (resolver, domain) measurement."""
+        rng = self.rng
+        url = site.domain
+        m = _SatMeas(res, site, scenario, [], anomaly=scenario in _SAT_ANOMALIES)
+        if scenario == "control":
+            m.rts = [self._ok(url, self._matching(site, True))]
+        elif scenario == "control_retry":
+            m.rts = [self._failed(url, res, "timeout"), self._ok(url, self._matching(site, True))]
+        elif scenario == "match":
+            m.rts = [self._ok(url, self._matching(site, False))]
+        elif scenario == "match_partial":
+            m.rts = [self._ok(url, [self._partial(site)])]
+        elif scenario == "match_mixed":
+            hosting = rng.choice(_HOSTING_PROVIDERS)
+            other = self._foreign(hosting, self._addresses(hosting, 1, set(site.ips))[0])
+            m.rts = [self._ok(url, [self._full_match(site, site.ips[0]), other])]
+        elif scenario == "retry_pass":
+            kind = rng.choice(("timeout", "refused"))
+            fails = [self._failed(url, res, kind) for _ in range(rng.randint(1, 3))]
+            m.rts = [*fails, self._ok(url, self._matching(site, False))]
+        elif scenario == "liveness_retry":
+            m.rts = [self._liveness_failure(res), self._ok(url, self._matching(site, False))]
+        elif scenario in _SAT_RCODES:
+            m.rts = [self._rcode(url, _SAT_RCODES[scenario])]
+            if scenario == "nxdomain_excluded":
+                m.excluded = True
+                m.exclude_reason = ["domain_below_threshold"]
+        elif scenario in ("timeout", "connrefused"):
+            kind = "timeout" if scenario == "timeout" else "refused"
+            m.rts = [self._failed(url, res, kind) for _ in range(4)]
+            m.connect_error = True
+        elif scenario == "connerr_null":
+            m.rts = [_Roundtrip(url, -1, "null", [], self._ms(100, 400))]
+        elif scenario == "liveness_failed":
+            kind = rng.choice(("timeout", "refused"))
+            tests = [self._failed(url, res, kind) for _ in range(4)]
+            live = [self._failed(LIVENESS_DOMAIN, res, kind) for _ in range(2)]
+            m.rts = [live[0], *tests, live[1]]
+            m.passed_liveness = False
+            m.connect_error = True
+        elif scenario == "empty":
+            m.rts = [_Roundtrip(url, 0, "null", [], self._ms(15, 450))]
+        elif scenario in ("zero_ip", "localhost", "private"):
+            if scenario == "zero_ip":
+                ip = "0.0.0.0"
+            elif scenario == "localhost":
+                ip = "127.0.0.1"
+            else:
+                ip = rng.choice(
+                    (
+                        f"10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+                        f"192.168.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+                        f"172.{rng.randint(16, 31)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
+                    )
+                )
+            m.rts = [self._ok(url, [_Answer(ip)])]  # untagged: anomaly conservatively false
+        elif scenario.startswith("blockpage:"):
+            offset = 50 if scenario.endswith("redirect") else 0  # one server per blockpage
+            ip = f"203.0.113.{1 + offset + (res.index * 7) % 49}"
+            page_hash = f"{hash_text(scenario + ip):08x}" * 8
+            m.rts = [self._ok(url, [self._isp_answer(res, ip, page_hash)])]
+        elif scenario == "sinkhole":
+            ip = f"192.0.2.{1 + (res.index * 7) % 250}"
+            m.rts = [self._ok(url, [self._isp_answer(res, ip)])]
+        elif scenario == "middlebox":
+            ip = f"203.0.113.{100 + (res.index * 7) % 80}"
+            m.rts = [self._ok(url, [self._isp_answer(res, ip, _sha(rng))])]
+        elif scenario == "untrusted_ca":
+            ip = f"203.0.113.{180 + (res.index * 7) % 75}"
+            m.rts = [self._ok(url, [self._isp_answer(res, ip, _sha(rng))])]
+        elif scenario == "cert_mismatch":
+            hosting = rng.choice(_HOSTING_PROVIDERS)
+            ip = self._addresses(hosting, 1, set(site.ips))[0]
+            m.rts = [self._ok(url, [self._foreign(hosting, ip)])]
+        elif scenario == "cdn_anomaly":
+            cdn = rng.choice([p for p in _EXCLUDED_CDNS if p is not site.provider])
+            ips = self._addresses(cdn, rng.randint(1, 2), set(site.ips))
+            m.rts = [self._ok(url, [self._foreign(cdn, ip) for ip in ips])]
+            m.excluded = True
+            m.exclude_reason = ["is_CDN"]
+        else:
+            raise ValueError(f"unknown Satellite scenario {scenario!r}")
+        return m
+
+    def scenarios(self, pairs: list[tuple[_Resolver, _Site]]) -> list[str]:
+        """A scenario per pair: control resolvers answer normally; each test scenario
+        appears once while the test pairs allow, the rest are drawn by weight."""
+        rng = self.rng
+        tests = [i for i, (res, _) in enumerate(pairs) if not res.control]
+        guaranteed = [s for s, _ in SATELLITE_SCENARIOS]
+        rng.shuffle(guaranteed)
+        slots = rng.sample(tests, min(len(tests), len(guaranteed)))
+        out = ["control_retry" if rng.random() < 0.03 else "control" for _ in pairs]
+        population = [s for s, _ in SATELLITE_SCENARIOS]
+        weights = [w for _, w in SATELLITE_SCENARIOS]
+        for i, scenario in zip(tests, rng.choices(population, weights, k=len(tests)), strict=True):
+            out[i] = scenario
+        for i, scenario in zip(slots, guaranteed, strict=False):
+            out[i] = scenario
+        return out
+
+    # -- rendering -----------------------------------------------------------------------
+
+    def render(self, m: _SatMeas, in_control_group: bool) -> dict[str, Any]:
+        final = m.rts[-1]
+        answers = final.answers if final.rcode == 0 else []
+        matches: list[float] | None = None
+        average: float = 0
+        untagged = False
+        if answers:
+            matches = [a.confidence() for a in answers]
+            average = _go_number(sum(matches) / len(matches))
+            untagged = not any(getattr(a, t) for a in answers for t in _TAG_NAMES)
+        response = [
+            {
+                "url": rt.url,
+                "has_type_a": bool(rt.answers),
+                "response": {a.ip: a.to_json() for a in rt.answers},
+                "error": rt.error,
+                "rcode": rt.rcode,
+            }
+            for rt in m.rts
+        ]
+        res = m.resolver
+        return {
+            "confidence": {
+                "average": average,
+                "matches": matches,
+                "untagged_controls": False,
+                "untagged_response": untagged,
+            },
+            "passed_liveness": m.passed_liveness,
+            "connect_error": m.connect_error,
+            "in_control_group": in_control_group,
+            "anomaly": m.anomaly,
+            "excluded": m.excluded,
+            "vp": res.ip,
+            "test_url": m.site.domain,
+            "start_time": self.clock.fmt(m.start),
+            "end_time": self.clock.fmt(m.end),
+            "exclude_reason": m.exclude_reason,
+            "location": {"country_name": res.country[0], "country_code": res.country[1]},
+            "response": response,
+        }
+
+    # -- page fetches --------------------------------------------------------------------
+
+    def _tls(self) -> tuple[int, int]:
+        rng = self.rng
+        if rng.random() < 0.3:
+            return 772, rng.choice((4865, 4866))
+        return 771, rng.choice((49199, 49195, 52392))
+
+    def _template_page(self, tpl: PageTemplate, domain: str) -> _Resp:
+        rng = self.rng
+        values = {
+            "{{domain}}": domain,
+            "{{url}}": domain,
+            "{{num3}}": f"{rng.randint(0, 999):03d}",
+            "{{num}}": str(rng.randint(1000, 99999)),
+            "{{ref}}": (
+                f"{rng.randint(10, 99)}.{rng.getrandbits(40):x}.{rng.randint(10**9, 2 * 10**9)}"
+            ),
+            "{{local}}": _SAT_LOCAL_IP,
+            "{{cat}}": rng.choice(_CATEGORY_WORDS),
+        }
+        body = _Generator._fill(tpl.body, values)
+        blen = str(len(body.encode("utf-8")))
+        headers = [
+            (k, _Generator._fill(v, values).replace("{{len}}", blen)) for k, v in tpl.headers
+        ]
+        return _Resp(tpl.status_line, headers, body, dated=True)
+
+    def _redirect(self, domain: str, server: str) -> _Resp:
+        headers = [("Content-Length", "0"), ("Location", f"https://{domain}/"), ("Server", server)]
+        return _Resp("301 Moved Permanently", headers, "", dated=True)
+
+    def _site_page(self, domain: str, server: str) -> _Resp:
+        rng = self.rng
+        size = rng.randint(200, 3_000) if rng.random() < 0.95 else rng.randint(30_000, _BODY_CAP)
+        head = f"<!DOCTYPE html>\n<html>\n<head><title>{domain}</title></head>\n<body>\n"
+        start = self.filler.find("<p", rng.randrange(0, 4096))
+        body = (head + self.filler[start : start + size])[:size]
+        headers = [
+            ("Cache-Control", f"max-age={rng.choice((60, 300, 3600))}"),
+            ("Content-Length", str(len(body.encode("utf-8")))),
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Server", server),
+        ]
+        return _Resp("200 OK", headers, body, dated=True)
+
+    def _https(self, resp: _Resp, chain: tuple[str, ...], t: int) -> dict[str, Any]:
+        resp.tls = self._tls()
+        resp.certs = chain
+        return resp.http(t, 2, True)
+
+    def _fetch_error(self, scheme: str, ip: str) -> str:
+        rng = self.rng
+        port = 443 if scheme == "https" else 80
+        if scheme == "http" or rng.random() < 0.3:
+            return (
+                f'Get "{scheme}://{ip}:{port}/": dial tcp {ip}:{port}: connect: connection refused'
+            )
+        return f'Get "{scheme}://{ip}:{port}/": {rng.choice(_FETCH_ERRORS_HTTPS)}'
+
+    def fetch(self, ip: str, site: _Site, kind: str, t: int) -> tuple[dict[str, Any], int]:
+        """A blockpages.json / control_pages.json record (without times) and its duration."""
+        rng = self.rng
+        domain = site.domain
+        http: Any
+        https: Any
+        trusted: bool | None = None
+        hostname: bool | None = None
+        dur = self._ms(40, 900)
+        if kind.startswith("blockpage:"):
+            tpl = next(p for p in PAGE_TEMPLATES if p.name == kind.partition(":")[2])
+            http = self._template_page(tpl, domain).http(t, 2, True)
+            https = self._fetch_error("https", ip)
+        elif kind == "sinkhole":
+            if rng.random() < 0.6:
+                http, https = "EOF", "EOF"
+            else:
+                http, https = self._fetch_error("http", ip), self._fetch_error("https", ip)
+                dur += 10 * _NS if "Timeout" in https else 0
+        elif kind == "middlebox":
+            guard = next(p for p in PAGE_TEMPLATES if p.name == "guard_server")
+            filt = next(p for p in PAGE_TEMPLATES if p.name == "guard_filter")
+            http = self._template_page(guard, domain).http(t, 2, True)
+            chain = certificate_chain(self.seed, "middlebox")
+            https = self._https(self._template_page(filt, domain), chain, t)
+            trusted, hostname = False, False
+        elif kind == "cert_mismatch":
+            http = self._template_page(_NOT_FOUND, domain).http(t, 2, True)
+            chain = certificate_chain(self.seed, "hosting")
+            https = self._https(self._site_page(domain, "nginx"), chain, t)
+            trusted, hostname = True, False
+        elif kind == "untrusted_ca":
+            http = self._redirect(domain, "nginx").http(t, 2, True)
+            chain = certificate_chain(self.seed, "intercept", domain)
+            https = self._https(self._site_page(domain, "nginx"), chain, t)
+            trusted, hostname = False, True
+        elif kind in ("cdn_anomaly", "control"):
+            server = site.provider.server
+            if kind == "control" and rng.random() < 0.3:
+                http = self._site_page(domain, server).http(t, 2, True)
+            else:
+                http = self._redirect(domain, server).http(t, 2, True)
+            if kind == "control" and not site.cert:
+                https = self._fetch_error("https", ip)
+            else:
+                chain = certificate_chain(self.seed, site.cert_kind, domain)
+                https = self._https(self._site_page(domain, server), chain, t)
+                trusted, hostname = True, True
+        else:
+            raise ValueError(f"unknown page fetch kind {kind!r}")
+        record = {
+            "ip": ip,
+            "keyword": domain,
+            "http": http,
+            "https": https,
+            "fetched": isinstance(http, dict) or isinstance(https, dict),
+            "start_time": "",
+            "end_time": "",
+            "trusted_cert": trusted,
+            "cert_hostname_match": hostname,
+        }
+        return record, dur
+
+    # -- the scan ------------------------------------------------------------------------
+
+    def build(self) -> SatelliteScan:
+        rng = self.rng
+        per_domain = len(self.resolvers)
+        pairs = [
+            (res, self.sites[self.domains[(i // per_domain) % len(self.domains)]])
+            for i, res in zip(range(self.n), itertools.cycle(self.resolvers), strict=False)
+        ]
+        scenarios = self.scenarios(pairs)
+        # Measurements: the prober walks the domains, querying every resolver at once.
+        batch_t = self.start_ns + (51 * 60 + 40) * _NS + rng.randrange(_NS)
+        measurements: list[_SatMeas] = []
+        for i, ((res, site), scenario) in enumerate(zip(pairs, scenarios, strict=True)):
+            if i and i % per_domain == 0:
+                batch_t += self._ms(150, 900)
+            m = self.measure(res, site, scenario)
+            m.start = batch_t + self._ms(0, 120)
+            m.end = m.start + sum(rt.dur + self._ms(0.05, 2) for rt in m.rts)
+            m.order = i
+            measurements.append(m)
+        controlled = {m.site.domain for m in measurements if m.resolver.control}
+        by_end = sorted(measurements, key=lambda m: (m.end, m.order))
+        results = [self.render(m, m.site.domain in controlled) for m in by_end]
+
+        # Page fetches of anomalous answers (blockpages) and control answers (control_pages).
+        fetch_specs: list[tuple[str, str, _Site, str]] = []  # (file, ip, site, kind)
+        seen: set[tuple[str, str, str]] = set()
+        invalid_cert: dict[str, int] = {}
+        for m in by_end:
+            if m.resolver.control:
+                kind, file = "control", "control_pages"
+            elif m.anomaly:
+                kind, file = m.scenario, "blockpages"
+            else:
+                continue
+            for a in m.rts[-1].answers:
+                key = (file, a.ip, m.site.domain)
+                if key not in seen:
+                    seen.add(key)
+                    fetch_specs.append((file, a.ip, m.site, kind))
+            if kind in ("middlebox", "cert_mismatch", "untrusted_ca"):
+                invalid_cert[m.resolver.ip] = invalid_cert.get(m.resolver.ip, 0) + 1
+        last_end = max((m.end for m in measurements), default=self.start_ns)
+        t = last_end + (3 * 3600 + rng.randint(0, 3000)) * _NS
+        mono_base = self.start_ns - rng.randint(0, 2 * _NS)
+        fetches: dict[str, list[tuple[int, int, dict[str, Any]]]] = {
+            "blockpages": [],
+            "control_pages": [],
+        }
+        for order, (file, ip, site, kind) in enumerate(fetch_specs):
+            t += self._ms(0.1, 40)
+            record, dur = self.fetch(ip, site, kind, t)
+            end = t + dur
+            record["start_time"] = self.clock.fmt(t, t - mono_base)
+            record["end_time"] = self.clock.fmt(end, end - mono_base)
+            fetches[file].append((end, order, record))
+
+        # Resolver files.
+        appeared: dict[str, _Resolver] = {}
+        counts: dict[str, Counter[str]] = {}
+        for m in by_end:
+            appeared.setdefault(m.resolver.ip, m.resolver)
+            c = counts.setdefault(m.resolver.ip, Counter())
+            c["n"] += 1
+            c["non_zero_rcode"] += any(rt.rcode > 0 for rt in m.rts if rt.url == m.site.domain)
+            answers = m.rts[-1].answers
+            c["private_ip"] += any(_is_private(a.ip) for a in answers)
+            c["zero_ip"] += any(a.ip == "0.0.0.0" for a in answers)
+            c["connect_error"] += m.connect_error
+        resolvers = [
+            {
+                "vp": r.ip,
+                "name": r.name,
+                "location": {"country_name": r.country[0], "country_code": r.country[1]},
+            }
+            for r in appeared.values()
+        ]
+        tests = [i for i, r in enumerate(appeared.values()) if not r.control]
+        if tests:  # a duplicated line, as in the real files
+            dup = rng.choice(tests)
+            resolvers.insert(rng.randint(dup + 1, len(resolvers)), dict(resolvers[dup]))
+        profiles = []
+        for ip, c in counts.items():
+            n = c["n"]
+            rates = {
+                "non_zero_rcode": c["non_zero_rcode"] / n,
+                "private_ip": c["private_ip"] / n,
+                "zero_ip": c["zero_ip"] / n,
+                "connect_error": c["connect_error"] / n,
+                "invalid_cert": invalid_cert.get(ip, 0) / n,
+            }
+            profiles.append({"resolver": ip, **{k: f"{v:.4f}" for k, v in rates.items()}})
+        if profiles:  # a resolver profiled but not measured in this scan
+            retired = f"{rng.choice((45, 77, 114, 185))}.{rng.randint(0, 255)}"
+            retired += f".{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+            profiles.insert(
+                rng.randint(0, len(profiles)),
+                {
+                    "resolver": retired,
+                    **{k: f"{rng.random() * 0.2:.4f}" for k in PROFILE_KEYS[1:]},
+                },
+            )
+        extra = [dict(p) for p in profiles if rng.random() < 0.6]
+        return SatelliteScan(
+            results=results,
+            resolvers=resolvers,
+            profiles=profiles,
+            blockpages=[r for _, _, r in sorted(fetches["blockpages"], key=lambda x: x[:2])],
+            control_pages=[r for _, _, r in sorted(fetches["control_pages"], key=lambda x: x[:2])],
+            extra=extra,
+            dns_packet=_dns_query(rng.getrandbits(16), LIVENESS_DOMAIN),
+            scenarios=[m.scenario for m in by_end],
+        )
+
+
+def _dns_query(query_id: int, name: str) -> bytes:
+    """A DNS query for ``name`` (A/IN, recursion desired, EDNS0 with 4096-byte payload)."""
+    header = struct.pack(">HHHHHH", query_id, 0x0100, 1, 0, 0, 1)
+    qname = b"".join(bytes([len(label)]) + label.encode("ascii") for label in name.split("."))
+    question = qname + b"\x00" + struct.pack(">HH", 1, 1)
+    opt = b"\x00" + struct.pack(">HHIH", 41, 4096, 0, 0)
+    return header + question + opt
+
+
+def generate_satellite_scan(
+    n_measurements: int,
+    seed: int,
+    start: datetime,
+    domains: Sequence[str] | None = None,
+) -> SatelliteScan:
+    """Generate the records of one Satellite v2.2 scan (``n_measurements`` results lines).
+
+    The scan has ``max(8, ceil(n / len(domains)))`` resolvers, 1.1.1.1 and 8.8.8.8 among
+    them; the prober's walk over domains × resolvers is cut after ``n_measurements``
+    (resolver-major within each domain, controls first). ``start`` must be
+    timezone-aware; the output depends only on the arguments.
+    """
+    return _SatelliteGenerator(seed, start, n_measurements, domains or satellite_domains()).build()
+
+
+def python_json_line(record: Any) -> bytes:
+    """JSON like Python's ``json.dumps`` defaults (``", "``/``": "``, ASCII-only), no newline.
+
+    The format of the later Satellite files written by Python tooling
+    (``control_pages.json``, ``resolvers_profile.json``, ``resolver_info.json``).
+    """
+    return json.dumps(record).encode("ascii")
+
+
+def _jsonl(lines: Iterable[bytes]) -> bytes:
+    """JSON lines without a trailing newline, as the real Satellite v2.2 files end."""
+    return b"\n".join(lines)
+
+
+def build_satellite_files(
+    size: int, seed: int, start: datetime, bad_line_ratio: float = 0.0
+) -> tuple[dict[str, bytes], int, int]:
+    """Members of one Satellite v2.2 scan; returns ``(members, results records, bad lines)``.
+
+    ``results.json``, ``resolvers.json`` and ``blockpages.json`` are compact Go JSON (HTML-safe
+    escapes, like the 2021 files); ``control_pages.json``, ``resolvers_profile.json`` and
+    the unknown ``resolvers_extra.json`` use Python's ``json.dumps`` style (like the real
+    2022/2023 ones). No file ends with a newline. Bad lines go into ``results.json`` only.
+    """
+    scan = generate_satellite_scan(size, seed, start)
+    source = source_name(SATELLITE, start)
+    results, n_bad = render_results(
+        scan.results,
+        seed=seed ^ hash_text(source),
+        bad_line_ratio=bad_line_ratio,
+        trailing_newline=False,
+    )
+    members = {
+        "results.json": results,
+        "resolvers.json": _jsonl(go_json_line(r) for r in scan.resolvers),
+        "resolvers_profile.json": _jsonl(python_json_line(r) for r in scan.profiles),
+        "blockpages.json": _jsonl(go_json_line(r) for r in scan.blockpages),
+        "control_pages.json": _jsonl(python_json_line(r) for r in scan.control_pages),
+        "resolvers_extra.json": _jsonl(python_json_line(r) for r in scan.extra),
+        "dns.pkt": scan.dns_packet,
+    }
+    assert sorted(members) == list(SATELLITE_FILES)
+    return members, len(scan.results), n_bad
+
+
+# --------------------------------------------------------------------------------------
 # Scans, archives and files
 # --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class ScanSpec:
-    """One scan to write: type, format version and (timezone-aware) start time."""
+    """One scan to write: type, format version and (timezone-aware) start time.
+
+    ``scan_type`` is a Hyperquack type (version 1 or 2) or ``"satellite"`` (version 2,
+    written in the Satellite v2.2 format).
+    """
 
     scan_type: str
     version: int
     start: datetime
 
 
-DEFAULT_SCANS: Final[tuple[ScanSpec, ...]] = (
+#: The eight Hyperquack scans (v1 and v2 of each type); the default of
+#: :func:`write_scan_archives`.
+HYPERQUACK_SCANS: Final[tuple[ScanSpec, ...]] = (
     ScanSpec("echo", 1, datetime(2020, 11, 14, 7, 30, 11, tzinfo=EST)),
     ScanSpec("discard", 1, datetime(2020, 11, 15, 8, 12, 40, tzinfo=EST)),
     ScanSpec("http", 1, datetime(2020, 11, 16, 1, 5, 22, tzinfo=EST)),
@@ -1693,11 +2664,21 @@ DEFAULT_SCANS: Final[tuple[ScanSpec, ...]] = (
     ScanSpec("http", 2, datetime(2021, 5, 30, 5, 2, 33, tzinfo=EDT)),
     ScanSpec("https", 2, datetime(2021, 7, 25, 6, 11, 48, tzinfo=EDT)),
 )
+#: One Satellite v2.2 scan: ``CP_Satellite-2021-10-20-14-00-01``.
+SATELLITE_SCANS: Final[tuple[ScanSpec, ...]] = (
+    ScanSpec(SATELLITE, 2, datetime(2021, 10, 20, 14, 0, 1, tzinfo=EDT)),
+)
+#: The default scan set of :func:`generate` and the CLI: Hyperquack, then Satellite.
+DEFAULT_SCANS: Final[tuple[ScanSpec, ...]] = HYPERQUACK_SCANS + SATELLITE_SCANS
 
 
 def source_name(scan_type: str, start: datetime) -> str:
-    """Scan id, e.g. ``CP_Quack-echo-2020-11-14-07-30-11`` (local start time)."""
-    return f"CP_Quack-{scan_type}-{start.strftime('%Y-%m-%d-%H-%M-%S')}"
+    """Scan id, e.g. ``CP_Quack-echo-2020-11-14-07-30-11`` or ``CP_Satellite-2021-10-20-14-00-01``
+    (local start time)."""
+    stamp = start.strftime("%Y-%m-%d-%H-%M-%S")
+    if scan_type == SATELLITE:
+        return f"CP_Satellite-{stamp}"
+    return f"CP_Quack-{scan_type}-{stamp}"
 
 
 def archive_name(scan_type: str, start: datetime) -> str:
@@ -1750,11 +2731,16 @@ def _tar_gz(
 def build_scan_files(
     spec: ScanSpec, size: int, seed: int, bad_line_ratio: float = 0.0
 ) -> tuple[dict[str, bytes], int, int]:
-    """Tar members of one scan (``results.json`` and, for v1, ``servers.txt``/``domains.txt``).
+    """Tar members of one scan (``results.json`` and, for v1, ``servers.txt``/``domains.txt``;
+    for Satellite the :data:`SATELLITE_FILES`, see :func:`build_satellite_files`).
 
-    Returns ``(members, records, bad lines)``. v2 results end without a trailing newline,
-    as in the real v2 files; v1 results end with one.
+    Returns ``(members, records, bad lines)``; records are ``results.json`` lines. v2
+    results end without a trailing newline, as in the real v2 files; v1 results end with one.
     """
+    if spec.scan_type == SATELLITE:
+        if spec.version != 2:
+            raise ValueError(f"Satellite scans are written as v2.2 (version 2), not {spec.version}")
+        return build_satellite_files(size, seed, spec.start, bad_line_ratio)
     servers: dict[str, None] = {}
     domains: dict[str, None] = {}
 
@@ -1787,36 +2773,53 @@ def hash_text(text: str) -> int:
     return h
 
 
+def extracted_members(spec: ScanSpec) -> tuple[str, ...] | None:
+    """Members written under ``scans/<source>/``: ``results.json`` for Hyperquack (the only
+    file the pipeline reads), every member (``None``) for Satellite, whose files join."""
+    return None if spec.scan_type == SATELLITE else ("results.json",)
+
+
 def write_scan_archives(
     out_dir: Path,
-    scans: Sequence[ScanSpec] = DEFAULT_SCANS,
+    scans: Sequence[ScanSpec] = HYPERQUACK_SCANS,
     size: int = DEFAULT_SIZE,
     seed: int = 0,
     bad_line_ratio: float = 0.0,
     plain: bool = False,
     compresslevel: int = 6,
 ) -> GenerationSummary:
-    """Write ``archives/<CP_Quack-...>.tar.gz`` and ``scans/<source>/results.json[.gz]``.
+    """Write ``archives/<source>.tar.gz`` and the extracted ``scans/<source>/<file>[.gz]``.
 
+    Hyperquack scans get ``scans/<source>/results.json[.gz]``; Satellite scans get every
+    member (see :func:`extracted_members`). The default ``scans`` are the eight Hyperquack
+    scans (:func:`generate` adds the Satellite scan).
     Gzip headers carry mtime 0 and no file name; tar members are sorted, owned by 0:0 and
     stamped with the scan start, so the same arguments always give identical bytes.
-    The two compressions of a scan run in parallel threads (zlib releases the GIL); peak
+    The compressions of a scan run in parallel threads (zlib releases the GIL); peak
     memory is about three times the largest uncompressed ``results.json``.
     """
     out_dir = Path(out_dir)
     summary = GenerationSummary(out_dir=str(out_dir))
     (out_dir / "archives").mkdir(parents=True, exist_ok=True)
 
-    def finish(job: tuple[ScanSpec, int, int, Future[bytes], Future[bytes]]) -> None:
-        spec, n_records, n_bad, archive_future, extracted_future = job
+    def finish(
+        spec: ScanSpec,
+        n_records: int,
+        n_bad: int,
+        archive_future: Future[bytes],
+        extracted: list[tuple[str, Future[bytes]]],
+    ) -> None:
         source = source_name(spec.scan_type, spec.start)
         archive = out_dir / "archives" / archive_name(spec.scan_type, spec.start)
         archive.write_bytes(archive_future.result())
         scan_dir = out_dir / "scans" / source
         scan_dir.mkdir(parents=True, exist_ok=True)
-        extracted = scan_dir / ("results.json" if plain else "results.json.gz")
-        extracted.write_bytes(extracted_future.result())
-        for path in (archive, extracted):
+        paths = [archive]
+        for name, future in extracted:
+            path = scan_dir / (name if plain else name + ".gz")
+            path.write_bytes(future.result())
+            paths.append(path)
+        for path in paths:
             summary.files.append(str(path.relative_to(out_dir)))
             summary.bytes += path.stat().st_size
         summary.scans.append(source)
@@ -1828,18 +2831,21 @@ def write_scan_archives(
             members, n_records, n_bad = build_scan_files(spec, size, seed, bad_line_ratio)
             source = source_name(spec.scan_type, spec.start)
             mtime = _epoch_ns(spec.start) // _NS
-            results = members["results.json"]
             archive_future = pool.submit(
                 _tar_gz, list(members.items()), source, mtime, compresslevel
             )
-            extracted_future: Future[bytes]
-            if plain:
-                extracted_future = Future()
-                extracted_future.set_result(results)
-            else:
-                extracted_future = pool.submit(_gzip, results, compresslevel)
-            del members, results
-            finish((spec, n_records, n_bad, archive_future, extracted_future))
+            names = extracted_members(spec) or tuple(sorted(members))
+            extracted: list[tuple[str, Future[bytes]]] = []
+            for name in names:
+                future: Future[bytes]
+                if plain:
+                    future = Future()
+                    future.set_result(members[name])
+                else:
+                    future = pool.submit(_gzip, members[name], compresslevel)
+                extracted.append((name, future))
+            del members
+            finish(spec, n_records, n_bad, archive_future, extracted)
     return summary
 
 
@@ -1856,7 +2862,8 @@ def generate(
     scans: Sequence[ScanSpec] = DEFAULT_SCANS,
     compresslevel: int = 6,
 ) -> GenerationSummary:
-    """Write the default eight sample scans (v1 and v2 of each scan type) under ``out_dir``."""
+    """Write the default scans under ``out_dir``: the eight Hyperquack scans (v1 and v2 of
+    each type) and one Satellite v2.2 scan (:data:`DEFAULT_SCANS`)."""
     return write_scan_archives(
         out_dir,
         scans=scans,
@@ -1872,13 +2879,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; prints a one-line JSON summary."""
     parser = argparse.ArgumentParser(
         prog="python -m services.common.sample_scans",
-        description="Write deterministic sample Hyperquack scans (archives and extracted files).",
+        description=(
+            "Write deterministic sample Hyperquack and Satellite scans "
+            "(archives and extracted files)."
+        ),
     )
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="measurements per scan")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=DEFAULT_SIZE,
+        help="measurements per scan (Satellite: results.json lines, resolvers x domains)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bad-line-ratio", type=float, default=0.0, help="fraction of bad lines")
-    parser.add_argument("--plain", action="store_true", help="extract results.json uncompressed")
+    parser.add_argument("--plain", action="store_true", help="extract the files uncompressed")
     parser.add_argument(
         "--compresslevel", type=int, default=6, choices=range(1, 10), help="gzip level (default 6)"
     )

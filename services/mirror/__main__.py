@@ -174,12 +174,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = sync_resources(args.url, args.dest, metrics=metrics, backoff=backoff)
             out, reason = result.to_dict(), None
     except Exception as exc:  # one line for the operator; details are in the logs
-        export_metrics(metrics.registry, "cp_mirror", args.metrics_file, args.pushgateway)
+        export_metrics(
+            metrics.registry, "cp_mirror", args.metrics_file, args.pushgateway, succeeded=False
+        )
         print(f"mirror: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         if os.environ.get("CP_DEBUG"):
             raise
         return 1
-    export_metrics(metrics.registry, "cp_mirror", args.metrics_file, args.pushgateway)
+    export_metrics(
+        metrics.registry,
+        "cp_mirror",
+        args.metrics_file,
+        args.pushgateway,
+        succeeded=reason is None,
+    )
     sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
     if reason:
         print(f"mirror: FAILED: {reason}", file=sys.stderr)

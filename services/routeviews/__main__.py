@@ -20,6 +20,7 @@ import orjson
 
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
+from services.common.metrics_export import export_metrics
 from services.routeviews import caida
 from services.routeviews.fetch import Fetcher
 from services.routeviews.metrics import MirrorMetrics
@@ -131,17 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def export_metrics(metrics: MirrorMetrics, args: argparse.Namespace) -> None:
-    if args.metrics_file:
-        from prometheus_client import write_to_textfile
-
-        write_to_textfile(args.metrics_file, metrics.registry)
-    if args.pushgateway:
-        from prometheus_client import push_to_gateway
-
-        push_to_gateway(args.pushgateway, job="cp_routeviews", registry=metrics.registry)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -166,10 +156,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         kind = "as2org" if args.command == "asorg" else "as2class"
         summary = mirror.sync((kind,), snapshot_days=args.snapshot_days)
-    try:
-        export_metrics(metrics, args)
-    except Exception as exc:  # metrics must not turn a good mirror run into a failure
-        print(f"routeviews: could not export metrics: {exc}", file=sys.stderr)
+    export_metrics(
+        metrics.registry,
+        "cp_routeviews",
+        args.metrics_file,
+        args.pushgateway,
+        # last_success is per kind and only set for kinds that succeeded: always send it.
+        succeeded=True,
+    )
     sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 1 if summary.failed else 0
 

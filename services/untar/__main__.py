@@ -144,12 +144,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = untar_all(cfg, metrics)
     except Exception as exc:  # e.g. the raw location cannot be listed
-        export_metrics(metrics.registry, "cp_untar", args.metrics_file, args.pushgateway)
+        export_metrics(
+            metrics.registry, "cp_untar", args.metrics_file, args.pushgateway, succeeded=False
+        )
         print(f"untar: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         if os.environ.get("CP_DEBUG"):
             raise
         return 1
-    export_metrics(metrics.registry, "cp_untar", args.metrics_file, args.pushgateway)
+    export_metrics(
+        metrics.registry, "cp_untar", args.metrics_file, args.pushgateway, succeeded=summary.ok
+    )
     sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     if not summary.ok:
         problems = summary.problems
