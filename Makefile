@@ -6,7 +6,7 @@ UV = $(shell PYTHON=$(PYTHON) scripts/ensure-uv.sh)
 VAR ?= var
 SAMPLE_SIZE ?= 200
 
-.PHONY: env run test lint typecheck docs bench clean
+.PHONY: env run test lint typecheck docs bench clean images k8s-base
 
 env:
 	$(UV) sync --frozen --quiet
@@ -18,6 +18,7 @@ run: env
 	$(UV) run python -m services.untar --raw $(VAR)/raw --target $(VAR)/bucket
 	$(UV) run python -m services.beam_launcher --input $(VAR)/bucket/scans --require-markers \
 		--resources $(VAR)/resources/current --warehouse $(VAR)/warehouse
+	$(UV) run python -m services.queries --warehouse $(VAR)/warehouse
 	$(UV) run python -m services.beam_launcher.report --warehouse $(VAR)/warehouse
 
 test: env
@@ -36,6 +37,12 @@ docs: env
 bench: env
 	$(UV) run python bench/bench_parse.py
 	$(UV) run python bench/bench_pipeline.py
+
+images:
+	docker/build-images.sh $(TAG)
+
+k8s-base: env
+	$(UV) run python tests/test_helm.py --write
 
 clean:
 	rm -rf $(VAR)

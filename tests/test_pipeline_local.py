@@ -209,3 +209,16 @@ def test_require_markers_reads_only_completed_scan_folders(tmp_path: Path) -> No
     assert table(wh, "SELECT DISTINCT source FROM echo_scan") == [
         ("CP_Quack-echo-2021-06-01-10-00-00",)
     ]
+
+
+def test_cli_writes_metrics_file_with_last_success_only_on_success(tmp_path: Path) -> None:
+    inp, wh = tmp_path / "in", tmp_path / "wh"
+    write_scan(inp, "CP_Quack-echo-2021-06-01-10-00-00", good_lines(3))
+    ok_file, bad_file = tmp_path / "ok.prom", tmp_path / "bad.prom"
+    assert main(["--input", str(inp), "--warehouse", str(wh), "--metrics-file", str(ok_file)]) == 0
+    text = ok_file.read_text()
+    assert 'cp_launcher_rows_total{scan_type="echo"} 9.0' in text
+    assert "cp_launcher_last_success_timestamp_seconds " in text
+    write_scan(inp, "CP_Quack-echo-2021-06-02-10-00-00", ["bad"] * 3)
+    assert main(["--input", str(inp), "--warehouse", str(wh), "--metrics-file", str(bad_file)]) == 1
+    assert "cp_launcher_last_success_timestamp_seconds" not in bad_file.read_text()

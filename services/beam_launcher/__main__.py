@@ -11,9 +11,12 @@ import sys
 
 import orjson
 
+from services.beam_launcher.metrics import LauncherMetrics
 from services.beam_launcher.run import RunConfig, RunFailed, run
+from services.common.chain import ChainError, chain_after_success
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
+from services.common.metrics_export import export_metrics
 from services.common.scans import SCAN_TYPES
 
 
@@ -96,6 +99,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         default=env_or("CP_TEMP_LOCATION"),
         help="gs:// folder for BigQuery loads and run stats (bigquery sink)",
     )
+    p.add_argument("--pushgateway", default=env_or("CP_PUSHGATEWAY"), help="Pushgateway URL")
+    p.add_argument(
+        "--metrics-file", default=env_or("CP_METRICS_FILE"), help="also write metrics here"
+    )
     p.add_argument("--log-level", default=env_or("LOG_LEVEL", "INFO"))
     args, beam_args = p.parse_known_args(argv)
     if not args.input:
@@ -133,17 +140,37 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     if args.ip_org_mmdb:  # read by the workers' enrichers (also set on Dataflow workers)
         os.environ["CP_IP_ORG_MMDB"] = args.ip_org_mmdb
+    metrics = LauncherMetrics()
+
+    def push(succeeded: bool) -> None:
+        export_metrics(
+            metrics.registry,
+            "cp_beam_launcher",
+            args.metrics_file,
+            args.pushgateway,
+            grouping_key={"scan_type": args.scan_type},
+            succeeded=succeeded,
+        )
+
     try:
-        summary = run(cfg)
+        summary = run(cfg, metrics)
     except RunFailed as exc:
+        push(False)
         print(f"beam_launcher: FAILED: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # one line for the operator; the traceback is in the logs
+        push(False)
         print(f"beam_launcher: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         if os.environ.get("CP_DEBUG"):
             raise
         return 1
+    push(True)
     sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    try:
+        chain_after_success()
+    except ChainError as exc:
+        print(f"beam_launcher: FAILED to start the next stage: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,2 @@
+-- Key/value state of the service.
+SELECT key, value FROM derived._query_state
