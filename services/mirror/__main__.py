@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from services.common.chain import ChainError, chain_after_success
 from services.common.config import env_or
 from services.common.httpfetch import Backoff
 from services.common.logsetup import configure_logging
@@ -191,6 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
     if reason:
         print(f"mirror: FAILED: {reason}", file=sys.stderr)
+        return 1
+    try:
+        chain_after_success()  # no-op unless $CP_NEXT_STAGE names a next stage
+    except ChainError as exc:
+        print(f"mirror: FAILED to start the next stage: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from services.common.chain import ChainError, chain_after_success
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
 from services.common.metrics_export import export_metrics
@@ -164,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{detail}{more}",
             file=sys.stderr,
         )
+        return 1
+    try:
+        chain_after_success()  # no-op unless $CP_NEXT_STAGE names a next stage
+    except ChainError as exc:
+        print(f"untar: FAILED to start the next stage: {exc}", file=sys.stderr)
         return 1
     return 0
 
