@@ -99,6 +99,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         default=env_or("CP_TEMP_LOCATION"),
         help="gs:// folder for BigQuery loads and run stats (bigquery sink)",
     )
+    p.add_argument(
+        "--job-deadline-hours",
+        type=float,
+        default=float(env_or("CP_JOB_DEADLINE_HOURS", "0") or 0),
+        help="cancel and fail a Beam (Dataflow) job still running after this (0: no limit)",
+    )
     p.add_argument("--pushgateway", default=env_or("CP_PUSHGATEWAY"), help="Pushgateway URL")
     p.add_argument(
         "--metrics-file", default=env_or("CP_METRICS_FILE"), help="also write metrics here"
@@ -128,6 +134,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         ip_metadata=args.ip_metadata,
         max_staleness_days=args.max_staleness_days,
         require_markers=args.require_markers,
+        job_deadline_s=args.job_deadline_hours * 3600 or None,
         pipeline_args=beam_args,
     )
     if args.resources:

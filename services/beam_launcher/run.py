@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from services.beam_launcher import pipeline as graph
 from services.beam_launcher.inputs import discover
+from services.beam_launcher.jobwait import wait_for_job
 from services.beam_launcher.metrics import LauncherMetrics
 from services.beam_launcher.processing import FileTask
 from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
@@ -52,6 +53,7 @@ class RunConfig:
     ip_metadata: str | None = None  # mirrored CAIDA files (python -m services.routeviews)
     max_staleness_days: int = 30
     require_markers: bool = False  # read only scan folders untar marked complete
+    job_deadline_s: float | None = None  # cancel and fail a Beam job running longer
     bad_line_threshold: float = 0.10
     sink: str = "local"  # local | bigquery
     bq_project: str | None = None
@@ -280,9 +282,7 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
         fam_run = f"{run_id}-{family[:3]}"
         try:
             result = build_pipeline(cfg, tasks, warehouse, fam_run, family).run()
-            state = result.wait_until_finish()
-            if str(state) not in ("DONE", "PipelineState.DONE"):
-                raise RuntimeError(f"Beam pipeline ended in state {state}")
+            wait_for_job(result, cfg.job_deadline_s, log)
             counters = beam_counters(result)
             summary.beam_counters.update(counters)
             log.info("beam_counters", family=family, **counters)
