@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 import contextlib
@@ -88,7 +89,7 @@ class StreamStorage(Storage, Protocol):
     def remove_stale_temps(self, prefix: str, older_than_s: float) -> int: ...
 
 
-class AtomicWriter:
+class AtomicWriter(abc.ABC):
     """A write handle from ``open_write``: counts bytes and hashes them (MD5) as they pass.
 
     Usable as the ``fileobj`` of ``gzip.GzipFile``. ``info`` is set once published.
@@ -118,8 +119,9 @@ class AtomicWriter:
     def md5_digest(self) -> bytes:
         return self._md5.digest()
 
-    def flush(self) -> None:  # data is published on commit, never partially
-        pass
+    def flush(self) -> None:
+        """No-op: data is published on commit, never partially."""
+        return None
 
     def writable(self) -> bool:
         return True
@@ -133,15 +135,15 @@ class AtomicWriter:
     def tell(self) -> int:
         return self.size
 
-    # Backend hooks.
-    def _sink(self, data: bytes | bytearray | memoryview) -> None:
-        raise NotImplementedError
+    # Backend hooks (each backend's writer implements all three).
+    @abc.abstractmethod
+    def _sink(self, data: bytes | bytearray | memoryview) -> None: ...
 
-    def _commit(self) -> ObjectInfo:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _commit(self) -> ObjectInfo: ...
 
-    def _abort(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _abort(self) -> None: ...
 
     def commit(self) -> ObjectInfo:
         """Publish (``open_write`` calls it when the block ends without an error)."""
@@ -335,7 +337,7 @@ class GcsStorage:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from google.cloud import storage as gcs  # type: ignore[attr-defined]
+            from google.cloud import storage as gcs  # type: ignore[attr-defined,unused-ignore]
 
             if os.environ.get("STORAGE_EMULATOR_HOST"):
                 from google.auth.credentials import AnonymousCredentials
