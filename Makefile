@@ -25,8 +25,8 @@ test: env
 	$(UV) run pytest -q
 
 lint: env
-	$(UV) run ruff check services tests bench
-	$(UV) run ruff format --check services tests bench
+	$(UV) run ruff check services tests bench deploy
+	$(UV) run ruff format --check services tests bench deploy
 
 typecheck: env
 	$(UV) run mypy services

@@ -1,7 +1,9 @@
 """Alert rules (promtool) and the push path: launcher metrics -> Pushgateway -> Prometheus.
 
 Prometheus, promtool and the Pushgateway come from .ci/install-prometheus.sh (apt). The
-tests start them on 127.0.0.1 free ports and skip, saying why, when they are absent.
+tests start them on 127.0.0.1 free ports (one stack per module) and skip, saying why, when
+they are absent. The live test also runs every cp_* query of the dashboards in
+deploy/dashboards/ against pushed metrics.
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import push_to_gateway
+from prometheus_client import delete_from_gateway, push_to_gateway
 
 from services.beam_launcher.metrics import LauncherMetrics
+from services.mirror.metrics import MirrorMetrics
+from services.queries.metrics import QueriesMetrics
+from services.routeviews.metrics import MirrorMetrics as RouteviewsMetrics
+from services.untar.metrics import UntarMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "deploy" / "alerts.yaml"
 ALERTS_TEST = ROOT / "deploy" / "alerts_test.yaml"
 CHART_ALERTS = ROOT / "helm" / "cp-pipeline" / "files" / "alerts.yaml"
+DASHBOARDS = ROOT / "deploy" / "dashboards"
 INSTALL_HINT = "run .ci/install-prometheus.sh"
 
 
@@ -91,8 +98,9 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
     assert out.returncode != 0
 
 
-@pytest.fixture()
-def stack(tmp_path: Path) -> Iterator[dict[str, str]]:
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    tmp_path = tmp_path_factory.mktemp("prometheus")
     prometheus = need("prometheus")
     pushgateway = need("prometheus-pushgateway")
     pg_port, prom_port = free_port(), free_port()
@@ -184,3 +192,72 @@ def test_pushed_launcher_metrics_reach_prometheus(stack: dict[str, str]) -> None
     assert query(stack["prometheus"], "absent(cp_mirror_last_success_timestamp_seconds)")
     rules = get_json(f"{stack['prometheus']}/api/v1/rules")["data"]["groups"]
     assert {r["name"] for g in rules for r in g["rules"]} >= {"CpStageStale"}
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, expr) of every dashboard target that reads cp_* metrics.
+
+    Panels on kube-state-metrics (kube_job_*, kube_cronjob_*) are left out: the test stack
+    has no Kubernetes cluster and no kube-state-metrics to scrape (their PromQL is still
+    checked by tests/test_dashboards.py with promtool).
+    """
+    found: list[tuple[str, str]] = []
+    for path in sorted(DASHBOARDS.glob("*.json")):
+        for panel in json.loads(path.read_text())["panels"]:
+            for inner in [panel, *panel.get("panels", [])]:
+                for target in inner.get("targets", []):
+                    expr = target["expr"].replace("$release", "cp-pipeline")
+                    if "cp_" in expr and "kube_" not in expr:
+                        found.append((inner["title"], expr))
+    return found
+
+
+def test_every_dashboard_query_answers_from_pushed_metrics(stack: dict[str, str]) -> None:
+    """Push what the stages push (launcher, queries with quality gauges, the other stages'
+    last success), then every cp_* dashboard query returns at least one series."""
+    launcher = LauncherMetrics()
+    launcher.files.labels(scan_type="http", status="ok").inc(10)
+    launcher.files.labels(scan_type="http", status="rejected").inc(1)
+    launcher.lines.labels(scan_type="http").inc(5000)
+    launcher.rows.labels(scan_type="http").inc(4900)
+    launcher.dead_letters.labels(scan_type="http", error_class="json").inc(100)
+    launcher.coverage.labels(scan_type="http", field="asn").set(0.97)
+    launcher.coverage.labels(scan_type="http", field="country").set(0.99)
+    launcher.ip_metadata_missing.labels(scan_type="http").set(3)
+    launcher.duration.set(120)
+    launcher.last_success.set_to_current_time()
+    queries = QueriesMetrics()
+    queries.rows_written.labels(target="merged_reduced_scans").inc(4900)
+    queries.completeness.labels(scan_type="http", date="2024-01-01").set(1.0)
+    queries.newest_complete_date.labels(table="merged_reduced_scans").set(1704067200)
+    queries.dead_letters.labels(scan_type="http", stage="parse", error_class="json").set(100)
+    queries.duration.set(60)
+    queries.last_success.set_to_current_time()
+    mirror, untar, routeviews = MirrorMetrics(), UntarMetrics(), RouteviewsMetrics()
+    mirror.last_success.set_to_current_time()
+    untar.last_success.set_to_current_time()
+    routeviews.last_success.labels(kind="routeviews").set_to_current_time()
+    pushes: list[tuple[str, Any, dict[str, str]]] = [
+        ("cp_beam_launcher", launcher.registry, {"scan_type": "http"}),
+        ("cp_queries", queries.registry, {}),
+        ("cp_mirror", mirror.registry, {}),
+        ("cp_untar", untar.registry, {}),
+        ("cp_routeviews", routeviews.registry, {}),
+    ]
+    for job, registry, grouping in pushes:
+        push_to_gateway(stack["pushgateway"], job=job, registry=registry, grouping_key=grouping)
+    try:
+        checks = dashboard_queries()
+        assert len(checks) >= 15
+        wait_query(stack["prometheus"], 'cp_routeviews_last_success_timestamp_seconds{kind!=""}')
+        wait_query(stack["prometheus"], 'cp_launcher_rows_total{job="cp_beam_launcher"}')
+        wait_query(stack["prometheus"], "cp_quality_newest_complete_date_seconds")
+        empty = [(title, expr) for title, expr in checks if not query(stack["prometheus"], expr)]
+        assert empty == [], empty
+        rows_per_s = next(expr for title, expr in checks if title.startswith("Rows per second"))
+        (rate,) = query(stack["prometheus"], rows_per_s)
+        assert float(rate["value"][1]) == pytest.approx(4900 / 120)
+    finally:
+        # Leave the shared stack as found (the other live test expects mirror never pushed).
+        for job, _, grouping in pushes:
+            delete_from_gateway(stack["pushgateway"], job=job, grouping_key=grouping)
