@@ -222,3 +222,32 @@ def test_cli_writes_metrics_file_with_last_success_only_on_success(tmp_path: Pat
     write_scan(inp, "CP_Quack-echo-2021-06-02-10-00-00", ["bad"] * 3)
     assert main(["--input", str(inp), "--warehouse", str(wh), "--metrics-file", str(bad_file)]) == 1
     assert "cp_launcher_last_success_timestamp_seconds" not in bad_file.read_text()
+
+
+def test_date_window_for_backfills_and_beam_counters_metric(tmp_path: Path) -> None:
+    from services.beam_launcher.metrics import LauncherMetrics
+
+    inp, wh = tmp_path / "in", tmp_path / "wh"
+    for day in ("01", "02", "03"):
+        write_scan(inp, f"CP_Quack-echo-2021-06-{day}-10-00-00", good_lines(2))
+    metrics = LauncherMetrics()
+    code = main(
+        [
+            "--input",
+            str(inp),
+            "--warehouse",
+            str(wh),
+            "--start-date",
+            "2021-06-02",
+            "--end-date",
+            "2021-06-02",
+        ]
+    )
+    assert code == 0
+    assert table(wh, "SELECT DISTINCT source FROM echo_scan") == [
+        ("CP_Quack-echo-2021-06-02-10-00-00",)
+    ]
+    run(cfg(inp, wh), metrics)  # the other two days, as the nightly run would
+    assert table(wh, "SELECT count(DISTINCT source) FROM echo_scan") == [(3,)]
+    labels = {"name": "echo.lines"}
+    assert metrics.registry.get_sample_value("cp_launcher_beam_counter", labels) == 4.0

@@ -6,6 +6,7 @@ Exit code 0 on success, 1 with a one-line reason on failure.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 
@@ -100,6 +101,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         help="gs:// folder for BigQuery loads and run stats (bigquery sink)",
     )
     p.add_argument(
+        "--start-date",
+        type=dt.date.fromisoformat,
+        default=env_or("CP_START_DATE"),
+        help="only scans dated on/after this day (YYYY-MM-DD, from the scan name)",
+    )
+    p.add_argument(
+        "--end-date",
+        type=dt.date.fromisoformat,
+        default=env_or("CP_END_DATE"),
+        help="only scans dated on/before this day (YYYY-MM-DD)",
+    )
+    p.add_argument(
         "--job-deadline-hours",
         type=float,
         default=float(env_or("CP_JOB_DEADLINE_HOURS", "0") or 0),
@@ -135,11 +148,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         max_staleness_days=args.max_staleness_days,
         require_markers=args.require_markers,
         job_deadline_s=args.job_deadline_hours * 3600 or None,
+        start_date=_as_date(args.start_date),
+        end_date=_as_date(args.end_date),
         pipeline_args=beam_args,
     )
     if args.resources:
         cfg.resources = args.resources
     return cfg, args
+
+
+def _as_date(value: object) -> dt.date | None:
+    """Env defaults arrive as strings (argparse applies ``type`` only to given flags)."""
+    if value is None or isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 
 from services.beam_launcher import satellite
@@ -46,6 +47,8 @@ def discover(
     scan_types: tuple[str, ...],
     pipeline_version: str,
     require_markers: bool = False,
+    start_date: dt.date | None = None,
+    end_date: dt.date | None = None,
 ) -> InputPlan:
     """List ``input_url`` and return one FileTask per data file of ``scan_types``.
 
@@ -73,6 +76,8 @@ def discover(
             continue
         if scan.scan_type not in scan_types:
             continue
+        if (start_date and scan.date < start_date) or (end_date and scan.date > end_date):
+            continue  # outside the requested date window (backfills)
         base = strip_gz(name)
         task = FileTask(
             url=obj.url,

@@ -61,6 +61,12 @@ class LauncherMetrics:
             ["scan_type"],
             registry=r,
         )
+        self.beam_counter = Gauge(
+            "cp_launcher_beam_counter",
+            "Beam counters of the last run (namespace censoredplanet), read back from the job",
+            ["name"],
+            registry=r,
+        )
         self.bytes_read = Counter("cp_launcher_bytes_read", "Bytes of scan files read", registry=r)
         self.duration = Gauge(
             "cp_launcher_run_duration_seconds", "Wall time of the last run", registry=r

@@ -54,6 +54,8 @@ class RunConfig:
     max_staleness_days: int = 30
     require_markers: bool = False  # read only scan folders untar marked complete
     job_deadline_s: float | None = None  # cancel and fail a Beam job running longer
+    start_date: dt.date | None = None  # only scans whose name date is in [start, end]
+    end_date: dt.date | None = None
     bad_line_threshold: float = 0.10
     sink: str = "local"  # local | bigquery
     bq_project: str | None = None
@@ -255,7 +257,9 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
     if cfg.full:
         warehouse.reset(cfg.scan_types)
     warehouse.ensure_tables()
-    plan = discover(cfg.input, cfg.scan_types, version, cfg.require_markers)
+    plan = discover(
+        cfg.input, cfg.scan_types, version, cfg.require_markers, cfg.start_date, cfg.end_date
+    )
     for s in plan.skipped:
         log.warning("input_skipped", url=s.url, reason=s.reason)
         metrics.files_skipped.labels(reason="unrecognised").inc()
@@ -329,6 +333,8 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
             dead_letters=v.stats.get("dead_letters", 0),
         )
     _coverage(verdicts, metrics, log)
+    for name, value in summary.beam_counters.items():
+        metrics.beam_counter.labels(name=name).set(value)
     summary.files_processed = len(verdicts)
     summary.stats = dict(totals)
     summary.rows_by_table = rows_by_table
