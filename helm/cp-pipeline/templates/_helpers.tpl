@@ -111,6 +111,7 @@ CP_* settings of a stage as a YAML map (name: value); the stage's env wins.
 {{- $_ := set $env "CP_IP_METADATA" $s.ipMetadata -}}
 {{- else if eq .stage "beam-launcher" -}}
 {{- $_ := set $env "CP_INPUT" $s.scans -}}
+{{- $_ := set $env "CP_REQUIRE_MARKERS" "true" -}}
 {{- $_ := set $env "CP_RESOURCES" $s.resources -}}
 {{- $_ := set $env "CP_IP_METADATA" $s.ipMetadata -}}
 {{- $_ := set $env "CP_SINK" "bigquery" -}}
