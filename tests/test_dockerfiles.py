@@ -10,6 +10,14 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("beam_launcher", "mirror", "queries", "routeviews", "untar")
+# pyproject.toml dependency group(s) each image installs besides the shared dependencies.
+SERVICE_GROUPS = {
+    "beam_launcher": ["beam"],
+    "mirror": [],
+    "queries": ["queries"],
+    "routeviews": [],
+    "untar": [],
+}
 # Beyond services/__init__.py, services/common and the service itself, what each may copy.
 EXTRA_COPIES = {
     "beam_launcher": {"resources/sample"},
@@ -60,10 +68,13 @@ def test_dockerfile_structure(svc: str) -> None:
         )
     assert froms[0].endswith(" AS builder")
 
-    # uv installed by pip in the builder; dependencies exactly as locked, no dev group.
+    # uv installed by pip in the builder; dependencies exactly as locked: the shared ones
+    # plus only this service's dependency group (never dev, never another service's).
     runs = [args for op, args in ins if op == "RUN"]
     assert any(re.search(r"pip install uv==\d+\.\d+\.\d+", r) for r in runs)
-    assert any("uv sync --frozen --no-dev" in r for r in runs)
+    syncs = [r for r in runs if "uv sync" in r]
+    assert len(syncs) == 1 and "--frozen --no-default-groups" in syncs[0]
+    assert re.findall(r"--group (\w+)", syncs[0]) == SERVICE_GROUPS[svc]
 
     # No ADD at all (so no ADD of URLs); no curl|wget piping into the build.
     assert "ADD" not in ops
