@@ -115,7 +115,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     )
     procs = [
         subprocess.Popen(
-            [pushgateway, f"--web.listen-address=127.0.0.1:{pg_port}"],
+            # Debian's build persists to /var/lib/prometheus by default: keep each test
+            # stack's state to itself.
+            [
+                pushgateway,
+                f"--web.listen-address=127.0.0.1:{pg_port}",
+                f"--persistence.file={tmp_path / 'pushgateway.data'}",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         ),
@@ -260,4 +266,57 @@ def test_every_dashboard_query_answers_from_pushed_metrics(stack: dict[str, str]
     finally:
         # Leave the shared stack as found (the other live test expects mirror never pushed).
         for job, _, grouping in pushes:
+            delete_from_gateway(stack["pushgateway"], job=job, grouping_key=grouping)
+
+
+def test_real_local_stages_push_to_the_pushgateway(stack: dict[str, str], tmp_path: Path) -> None:
+    """Run the stages' own CLIs as `make run` does, each with --pushgateway: their
+    metrics (and last-success times) reach Prometheus under their job names."""
+    from services.beam_launcher.__main__ import main as launcher_main
+    from services.common.sample_scans import write_scan_archives
+    from services.mirror.__main__ import main as mirror_main
+    from services.queries.__main__ import main as queries_main
+    from services.untar.__main__ import main as untar_main
+
+    write_scan_archives(tmp_path / "sample", size=20, compresslevel=1)
+    gw = ["--pushgateway", stack["pushgateway"]]
+    raw, bucket, wh = tmp_path / "raw", tmp_path / "bucket", tmp_path / "wh"
+    jobs = {
+        "cp_mirror": {},
+        "cp_untar": {},
+        "cp_beam_launcher": {},
+        "cp_queries": {},
+    }
+    try:
+        assert (
+            mirror_main(
+                [
+                    "archives",
+                    "--source",
+                    str(tmp_path / "sample" / "archives"),
+                    "--dest",
+                    str(raw),
+                    *gw,
+                ]
+            )
+            == 0
+        )
+        assert untar_main(["--raw", str(raw), "--target", str(bucket), *gw]) == 0
+        assert (
+            launcher_main(
+                ["--input", str(bucket / "scans"), "--require-markers", "--warehouse", str(wh), *gw]
+            )
+            == 0
+        )
+        assert queries_main(["--warehouse", str(wh), *gw]) == 0
+        for job in jobs:
+            series = wait_query(
+                stack["prometheus"],
+                f'{{__name__=~"cp_.*_last_success_timestamp_seconds",job="{job}"}}',
+            )
+            assert float(series[0]["value"][1]) > time.time() - 600, job
+        rows = wait_query(stack["prometheus"], 'cp_launcher_rows_total{job="cp_beam_launcher"}')
+        assert sum(float(s["value"][1]) for s in rows) > 0
+    finally:
+        for job, grouping in jobs.items():
             delete_from_gateway(stack["pushgateway"], job=job, grouping_key=grouping)

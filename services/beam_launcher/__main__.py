@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             "cp_beam_launcher",
             args.metrics_file,
             args.pushgateway,
-            grouping_key={"scan_type": args.scan_type},
+            # The metrics carry their own scan_type label; a grouping label of the same
+            # name must agree with it, so "all" runs group by job only.
+            grouping_key={} if args.scan_type == "all" else {"scan_type": args.scan_type},
             succeeded=succeeded,
         )
 

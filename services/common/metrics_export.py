@@ -58,5 +58,14 @@ def export_metrics(
             pushadd_to_gateway(pushgateway, job=job, registry=source, grouping_key=grouping_key)
             done.append(pushgateway)
         except Exception as exc:  # network trouble must not fail the batch job
-            log.warning("metrics_push_failed", gateway=pushgateway, error=str(exc))
+            detail = ""
+            body = getattr(exc, "read", None)
+            if callable(body):  # urllib HTTPError: the gateway says what it rejected
+                try:
+                    detail = body().decode("utf-8", "replace")[:2000]
+                except Exception:
+                    detail = ""
+            log.warning(
+                "metrics_push_failed", gateway=pushgateway, error=str(exc), detail=detail or None
+            )
     return done
