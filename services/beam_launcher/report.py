@@ -46,6 +46,14 @@ def render(warehouse: Path) -> str:
         ).fetchall()
         for status, count, lines, rows in files:
             out.append(f"processed_files[{status}]: {count} files, {lines} lines, {rows} rows")
+        derived = con.execute(
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = 'derived' AND table_name NOT LIKE '\\_%' ESCAPE '\\' "
+            "ORDER BY 1"
+        ).fetchall()
+        for (name,) in derived:  # written by the queries service, when it has run
+            (n,) = con.execute(f'SELECT count(*) FROM derived."{name}"').fetchone()  # type: ignore[misc]
+            out.append(f"derived.{name}: {n} rows")
     out.append("")
     out.append(
         'Query it: uv run python -c "import duckdb; print(duckdb.connect('
