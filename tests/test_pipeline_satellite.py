@@ -10,7 +10,12 @@ import duckdb
 import pytest
 
 from services.beam_launcher.run import RunConfig, RunFailed, run
-from tests.conftest import REAL, REAL_RESOURCES, REAL_SAT_SCANS, build_real_satellite_input
+from tests.conftest import (
+    REAL_RESOURCES,
+    REAL_SAT_SCANS,
+    build_real_satellite_input,
+    require_real,
+)
 from tests.test_pipeline_local import good_lines, write_scan
 
 pytestmark = pytest.mark.slow
@@ -117,7 +122,8 @@ def test_broken_satellite_scan_does_not_block_hyperquack(tmp_path: Path) -> None
     write_scan(inp, "CP_Quack-echo-2021-06-01-10-00-00", good_lines(5))
     bad = inp / "CP_Satellite-2021-10-20-14-00-01"
     bad.mkdir(parents=True)
-    record = json.loads((REAL / "satellite_v2.2" / "results.json").read_text().splitlines()[0])
+    real = require_real()
+    record = json.loads((real / "satellite_v2.2" / "results.json").read_text().splitlines()[0])
     record["start_time"] = ""  # the seed dropped such rows silently
     (bad / "results.json").write_text(
         "\n".join([json.dumps(record), "{not json", json.dumps(record)])
