@@ -15,6 +15,7 @@ import orjson
 from services.beam_launcher.metrics import LauncherMetrics
 from services.beam_launcher.run import RunConfig, RunFailed, run
 from services.common.chain import ChainError, chain_after_success
+from services.common.cli import add_ops_arguments, date_arg
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
 from services.common.metrics_export import export_metrics
@@ -102,13 +103,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
     )
     p.add_argument(
         "--start-date",
-        type=dt.date.fromisoformat,
+        type=date_arg,
         default=env_or("CP_START_DATE"),
         help="only scans dated on/after this day (YYYY-MM-DD, from the scan name)",
     )
     p.add_argument(
         "--end-date",
-        type=dt.date.fromisoformat,
+        type=date_arg,
         default=env_or("CP_END_DATE"),
         help="only scans dated on/before this day (YYYY-MM-DD)",
     )
@@ -118,11 +119,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         default=float(env_or("CP_JOB_DEADLINE_HOURS", "0") or 0),
         help="cancel and fail a Beam (Dataflow) job still running after this (0: no limit)",
     )
-    p.add_argument("--pushgateway", default=env_or("CP_PUSHGATEWAY"), help="Pushgateway URL")
-    p.add_argument(
-        "--metrics-file", default=env_or("CP_METRICS_FILE"), help="also write metrics here"
-    )
-    p.add_argument("--log-level", default=env_or("LOG_LEVEL", "INFO"))
+    add_ops_arguments(p)
     args, beam_args = p.parse_known_args(argv)
     if not args.input:
         p.error("--input is required (or $CP_INPUT)")

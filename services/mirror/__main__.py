@@ -7,7 +7,6 @@ is printed as JSON on stdout.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from collections.abc import Sequence
 import orjson
 
 from services.common.chain import ChainError, chain_after_success
+from services.common.cli import add_ops_arguments, date_arg, scan_types_arg
 from services.common.config import env_or
 from services.common.httpfetch import Backoff
 from services.common.logsetup import configure_logging
@@ -25,42 +25,13 @@ from services.mirror.metrics import MirrorMetrics
 from services.mirror.resources import sync_resources
 
 
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
-
-
-def _scan_types(text: str) -> tuple[str, ...] | None:
-    if text in ("", "all"):
-        return None
-    types = tuple(t.strip() for t in text.split(",") if t.strip())
-    unknown = [t for t in types if t not in SCAN_TYPES]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown scan type(s) {', '.join(unknown)}; known: {', '.join(SCAN_TYPES)}"
-        )
-    return types
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m services.mirror",
         description="Mirror Censored Planet scan archives and resource files.",
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-level", default=env_or("LOG_LEVEL", "INFO"))
-    common.add_argument(
-        "--metrics-file",
-        default=env_or("CP_METRICS_FILE"),
-        help="write Prometheus metrics here (textfile format) ($CP_METRICS_FILE)",
-    )
-    common.add_argument(
-        "--pushgateway",
-        default=env_or("CP_PUSHGATEWAY"),
-        help="push metrics to this Pushgateway ($CP_PUSHGATEWAY)",
-    )
+    add_ops_arguments(common)
     common.add_argument(
         "--retries",
         type=int,
@@ -86,19 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument(
         "--since",
-        type=_date,
+        type=date_arg,
         default=env_or("CP_MIRROR_SINCE"),
         help="first scan date, inclusive ($CP_MIRROR_SINCE)",
     )
     a.add_argument(
         "--until",
-        type=_date,
+        type=date_arg,
         default=env_or("CP_MIRROR_UNTIL"),
         help="last scan date, inclusive ($CP_MIRROR_UNTIL)",
     )
     a.add_argument(
         "--scan-types",
-        type=_scan_types,
+        type=scan_types_arg,
         default=env_or("CP_SCAN_TYPES", "all"),
         help=f"comma-separated subset of {','.join(SCAN_TYPES)} (default all; $CP_SCAN_TYPES)",
     )

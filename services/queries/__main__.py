@@ -6,25 +6,18 @@ Exit code 0 on success (summary as JSON on stdout), 1 with a one-line reason on 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 
 import orjson
 
 from services.common.chain import ChainError, chain_after_success
+from services.common.cli import add_ops_arguments, date_arg
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
 from services.common.metrics_export import export_metrics
 from services.queries.metrics import QueriesMetrics
 from services.queries.run import QueriesConfig, QueriesFailed, run
-
-
-def _date(value: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[QueriesConfig, argparse.Namespace]:
@@ -59,8 +52,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[QueriesConfig, argparse.N
         help="bigquery: validate every statement with dry-run jobs, change nothing",
     )
     p.add_argument("--full", action="store_true", help="rebuild every partition")
-    p.add_argument("--start", type=_date, help="rebuild the partitions from this date ...")
-    p.add_argument("--end", type=_date, help="... to this date (inclusive)")
+    p.add_argument("--start", type=date_arg, help="rebuild the partitions from this date ...")
+    p.add_argument("--end", type=date_arg, help="... to this date (inclusive)")
     p.add_argument(
         "--export",
         default=env_or("CP_EXPORT"),
@@ -84,11 +77,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[QueriesConfig, argparse.N
         default=92,
         help="longest date range rebuilt in one transaction (default 92)",
     )
-    p.add_argument(
-        "--metrics-file", default=env_or("CP_METRICS_FILE"), help="write metrics (textfile)"
-    )
-    p.add_argument("--pushgateway", default=env_or("CP_PUSHGATEWAY"), help="push metrics here")
-    p.add_argument("--log-level", default=env_or("LOG_LEVEL", "INFO"))
+    add_ops_arguments(p)
     args = p.parse_args(argv)
     cfg = QueriesConfig(
         warehouse=args.warehouse,

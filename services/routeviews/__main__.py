@@ -12,12 +12,12 @@ listing failed (the other files are still published), 2 on bad usage.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 from collections.abc import Sequence
 
 import orjson
 
+from services.common.cli import add_ops_arguments, date_arg
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
 from services.common.metrics_export import export_metrics
@@ -25,13 +25,6 @@ from services.routeviews import caida
 from services.routeviews.fetch import Fetcher
 from services.routeviews.metrics import MirrorMetrics
 from services.routeviews.mirror import Mirror, RunSummary
-
-
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -79,17 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip present files without asking CAIDA for their size (no HEAD requests)",
     )
-    common.add_argument(
-        "--metrics-file",
-        default=env_or("CP_METRICS_FILE"),
-        help="write the metrics in Prometheus text format here ($CP_METRICS_FILE)",
-    )
-    common.add_argument(
-        "--pushgateway",
-        default=env_or("CP_PUSHGATEWAY"),
-        help="push the metrics to this Pushgateway, job cp_routeviews ($CP_PUSHGATEWAY)",
-    )
-    common.add_argument("--log-level", default=env_or("LOG_LEVEL", "INFO"))
+    add_ops_arguments(common)
     snapshots = argparse.ArgumentParser(add_help=False)
     snapshots.add_argument(
         "--snapshot-days",
@@ -117,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         "as2class (asclass), or all (default: routeviews,as2org,as2class)",
     )
     back = sub.add_parser("backfill", parents=[common], help="mirror every file in a date range")
-    back.add_argument("--start", type=_date, required=True, help="first date (YYYY-MM-DD)")
-    back.add_argument("--end", type=_date, required=True, help="last date, inclusive")
+    back.add_argument("--start", type=date_arg, required=True, help="first date (YYYY-MM-DD)")
+    back.add_argument("--end", type=date_arg, required=True, help="last date, inclusive")
     back.add_argument(
         "--kinds",
         type=_kinds,

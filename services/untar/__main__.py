@@ -8,7 +8,6 @@ printed as JSON on stdout.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from collections.abc import Sequence
 import orjson
 
 from services.common.chain import ChainError, chain_after_success
+from services.common.cli import add_ops_arguments, date_arg, scan_types_arg
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
 from services.common.metrics_export import export_metrics
@@ -28,25 +28,6 @@ from services.untar.safety import (
     DEFAULT_MAX_RATIO,
     Limits,
 )
-
-
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
-
-
-def _scan_types(text: str) -> tuple[str, ...] | None:
-    if text in ("", "all"):
-        return None
-    types = tuple(t.strip() for t in text.split(",") if t.strip())
-    unknown = [t for t in types if t not in SCAN_TYPES]
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown scan type(s) {', '.join(unknown)}; known: {', '.join(SCAN_TYPES)}"
-        )
-    return types
 
 
 def _positive_int(text: str) -> int:
@@ -94,12 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--scan-types",
-        type=_scan_types,
+        type=scan_types_arg,
         default=env_or("CP_SCAN_TYPES", "all"),
         help=f"comma-separated subset of {','.join(SCAN_TYPES)} (default all; $CP_SCAN_TYPES)",
     )
-    p.add_argument("--since", type=_date, default=env_or("CP_UNTAR_SINCE"), help="first date")
-    p.add_argument("--until", type=_date, default=env_or("CP_UNTAR_UNTIL"), help="last date")
+    p.add_argument("--since", type=date_arg, default=env_or("CP_UNTAR_SINCE"), help="first date")
+    p.add_argument("--until", type=date_arg, default=env_or("CP_UNTAR_UNTIL"), help="last date")
     p.add_argument(
         "--recheck",
         action="store_true",
@@ -114,9 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TMP_MAX_AGE_S,
         help="remove abandoned local .tmp-* files older than this many seconds (default 6 h)",
     )
-    p.add_argument("--metrics-file", default=env_or("CP_METRICS_FILE"))
-    p.add_argument("--pushgateway", default=env_or("CP_PUSHGATEWAY"))
-    p.add_argument("--log-level", default=env_or("LOG_LEVEL", "INFO"))
+    add_ops_arguments(p)
     return p
 
 
