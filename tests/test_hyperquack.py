@@ -728,7 +728,7 @@ def test_identical_lines_at_different_positions_get_distinct_ids() -> None:
     assert flat(record, line_no=1, raw=RAW)[0]["measurement_id"] == first
 
 
-def test_measurement_id_depends_on_file_and_content() -> None:
+def test_measurement_id_depends_on_file_and_position() -> None:
     base = measurement_id(CTX, 1, RAW)
     other_file = FileContext(CTX.scan_type, CTX.source, "results-2.json", CTX.pipeline_version)
     other_source = FileContext(
@@ -736,7 +736,9 @@ def test_measurement_id_depends_on_file_and_content() -> None:
     )
     assert measurement_id(other_file, 1, RAW) != base
     assert measurement_id(other_source, 1, RAW) != base
-    assert measurement_id(CTX, 1, RAW + b" ") != base
+    assert measurement_id(CTX, 2, RAW) != base
+    # Content is not part of the id: the same position keeps its id when re-run.
+    assert measurement_id(CTX, 1, RAW + b" ") == base
     # The pipeline version is not part of the id: reprocessing keeps ids stable.
     same = FileContext(CTX.scan_type, CTX.source, CTX.source_file, "other-version")
     assert measurement_id(same, 1, RAW) == base

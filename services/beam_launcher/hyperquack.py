@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -51,16 +52,26 @@ class FileContext:
     pipeline_version: str
 
 
-def measurement_id(ctx: FileContext, line_no: int, raw: bytes) -> str:
-    """Deterministic id: same file position and content → same id; distinct lines differ.
+def measurement_id(ctx: FileContext, line_no: int, raw: bytes = b"") -> str:
+    """Deterministic id from the file and the line position: 32 hex characters.
 
-    Unlike the seed (uuid5 of bucket path + line), it does not depend on where the file
-    is stored, and two identical lines of one file still get distinct ids.
+    The first 24 are a digest of ``source/source_file``, the last 8 the line number in
+    hex (more digits past 2**32 lines). Same file position → same id; two identical lines
+    of one file still get distinct ids. Unlike the seed (uuid5 of bucket path + line), it
+    does not depend on where the file is stored. ``raw`` is accepted for callers that
+    have it and is not part of the id (so a re-run over the same file keeps its ids).
+
+    >>> ctx = FileContext("echo", "CP_Quack-echo-2021-05-30-01-01-01", "results.json", "v")
+    >>> measurement_id(ctx, 1)[-8:], len(measurement_id(ctx, 1))
+    ('00000001', 32)
     """
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{ctx.source}/{ctx.source_file}:{line_no}\n".encode())
-    h.update(raw)
-    return h.hexdigest()
+    return f"{file_digest(ctx.source, ctx.source_file)}{line_no:08x}"
+
+
+@functools.lru_cache(maxsize=4096)
+def file_digest(source: str, source_file: str) -> str:
+    """24 hex characters identifying one input file (the id prefix of its measurements)."""
+    return hashlib.blake2b(f"{source}/{source_file}".encode(), digest_size=12).hexdigest()
 
 
 def normalize_timestamp(value: Any, field: str) -> tuple[str, str]:
