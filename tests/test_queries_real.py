@@ -1,12 +1,14 @@
 """The queries service on the real Censored Planet fixtures, after the launcher ran.
 
 Reference: the seed's derived SQL, run by its own e2e test on the same Hyperquack files
-(110 base rows) with real IP metadata, asserts 53 derived rows and 22 domain values
-(CONTROL + 21 domains) in the versions of that test we could read; the inventory quotes
-55 for its latest version. Our rules give 53 here when every server IP has metadata; see
-README.md, "Reference numbers", for the comparison row by row. No Satellite row survives
-the seed's (and our) HTTPS-capable-domain filter: no answer in these fixtures carries a
-trusted-CA verdict (`trusted_cert` only exists in page fetches from 2022 on).
+(110 base rows) with its real IP metadata, asserts 55 derived rows and 22 domain values
+(CONTROL + 21 domains) in its latest version (53 in older versions). Our rules give 53
+with CAIDA metadata alone and exactly 55 once a per-IP organisation source separates the
+two Google servers of the HTTP v2 file, the only groups that hold more than one server IP
+(see the last two tests, and services/queries/README.md, "Reference numbers"). No
+Satellite row survives the seed's (and our) HTTPS-capable-domain filter: no answer in
+these fixtures carries a trusted-CA
+verdict (`trusted_cert` only exists in page fetches from 2022 on).
 
 IP metadata: the real CAIDA excerpts (tests/conftest.py) are laid out in tmp under one
 routeviews file per fixture month (their content is one real table of late 2020, so
@@ -261,3 +263,74 @@ def test_single_snapshot_metadata(tmp_path: Path) -> None:
     rows = derived(tmp_path / "wh")
     assert len(rows) == 24 and summary.rows_written == {TARGET: 24}
     assert {r["date"].year for r in rows} == {2020}
+
+
+# --- the seed's 55 ------------------------------------------------------------------------
+
+GOOGLE_IPS = ("34.120.75.87", "35.190.118.167")  # the HTTP v2 file's two Google servers
+
+
+def test_only_the_two_google_servers_share_a_derived_group(real: dict[str, Any]) -> None:
+    """Which derived groups could split under other IP metadata: exactly two.
+
+    Every derived group is one (date, scan, country, network, subnetwork, domain, category,
+    outcome). A group can only split into several when it holds rows of several server
+    IPs; on these fixtures only two groups do, and both hold the same two Google IPs.
+    """
+    union = " UNION ALL ".join(
+        f"SELECT '{t}' AS scan, * FROM {t}_scan" for t in ("echo", "discard", "http", "https")
+    )
+    mixed = sql(
+        real["wh"],
+        f"""
+        SELECT scan, date, IF(domain_is_control, 'CONTROL', domain) AS d, outcome,
+               list(DISTINCT server_ip ORDER BY server_ip) AS ips
+        FROM ({union})
+        WHERE NOT controls_failed
+        GROUP BY scan, date, server_country, server_as_full_name, server_asn,
+                 server_organization, d, domain_category, outcome
+        HAVING count(DISTINCT server_ip) > 1 ORDER BY d
+        """,
+    )
+    assert mixed == [
+        ("http", dt.date(2021, 5, 30), "104.com.tw", "expected/match", list(GOOGLE_IPS)),
+        ("http", dt.date(2021, 5, 30), "CONTROL", "expected/match", list(GOOGLE_IPS)),
+    ]
+
+
+def test_the_seeds_55_rows_with_organisation_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed's metadata also had a per-IP organisation (DB-IP ISP, kept when its ASN
+    agrees with CAIDA's) inside `subnetwork`. Give the two Google servers different
+    organisations, as a per-IP database can, and our rules give the seed's 55 rows: the two
+    groups above split, nothing else changes. The organisation names are test data.
+    """
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(4, "DBIP-ISP (test)", description="made by the test")
+    for ip, org in zip(GOOGLE_IPS, ("Google LLC", "Google Cloud (test)"), strict=True):
+        writer.insert_network(
+            IPSet([f"{ip}/32"]), {"autonomous_system_number": 15169, "organization": org}
+        )
+    mmdb = tmp_path / "dbip-isp-2021-05.mmdb"
+    writer.to_db_file(str(mmdb))
+    monkeypatch.setenv("CP_IP_ORG_MMDB", str(mmdb))
+    build_real_input(tmp_path / "in")
+    build_real_satellite_input(tmp_path / "in")
+    _launch(tmp_path / "in", tmp_path / "wh", build_dated_ip_metadata(tmp_path / "meta"))
+    summary, _ = run_queries(tmp_path / "wh")
+
+    rows = derived(tmp_path / "wh")
+    assert len(rows) == 55
+    assert summary.rows_written == {TARGET: 55}
+    assert len({r["domain"] for r in rows}) == 22
+    assert sum(r["count"] for r in rows) == 107
+    google = derived(tmp_path / "wh", "network = 'Google LLC'")
+    assert [(r["domain"], r["subnetwork"], r["outcome"], r["count"]) for r in google] == [
+        ("104.com.tw", "AS15169 - Google Cloud (test)", "✅match", 1),
+        ("104.com.tw", "AS15169 - Google LLC", "✅match", 1),
+        ("CONTROL", "AS15169 - Google Cloud (test)", "✅match", 1),
+        ("CONTROL", "AS15169 - Google LLC", "✅match", 1),
+    ]
