@@ -7,8 +7,8 @@ with CAIDA metadata alone and exactly 55 once a per-IP organisation source separ
 two Google servers of the HTTP v2 file, the only groups that hold more than one server IP
 (see the last two tests, and services/queries/README.md, "Reference numbers"). No
 Satellite row survives the seed's (and our) HTTPS-capable-domain filter: no answer in
-these fixtures carries a trusted-CA
-verdict (`trusted_cert` only exists in page fetches from 2022 on).
+these fixtures carries a trusted-CA verdict (`trusted_cert` only exists in page fetches
+from 2022 on).
 
 IP metadata: the real CAIDA excerpts (tests/conftest.py) are laid out in tmp under one
 routeviews file per fixture month (their content is one real table of late 2020, so
