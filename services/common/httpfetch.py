@@ -32,10 +32,13 @@ USER_AGENT = "cp-pipeline/1 (+https://censoredplanet.org)"
 class HttpError(OSError):
     """An HTTP request failed with a status that is not 2xx/304."""
 
-    def __init__(self, url: str, status: int, reason: str = "") -> None:
+    def __init__(
+        self, url: str, status: int, reason: str = "", retry_after: float | None = None
+    ) -> None:
         super().__init__(f"HTTP {status} {reason} for {url}".replace("  ", " "))
         self.url = url
         self.status = status
+        self.retry_after = retry_after  # seconds from a numeric Retry-After header
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -130,8 +133,8 @@ def request(
         except urllib.error.HTTPError as exc:
             if exc.code == 304:
                 return Response(url, 304, exc.headers, None)
-            error: BaseException = HttpError(url, exc.code, str(exc.reason))
             retry_after = _retry_after(exc.headers)
+            error: BaseException = HttpError(url, exc.code, str(exc.reason), retry_after)
             exc.close()
         except Exception as exc:
             error = exc

@@ -1,4 +1,4 @@
-"""HTTP GET/HEAD with retries and exponential backoff (standard library only).
+"""HTTP GET/HEAD with retries and backoff for routeviews files (on services.common.httpfetch).
 
 Outcomes:
 
@@ -21,14 +21,13 @@ from __future__ import annotations
 import http.client
 import random
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from services.common.httpfetch import Backoff, HttpError, is_transient, request
+
 USER_AGENT = "cp-pipeline-routeviews-mirror/1 (+https://censoredplanet.org)"
-RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MISSING_STATUSES = frozenset({404, 410})
 
 
@@ -108,9 +107,9 @@ class Fetcher:
                     break
                 self.sleep(self.delay(attempt, exc.wait))
                 continue
-            except urllib.error.HTTPError as exc:
-                result.status, result.error = exc.code, f"HTTP {exc.code}"
-                result.outcome = "missing" if exc.code in MISSING_STATUSES else "failed"
+            except HttpError as exc:
+                result.status, result.error = exc.status, f"HTTP {exc.status}"
+                result.outcome = "missing" if exc.status in MISSING_STATUSES else "failed"
                 return result
             except (_Fail, ValueError) as exc:  # too large, malformed URL
                 result.error = str(exc)
@@ -122,44 +121,43 @@ class Fetcher:
         return result
 
     def _once(self, method: str, url: str) -> tuple[int, int | None, bytes]:
-        req = urllib.request.Request(url, method=method, headers={"User-Agent": self.user_agent})
+        """One attempt through the shared client (its own retries off: this loop retries)."""
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                header = resp.headers.get("Content-Length")
-                length = int(header) if header and header.strip().isdigit() else None
-                if length is not None and length > self.max_bytes:
-                    raise _Fail(f"too large: {length} bytes > {self.max_bytes}")
-                if method == "HEAD":
-                    return resp.status, length, b""
-                chunks: list[bytes] = []
-                total = 0
-                while chunk := resp.read(1 << 20):
+            resp = request(
+                url,
+                method,
+                {"User-Agent": self.user_agent},
+                backoff=Backoff(retries=0),
+                timeout=self.timeout,
+            )
+        except HttpError as exc:
+            if is_transient(exc):
+                raise _Retry(f"HTTP {exc.status}", exc.status, exc.retry_after) from None
+            raise
+        except Exception as exc:
+            if not is_transient(exc) and not isinstance(exc, OSError):
+                raise
+            reason = getattr(exc, "reason", None) or exc
+            raise _Retry(f"{type(exc).__name__}: {reason}") from None
+        with resp:
+            header = resp.header("Content-Length")
+            length = int(header) if header and header.strip().isdigit() else None
+            if length is not None and length > self.max_bytes:
+                raise _Fail(f"too large: {length} bytes > {self.max_bytes}")
+            if method == "HEAD":
+                return resp.status, length, b""
+            assert resp.body is not None
+            chunks: list[bytes] = []
+            total = 0
+            try:
+                while chunk := resp.body.read(1 << 20):
                     total += len(chunk)
                     if total > self.max_bytes:
                         raise _Fail(f"too large: more than {self.max_bytes} bytes")
                     chunks.append(chunk)
-                data = b"".join(chunks)
-                if length is not None and len(data) != length:
-                    raise _Retry(f"short body: {len(data)} of {length} bytes")
-                return resp.status, length, data
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code in RETRY_STATUSES:
-                raise _Retry(f"HTTP {exc.code}", exc.code, _retry_after(exc)) from None
-            raise
-        except (
-            urllib.error.URLError,
-            http.client.HTTPException,
-            ConnectionError,
-            TimeoutError,
-            OSError,
-        ) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            raise _Retry(f"{type(exc).__name__}: {reason}") from None
-
-
-def _retry_after(exc: urllib.error.HTTPError) -> float | None:
-    value = exc.headers.get("Retry-After") if exc.headers else None
-    if value and value.strip().isdigit():
-        return float(value.strip())
-    return None
+            except (OSError, ValueError, http.client.HTTPException) as exc:  # dropped mid-body
+                raise _Retry(f"{type(exc).__name__}: {exc}") from None
+            data = b"".join(chunks)
+            if length is not None and len(data) != length:
+                raise _Retry(f"short body: {len(data)} of {length} bytes")
+            return resp.status, length, data
