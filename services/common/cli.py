@@ -52,3 +52,29 @@ def add_ops_arguments(p: argparse.ArgumentParser) -> None:
         help="push the run's metrics to this Pushgateway ($CP_PUSHGATEWAY)",
     )
     p.add_argument("--log-level", default=env_or("LOG_LEVEL", "INFO"), help="($LOG_LEVEL)")
+
+
+def add_retry_arguments(p: argparse.ArgumentParser, env_prefix: str, backoff: float) -> None:
+    """``--retries`` (default 4) and ``--backoff`` (first delay, doubled per retry).
+
+    Defaults come from ``$<env_prefix>_RETRIES`` / ``$<env_prefix>_BACKOFF``.
+
+    >>> p = argparse.ArgumentParser()
+    >>> add_retry_arguments(p, "CP_TEST_NOT_SET", 0.5)
+    >>> p.parse_args([]).retries, p.parse_args(["--backoff", "2"]).backoff
+    (4, 2.0)
+    """
+    retries_env, backoff_env = f"{env_prefix}_RETRIES", f"{env_prefix}_BACKOFF"
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=int(env_or(retries_env, "4") or 4),
+        help=f"retries of transient errors (5xx, timeouts, connection) (default 4; ${retries_env})",
+    )
+    p.add_argument(
+        "--backoff",
+        type=float,
+        default=float(env_or(backoff_env, str(backoff)) or backoff),
+        help=f"first retry delay in seconds, doubled per retry (default {backoff:g}; "
+        f"${backoff_env})",
+    )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import orjson
 
 from services.common.chain import ChainError, chain_after_success
-from services.common.cli import add_ops_arguments, date_arg, scan_types_arg
+from services.common.cli import add_ops_arguments, add_retry_arguments, date_arg, scan_types_arg
 from services.common.config import env_or
 from services.common.httpfetch import Backoff
 from services.common.logsetup import configure_logging
@@ -32,18 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     add_ops_arguments(common)
-    common.add_argument(
-        "--retries",
-        type=int,
-        default=int(env_or("CP_MIRROR_RETRIES", "4") or 4),
-        help="retries of transient HTTP/GCS errors (default 4; $CP_MIRROR_RETRIES)",
-    )
-    common.add_argument(
-        "--backoff",
-        type=float,
-        default=float(env_or("CP_MIRROR_BACKOFF", "0.5") or 0.5),
-        help="base backoff seconds, doubled per retry (default 0.5; $CP_MIRROR_BACKOFF)",
-    )
+    add_retry_arguments(common, "CP_MIRROR", 0.5)
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("archives", parents=[common], help="copy new scan archives")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from services.common.cli import add_ops_arguments, date_arg
+from services.common.cli import add_ops_arguments, add_retry_arguments, date_arg
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
 from services.common.metrics_export import export_metrics
@@ -49,18 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=env_or("CP_IP_METADATA"),
         help="folder or gs:// prefix of the mirrored reference data ($CP_IP_METADATA)",
     )
-    common.add_argument(
-        "--retries",
-        type=int,
-        default=int(env_or("CP_HTTP_RETRIES", "4") or 4),
-        help="retries per request on 5xx/connection errors ($CP_HTTP_RETRIES; default 4)",
-    )
-    common.add_argument(
-        "--backoff",
-        type=float,
-        default=float(env_or("CP_HTTP_BACKOFF", "2") or 2),
-        help="first retry delay in seconds, doubled each retry ($CP_HTTP_BACKOFF; default 2)",
-    )
+    add_retry_arguments(common, "CP_HTTP", 2.0)
     common.add_argument(
         "--timeout",
         type=float,
