@@ -23,6 +23,12 @@ EXTRA_COPIES = {
     "beam_launcher": {"resources/sample"},
     "queries": {"resources/country_names.csv"},
 }
+#: Copies from the builder stage besides the venv: the launcher's compiled parser modules.
+BUILDER_COPIES = {
+    "beam_launcher": [
+        ["/app/services/beam_launcher/native", "services/beam_launcher/native"],
+    ],
+}
 SECRET_WORDS = re.compile(
     r"(SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|PRIVATE|API_?KEY|_KEY\b)", re.I
 )
@@ -76,6 +82,9 @@ def test_dockerfile_structure(svc: str) -> None:
     assert len(syncs) == 1 and "--frozen --no-default-groups" in syncs[0]
     assert re.findall(r"--group (\w+)", syncs[0]) == SERVICE_GROUPS[svc]
 
+    if svc in BUILDER_COPIES:  # compiled in the builder; a failed build fails the image
+        assert any("-m services.beam_launcher.native.build --check" in r for r in runs)
+
     # No ADD at all (so no ADD of URLs); no curl|wget piping into the build.
     assert "ADD" not in ops
     assert not [r for r in runs if re.search(r"\b(curl|wget)\b", r)]
@@ -102,7 +111,8 @@ def test_dockerfile_structure(svc: str) -> None:
     for args in copies:
         parts = [p for p in args.split() if not p.startswith("--")]
         if args.startswith("--from=builder"):
-            assert parts == ["/app/.venv", "/app/.venv"]
+            # The venv, and for the launcher its compiled parser modules.
+            assert parts in (["/app/.venv", "/app/.venv"], *BUILDER_COPIES.get(svc, []))
             continue
         sources.update(parts[:-1])
     allowed = {
