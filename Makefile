@@ -10,6 +10,7 @@ SAMPLE_SIZE ?= 200
 
 env:
 	$(UV) sync --frozen --quiet
+	$(UV) run python -m services.beam_launcher.native.build
 
 run: env
 	$(UV) run python -m services.common.sample_scans --out $(VAR)/sample --size $(SAMPLE_SIZE)

@@ -5,8 +5,11 @@ Usage: ``uv run python bench/bench_satellite.py [--size 20000] [--check] [--prof
 No Beam. Each line goes through what ``ParseSatelliteBatch`` (satellite_pipeline.py) does
 for it, in this process, pinned to one CPU when the OS allows it:
 
-* ``results.json`` (observations): strip, ``orjson.loads``, ``satellite.flatten_observation``
-  and the ``_row_id`` stamp on every row;
+* ``results.json`` (observations): ``satellite_batch.parse_observation_batch``, as the
+  pipeline calls it per batch of 500 lines: strip, ``orjson.loads``, the v2.2 flattening and the
+  ``_row_id`` stamp on every row, in the C extension (``native/_satfast.c``) when it is
+  built and ``$CP_NATIVE_PARSER`` is not ``0`` (the path is printed), else
+  ``satellite.flatten_observation``;
 * ``blockpages.json`` / ``control_pages.json`` (page fetches): strip, ``orjson.loads``,
   ``satellite.parse_page_fetch(record, matcher, keep_bodies=False)`` with the signature
   matcher of the real resources (``../shared/fixtures/real/resources``, 622 blockpage +
@@ -53,7 +56,7 @@ sys.path.insert(0, str(REPO))
 
 import orjson  # noqa: E402
 
-from services.beam_launcher import certs, satellite  # noqa: E402
+from services.beam_launcher import certs, satellite, satellite_batch  # noqa: E402
 from services.beam_launcher.hyperquack import BadRecord  # noqa: E402
 from services.beam_launcher.processing import FileTask  # noqa: E402
 from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources  # noqa: E402
@@ -110,32 +113,20 @@ def pin_to_one_cpu(cpu: int | None = None) -> str:
 # --- the per-line work, as ParseSatelliteBatch.process does it ------------------------------
 
 
+#: Lines per batch, as ``ReadLineBatches`` cuts a file (``build_satellite_graph``'s default).
+BATCH_LINES = 500
+
+
 def parse_observations(task: FileTask, first: int, lines: list[bytes]) -> Counts:
-    """``results.json`` lines → rows (role ``observations``)."""
-    ctx = task.context()
-    n_lines = n_rows = dead = 0
-    source_file, scan_date = task.source_file, task.scan_date
-    for offset, raw in enumerate(lines):
-        raw = raw.rstrip(b"\r\n")
-        if not raw.strip():
-            continue
-        n_lines += 1
-        try:
-            try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise BadRecord("invalid_json", f"invalid JSON: {exc}") from None
-            if not isinstance(record, dict):
-                raise BadRecord("not_an_object", f"record is a JSON {type(record).__name__}")
-            rows = satellite.flatten_observation(
-                record, source_file, first + offset, raw, ctx, scan_date
-            )
-            n_rows += len(rows)
-            for i, row in enumerate(rows):
-                row["_row_id"] = f"{row['measurement_id']}:{i}"
-        except BadRecord:
-            dead += 1
-    return n_lines, n_rows, dead
+    """``results.json`` lines → rows (role ``observations``): the pipeline's own batch path,
+    ``satellite_batch.parse_observation_batch`` on batches of ``BATCH_LINES`` lines (the C
+    extension when it is built and ``$CP_NATIVE_PARSER`` is not 0, else the pure-Python
+    reference). The rows of a batch are dropped when the next batch starts."""
+    stats: dict[str, int] = {}
+    for start in range(0, len(lines), BATCH_LINES):
+        batch = lines[start : start + BATCH_LINES]
+        satellite_batch.parse_observation_batch(task, first + start, batch, stats, [])
+    return stats.get("lines", 0), stats.get("rows", 0), stats.get("dead_letters", 0)
 
 
 def parse_fetches(matcher: SignatureMatcher) -> Callable[[FileTask, int, list[bytes]], Counts]:
@@ -309,6 +300,11 @@ def main() -> int:
     print(
         f"python {platform.python_version()} on {platform.machine()}; {pin_to_one_cpu(args.cpu)}; "
         f"load average {load} (other processes on the machine skew the figures)"
+    )
+    print(
+        f"results.json parse path: {satellite_batch.parser_path()} "
+        f"(${satellite_batch.NATIVE_ENV}={os.environ.get(satellite_batch.NATIVE_ENV, '')!r}; "
+        "native = C extension services/beam_launcher/native/_satfast.c)"
     )
     location = REAL_RESOURCES if REAL_RESOURCES.is_dir() else SAMPLE_RESOURCES
     res = load_resources(str(location))

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import tomllib
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,10 @@ _TEXT_KEYS = ("equals", "startswith", "endswith", "contains")
 _ERROR_CACHE_LIMIT = 20_000
 
 Predicate = Callable[[Mapping[str, Any], str | None], bool]
+#: See :meth:`RuleSet.feature_key`.
+FeatureKey = tuple[str | None, bool, bool | None, str | None, tuple[str, ...], str]
+#: Predicates compiled from rule data here: they read only what a FeatureKey holds.
+_KEYED_PREDICATES: weakref.WeakSet[Callable[..., bool]] = weakref.WeakSet()
 
 
 class RuleFileError(ValueError):
@@ -43,6 +48,8 @@ class OutcomeRule:
     predicate: Predicate
     scan_types: frozenset[str] | None
     not_scan_types: frozenset[str]
+    #: The header lines a "trusted_host" rule looks for (empty for other kinds).
+    headers: frozenset[str] = frozenset()
 
     def applies_to(self, scan_type: str) -> bool:
         if self.scan_types is not None and scan_type not in self.scan_types:
@@ -73,11 +80,20 @@ class RuleSet:
     _row_rules: tuple[tuple[int, OutcomeRule], ...] = field(init=False, repr=False, compare=False)
     # (scan type, first error) -> position of the first "error" rule that fires, or len(rules).
     _error_hits: dict[tuple[str, str], int] = field(init=False, repr=False, compare=False)
+    #: Union of the header lines of every "trusted_host" rule (see :meth:`feature_key`).
+    trusted_headers: frozenset[str] = field(init=False, repr=False, compare=False)
+    #: True when every predicate was compiled from rule data (so it reads nothing but the
+    #: feature key); False for hand-built rules with arbitrary predicates.
+    features_exact: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         row_rules = tuple((i, r) for i, r in enumerate(self.rules) if r.kind != "error")
         object.__setattr__(self, "_row_rules", row_rules)
         object.__setattr__(self, "_error_hits", {})
+        trusted = frozenset().union(*(r.headers for r in self.rules if r.kind == "trusted_host"))
+        object.__setattr__(self, "trusted_headers", trusted)
+        keyed = all(r.predicate in _KEYED_PREDICATES for r in self.rules)
+        object.__setattr__(self, "features_exact", keyed)
 
     def _first_error_rule(self, scan_type: str, error: str) -> int:
         """Position of the first applicable "error" rule matching ``error`` (memoised).
@@ -102,7 +118,42 @@ class RuleSet:
 
     def classify(self, row: Mapping[str, Any], scan_type: str) -> tuple[str, str]:
         """Return (outcome, rule id) for a flattened row."""
-        first_error = _first_error(row.get("received_error"))
+        return self._classify(row, _first_error(row.get("received_error")), scan_type)
+
+    def feature_key(self, row: Mapping[str, Any]) -> FeatureKey:
+        """Everything :meth:`classify` reads from ``row``, as a hashable tuple.
+
+        ``(first error, matches_template is False, is_known_blockpage, page_signature,
+        received headers that some trusted_host rule lists (in row order), first 3
+        characters of received_status or "")``. Rows with equal keys get equal outcomes
+        (:meth:`classify_features`); the native parser builds the same key in C.
+        """
+        trusted = self.trusted_headers
+        headers = row.get("received_headers") or ()
+        return (
+            _first_error(row.get("received_error")),
+            row.get("matches_template") is False,
+            row.get("is_known_blockpage"),
+            row.get("page_signature"),
+            tuple(h for h in headers if h in trusted),
+            (row.get("received_status") or "")[:3],
+        )
+
+    def classify_features(self, key: FeatureKey, scan_type: str) -> tuple[str, str]:
+        """What :meth:`classify` returns for any row whose :meth:`feature_key` is ``key``."""
+        first_error, mismatch, known_blockpage, signature, headers, status3 = key
+        view = {
+            "matches_template": False if mismatch else None,
+            "is_known_blockpage": known_blockpage,
+            "page_signature": signature,
+            "received_headers": headers,
+            "received_status": status3,
+        }
+        return self._classify(view, first_error, scan_type)
+
+    def _classify(
+        self, row: Mapping[str, Any], first_error: str | None, scan_type: str
+    ) -> tuple[str, str]:
         hit = len(self.rules)
         if first_error is not None:
             hit = self._first_error_rule(scan_type, first_error)
@@ -164,6 +215,12 @@ def _text_predicate(spec: Mapping[str, Any]) -> Predicate:
 
 
 def _compile(spec: Mapping[str, Any]) -> Predicate:
+    predicate = _compile_kind(spec)
+    _KEYED_PREDICATES.add(predicate)
+    return predicate
+
+
+def _compile_kind(spec: Mapping[str, Any]) -> Predicate:
     kind = spec["kind"]
     if kind == "blockpage":
         return lambda row, _e: (
@@ -214,6 +271,9 @@ def parse_rules(data: Mapping[str, Any], label: str) -> RuleSet:
                 predicate=_compile(spec),
                 scan_types=frozenset(st) if st is not None else None,
                 not_scan_types=frozenset(not_st),
+                headers=frozenset(_string_list(spec, "headers"))
+                if kind == "trusted_host"
+                else frozenset(),
             )
         )
     if not rules or rules[-1].kind != "always":

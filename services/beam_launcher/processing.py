@@ -22,13 +22,20 @@ from typing import Any
 
 import orjson
 
+from services.beam_launcher import native
 from services.beam_launcher.certs import (
     CACHE_SIZE,
     decode_certificate_text,
     leaf_certificate,
     parse_certificate,
 )
-from services.beam_launcher.hyperquack import BadRecord, FileContext, flatten_record
+from services.beam_launcher.hyperquack import (
+    V1_CONTROL_DOMAINS,
+    BadRecord,
+    FileContext,
+    file_digest,
+    flatten_record,
+)
 from services.beam_launcher.outcomes import RuleSet, load_hyperquack_rules
 from services.beam_launcher.resources import Resources
 from services.beam_launcher.rows import HYPERQUACK_SCAN
@@ -36,7 +43,12 @@ from services.beam_launcher.signatures import PageMatch
 from services.common.rowschema import Row
 from services.common.scans import parse_scan_name
 
+#: The C extension (None when not built: `python -m services.beam_launcher.native.build`).
+_native: Any = native.load()
+
 RAW_LINE_LIMIT = 64 * 1024
+#: Entries kept in each of the native parser's caches (categories, pages, outcomes).
+NATIVE_CACHE_LIMIT = 20_000
 _HQ_COLUMNS = HYPERQUACK_SCAN.column_names
 
 
@@ -128,13 +140,75 @@ def _canonical_b64(value: str) -> str | None:
     return None if der is None else base64.b64encode(der).decode("ascii")
 
 
+#: ``(received_tls_cert, parsed, common name, issuer, alternative names, matches domain)``;
+#: when ``parsed`` is False only ``received_tls_cert`` is set and the row counts as a
+#: certificate parse error.
+CertColumns = tuple[str | None, bool, str | None, str | None, tuple[str, ...], bool | None]
+
+
+def cert_columns(cert_raw: object, domain: str) -> CertColumns | None:
+    """Certificate column values for a raw certificate field; None when it holds no leaf.
+
+    The one implementation used by :meth:`HyperquackProcessor.annotate` and by the native
+    parser. Memoised per (leaf certificate, domain): many rows share a certificate.
+    """
+    leaf = leaf_certificate(cert_raw)
+    if not leaf:
+        return None
+    return _leaf_cert_columns(leaf, domain)
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _leaf_cert_columns(leaf: str, domain: str) -> CertColumns:
+    info = parse_certificate(leaf, domain)
+    b64 = _canonical_b64(leaf)
+    if info is None:
+        return (b64, False, None, None, (), None)
+    return (b64, True, info.common_name, info.issuer, info.alternative_names, info.matches_domain)
+
+
 class HyperquackProcessor:
     """Turns batches of raw lines into rows; one instance per worker (holds resources)."""
 
-    def __init__(self, resources: Resources, rules: RuleSet | None = None) -> None:
+    def __init__(
+        self, resources: Resources, rules: RuleSet | None = None, *, use_native: bool = True
+    ) -> None:
         self.resources = resources
         self.rules = rules or load_hyperquack_rules()
         self._template = dict.fromkeys(_HQ_COLUMNS)
+        #: Whether batches go through the native parser (``services.beam_launcher.native``).
+        self.native = (
+            use_native
+            and _native is not None
+            and native.enabled()
+            and self.rules.features_exact
+        )
+        self._native_ctx: tuple[Any, ...] | None = None
+        #: Lines the native parser handed back to the Python path (unusual shapes, errors).
+        self.native_slow_lines = 0
+        self._outcome_caches: dict[str, dict[Any, tuple[str, str]]] = {}
+        if self.native:
+            matcher = self.resources.matcher
+
+            def page_match(text: str) -> tuple[bool, str] | None:
+                match = matcher.match(text)
+                return None if match is None else (match.is_known_blockpage, match.signature.id)
+
+            self._native_ctx = (
+                orjson.loads,
+                self._template,
+                V1_CONTROL_DOMAINS,
+                self.resources.categories.category,
+                {},  # domain -> category (tests)
+                {},  # domain -> category (controls)
+                {},  # page text -> (is_known_blockpage, signature id) | None
+                page_match,
+                cert_columns,
+                self.rules.classify_features,
+                self.rules.trusted_headers,
+                self.rules.version,
+                NATIVE_CACHE_LIMIT,
+            )
 
     def annotate(
         self,
@@ -164,17 +238,17 @@ class HyperquackProcessor:
                     full["is_known_blockpage"] = match.is_known_blockpage
                     full["page_signature"] = match.signature.id
         if cert_raw:
-            leaf = leaf_certificate(cert_raw)
-            if leaf:
-                info = parse_certificate(leaf, domain)
-                full["received_tls_cert"] = _canonical_b64(leaf)
-                if info is None:
+            cert = cert_columns(cert_raw, domain)
+            if cert is not None:
+                b64, parsed, common_name, issuer, alternative_names, matches = cert
+                full["received_tls_cert"] = b64
+                if not parsed:
                     stats["cert_parse_errors"] += 1
                 else:
-                    full["received_tls_cert_common_name"] = info.common_name
-                    full["received_tls_cert_issuer"] = info.issuer
-                    full["received_tls_cert_alternative_names"] = list(info.alternative_names)
-                    full["received_tls_cert_matches_domain"] = info.matches_domain
+                    full["received_tls_cert_common_name"] = common_name
+                    full["received_tls_cert_issuer"] = issuer
+                    full["received_tls_cert_alternative_names"] = list(alternative_names)
+                    full["received_tls_cert_matches_domain"] = matches
         outcome, rule_id = self.rules.classify(full, scan_type)
         full["outcome"] = outcome
         full["outcome_rule_id"] = rule_id
@@ -183,49 +257,123 @@ class HyperquackProcessor:
 
     def process_lines(self, task: FileTask, first_line_no: int, lines: list[bytes]) -> BatchOutput:
         """Process consecutive lines starting at 1-based ``first_line_no``."""
+        if self._native_ctx is not None:
+            try:
+                return self._process_native(task, first_line_no, lines)
+            except Exception:  # a native bug must not lose rows: redo the batch in Python
+                out = self._process_python(task, first_line_no, lines)
+                out.stats["native_fallback_batches"] += 1
+                return out
+        return self._process_python(task, first_line_no, lines)
+
+    def _process_python(
+        self, task: FileTask, first_line_no: int, lines: list[bytes]
+    ) -> BatchOutput:
+        """The pure-Python path (the reference the native parser must equal)."""
+        out = BatchOutput()
+        ctx = task.context()
+        for offset, raw in enumerate(lines):
+            self._process_line(task, ctx, first_line_no + offset, raw, out, out.rows)
+        return out
+
+    def _process_line(
+        self,
+        task: FileTask,
+        ctx: FileContext,
+        line_no: int,
+        raw: bytes,
+        out: BatchOutput,
+        rows_out: list[Row],
+    ) -> None:
+        """One raw line → rows appended to ``rows_out`` or a dead letter in ``out``."""
+        stats = out.stats
+        raw = raw.rstrip(b"\r\n")
+        if not raw.strip():
+            stats["blank_lines"] += 1
+            return
+        stats["lines"] += 1
+        try:
+            try:
+                record: Any = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise BadRecord("invalid_json", f"invalid JSON: {exc}") from None
+            flat = flatten_record(record, line_no, raw, ctx)
+            # Retries of one measurement often get the very same page: match it once.
+            pages: dict[str, PageMatch | None] = {}
+            rows = [self.annotate(r, task.scan_type, stats, pages) for r in flat]
+        except BadRecord as bad:
+            stats["dead_letters"] += 1
+            stats[f"dead_letters.{bad.error_class}"] += 1
+            out.dead_letters.append(
+                dead_letter(task, line_no, "parse", bad.error_class, bad.message, raw)
+            )
+            return
+        except Exception as exc:  # a parser bug must not kill the run: dead-letter it
+            stats["dead_letters"] += 1
+            stats["dead_letters.internal_error"] += 1
+            out.dead_letters.append(
+                dead_letter(
+                    task,
+                    line_no,
+                    "parse",
+                    "internal_error",
+                    f"{type(exc).__name__}: {exc}",
+                    raw,
+                )
+            )
+            return
+        if not rows:
+            stats["records_without_roundtrips"] += 1
+        stats["rows"] += len(rows)
+        rows_out.extend(rows)
+
+    # --- native parser (services/beam_launcher/native) ------------------------------------
+
+    def _native_context(self, task: FileTask) -> tuple[Any, ...]:
+        """The per-batch argument of ``_hqfast.process_batch`` (see _hqfast.c)."""
+        assert self._native_ctx is not None
+        outcome_cache = self._outcome_caches.get(task.scan_type)
+        if outcome_cache is None:
+            outcome_cache = self._outcome_caches[task.scan_type] = {}
+        return (
+            *self._native_ctx,
+            outcome_cache,
+            task.scan_type,
+            file_digest(task.source, task.source_file),
+            task.source,
+            task.source_file,
+            task.pipeline_version,
+        )
+
+    def _process_native(
+        self, task: FileTask, first_line_no: int, lines: list[bytes]
+    ) -> BatchOutput:
+        assert _native is not None
+        rows, slow, counts = _native.process_batch(lines, first_line_no, self._native_context(task))
+        n_lines, n_rows, n_blank, n_ok, n_empty, n_cert_errors = counts
         out = BatchOutput()
         stats = out.stats
-        ctx = task.context()
-        scan_type = task.scan_type
-        for offset, raw in enumerate(lines):
-            line_no = first_line_no + offset
-            raw = raw.rstrip(b"\r\n")
-            if not raw.strip():
-                stats["blank_lines"] += 1
-                continue
-            stats["lines"] += 1
-            try:
-                try:
-                    record: Any = orjson.loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    raise BadRecord("invalid_json", f"invalid JSON: {exc}") from None
-                flat = flatten_record(record, line_no, raw, ctx)
-                # Retries of one measurement often get the very same page: match it once.
-                pages: dict[str, PageMatch | None] = {}
-                rows = [self.annotate(r, scan_type, stats, pages) for r in flat]
-            except BadRecord as bad:
-                stats["dead_letters"] += 1
-                stats[f"dead_letters.{bad.error_class}"] += 1
-                out.dead_letters.append(
-                    dead_letter(task, line_no, "parse", bad.error_class, bad.message, raw)
-                )
-                continue
-            except Exception as exc:  # a parser bug must not kill the run: dead-letter it
-                stats["dead_letters"] += 1
-                stats["dead_letters.internal_error"] += 1
-                out.dead_letters.append(
-                    dead_letter(
-                        task,
-                        line_no,
-                        "parse",
-                        "internal_error",
-                        f"{type(exc).__name__}: {exc}",
-                        raw,
-                    )
-                )
-                continue
-            if not rows:
-                stats["records_without_roundtrips"] += 1
-            stats["rows"] += len(rows)
-            out.rows.extend(rows)
+        if n_blank:
+            stats["blank_lines"] += n_blank
+        if n_lines:
+            stats["lines"] += n_lines
+        if n_cert_errors:
+            stats["cert_parse_errors"] += n_cert_errors
+        if n_empty:
+            stats["records_without_roundtrips"] += n_empty
+        if n_ok:
+            stats["rows"] += n_rows
+        if slow:  # placeholders (None) mark where the slow lines' rows belong
+            ctx = task.context()
+            spliced: list[Row] = []
+            pending = iter(slow)
+            for row in rows:
+                if row is None:
+                    index = next(pending)
+                    self._process_line(task, ctx, first_line_no + index, lines[index], out, spliced)
+                else:
+                    spliced.append(row)
+            rows = spliced
+            self.native_slow_lines += len(slow)
+        out.rows = rows
         return out

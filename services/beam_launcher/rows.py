@@ -93,7 +93,12 @@ _HQ_COLUMNS = (
     ),
     Column("controls_failed", BOOLEAN, "All control probes failed: vantage point unusable"),
     Column("stateful_block", BOOLEAN, "A first control failed after the tests, a later one passed"),
-    Column("measurement_id", STRING, "Deterministic id of the measurement (file digest + line number)", REQUIRED),
+    Column(
+        "measurement_id",
+        STRING,
+        "Deterministic id of the measurement (file digest + line number)",
+        REQUIRED,
+    ),
 )
 
 HYPERQUACK_SCAN = TableSpec(

@@ -20,6 +20,7 @@ import orjson
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from services.beam_launcher import native
 from services.beam_launcher import pipeline as graph
 from services.beam_launcher.inputs import discover
 from services.beam_launcher.jobwait import wait_for_job
@@ -275,7 +276,13 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
         metrics.last_success.set_to_current_time()
         return summary
 
-    log.info("run_start", files=len(todo), already_processed=unchanged, target=warehouse.name)
+    log.info(
+        "run_start",
+        files=len(todo),
+        already_processed=unchanged,
+        target=warehouse.name,
+        native_parsers=native.status(),
+    )
     verdicts: list[FileVerdict] = []
     rows_by_table: dict[str, int] = {}
     family_errors: list[str] = []

@@ -35,6 +35,7 @@ from services.beam_launcher.pipeline import (
 )
 from services.beam_launcher.processing import FileTask, dead_letter
 from services.beam_launcher.rows import DEAD_LETTER, SATELLITE_SCAN
+from services.beam_launcher.satellite_batch import parse_observation_batch
 from services.common.rowschema import Row
 
 SATELLITE_TABLE = SATELLITE_SCAN.name
@@ -70,14 +71,15 @@ class ParseSatelliteBatch(beam.DoFn):
     def process(self, batch: tuple[FileTask, int, list[bytes]]) -> Iterator[Any]:
         task, first, lines = batch
         role = satellite.file_role(task.source_file)
-        ctx = task.context()
         stats: dict[str, int] = {}
         dead: list[Row] = []
 
         def bump(name: str, n: int = 1) -> None:
             stats[name] = stats.get(name, 0) + n
 
-        for offset, raw in enumerate(lines):
+        if role == "observations":  # C fast path when built, else the Python reference
+            yield from parse_observation_batch(task, first, lines, stats, dead)
+        for offset, raw in enumerate(() if role == "observations" else lines):
             line_no = first + offset
             raw = raw.rstrip(b"\r\n")
             if not raw.strip():
@@ -91,15 +93,7 @@ class ParseSatelliteBatch(beam.DoFn):
                     raise BadRecord("invalid_json", f"invalid JSON: {exc}") from None
                 if not isinstance(record, dict):
                     raise BadRecord("not_an_object", f"record is a JSON {type(record).__name__}")
-                if role == "observations":
-                    rows = satellite.flatten_observation(
-                        record, task.source_file, line_no, raw, ctx, task.scan_date
-                    )
-                    bump("rows", len(rows))
-                    for i, row in enumerate(rows):
-                        row["_row_id"] = f"{row['measurement_id']}:{i}"
-                        yield row
-                elif role == "resolver_tags":
+                if role == "resolver_tags":
                     ip, tags = satellite.parse_resolver_tag(record, task.source_file)
                     yield beam.pvalue.TaggedOutput("resolver_tags", ((task.source, ip), tags))
                 elif role == "answer_tags":
