@@ -178,10 +178,7 @@ class HyperquackProcessor:
         self._template = dict.fromkeys(_HQ_COLUMNS)
         #: Whether batches go through the native parser (``services.beam_launcher.native``).
         self.native = (
-            use_native
-            and _native is not None
-            and native.enabled()
-            and self.rules.features_exact
+            use_native and _native is not None and native.enabled() and self.rules.features_exact
         )
         self._native_ctx: tuple[Any, ...] | None = None
         #: Lines the native parser handed back to the Python path (unusual shapes, errors).
