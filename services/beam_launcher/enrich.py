@@ -40,6 +40,9 @@ class RowEnricher:
         )
         self._enrichers: dict[str, tuple[Enricher, Any]] = {}
         self._memo: OrderedDict[tuple[str, str], IpMetadata] = OrderedDict()
+        self._server_columns: dict[
+            tuple[Any, Any], tuple[dict[str, Any], tuple[str, ...], str]
+        ] = {}
         self._lock = threading.Lock()
         self.stale_dates: dict[str, str] = {}
 
@@ -77,10 +80,21 @@ class RowEnricher:
         stats[name] = stats.get(name, 0) + 1
 
     def enrich_hyperquack(self, row: dict[str, Any], stats: dict[str, int]) -> None:
-        md = self.lookup(row.get("date"), row.get("server_ip"))
-        self._count(stats, md, "server")
-        row.update(md.as_columns("server"))
-        row["ip_metadata_sources"] = list(md.sources)
+        date, ip = row.get("date"), row.get("server_ip")
+        # Rows of one server and day share everything added here: the columns, sources and
+        # counter name are built once per (date, ip), not once per row.
+        hit = self._server_columns.get((date, ip))
+        if hit is None:
+            md = self.lookup(date, ip)
+            hit = (md.as_columns("server"), md.sources, f"ip_metadata.server.{md.status}")
+            with self._lock:
+                if len(self._server_columns) >= MEMO_SIZE:
+                    self._server_columns.clear()
+                self._server_columns[(date, ip)] = hit
+        columns, sources, counter = hit
+        stats[counter] = stats.get(counter, 0) + 1
+        row.update(columns)
+        row["ip_metadata_sources"] = list(sources)
 
     def enrich_satellite(self, row: dict[str, Any], stats: dict[str, int]) -> None:
         """Resolver and answers; non-empty CAIDA values override tag values (as the seed)."""
