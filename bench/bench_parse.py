@@ -3,19 +3,23 @@
 Usage: ``uv run python bench/bench_parse.py [--size 20000] [--check] [--cold-caches]``
 
 No Beam: batches of ``--batch`` lines (500, as in the pipeline) go straight through
-``process_lines`` in this process, pinned to one CPU when the OS allows it. Two data sets:
+``process_lines`` in this process, pinned to one CPU when the OS allows it. The path is the
+pipeline's: the C extension when it is built (``make env``) and ``$CP_NATIVE_PARSER`` is
+not ``0``, else pure Python; the first lines printed say which. Two data sets:
 
 * ``real``: the few real Hyperquack records of ``../shared/fixtures/real/<type>_<v>/``
   (relative to the repository root), repeated until one repeat is at least
   ``--min-seconds`` of work, with the real resources (622 blockpage + 460 false-positive
   signatures, 6,870 domain category rows). These are the records comparable to the seed's
   per-core figures. Repeating a few records means every certificate and domain after the
-  first pass is a cache hit (certificate LRU, category cache): realistic for the
-  certificate cache (many rows of a scan share a certificate), optimistic otherwise.
+  first pass is a cache hit (certificate LRU, category, page-signature and outcome
+  memos): realistic for certificates, signatures and outcomes (the rows of a scan share
+  few of them), optimistic for categories (a scan has thousands of domains).
 * ``generated``: ``--size`` measurements per type/version from
   ``services.common.sample_scans``, serialised like the real files, with the real
-  resources when present, else ``resources/sample``. Caches are emptied before every
-  repeat, so each repeat is one cold pass over one scan file.
+  resources when present, else ``resources/sample``. Every cache and memo is emptied
+  before every repeat, so each repeat is one cold pass over one scan file (many distinct
+  domains and pages: each distinct page costs one signature pass).
 
 Each figure is the best of ``--repeats`` timed repeats after one warm-up
 (``time.perf_counter``). The ratio is against the seed system's per-core lines/s; the
@@ -39,11 +43,10 @@ REAL = REPO.parent / "shared" / "fixtures" / "real"
 REAL_RESOURCES = REAL / "resources"
 sys.path.insert(0, str(REPO))
 
-from services.beam_launcher import certs  # noqa: E402
+from services.beam_launcher import certs, processing  # noqa: E402
 from services.beam_launcher.processing import FileTask, HyperquackProcessor  # noqa: E402
 from services.beam_launcher.resources import (  # noqa: E402
     SAMPLE_RESOURCES,
-    Resources,
     load_resources,
 )
 from services.common.sample_scans import (  # noqa: E402
@@ -114,12 +117,13 @@ def pin_to_one_cpu() -> str:
     return f"pinned to CPU {cpus[-1]} of {len(cpus)} available"
 
 
-def clear_caches(resources: Resources) -> None:
-    """Empty the certificate LRU and the per-URL domain category cache."""
+def clear_caches(proc: HyperquackProcessor) -> None:
+    """Empty the certificate LRUs, the domain category cache and the processor's memos."""
     certs.clear_cache()
-    cache = getattr(resources.categories, "_cache", None)  # private; bench only
+    cache = getattr(proc.resources.categories, "_cache", None)  # private; bench only
     if isinstance(cache, dict):
         cache.clear()
+    proc.clear_caches()
 
 
 def batches_of(lines: list[bytes], size: int) -> list[tuple[int, list[bytes]]]:
@@ -204,7 +208,7 @@ def _cold_pass(
     """Like the timed pass, but with empty caches before every batch (includes clearing)."""
     totals = [0, 0, 0]
     for i in range(n_batches):
-        clear_caches(proc.resources)
+        clear_caches(proc)
         stats = proc.process_lines(task, 1 + i * size, batch).stats
         totals[0] += stats["lines"]
         totals[1] += stats["rows"]
@@ -230,7 +234,7 @@ def bench_generated(
     run_batches(proc, task, batches[:1])  # warm-up: imports, RE2 DFA states
     seconds, (n_lines, rows, dead) = best_of(
         args.repeats,
-        lambda: clear_caches(proc.resources),
+        lambda: clear_caches(proc),
         lambda: run_batches(proc, task, batches),
     )
     mb = sum(len(line) + 1 for line in lines) / 1e6
@@ -296,6 +300,10 @@ def main() -> int:
                 f"{res.n_false_positive} false-positive signatures, "
                 f"{len(res.categories):,} domain categories)"
             )
+    path = "native (C extension services/beam_launcher/native/_hqfast.c)"
+    if not HyperquackProcessor(gen_res).native:
+        path = "python (native module not built, or $CP_NATIVE_PARSER=0)"
+    print(f"parse path: {path}")
     print(
         f"batch {args.batch} lines; best of {args.repeats} after one warm-up; "
         f"target {args.target:g}x the seed's per-core lines/s"
@@ -314,7 +322,7 @@ def main() -> int:
                     continue
                 figures.append(fig)
                 print_figure(fig, args.target)
-            info = certs._parse_cached.cache_info()  # private; bench only
+            info = processing._leaf_cert_columns.cache_info()  # private; bench only
             print(
                 f"real: certificate cache after the real runs: {info.currsize} distinct "
                 f"certificates, {info.hits:,} hits / {info.misses:,} misses "

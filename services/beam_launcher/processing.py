@@ -184,6 +184,10 @@ class HyperquackProcessor:
         #: Lines the native parser handed back to the Python path (unusual shapes, errors).
         self.native_slow_lines = 0
         self._outcome_caches: dict[str, dict[Any, tuple[str, str]]] = {}
+        # The native parser's memo caches (bounded by NATIVE_CACHE_LIMIT in the C code).
+        self._category_cache: dict[str, Any] = {}  # domain -> category (test domains)
+        self._control_category_cache: dict[str, Any] = {}  # same, control domains
+        self._page_cache: dict[Any, Any] = {}  # page text -> (blockpage?, signature) | None
         if self.native:
             matcher = self.resources.matcher
 
@@ -196,9 +200,9 @@ class HyperquackProcessor:
                 self._template,
                 V1_CONTROL_DOMAINS,
                 self.resources.categories.category,
-                {},  # domain -> category (tests)
-                {},  # domain -> category (controls)
-                {},  # page text -> (is_known_blockpage, signature id) | None
+                self._category_cache,
+                self._control_category_cache,
+                self._page_cache,
                 page_match,
                 cert_columns,
                 self.rules.classify_features,
@@ -206,6 +210,18 @@ class HyperquackProcessor:
                 self.rules.version,
                 NATIVE_CACHE_LIMIT,
             )
+
+    def clear_caches(self) -> None:
+        """Empty every memo of this processor and the certificate caches (cold benchmarks)."""
+        for cache in (
+            self._category_cache,
+            self._control_category_cache,
+            self._page_cache,
+            *self._outcome_caches.values(),
+        ):
+            cache.clear()
+        _leaf_cert_columns.cache_clear()
+        _canonical_b64.cache_clear()
 
     def annotate(
         self,
