@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.beam_launcher.outcomes import (
     HYPERQUACK_RULES_FILE,
+    OutcomeRule,
     RuleFileError,
     RuleSet,
     load_hyperquack_rules,
@@ -603,3 +606,47 @@ def test_blockpage_outcome_names_the_fingerprint_not_the_duplicate_id() -> None:
     rules = load_hyperquack_rules()
     row = {"is_known_blockpage": True, "page_signature": "e_unk_ru_blocked~3"}
     assert rules.classify(row, "http") == ("content/blockpage:e_unk_ru_blocked", "HQ-BLOCKPAGE")
+
+
+# --- the fast first-error-rule search -----------------------------------------------------
+
+_FRAGMENTS = sorted(
+    {
+        piece
+        for rule in RULES.rules
+        if rule.text is not None
+        for group in rule.text
+        for piece in group
+    }
+)
+
+
+def _predicate_search(rules: RuleSet, scan_type: str, error: str) -> int:
+    for i, rule in enumerate(rules.rules):
+        if rule.kind == "error" and rule.applies_to(scan_type) and rule.predicate({}, error):
+            return i
+    return len(rules.rules)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["echo", "discard", "http", "https"]),
+    st.lists(st.sampled_from(_FRAGMENTS) | st.text(max_size=12), max_size=4),
+)
+def test_fast_error_search_equals_the_rule_predicates(scan_type: str, parts: list[str]) -> None:
+    """Error texts made of rule fragments and noise (addresses, ports): same first rule."""
+    error = " ".join(parts)
+    fresh = load_hyperquack_rules()  # empty caches
+    assert fresh._search_error_rules(scan_type, error) == _predicate_search(fresh, scan_type, error)
+
+
+def test_hand_built_error_rules_use_their_predicates() -> None:
+    rules = RuleSet(
+        "v",
+        (
+            OutcomeRule("E", "error", "x/err", lambda _r, e: e == "boom", None, frozenset()),
+            OutcomeRule("A", "always", "x/other", lambda _r, _e: True, None, frozenset()),
+        ),
+    )
+    assert rules.classify({"received_error": "boom"}, "echo") == ("x/err", "E")
+    assert rules.classify({"received_error": "bang"}, "echo") == ("x/other", "A")

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 RULES_DIR = Path(__file__).parent / "rules"
 HYPERQUACK_RULES_FILE = RULES_DIR / "hyperquack_outcomes.toml"
@@ -32,6 +32,15 @@ Predicate = Callable[[Mapping[str, Any], str | None], bool]
 FeatureKey = tuple[str | None, bool, bool | None, str | None, tuple[str, ...], str]
 #: Predicates compiled from rule data here: they read only what a FeatureKey holds.
 _KEYED_PREDICATES: weakref.WeakSet[Callable[..., bool]] = weakref.WeakSet()
+
+
+class TextMatch(NamedTuple):
+    """An "error" rule's text tests, kept as data for the fast first-rule search."""
+
+    equals: frozenset[str]
+    starts: tuple[str, ...]
+    ends: tuple[str, ...]
+    contains: tuple[str, ...]
 
 
 class RuleFileError(ValueError):
@@ -50,6 +59,8 @@ class OutcomeRule:
     not_scan_types: frozenset[str]
     #: The header lines a "trusted_host" rule looks for (empty for other kinds).
     headers: frozenset[str] = frozenset()
+    #: The text tests of an "error" rule compiled from rule data (None otherwise).
+    text: TextMatch | None = None
 
     def applies_to(self, scan_type: str) -> bool:
         if self.scan_types is not None and scan_type not in self.scan_types:
@@ -80,6 +91,10 @@ class RuleSet:
     _row_rules: tuple[tuple[int, OutcomeRule], ...] = field(init=False, repr=False, compare=False)
     # (scan type, first error) -> position of the first "error" rule that fires, or len(rules).
     _error_hits: dict[tuple[str, str], int] = field(init=False, repr=False, compare=False)
+    # scan type -> ((position, TextMatch), ...) of its "error" rules, when all are data.
+    _error_tables: dict[str, tuple[tuple[int, TextMatch], ...]] = field(
+        init=False, repr=False, compare=False
+    )
     #: Union of the header lines of every "trusted_host" rule (see :meth:`feature_key`).
     trusted_headers: frozenset[str] = field(init=False, repr=False, compare=False)
     #: True when every predicate was compiled from rule data (so it reads nothing but the
@@ -90,6 +105,7 @@ class RuleSet:
         row_rules = tuple((i, r) for i, r in enumerate(self.rules) if r.kind != "error")
         object.__setattr__(self, "_row_rules", row_rules)
         object.__setattr__(self, "_error_hits", {})
+        object.__setattr__(self, "_error_tables", {})
         trusted = frozenset().union(*(r.headers for r in self.rules if r.kind == "trusted_host"))
         object.__setattr__(self, "trusted_headers", trusted)
         keyed = all(r.predicate in _KEYED_PREDICATES for r in self.rules)
@@ -104,17 +120,40 @@ class RuleSet:
         key = (scan_type, error)
         hit = self._error_hits.get(key)
         if hit is None:
-            hit = len(self.rules)
-            for i, rule in enumerate(self.rules):
-                if rule.kind != "error" or not rule.applies_to(scan_type):
-                    continue
-                if rule.predicate({}, error):
-                    hit = i
-                    break
+            hit = self._search_error_rules(scan_type, error)
             if len(self._error_hits) >= _ERROR_CACHE_LIMIT:
                 self._error_hits.clear()
             self._error_hits[key] = hit
         return hit
+
+    def _search_error_rules(self, scan_type: str, error: str) -> int:
+        """The uncached search: a tight loop over the rules' text tests when they are data.
+
+        Error texts often hold addresses and ports, so most are seen once: this loop runs
+        for most failed roundtrips of a scan.
+        """
+        table = self._error_tables.get(scan_type)
+        if table is None:
+            errors = [(i, r) for i, r in enumerate(self.rules) if r.kind == "error"]
+            if all(r.text is not None for _, r in errors):
+                table = tuple(
+                    (i, r.text) for i, r in errors if r.text is not None and r.applies_to(scan_type)
+                )
+                self._error_tables[scan_type] = table
+        if table is not None:
+            for i, (equals, starts, ends, contains) in table:
+                if (
+                    error in equals
+                    or (starts and error.startswith(starts))
+                    or (ends and error.endswith(ends))
+                    or (contains and any(c in error for c in contains))
+                ):
+                    return i
+            return len(self.rules)
+        for i, rule in enumerate(self.rules):  # hand-built rules: their own predicates
+            if rule.kind == "error" and rule.applies_to(scan_type) and rule.predicate({}, error):
+                return i
+        return len(self.rules)
 
     def classify(self, row: Mapping[str, Any], scan_type: str) -> tuple[str, str]:
         """Return (outcome, rule id) for a flattened row."""
@@ -189,12 +228,7 @@ def text_matcher(spec: Mapping[str, Any]) -> Callable[[str | None], bool]:
 
     Shared by the Hyperquack and Satellite rule engines.
     """
-    equals = frozenset(_string_list(spec, "equals"))
-    starts = tuple(_string_list(spec, "startswith"))
-    ends = tuple(_string_list(spec, "endswith"))
-    contains = tuple(_string_list(spec, "contains"))
-    if not (equals or starts or ends or contains):
-        raise RuleFileError(f"rule {spec.get('id')}: error rule needs one of {_TEXT_KEYS}")
+    equals, starts, ends, contains = text_match(spec)
 
     def matches(err: str | None) -> bool:
         if err is None:
@@ -207,6 +241,19 @@ def text_matcher(spec: Mapping[str, Any]) -> Callable[[str | None], bool]:
         )
 
     return matches
+
+
+def text_match(spec: Mapping[str, Any]) -> TextMatch:
+    """A rule's ``equals``/``startswith``/``endswith``/``contains`` lists, validated."""
+    text = TextMatch(
+        frozenset(_string_list(spec, "equals")),
+        tuple(_string_list(spec, "startswith")),
+        tuple(_string_list(spec, "endswith")),
+        tuple(_string_list(spec, "contains")),
+    )
+    if not any(text):
+        raise RuleFileError(f"rule {spec.get('id')}: error rule needs one of {_TEXT_KEYS}")
+    return text
 
 
 def _text_predicate(spec: Mapping[str, Any]) -> Predicate:
@@ -274,6 +321,7 @@ def parse_rules(data: Mapping[str, Any], label: str) -> RuleSet:
                 headers=frozenset(_string_list(spec, "headers"))
                 if kind == "trusted_host"
                 else frozenset(),
+                text=text_match(spec) if kind == "error" else None,
             )
         )
     if not rules or rules[-1].kind != "always":
