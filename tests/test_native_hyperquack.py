@@ -563,3 +563,22 @@ def test_bad_arguments_raise_instead_of_crashing() -> None:
         MODULE.process_batch([b"{}"], 2**80, ctx)
     rows, slow, _ = MODULE.process_batch([b"{}", 5, "str"], 1, ctx)
     assert rows == [None, None, None] and slow == [0, 1, 2]
+
+
+@needs_module
+def test_module_columns_are_schema_columns() -> None:
+    module = native.load("_hqfast")
+    assert set(module.COLUMNS) <= set(processing.HYPERQUACK_SCAN.column_names)
+    assert processing._checked_native(module) is module
+
+
+def test_module_writing_an_unknown_column_is_not_used() -> None:
+    class Renamed:
+        COLUMNS = ("server_ip", "old_column_name")
+
+    class Unlabelled:  # a module from before COLUMNS existed
+        pass
+
+    assert processing._checked_native(Renamed) is None
+    assert processing._checked_native(Unlabelled) is None
+    assert processing._checked_native(None) is None

@@ -40,6 +40,7 @@ from services.beam_launcher.outcomes import RuleSet, load_hyperquack_rules
 from services.beam_launcher.resources import Resources
 from services.beam_launcher.rows import HYPERQUACK_SCAN
 from services.beam_launcher.signatures import PageMatch
+from services.common.logsetup import get_logger
 from services.common.rowschema import Row
 from services.common.scans import parse_scan_name
 
@@ -50,6 +51,26 @@ RAW_LINE_LIMIT = 64 * 1024
 #: Entries kept in each of the native parser's caches (categories, pages, outcomes).
 NATIVE_CACHE_LIMIT = 20_000
 _HQ_COLUMNS = HYPERQUACK_SCAN.column_names
+
+
+def _checked_native(module: Any) -> Any:
+    """``module`` if every column it writes is a Hyperquack column, else None (logged).
+
+    The C code names its columns itself; a column renamed in rows.py but not in the C
+    code would otherwise leave the renamed column empty and add an unknown one.
+    """
+    if module is None:
+        return None
+    unknown = sorted(set(getattr(module, "COLUMNS", ("<no COLUMNS>",))) - set(_HQ_COLUMNS))
+    if unknown:
+        get_logger("beam_launcher").warning(
+            "native_parser_disabled", reason="columns not in the schema", columns=unknown
+        )
+        return None
+    return module
+
+
+_native = _checked_native(_native)
 
 
 @dataclass(frozen=True, slots=True)

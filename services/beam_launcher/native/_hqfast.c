@@ -1690,5 +1690,23 @@ PyInit__hqfast(void)
         (S_crlf = PyUnicode_InternFromString("\r\n")) == NULL) {
         return NULL;
     }
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    /* COLUMNS: the row columns this module writes, checked against the row schema by the
+     * Python side before the module is used (a renamed column must not go unnoticed). */
+    PyObject *names = PyTuple_New(NCOL);
+    if (names == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < NCOL; i++) {
+        Py_INCREF(COLK[i]);
+        PyTuple_SET_ITEM(names, i, COLK[i]);
+    }
+    if (PyModule_AddObject(m, "COLUMNS", names) < 0) {
+        Py_DECREF(names);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }
