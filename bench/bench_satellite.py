@@ -56,7 +56,7 @@ sys.path.insert(0, str(REPO))
 
 import orjson  # noqa: E402
 
-from services.beam_launcher import certs, satellite, satellite_batch  # noqa: E402
+from services.beam_launcher import certs, native, satellite, satellite_batch  # noqa: E402
 from services.beam_launcher.hyperquack import BadRecord  # noqa: E402
 from services.beam_launcher.processing import FileTask  # noqa: E402
 from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources  # noqa: E402
@@ -303,7 +303,7 @@ def main() -> int:
     )
     print(
         f"results.json parse path: {satellite_batch.parser_path()} "
-        f"(${satellite_batch.NATIVE_ENV}={os.environ.get(satellite_batch.NATIVE_ENV, '')!r}; "
+        f"(${native.NATIVE_ENV}={os.environ.get(native.NATIVE_ENV, '')!r}; "
         "native = C extension services/beam_launcher/native/_satfast.c)"
     )
     location = REAL_RESOURCES if REAL_RESOURCES.is_dir() else SAMPLE_RESOURCES

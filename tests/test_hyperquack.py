@@ -362,7 +362,7 @@ def test_provenance_fields() -> None:
         assert row["source_file"] == "results-0001.json"
         assert row["source_line"] == 42
         assert row["pipeline_version"] == "1.2.3"
-        assert row["measurement_id"] == measurement_id(ctx, 42, RAW)
+        assert row["measurement_id"] == measurement_id(ctx, 42)
 
 
 # --- received data -----------------------------------------------------------------------
@@ -711,8 +711,8 @@ def test_accepted_timestamps_convert_to_arrow(value: str) -> None:
 
 
 def test_measurement_id_is_deterministic_hex() -> None:
-    mid = measurement_id(CTX, 3, RAW)
-    assert mid == measurement_id(FileContext(*_ctx_fields(CTX)), 3, RAW)
+    mid = measurement_id(CTX, 3)
+    assert mid == measurement_id(FileContext(*_ctx_fields(CTX)), 3)
     assert re.fullmatch(r"[0-9a-f]{32}", mid)
 
 
@@ -729,19 +729,17 @@ def test_identical_lines_at_different_positions_get_distinct_ids() -> None:
 
 
 def test_measurement_id_depends_on_file_and_position() -> None:
-    base = measurement_id(CTX, 1, RAW)
+    base = measurement_id(CTX, 1)
     other_file = FileContext(CTX.scan_type, CTX.source, "results-2.json", CTX.pipeline_version)
     other_source = FileContext(
         CTX.scan_type, "CP_Quack-echo-2020-11-15-07-54-49", CTX.source_file, CTX.pipeline_version
     )
-    assert measurement_id(other_file, 1, RAW) != base
-    assert measurement_id(other_source, 1, RAW) != base
-    assert measurement_id(CTX, 2, RAW) != base
-    # Content is not part of the id: the same position keeps its id when re-run.
-    assert measurement_id(CTX, 1, RAW + b" ") == base
+    assert measurement_id(other_file, 1) != base
+    assert measurement_id(other_source, 1) != base
+    assert measurement_id(CTX, 2) != base
     # The pipeline version is not part of the id: reprocessing keeps ids stable.
     same = FileContext(CTX.scan_type, CTX.source, CTX.source_file, "other-version")
-    assert measurement_id(same, 1, RAW) == base
+    assert measurement_id(same, 1) == base
 
 
 def test_all_rows_of_a_record_share_its_measurement_id() -> None:

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.beam_launcher import satellite, satellite_batch
+from services.beam_launcher.native import NATIVE_ENV
 from services.beam_launcher.processing import FileTask
 from services.common.sample_scans import (
     SATELLITE,
@@ -241,10 +242,10 @@ def test_odd_lines_match(native: Any, line: bytes) -> None:
 
 
 def test_env_switch_and_failed_batches(native: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(satellite_batch.NATIVE_ENV, "0")
+    monkeypatch.setenv(NATIVE_ENV, "0")
     assert satellite_batch.native_module() is None
     assert satellite_batch.parser_path() == "python"
-    monkeypatch.setenv(satellite_batch.NATIVE_ENV, "1")
+    monkeypatch.setenv(NATIVE_ENV, "1")
     assert satellite_batch.native_module() is native
     assert satellite_batch.parser_path() == "native"
 

@@ -52,14 +52,14 @@ class FileContext:
     pipeline_version: str
 
 
-def measurement_id(ctx: FileContext, line_no: int, raw: bytes = b"") -> str:
+def measurement_id(ctx: FileContext, line_no: int) -> str:
     """Deterministic id from the file and the line position: 32 hex characters.
 
     The first 24 are a digest of ``source/source_file``, the last 8 the line number in
     hex (more digits past 2**32 lines). Same file position → same id; two identical lines
     of one file still get distinct ids. Unlike the seed (uuid5 of bucket path + line), it
-    does not depend on where the file is stored. ``raw`` is accepted for callers that
-    have it and is not part of the id (so a re-run over the same file keeps its ids).
+    does not depend on where the file is stored, nor on the line's content (a re-run over
+    the same file keeps its ids).
 
     >>> ctx = FileContext("echo", "CP_Quack-echo-2021-05-30-01-01-01", "results.json", "v")
     >>> measurement_id(ctx, 1)[-8:], len(measurement_id(ctx, 1))
@@ -323,7 +323,7 @@ def flatten_record(record: Any, line_no: int, raw: bytes, ctx: FileContext) -> l
     """
     if not isinstance(record, dict):
         raise BadRecord("not_an_object", f"record is a JSON {type(record).__name__}")
-    mid = measurement_id(ctx, line_no, raw)
+    mid = measurement_id(ctx, line_no)
     if "Server" in record:
         return _flatten_v1(record, line_no, mid, ctx)
     if "vp" in record:

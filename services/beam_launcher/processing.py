@@ -17,8 +17,9 @@ from __future__ import annotations
 import base64
 import functools
 from collections import Counter
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -48,6 +49,7 @@ from services.common.scans import parse_scan_name
 _native: Any = native.load()
 
 RAW_LINE_LIMIT = 64 * 1024
+T = TypeVar("T")
 #: Entries kept in each of the native parser's caches (categories, pages, outcomes).
 NATIVE_CACHE_LIMIT = 20_000
 _HQ_COLUMNS = HYPERQUACK_SCAN.column_names
@@ -133,6 +135,54 @@ def dead_letter(
         "raw_line_truncated": truncated,
         "pipeline_version": task.pipeline_version,
     }
+
+
+def parse_line(
+    task: FileTask,
+    line_no: int,
+    raw: bytes,
+    stats: MutableMapping[str, int],
+    dead: list[Row],
+    handle: Callable[[Any, bytes], T],
+    record: Any = None,
+) -> T | None:
+    """The guarded handling of one raw line, shared by every parser of the launcher.
+
+    Strips the line end; counts ``blank_lines`` or ``lines``; decodes the line (unless
+    ``record`` is given, decoded already) and returns ``handle(record, stripped raw)``. A
+    :class:`BadRecord` becomes a dead letter of its class, any other exception one of
+    class ``internal_error`` (a parser bug never stops the run); both return None.
+
+    >>> stats, dead = {}, []
+    >>> task = FileTask.for_test("CP_Quack-echo-2021-05-30-01-01-01")
+    >>> parse_line(task, 1, b"[1]", stats, dead, lambda rec, raw: rec)
+    [1]
+    >>> parse_line(task, 2, b"{", stats, dead, lambda rec, raw: rec), stats["lines"]
+    (None, 2)
+    >>> dead[0]["error_class"], stats["dead_letters.invalid_json"]
+    ('invalid_json', 1)
+    """
+    raw = raw.rstrip(b"\r\n")
+    if not raw.strip():
+        stats["blank_lines"] = stats.get("blank_lines", 0) + 1
+        return None
+    stats["lines"] = stats.get("lines", 0) + 1
+    try:
+        if record is None:
+            try:
+                record = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise BadRecord("invalid_json", f"invalid JSON: {exc}") from None
+        return handle(record, raw)
+    except BadRecord as bad:
+        error_class, message = bad.error_class, bad.message
+    except Exception as exc:  # a parser bug must not kill the run: dead-letter it
+        error_class, message = "internal_error", f"{type(exc).__name__}: {exc}"
+    stats["dead_letters"] = stats.get("dead_letters", 0) + 1
+    key = f"dead_letters.{error_class}"
+    stats[key] = stats.get(key, 0) + 1
+    dead.append(dead_letter(task, line_no, "parse", error_class, message, raw))
+    return None
 
 
 def page_text(row: Row) -> str | None:
@@ -321,40 +371,15 @@ class HyperquackProcessor:
     ) -> None:
         """One raw line → rows appended to ``rows_out`` or a dead letter in ``out``."""
         stats = out.stats
-        raw = raw.rstrip(b"\r\n")
-        if not raw.strip():
-            stats["blank_lines"] += 1
-            return
-        stats["lines"] += 1
-        try:
-            try:
-                record: Any = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise BadRecord("invalid_json", f"invalid JSON: {exc}") from None
+
+        def rows_of(record: Any, raw: bytes) -> list[Row]:
             flat = flatten_record(record, line_no, raw, ctx)
             # Retries of one measurement often get the very same page: match it once.
             pages: dict[str, PageMatch | None] = {}
-            rows = [self.annotate(r, task.scan_type, stats, pages) for r in flat]
-        except BadRecord as bad:
-            stats["dead_letters"] += 1
-            stats[f"dead_letters.{bad.error_class}"] += 1
-            out.dead_letters.append(
-                dead_letter(task, line_no, "parse", bad.error_class, bad.message, raw)
-            )
-            return
-        except Exception as exc:  # a parser bug must not kill the run: dead-letter it
-            stats["dead_letters"] += 1
-            stats["dead_letters.internal_error"] += 1
-            out.dead_letters.append(
-                dead_letter(
-                    task,
-                    line_no,
-                    "parse",
-                    "internal_error",
-                    f"{type(exc).__name__}: {exc}",
-                    raw,
-                )
-            )
+            return [self.annotate(r, task.scan_type, stats, pages) for r in flat]
+
+        rows = parse_line(task, line_no, raw, stats, out.dead_letters, rows_of)
+        if rows is None:
             return
         if not rows:
             stats["records_without_roundtrips"] += 1

@@ -478,12 +478,12 @@ class _RowMaker:
     __slots__ = ("base",)
 
     def __init__(self, origin: _Origin, fmt: str, resolver_ip: str, trusted_file: bool) -> None:
-        ctx, line_no, raw = origin
+        ctx, line_no, _raw = origin
         base = _ROW_TEMPLATE.copy()
         base.update(
             resolver_ip=resolver_ip,
             resolver_is_trusted=trusted_file or resolver_ip in CONTROL_IPS,
-            measurement_id=measurement_id(ctx, line_no, raw),
+            measurement_id=measurement_id(ctx, line_no),
             source=ctx.source,
             source_file=ctx.source_file,
             source_line=line_no,

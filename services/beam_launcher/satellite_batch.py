@@ -25,13 +25,11 @@ import orjson
 
 from services.beam_launcher import native, satellite
 from services.beam_launcher.hyperquack import BadRecord, FileContext, file_digest
-from services.beam_launcher.processing import FileTask, dead_letter
+from services.beam_launcher.processing import FileTask, parse_line
 from services.common.rowschema import Row
 
-__all__ = ["NATIVE_ENV", "native_module", "parse_observation_batch", "parser_path"]
+__all__ = ["native_module", "parse_observation_batch", "parser_path"]
 
-#: Environment variable: ``0`` turns the C path off (the pure-Python path is used).
-NATIVE_ENV = native.NATIVE_ENV
 _API_VERSION = 2
 
 
@@ -80,35 +78,21 @@ def _python_line(
     dead: list[Row],
 ) -> None:
     """The reference path for one line (``record``: the decoded line, or None to decode)."""
-    raw = raw.rstrip(b"\r\n")
-    if not raw.strip():
-        _bump(stats, "blank_lines")
-        return
-    _bump(stats, "lines")
-    try:
-        if record is None:
-            try:
-                record = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise BadRecord("invalid_json", f"invalid JSON: {exc}") from None
+
+    def rows_of(record: Any, raw: bytes) -> list[Row]:
         if not isinstance(record, dict):
             raise BadRecord("not_an_object", f"record is a JSON {type(record).__name__}")
         rows = satellite.flatten_observation(
             record, task.source_file, line_no, raw, ctx, task.scan_date
         )
-        _bump(stats, "rows", len(rows))
         for i, row in enumerate(rows):
             row["_row_id"] = f"{row['measurement_id']}:{i}"
+        return rows
+
+    rows = parse_line(task, line_no, raw, stats, dead, rows_of, record)
+    if rows is not None:
+        _bump(stats, "rows", len(rows))
         out += rows
-    except BadRecord as bad:
-        _bump(stats, "dead_letters")
-        _bump(stats, f"dead_letters.{bad.error_class}")
-        dead.append(dead_letter(task, line_no, "parse", bad.error_class, bad.message, raw))
-    except Exception as exc:  # parser bug: dead-letter it, never crash the run
-        _bump(stats, "dead_letters")
-        _bump(stats, "dead_letters.internal_error")
-        msg = f"{type(exc).__name__}: {exc}"
-        dead.append(dead_letter(task, line_no, "parse", "internal_error", msg, raw))
 
 
 def _native_batch(

@@ -16,11 +16,10 @@ Example (graph construction only):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
-import orjson
 from apache_beam.metrics import Metrics
 
 from services.beam_launcher import satellite, satellite_outcomes, satellite_post
@@ -33,7 +32,7 @@ from services.beam_launcher.pipeline import (
     shared_enricher,
     shared_resources,
 )
-from services.beam_launcher.processing import FileTask, dead_letter
+from services.beam_launcher.processing import FileTask, parse_line
 from services.beam_launcher.rows import DEAD_LETTER, SATELLITE_SCAN
 from services.beam_launcher.satellite_batch import parse_observation_batch
 from services.common.rowschema import Row
@@ -68,52 +67,40 @@ class ParseSatelliteBatch(beam.DoFn):
             c = self.counters[name] = Metrics.counter(NAMESPACE, f"satellite.{name}")
         c.inc(value)
 
+    def _tags_of(self, task: FileTask, role: str) -> Callable[[Any, bytes], list[Any]]:
+        """The handler of one decoded line of a tag or page-fetch file: its tagged outputs."""
+
+        def outputs(record: Any, _raw: bytes) -> list[Any]:
+            if not isinstance(record, dict):
+                raise BadRecord("not_an_object", f"record is a JSON {type(record).__name__}")
+            if role == "resolver_tags":
+                ip, tags = satellite.parse_resolver_tag(record, task.source_file)
+                return [beam.pvalue.TaggedOutput("resolver_tags", ((task.source, ip), tags))]
+            if role == "answer_tags":
+                ip, tags = satellite.parse_answer_tag(record)
+                return [beam.pvalue.TaggedOutput("answer_tags", ((task.source, ip), tags))]
+            if role == "page_fetches":
+                return [
+                    beam.pvalue.TaggedOutput("fetches", ((task.source, domain, ip), fetch))
+                    for domain, ip, fetch in satellite.parse_page_fetch(
+                        record, self.matcher, self.keep_bodies
+                    )
+                ]
+            return []
+
+        return outputs
+
     def process(self, batch: tuple[FileTask, int, list[bytes]]) -> Iterator[Any]:
         task, first, lines = batch
         role = satellite.file_role(task.source_file)
         stats: dict[str, int] = {}
         dead: list[Row] = []
-
-        def bump(name: str, n: int = 1) -> None:
-            stats[name] = stats.get(name, 0) + n
-
         if role == "observations":  # C fast path when built, else the Python reference
             yield from parse_observation_batch(task, first, lines, stats, dead)
-        for offset, raw in enumerate(() if role == "observations" else lines):
-            line_no = first + offset
-            raw = raw.rstrip(b"\r\n")
-            if not raw.strip():
-                bump("blank_lines")
-                continue
-            bump("lines")
-            try:
-                try:
-                    record = orjson.loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    raise BadRecord("invalid_json", f"invalid JSON: {exc}") from None
-                if not isinstance(record, dict):
-                    raise BadRecord("not_an_object", f"record is a JSON {type(record).__name__}")
-                if role == "resolver_tags":
-                    ip, tags = satellite.parse_resolver_tag(record, task.source_file)
-                    yield beam.pvalue.TaggedOutput("resolver_tags", ((task.source, ip), tags))
-                elif role == "answer_tags":
-                    ip, tags = satellite.parse_answer_tag(record)
-                    yield beam.pvalue.TaggedOutput("answer_tags", ((task.source, ip), tags))
-                elif role == "page_fetches":
-                    for domain, ip, fetch in satellite.parse_page_fetch(
-                        record, self.matcher, self.keep_bodies
-                    ):
-                        key = (task.source, domain, ip)
-                        yield beam.pvalue.TaggedOutput("fetches", (key, fetch))
-            except BadRecord as bad:
-                bump("dead_letters")
-                bump(f"dead_letters.{bad.error_class}")
-                dead.append(dead_letter(task, line_no, "parse", bad.error_class, bad.message, raw))
-            except Exception as exc:  # parser bug: dead-letter it, never crash the run
-                bump("dead_letters")
-                bump("dead_letters.internal_error")
-                msg = f"{type(exc).__name__}: {exc}"
-                dead.append(dead_letter(task, line_no, "parse", "internal_error", msg, raw))
+        else:
+            handle = self._tags_of(task, role)
+            for offset, raw in enumerate(lines):
+                yield from parse_line(task, first + offset, raw, stats, dead, handle) or ()
         if dead:
             yield beam.pvalue.TaggedOutput("dead", ((DEAD_LETTER.name, task.file_key), dead))
         for name, value in stats.items():
