@@ -1,14 +1,22 @@
 """services/common/chain.py against a Kubernetes API double (http.server on 127.0.0.1).
 
 The double answers exactly the two calls the chart's Role allows: GET one CronJob and
-POST a Job; it records every request so the path, namespace and body can be checked.
+POST a Job; it records every request so the path, namespace and body can be checked. Like
+the real API server it gives a created Job a uid and the ``batch.kubernetes.io/job-name``
+and ``controller-uid`` labels on its pod template (what the chart's downward-API env reads),
+and it serves the discovery documents a real ``kubectl`` needs, so kubectl's own
+``create job --from=cronjob/...`` runs against it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 NS = "cp-pipeline"
 CRONJOB_PATH = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/cronjobs/([^/?]+)$")
 JOBS_PATH = re.compile(r"^/apis/batch/v1/namespaces/([^/]+)/jobs$")
+KUBECTL_CRONJOB_PATH = re.compile(
+    r"^/apis/batch/(v1|v1beta1)/namespaces/([^/]+)/cronjobs/([^/?]+)$"
+)
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
 
 
 def base_cronjobs() -> dict[str, dict[str, Any]]:
@@ -44,6 +57,8 @@ class FakeApi:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str, dict[str, Any] | None]] = []
         self.fail_create_with: int | None = None
+        # batch version kubectl is offered CronJobs at (v1beta1 for kubectl < 1.21)
+        self.cronjob_version = "v1"
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -66,14 +81,17 @@ class FakeApi:
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
                 api.requests.append(("GET", path, None))
-                m = CRONJOB_PATH.match(path)
-                if not m:
+                discovery = api.discovery(path)
+                if discovery is not None:
+                    return self.reply(200, discovery)
+                m = KUBECTL_CRONJOB_PATH.match(path)
+                if not m or m.group(1) != api.cronjob_version_for(path):
                     return self.status(404, "NotFound")
-                ns, name = m.groups()
+                version, ns, name = m.groups()
                 cj = api.cronjobs.get(name)
                 if ns != NS or cj is None:
                     return self.status(404, "NotFound")
-                self.reply(200, cj)
+                self.reply(200, {**cj, "apiVersion": f"batch/{version}"})
 
             def do_POST(self) -> None:
                 path = self.path.split("?")[0]
@@ -88,8 +106,7 @@ class FakeApi:
                 name = body["metadata"]["name"]
                 if name in api.jobs:
                     return self.status(409, "AlreadyExists")
-                api.jobs[name] = body
-                self.reply(201, body)
+                self.reply(201, api.store_job(body))
 
             def do_PUT(self) -> None:  # anything else is a verb the Role does not grant
                 api.requests.append(("PUT", self.path, None))
@@ -99,6 +116,62 @@ class FakeApi:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+
+    def cronjob_version_for(self, path: str) -> str:
+        """Our client always reads batch/v1; kubectl reads the version discovery offers."""
+        return "v1" if CRONJOB_PATH.match(path) else self.cronjob_version
+
+    def discovery(self, path: str) -> dict[str, Any] | None:
+        """The discovery documents kubectl reads before it GETs a CronJob."""
+        gv = f"batch/{self.cronjob_version}"
+        if path == "/version":
+            return {"major": "1", "minor": "33", "gitVersion": "v1.33.0-double"}
+        if path == "/api":
+            return {"kind": "APIVersions", "versions": ["v1"]}
+        if path == "/api/v1":
+            return {"kind": "APIResourceList", "groupVersion": "v1", "resources": []}
+        if path == "/apis":
+            version = {"groupVersion": gv, "version": self.cronjob_version}
+            group = {"name": "batch", "versions": [version], "preferredVersion": version}
+            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [group]}
+        if path == f"/apis/{gv}":
+            resources = [
+                {"name": "cronjobs", "singularName": "cronjob", "namespaced": True,
+                 "kind": "CronJob", "verbs": ["get"], "shortNames": ["cj"]},
+                {"name": "jobs", "singularName": "job", "namespaced": True,
+                 "kind": "Job", "verbs": ["create"]},
+            ]  # fmt: skip
+            return {"kind": "APIResourceList", "groupVersion": gv, "resources": resources}
+        return None
+
+    def store_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Persist a Job the way the API server does: uid plus the pod template labels."""
+        job = json.loads(json.dumps(body))
+        meta = job["metadata"]
+        meta["uid"] = str(uuid.uuid4())
+        pod_meta = job["spec"]["template"].setdefault("metadata", {})
+        pod_meta.setdefault("labels", {}).update(
+            {
+                JOB_NAME_LABEL: meta["name"],
+                CONTROLLER_UID_LABEL: meta["uid"],
+                "job-name": meta["name"],
+                "controller-uid": meta["uid"],
+            }
+        )
+        self.jobs[meta["name"]] = job
+        return job
+
+    def cron_start(self, cronjob: str, scheduled_minute: int) -> dict[str, Any]:
+        """What the CronJob controller does at a schedule: Job ``<cronjob>-<minute>``."""
+        cj = self.cronjobs[cronjob]
+        template = json.loads(json.dumps(cj["spec"]["jobTemplate"]))
+        body = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {**template.get("metadata", {}), "name": f"{cronjob}-{scheduled_minute}"},
+            "spec": template["spec"],
+        }
+        return self.store_job(body)
 
     @property
     def url(self) -> str:
@@ -201,10 +274,193 @@ def test_chain_after_success_reads_the_environment(fake: FakeApi, batch: client.
     assert len(fake.requests) == before
 
 
-def test_a_new_chain_gets_a_fresh_id() -> None:
+def pod_env(job: dict[str, Any], namespace: str = NS) -> dict[str, str]:
+    """The environment a pod of ``job`` sees: the kubelet resolves the downward-API refs."""
+    pod = job["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    (container,) = pod["spec"]["containers"]
+    env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "HOSTNAME": f"{job['metadata']['name']}-x"}
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+            continue
+        path = item["valueFrom"]["fieldRef"]["fieldPath"]
+        label = re.fullmatch(r"metadata\.labels\['([^']+)'\]", path)
+        if path == "metadata.namespace":
+            env[item["name"]] = namespace
+        elif label:
+            env[item["name"]] = labels.get(label.group(1), "")  # missing label -> ""
+        else:
+            raise AssertionError(f"unexpected fieldRef {path}")
+    return env
+
+
+def test_retries_of_a_cron_started_stage_create_one_downstream_job(
+    fake: FakeApi, batch: client.BatchV1Api
+) -> None:
+    """backoffLimit retries: each pod of one Job asks for the same next Job; 409 = success."""
+    mirror_job = fake.cron_start("cp-pipeline-mirror", 29_000_000)
+    env = pod_env(mirror_job)
+    assert env["CP_JOB_NAME"] == "cp-pipeline-mirror-29000000"
+    assert env["CP_JOB_UID"] == mirror_job["metadata"]["uid"]
+    assert "CP_CHAIN_ID" not in env
+    first = chain.chain_after_success(env, api=batch)  # pod 1 (then, say, evicted)
+    second = chain.chain_after_success(dict(env, HOSTNAME="other-pod"), api=batch)  # pod 2
+    assert first == second == f"cp-pipeline-untar-{chain.job_chain_id(env['CP_JOB_UID'])}"
+    assert sorted(fake.jobs) == sorted([mirror_job["metadata"]["name"], first])
+    posts = [b for m, _, b in fake.requests if m == "POST"]
+    assert [b["metadata"]["name"] for b in posts if b] == [first, first]  # 2nd answered 409
+
+    # The chained untar Job carries the chain id on; its own retries start one launcher Job.
+    untar_job = fake.jobs[first]
+    chain_id = untar_job["metadata"]["labels"]["cp-pipeline/chain-id"]
+    untar_env = pod_env(untar_job)
+    assert untar_env["CP_CHAIN_ID"] == chain_id
+    assert untar_env["CP_JOB_UID"] == untar_job["metadata"]["uid"]  # CP_CHAIN_ID wins over it
+    launchers = {chain.chain_after_success(untar_env, api=batch) for _ in range(2)}
+    assert launchers == {f"cp-pipeline-beam-launcher-{chain_id}"}
+    (launcher,) = launchers
+    assert fake.jobs[launcher]["metadata"]["labels"]["cp-pipeline/chain-id"] == chain_id
+    assert len(fake.jobs) == 3
+
+    # The next night's cron Job is a new chain.
+    tomorrow = pod_env(fake.cron_start("cp-pipeline-mirror", 29_001_440))
+    assert chain.chain_after_success(tomorrow, api=batch) != first
+    assert len(fake.jobs) == 5
+
+
+def test_chain_id_sources_in_order() -> None:
+    uid = "5b0c7a5e-0f6c-4a51-9e53-1c2d3e4f5a6b"
+    in_cluster = {"KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+    both = {**in_cluster, "CP_JOB_UID": uid, "CP_JOB_NAME": "cp-pipeline-mirror-1"}
+    assert chain.chain_id_and_source(both) == (chain.job_chain_id(uid), "CP_JOB_UID")
+    # A Job name reused after deletion has a new uid, hence a new chain (no stale 409).
+    assert chain.job_chain_id(uid) != chain.job_chain_id(str(uuid.uuid4()))
+    name_only = {**in_cluster, "CP_JOB_NAME": "cp-pipeline-mirror-1", "CP_JOB_UID": ""}
+    assert chain.chain_id_and_source(name_only) == (
+        chain.job_chain_id("cp-pipeline-mirror-1"),
+        "CP_JOB_NAME",
+    )
+    assert chain.chain_id_and_source({**both, "CP_CHAIN_ID": "ABCDEF12"}) == (
+        "abcdef12",
+        "CP_CHAIN_ID",
+    )
+    assert re.fullmatch(r"[0-9a-f]{8}", chain.job_chain_id(uid))
+
+
+def test_in_a_cluster_without_a_job_identity_chaining_fails(
+    fake: FakeApi, batch: client.BatchV1Api
+) -> None:
+    env = {
+        "KUBERNETES_SERVICE_HOST": "10.0.0.1",
+        "CP_NEXT_STAGE": "cp-pipeline-untar",
+        "CP_NAMESPACE": NS,
+        "CP_JOB_NAME": "",  # what the downward API gives a bare pod: the label is missing
+        "CP_JOB_UID": "",
+    }
+    with pytest.raises(chain.ChainError, match="CP_JOB_UID"):
+        chain.chain_after_success(env, api=batch)
+    assert fake.requests == []
+
+
+def test_outside_kubernetes_a_random_id_is_logged(capsys: pytest.CaptureFixture[str]) -> None:
     a, b = chain.current_chain_id({}), chain.current_chain_id({})
     assert a != b and re.fullmatch(r"[0-9a-f]{8}", a)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line]
+    logged = [line for line in lines if "chain_id_random" in line.values()]
+    assert [line["chain_id"] for line in logged] == [a, b]
     assert chain.current_chain_id({"CP_CHAIN_ID": "ABCDEF12"}) == "abcdef12"
+
+
+def kubectl_or_skip() -> str:
+    """Path of kubectl; skip with the reason when absent (fail in CI, which installs it)."""
+    path = shutil.which("kubectl")
+    if path is None:
+        reason = "kubectl is not on PATH (install it: .ci/install-kubectl.sh)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return path
+
+
+def kubectl_minor(kubectl: str) -> int:
+    out = subprocess.run(
+        [kubectl, "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    return int(re.match(r"\d+", json.loads(out)["clientVersion"]["minor"]).group())  # type: ignore[union-attr]
+
+
+def drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: drop_nulls(v) for k, v in value.items() if v is not None and v != {}}
+    if isinstance(value, list):
+        return [drop_nulls(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("cronjob", ["cp-pipeline-untar", "cp-pipeline-beam-launcher"])
+def test_our_job_equals_kubectl_create_job_from_cronjob(
+    fake: FakeApi, batch: client.BatchV1Api, tmp_path: Path, cronjob: str
+) -> None:
+    """A real kubectl against the double: same Job apart from what chaining adds."""
+    kubectl = kubectl_or_skip()
+    minor = kubectl_minor(kubectl)
+    if minor < 21:  # Debian bookworm's kubernetes-client 1.20 knows CronJob only as v1beta1
+        fake.cronjob_version = "v1beta1"
+    name = chain.start_next_stage(cronjob, NS, "0a1b2c3d", api=batch)
+    ours = json.loads(json.dumps(fake.requests[-1][2]))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "double", "cluster": {"server": fake.url}}],
+                "users": [{"name": "nobody", "user": {}}],
+                "contexts": [
+                    {"name": "double", "context": {"cluster": "double", "user": "nobody"}}
+                ],
+                "current-context": "double",
+            }
+        )
+    )
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "KUBECONFIG": str(kubeconfig)}
+    cmd = [kubectl, "create", "job", f"--from=cronjob/{cronjob}", name, "-n", NS]
+    cmd += ["--dry-run=client", "-o", "json", f"--cache-dir={tmp_path / 'cache'}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    theirs = drop_nulls(json.loads(done.stdout))
+    assert (
+        "GET",
+        f"/apis/batch/{fake.cronjob_version}/namespaces/{NS}/cronjobs/{cronjob}",
+        None,
+    ) in fake.requests
+
+    # What chaining adds on purpose, removed from our Job:
+    meta = ours["metadata"]
+    assert meta["labels"].pop("cp-pipeline/chain-id") == "0a1b2c3d"
+    pod = ours["spec"]["template"]
+    assert pod["metadata"]["labels"].pop("cp-pipeline/chain-id") == "0a1b2c3d"
+    for container in pod["spec"]["containers"]:
+        chain_env = [e for e in container["env"] if e["name"] == "CP_CHAIN_ID"]
+        assert chain_env == [{"name": "CP_CHAIN_ID", "value": "0a1b2c3d"}]
+        container["env"] = [e for e in container["env"] if e["name"] != "CP_CHAIN_ID"]
+    (owner,) = meta["ownerReferences"]
+    assert owner.pop("blockOwnerDeletion") is False  # the API default; see chain.py
+    if minor < 21:  # 1.20 pointed the owner at v1beta1 and did not set controller
+        (their_owner,) = theirs["metadata"]["ownerReferences"]
+        assert their_owner == {
+            "apiVersion": "batch/v1beta1",
+            "kind": "CronJob",
+            "name": cronjob,
+            "uid": f"uid-{cronjob}",
+        }
+        their_owner.update(apiVersion="batch/v1", controller=True)
+    assert drop_nulls(ours) == {k: v for k, v in theirs.items() if k != "status"}
 
 
 def test_job_names_stay_valid() -> None:

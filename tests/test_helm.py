@@ -9,6 +9,7 @@ Regenerate k8s/base after a chart change:
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,7 @@ CHART = ROOT / "helm" / "cp-pipeline"
 BASE_DIR = ROOT / "k8s" / "base"
 BASE_VALUES = CHART / "ci" / "base-values.yaml"
 PROD_VALUES = CHART / "values-production.example.yaml"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RELEASE = "cp-pipeline"
 NAMESPACE = "cp-pipeline"
 KUBE_VERSIONS = ("1.30.0", "1.33.0")
@@ -43,10 +45,20 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def render(values: dict[str, Any] | None, release: str = RELEASE) -> dict[str, str]:
+def render_all(values: dict[str, Any] | None, release: str = RELEASE) -> dict[str, str]:
+    """Template path -> rendered text, NOTES.txt included."""
     chart = helm.Chart.load(str(CHART))
     out: dict[str, str] = chart.render(values, name=release, namespace=NAMESPACE)
     return out
+
+
+def render(values: dict[str, Any] | None, release: str = RELEASE) -> dict[str, str]:
+    """The rendered manifests (what `helm template` prints; NOTES.txt is not one)."""
+    return {k: v for k, v in render_all(values, release).items() if not k.endswith("NOTES.txt")}
+
+
+def notes(values: dict[str, Any]) -> str:
+    return next(v for k, v in render_all(values).items() if k.endswith("NOTES.txt"))
 
 
 def docs_of(manifests: dict[str, str]) -> list[dict[str, Any]]:
@@ -328,6 +340,185 @@ def test_kustomize_builds_the_base() -> None:
     docs = [d for d in yaml.safe_load_all(out) if d]
     assert len(docs) == len(docs_of(render(load_yaml(BASE_VALUES))))
     assert {d["metadata"]["namespace"] for d in docs} == {NAMESPACE}
+
+
+def launcher_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    cj = by_kind(docs, "CronJob")[f"{RELEASE}-beam-launcher"]
+    (container,) = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def flag_values(args: list[str], flag: str) -> list[str]:
+    """Values of ``flag`` in an argument list (``--f=v`` and ``--f v`` forms)."""
+    out = [a.split("=", 1)[1] for a in args if a.startswith(f"{flag}=")]
+    out += [args[i + 1] for i, a in enumerate(args[:-1]) if a == flag]
+    return out
+
+
+@pytest.mark.parametrize("values_file", [PROD_VALUES, *CI_VALUES], ids=lambda p: p.name)
+def test_launcher_runs_its_command_and_gives_dataflow_its_own_image(values_file: Path) -> None:
+    """The image's ENTRYPOINT is Beam's worker boot: the pod must name the launcher itself."""
+    values = load_yaml(values_file)
+    container = launcher_container(docs_of(render(values)))
+    assert container["command"] == ["python", "-m", "services.beam_launcher"]
+    runner = flag_values(container["args"], "--runner")
+    images = flag_values(container["args"], "--sdk_container_image")
+    if runner == ["DataflowRunner"]:
+        assert images == [container["image"]], "workers must run the launcher's image"
+        assert "use_runner_v2" in flag_values(container["args"], "--experiments")
+    else:
+        assert runner and images == []
+
+
+def test_every_stage_names_its_module_as_command(base_docs: list[dict[str, Any]]) -> None:
+    for name, cj in by_kind(base_docs, "CronJob").items():
+        (container,) = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        module = name.removeprefix(f"{RELEASE}-").replace("-", "_")
+        assert container["command"] == ["python", "-m", f"services.{module}"]
+        assert (ROOT / "services" / module / "__main__.py").is_file()
+
+
+def test_digest_pinned_image_is_the_worker_image_too() -> None:
+    values = load_yaml(BASE_VALUES)
+    digest = "sha256:" + "ab" * 32
+    values["stages"] = {
+        "beam-launcher": {"image": {"repository": "cp-beam-launcher", "digest": digest}}
+    }
+    container = launcher_container(docs_of(render(values)))
+    assert container["image"] == f"us-docker.pkg.dev/my-gcp-project/cp/cp-beam-launcher@{digest}"
+    assert flag_values(container["args"], "--sdk_container_image") == [container["image"]]
+
+
+def test_rendered_launcher_flags_are_real_beam_and_launcher_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The production render, parsed by the launcher's CLI and Beam's own option classes."""
+    from apache_beam.options.pipeline_options import (
+        DebugOptions,
+        GoogleCloudOptions,
+        StandardOptions,
+        WorkerOptions,
+    )
+
+    from services.beam_launcher.__main__ import parse_args
+    from services.beam_launcher.run import _pipeline_options
+
+    container = launcher_container(docs_of(render(load_yaml(PROD_VALUES))))
+    for item in container["env"]:
+        if "value" in item:
+            monkeypatch.setenv(item["name"], item["value"])
+    cfg, _ = parse_args(container["args"])
+    options = _pipeline_options(cfg, "test")
+    assert options.view_as(StandardOptions).runner == "DataflowRunner"
+    gcp = options.view_as(GoogleCloudOptions)
+    assert (gcp.project, gcp.region) == ("example-cp-prod", "us-central1")
+    assert gcp.service_account_email == "cp-dataflow-worker@example-cp-prod.iam.gserviceaccount.com"
+    assert gcp.temp_location == "gs://example-cp-prod-temp/launcher"
+    assert gcp.staging_location == "gs://example-cp-prod-temp/staging"
+    worker = options.view_as(WorkerOptions)
+    assert worker.sdk_container_image == container["image"]
+    assert worker.max_num_workers == 20
+    assert worker.subnetwork == "regions/us-central1/subnetworks/dataflow"
+    assert options.view_as(DebugOptions).experiments == ["use_runner_v2"]
+    assert cfg.require_markers is True and cfg.sink == "bigquery"
+
+
+@pytest.mark.parametrize("bad", [["--runner", "DirectRunner"], ["--sdk_container_image=x/y:1"]])
+def test_launcher_args_cannot_bypass_runner_or_worker_image(bad: list[str]) -> None:
+    values = load_yaml(BASE_VALUES)
+    values["stages"] = {"beam-launcher": {"args": bad}}
+    with pytest.raises(helm.HelmError, match=r"stages\.beam-launcher"):
+        render(values)
+
+
+def test_pods_get_their_job_identity_for_chaining(base_docs: list[dict[str, Any]]) -> None:
+    for cj in by_kind(base_docs, "CronJob").values():
+        env = env_of(cj)
+        assert env["CP_JOB_NAME"] == {
+            "fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}
+        }
+        assert env["CP_JOB_UID"] == {
+            "fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/controller-uid']"}
+        }
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=lambda p: p.name)
+def test_chart_testing_cases_lint_and_validate(values_file: Path) -> None:
+    values = load_yaml(values_file)
+    docs = docs_of(render(values))
+    for kube in KUBE_VERSIONS:
+        report = helm.lint(
+            str(CHART), values, strict=True, namespace=NAMESPACE, kube_version=f"v{kube}"
+        )
+        assert report["errors"] == []
+        assert [m for m in report["messages"] if m["severity"] >= 2] == []
+        for doc in docs:
+            if doc["kind"] not in CRD_KINDS:
+                kubernetes_validate.validate(doc, kube, strict=True)
+    assert by_kind(docs, "CronJob")
+
+
+def test_chart_testing_config() -> None:
+    """ct.yaml points at this chart; ci/ holds one case per example values file."""
+    config = load_yaml(ROOT / "ct.yaml")
+    known = {
+        "remote", "target-branch", "chart-dirs", "charts", "validate-maintainers",
+        "validate-chart-schema", "validate-yaml", "check-version-increment",
+        "helm-extra-args", "chart-repos", "excluded-charts", "namespace", "release-label",
+    }  # fmt: skip
+    assert set(config) <= known
+    assert CHART.parent in [ROOT / d for d in config["chart-dirs"]]
+    names = {p.name for p in CI_VALUES}
+    assert {"base-values.yaml", "production-values.yaml", "direct-runner-values.yaml"} <= names
+    # The production case is the published example, byte for byte.
+    assert (CHART / "ci" / "production-values.yaml").read_text() == PROD_VALUES.read_text(), (
+        "cp helm/cp-pipeline/values-production.example.yaml "
+        "helm/cp-pipeline/ci/production-values.yaml"
+    )
+
+
+def test_notes_say_what_was_installed_and_how_to_backfill() -> None:
+    values = load_yaml(PROD_VALUES)
+    text = notes(values)
+    cronjobs = set(by_kind(docs_of(render(values)), "CronJob"))
+    named = set(re.findall(r"--from=cronjob/([a-z0-9-]+)", text))
+    assert named == {f"{RELEASE}-mirror", f"{RELEASE}-beam-launcher"}
+    assert named <= cronjobs
+    for name in cronjobs:
+        assert name in text
+    assert "CP_START_DATE=" in text and "CP_NEXT_STAGE-" in text
+    assert f"PrometheusRule {RELEASE} " in text and "grafana_dashboard" in text
+    # With monitoring off the notes say so instead of pointing at objects that do not exist.
+    base = notes(load_yaml(BASE_VALUES))
+    assert "Dashboards: not installed" in base and "Alerts: not installed" in base
+
+
+def test_chart_readme_is_generated_from_values_and_lists_every_value() -> None:
+    sys.path.insert(0, str(ROOT / "helm"))
+    try:
+        import chart_readme
+    finally:
+        sys.path.pop(0)
+    readme = (CHART / "README.md").read_text()
+    assert readme == chart_readme.render(), "stale: uv run python helm/chart_readme.py"
+    rows = set(re.findall(r"^\| `([^`]+)` \|", readme, flags=re.M))
+
+    def leaves(node: Any, path: str) -> list[str]:
+        if isinstance(node, dict) and node:
+            out = []
+            for key, value in node.items():
+                out += leaves(value, chart_readme.join_path(path, key))
+            return out
+        return [path]
+
+    # A leaf is listed itself or, inside a flow map ({cpu: 1, memory: 1Gi}), by its map.
+    missing = [
+        p
+        for p in leaves(load_yaml(CHART / "values.yaml"), "")
+        if p not in rows and p.rsplit(".", 1)[0] not in rows
+    ]
+    assert missing == []
+    assert "stages.beam-launcher.dataflow.maxNumWorkers" in rows
 
 
 if __name__ == "__main__":

@@ -13,6 +13,15 @@ CronJob's name). The Job is made from the CronJob's ``spec.jobTemplate`` the way
   blocking would need ``update cronjobs/finalizers``, which the chart does not grant),
   so the CronJob's history limits and deletion cover chained Jobs too.
 
+The chain id (``current_chain_id``) is, in this order: ``$CP_CHAIN_ID`` (set on every
+chained Job, so a whole night shares the id of the Job that started it); else derived
+from this pod's Job, which every retry of the pod shares: ``$CP_JOB_UID`` (the chart sets
+it from the pod label ``batch.kubernetes.io/controller-uid``; unique even when a Job name
+is reused) or ``$CP_JOB_NAME`` (label ``batch.kubernetes.io/job-name``). Only outside
+Kubernetes (no ``$KUBERNETES_SERVICE_HOST``) does a run get a random id, and it logs
+that; in a cluster with no Job identity chaining fails with the reason instead of
+creating a Job a retry could not find again.
+
 API calls, exactly: ``get`` one CronJob and ``create`` a Job (``API_PERMISSIONS``; the
 chart's Role grants these and nothing else, checked by tests/test_chain.py).
 
@@ -23,6 +32,7 @@ Example (outside a cluster, with no next stage, nothing happens):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Mapping
@@ -36,6 +46,8 @@ INSTANTIATE_ANNOTATION = "cronjob.kubernetes.io/instantiate"
 CHAIN_ID_ENV = "CP_CHAIN_ID"
 NEXT_STAGE_ENV = "CP_NEXT_STAGE"
 NAMESPACE_ENV = "CP_NAMESPACE"
+JOB_UID_ENV = "CP_JOB_UID"
+JOB_NAME_ENV = "CP_JOB_NAME"
 SA_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 # (API group, resource, verb) of every call this module makes.
 API_PERMISSIONS = frozenset({("batch", "cronjobs", "get"), ("batch", "jobs", "create")})
@@ -51,11 +63,42 @@ def new_chain_id() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def current_chain_id(environ: Mapping[str, str] | None = None) -> str:
-    """The chain this run belongs to: ``$CP_CHAIN_ID`` when chained, else a new one."""
+def job_chain_id(job_identity: str) -> str:
+    """The chain id a Job starts: 8 hex characters of SHA-256 of its uid or name."""
+    return hashlib.sha256(job_identity.encode()).hexdigest()[:8]
+
+
+def chain_id_and_source(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """``(chain id, where it came from)``; see the module docstring for the order.
+
+    Raises ChainError inside Kubernetes when neither the chain nor the Job is known.
+    """
     env = os.environ if environ is None else environ
     given = (env.get(CHAIN_ID_ENV) or "").strip().lower()
-    return given or new_chain_id()
+    if given:
+        return given, CHAIN_ID_ENV
+    for name in (JOB_UID_ENV, JOB_NAME_ENV):
+        value = (env.get(name) or "").strip()
+        if value:
+            return job_chain_id(value), name
+    if env.get("KUBERNETES_SERVICE_HOST"):
+        raise ChainError(
+            f"no chain id: {CHAIN_ID_ENV}, {JOB_UID_ENV} and {JOB_NAME_ENV} are all unset "
+            "(not a pod of a Job?); a random id would let a retry start a second Job"
+        )
+    return new_chain_id(), "random"
+
+
+def current_chain_id(environ: Mapping[str, str] | None = None) -> str:
+    """The chain this run belongs to (random, logged, only outside Kubernetes)."""
+    chain_id, source = chain_id_and_source(environ)
+    if source == "random":
+        get_logger("chain").warning(
+            "chain_id_random",
+            chain_id=chain_id,
+            reason=f"outside Kubernetes and {CHAIN_ID_ENV}/{JOB_UID_ENV}/{JOB_NAME_ENV} unset",
+        )
+    return chain_id
 
 
 def job_name(cronjob: str, chain_id: str) -> str:
@@ -165,7 +208,8 @@ def chain_after_success(environ: Mapping[str, str] | None = None, api: Any = Non
     """Call after a successful run: start ``$CP_NEXT_STAGE`` if set; return the Job name.
 
     No-op (None, one log line) when ``$CP_NEXT_STAGE`` is unset, or when not in a cluster
-    (no ``$KUBERNETES_SERVICE_HOST``) and no ``api`` is given.
+    (no ``$KUBERNETES_SERVICE_HOST``) and no ``api`` is given. Every retry of one Job's pod
+    asks for the same Job name (see ``chain_id_and_source``).
     """
     env = os.environ if environ is None else environ
     log: Any = get_logger("chain")

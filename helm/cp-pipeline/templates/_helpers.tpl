@@ -128,15 +128,44 @@ CP_* settings of a stage as a YAML map (name: value); the stage's env wins.
 {{- end -}}
 
 {{/*
-Container arguments of a stage: the stage's args plus, for the beam-launcher, the
-Dataflow project and region.
+Container arguments of a stage: the stage's args plus, for the beam-launcher, --runner,
+the Dataflow project and region and, when the runner is DataflowRunner, the worker image
+(--sdk_container_image: exactly the launcher container's own image reference) and the
+stages.beam-launcher.dataflow options.
 */}}
 {{- define "cp-pipeline.stageArgs" -}}
 {{- $v := .root.Values -}}
 {{- $stage := index $v.stages .stage -}}
 {{- $args := default (list) $stage.args -}}
 {{- if eq .stage "beam-launcher" -}}
-{{- $args = concat $args (list "--project" $v.gcp.project "--region" $v.gcp.region) -}}
+{{- range $args -}}
+{{- if or (eq . "--runner") (hasPrefix "--runner=" .) -}}
+{{- fail "stages.beam-launcher.args: set the runner with stages.beam-launcher.runner, not --runner" -}}
+{{- end -}}
+{{- if hasPrefix "--sdk_container_image" . -}}
+{{- fail "stages.beam-launcher.args: --sdk_container_image is set by the chart (the launcher's own image)" -}}
+{{- end -}}
+{{- end -}}
+{{- $args = concat (list "--runner" $stage.runner) $args (list "--project" $v.gcp.project "--region" $v.gcp.region) -}}
+{{- if eq $stage.runner "DataflowRunner" -}}
+{{- $df := default (dict) $stage.dataflow -}}
+{{- $args = append $args (printf "--sdk_container_image=%s" (include "cp-pipeline.image" .)) -}}
+{{- range $df.experiments -}}
+{{- $args = append $args (printf "--experiments=%s" .) -}}
+{{- end -}}
+{{- with $df.serviceAccountEmail -}}
+{{- $args = append $args (printf "--service_account_email=%s" .) -}}
+{{- end -}}
+{{- with $df.subnetwork -}}
+{{- $args = append $args (printf "--subnetwork=%s" .) -}}
+{{- end -}}
+{{- if $df.maxNumWorkers -}}
+{{- $args = append $args (printf "--max_num_workers=%d" (int $df.maxNumWorkers)) -}}
+{{- end -}}
+{{- with $df.stagingLocation -}}
+{{- $args = append $args (printf "--staging_location=%s" .) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- toYaml (dict "args" $args) -}}
 {{- end -}}
