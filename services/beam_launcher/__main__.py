@@ -163,7 +163,7 @@ def _as_date(value: object) -> dt.date | None:
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, stage="beam_launcher", scan_type=args.scan_type)
     if args.ip_org_mmdb:  # read by the workers' enrichers (also set on Dataflow workers)
         os.environ["CP_IP_ORG_MMDB"] = args.ip_org_mmdb
     metrics = LauncherMetrics()

@@ -17,7 +17,7 @@ from services.common.chain import ChainError, chain_after_success
 from services.common.cli import add_ops_arguments, add_retry_arguments, date_arg, scan_types_arg
 from services.common.config import env_or
 from services.common.httpfetch import Backoff
-from services.common.logsetup import configure_logging
+from services.common.logsetup import configure_logging, scan_types_label
 from services.common.metrics_export import export_metrics
 from services.common.scans import SCAN_TYPES
 from services.mirror.archives import DEFAULT_TMP_MAX_AGE_S, MirrorConfig, mirror_archives
@@ -104,7 +104,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("archives needs --source and --dest (or $CP_MIRROR_SOURCE, $CP_RAW)")
     elif not args.url or not args.dest:
         parser.error("resources needs --url and --dest (or $CP_RESOURCES_URL, $CP_RESOURCES_DEST)")
-    configure_logging(args.log_level)
+    configure_logging(
+        args.log_level,
+        stage="mirror",
+        scan_type=scan_types_label(args.scan_types) if args.command == "archives" else None,
+    )
     backoff = Backoff(retries=args.retries, base=args.backoff)
     metrics = MirrorMetrics()
     try:

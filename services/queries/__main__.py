@@ -105,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[QueriesConfig, argparse.N
 
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, stage="queries")
     metrics = QueriesMetrics()
 
     def push(succeeded: bool) -> None:

@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--dest is required (or $CP_IP_METADATA)")
     if args.command == "backfill" and args.end < args.start:
         parser.error("--end is before --start")
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, stage="routeviews")
     metrics = MirrorMetrics()
     mirror = Mirror(
         base_url=args.base_url,

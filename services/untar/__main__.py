@@ -17,7 +17,7 @@ import orjson
 from services.common.chain import ChainError, chain_after_success
 from services.common.cli import add_ops_arguments, date_arg, scan_types_arg
 from services.common.config import env_or
-from services.common.logsetup import configure_logging
+from services.common.logsetup import configure_logging, scan_types_label
 from services.common.metrics_export import export_metrics
 from services.common.scans import SCAN_TYPES
 from services.untar.metrics import UntarMetrics
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.raw or not args.target:
         parser.error("--raw and --target are required (or $CP_RAW, $CP_UNTAR_TARGET)")
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, stage="untar", scan_type=scan_types_label(args.scan_types))
     cfg = UntarConfig(
         raw=args.raw,
         target=args.target,
