@@ -393,7 +393,6 @@ def test_make_run_chain_writes_only_json_lines_on_stderr(tmp_path: Path) -> None
             run_id = summary["run_id"]
             assert {o[LABELS_KEY].get("run_id") for o in objs} <= {run_id, None}
             assert any(o[LABELS_KEY].get("run_id") == run_id for o in objs)
-            assert objs[-1]["message"] in ("chain_end", "run_done")
     assert summaries["mirror:archives"]["copied"] == 9
     assert summaries["untar:--raw"]["unpacked"] == 9
     assert summaries["beam_launcher:--input"]["files_processed"] > 0
