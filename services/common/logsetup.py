@@ -160,7 +160,8 @@ def cloud_logging_fields(_logger: Any, method: str, ed: EventDict) -> EventDict:
 
 
 def _json(_logger: Any, _method: str, ed: EventDict) -> str:
-    return json.dumps(ed, default=repr, ensure_ascii=False)
+    """ASCII-only JSON: valid whatever encoding stderr has."""
+    return json.dumps(ed, default=repr)
 
 
 def _chains() -> tuple[list[Any], list[Any]]:
