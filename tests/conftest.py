@@ -51,8 +51,9 @@ def build_real_input(dest: Path, versions: tuple[str, ...] = ("v1", "v2")) -> Pa
     return dest
 
 
-# Real GCS JSON API (gcp-storage-emulator on 127.0.0.1): gcs_server, gcs_env, gcs_bucket.
-pytest_plugins = ["tests.gcs_server"]
+# Real GCS JSON API (gcp-storage-emulator on 127.0.0.1): gcs_server, gcs_env, gcs_bucket;
+# real BigQuery REST API (bqemulator subprocess on 127.0.0.1): bq_server, bq_env.
+pytest_plugins = ["tests.gcs_server", "tests.bq_server"]
 
 
 # Real Satellite fixture folder → the scan name it is filed under in our input layout.

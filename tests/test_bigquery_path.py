@@ -90,6 +90,11 @@ class RecordingClient:
     def __init__(self) -> None:
         self.queries: list[tuple[str, Any]] = []
         self.deleted: list[str] = []
+        self.created: list[str] = []  # before the first query: the staging tables ensured
+
+    def create_table(self, table: Any, exists_ok: bool = False) -> None:
+        assert exists_ok and not self.queries
+        self.created.append(f"{table.project}.{table.dataset_id}.{table.table_id}")
 
     def query(self, sql: str, job_config: Any = None) -> Any:
         self.queries.append((sql, job_config))
@@ -130,7 +135,9 @@ def test_commit_is_one_transaction_with_parameters() -> None:
     assert params["all_keys"].values == [ok.file_key, bad.file_key]
     ledger = json.dumps(params["ledger_rows"].to_api_repr())
     assert "rejected" in ledger and ok.file_key in ledger
-    assert sorted(client.deleted) == sorted(f"proj.base.{staging_table(t, 'r-1')}" for t in tables)
+    staged = sorted(f"proj.base.{staging_table(t, 'r-1')}" for t in tables)
+    assert sorted(client.created) == staged  # a table Beam loaded no rows into exists too
+    assert sorted(client.deleted) == staged
 
 
 def test_dataflow_dry_run_of_the_satellite_graph(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,6 +26,7 @@ from services.beam_launcher.rows import (
     SCAN_TABLES,
 )
 from services.beam_launcher.warehouse_local import FileVerdict, LedgerEntry
+from services.common.bqclient import bigquery_client, point_beam_at_emulator
 from services.common.rowschema import TableSpec
 
 
@@ -62,6 +63,7 @@ class BigQueryStagingSink:
         self.tables = list(tables)
 
     def write(self, keyed_rows: Any) -> Any:
+        point_beam_at_emulator()  # only when $BIGQUERY_EMULATOR_HOST is set
         if isinstance(keyed_rows, list | tuple):  # free on Dataflow
             keyed_rows = keyed_rows | "AllRows" >> beam.Flatten()
         results = []
@@ -125,9 +127,7 @@ class BigQueryWarehouse:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from google.cloud import bigquery
-
-            self._client = bigquery.Client(project=self.project, location=self.location)
+            self._client = bigquery_client(self.project, self.location)
         return self._client
 
     def _table(self, spec: TableSpec) -> Any:
@@ -186,6 +186,12 @@ class BigQueryWarehouse:
         from google.cloud import bigquery
 
         run_id = run_id or staging_id
+        # Beam's file loads create a staging table only when it has rows to load (a run
+        # without dead letters leaves none): an empty one stands in, so the script's
+        # INSERT … SELECT finds every table it names.
+        for spec in tables:
+            staged = f"{self.project}.{self.dataset}.{staging_table(spec, staging_id)}"
+            self.client.create_table(bigquery.Table(staged, schema_fields(spec)), exists_ok=True)
         now = dt.datetime.now(dt.UTC)
         judged = [v for v in verdicts if v.status != "skipped"]
         ok_keys = [v.task.file_key for v in judged if v.status == "ok"]

@@ -306,9 +306,9 @@ class BigQueryBackend:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from google.cloud import bigquery
+            from services.common.bqclient import bigquery_client
 
-            self._client = bigquery.Client(project=self.project, location=self.location)
+            self._client = bigquery_client(self.project, self.location)
         return self._client
 
     def table_ref(self, dataset: str, name: str) -> exp.Table:
