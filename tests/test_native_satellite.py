@@ -220,6 +220,34 @@ def test_base_record_takes_the_c_path(native: Any) -> None:
     assert rows[0]["_row_id"].endswith(":0") and rows[3]["_row_id"].endswith(":3")
 
 
+def test_row_warnings_are_counted_the_same_on_both_paths(native: Any) -> None:
+    # A v2.2 record whose confidence.matches does not pair with its answers (done in C) and
+    # a v2.1 attempt without its error text (always Python): both kept, both counted.
+    mismatch = copy.deepcopy(BASE)
+    mismatch["confidence"]["matches"] = [100]
+    v21 = {
+        "vp": "192.0.2.53",
+        "test_url": "example.org",
+        "response": {"rcode": ["-1"]},
+        "passed_control": True,
+        "connect_error": True,
+        "start_time": "2021-04-26 10:00:00.000000001 -0400 EDT m=+1.000000001",
+    }
+    lines = [dump(mismatch), dump(v21), dump(BASE)]
+    assert compare(native, lines) == 2
+    stats: dict[str, int] = {}
+    rows = satellite_batch.parse_observation_batch(task_for(), 1, lines, stats, [], native=native)
+    flagged = [r["_warnings"] for r in rows if r.get("_warnings")]
+    assert flagged == [
+        ["confidence_matches_length_mismatch"],  # 2 answers, 1 match
+        ["rcode_error_missing"],
+        ["confidence_matches_length_mismatch"],  # BASE's last roundtrip: 1 answer, 2 matches
+    ]
+    assert stats["row_warnings.confidence_matches_length_mismatch"] == 2
+    assert stats["row_warnings.rcode_error_missing"] == 1
+    assert "dead_letters" not in stats
+
+
 @pytest.mark.parametrize(
     "line",
     [

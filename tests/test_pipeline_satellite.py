@@ -51,6 +51,30 @@ def test_row_counts_per_version(sat_wh: Path) -> None:
     ]
 
 
+def test_documented_sql_gives_the_seeds_v21_success(sat_wh: Path) -> None:
+    # docs/tables.md: the seed's v2.1 `success` (not connect_error) from our rows, in
+    # BigQuery SQL, run here through the queries service's DuckDB translation.
+    from services.beam_launcher.schemas import SEED_V21_SUCCESS_SQL
+    from services.queries.dialect import parse_bigquery, to_duckdb
+
+    (tree,) = parse_bigquery(SEED_V21_SUCCESS_SQL)
+    with duckdb.connect() as con:
+        con.execute(f"ATTACH '{sat_wh / 'warehouse.duckdb'}' AS base (READ_ONLY)")
+        got = dict(con.execute(to_duckdb(tree)).fetchall())
+        lines = dict(
+            con.execute(
+                "SELECT DISTINCT measurement_id, source_line FROM base.satellite_scan "
+                "WHERE source_file = 'results.json' AND source = ?",
+                [REAL_SAT_SCANS["satellite_v2.1"]],
+            ).fetchall()
+        )
+    raw = (require_real() / "satellite_v2.1" / "results.json").read_text().splitlines()
+    assert len(lines) == 4
+    expected = {mid: not json.loads(raw[n - 1])["connect_error"] for mid, n in lines.items()}
+    assert {mid: got[mid] for mid in lines} == expected
+    assert sorted(expected.values()) == [False, True, True, True]
+
+
 def test_unknown_file_is_recorded_as_skipped(sat_wh: Path) -> None:
     rows = q(sat_wh, "SELECT file_key, status, reason FROM processed_files WHERE status <> 'ok'")
     assert len(rows) == 1
@@ -171,3 +195,34 @@ def test_resolver_and_answer_ip_metadata(tmp_path: Path) -> None:
         "cp_launcher_ip_metadata_missing_lookups", {"scan_type": "satellite"}
     )
     assert missing and missing >= 24
+
+
+def test_rcode_minus_1_without_error_is_kept_counted_and_classified(tmp_path: Path) -> None:
+    from tests.test_satellite_parse import v21_record
+
+    inp, wh = tmp_path / "in", tmp_path / "wh"
+    scan = inp / "CP_Satellite-2021-04-26-14-00-01"
+    scan.mkdir(parents=True)
+    lines = [v21_record({"rcode": ["-1"]}, True)] * 3 + [
+        v21_record({"192.0.2.80": ["ip"], "rcode": ["0"]}, False)
+    ]
+    (scan / "results.json").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    summary = run(cfg(inp, wh))
+    # Three of four lines lack their error text: far above the 10% bad-line threshold, yet
+    # the file is ok because they are measurements, not bad lines.
+    assert summary.rejected == []
+    assert summary.stats["row_warnings.rcode_error_missing"] == 3
+    assert summary.beam_counters["satellite.row_warnings.rcode_error_missing"] == 3
+    assert q(wh, "SELECT count(*) FROM dead_letter") == [(0,)]
+    rows = q(
+        wh,
+        "SELECT received_rcode, received_error, success, outcome, outcome_rule_id "
+        "FROM satellite_scan ORDER BY source_line",
+    )
+    assert rows == [
+        (-1, None, False, "dns.timedout", "DNS-RCODE-CONNERR"),
+        (-1, None, False, "dns.timedout", "DNS-RCODE-CONNERR"),
+        (-1, None, False, "dns.timedout", "DNS-RCODE-CONNERR"),
+        (0, None, True, "ip.matchip", "IP-MATCHIP"),
+    ]
+    assert q(wh, "SELECT status, rows_written, dead_letters FROM processed_files") == [("ok", 4, 0)]

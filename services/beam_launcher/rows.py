@@ -200,14 +200,34 @@ SATELLITE_SCAN = TableSpec(
         Column("resolver_zero_ip_rate", FLOAT, "Share of answers that were 0.0.0.0"),
         Column("resolver_connect_error_rate", FLOAT, "Share of queries with connection errors"),
         Column("resolver_invalid_cert_rate", FLOAT, "Share of answers with invalid certificates"),
-        Column("received_error", STRING, "Error of the query"),
-        Column("received_rcode", INTEGER, "DNS rcode; -1 = connection error"),
+        Column(
+            "received_error",
+            STRING,
+            "Error of the query; NULL when none, or when a v2.1 rcode -1 attempt has no "
+            "recorded error text (see notes)",
+        ),
+        Column(
+            "received_rcode",
+            INTEGER,
+            "DNS rcode; -1 = no DNS response (connection error); v1 has no rcode: 0, or -1 "
+            "when the record has an error",
+        ),
         Column(
             "answers", RECORD, "Answer IPs with tags and page fetches", REPEATED, _ANSWER_FIELDS
         ),
-        Column("success", BOOLEAN, "The query got an answer (rcode 0)"),
+        Column(
+            "success",
+            BOOLEAN,
+            "This query got a DNS response with rcode 0, in every format (v1: no error); "
+            "not the measurement's result (see notes)",
+        ),
         Column("anomaly", BOOLEAN, "Answers did not match the control answers"),
-        Column("domain_controls_failed", BOOLEAN, "The liveness/control queries failed"),
+        Column(
+            "domain_controls_failed",
+            BOOLEAN,
+            "The measurement's liveness/control queries failed (v2.1: not passed_control, "
+            "v2.2: not passed_liveness); NULL for v1, which has none",
+        ),
         Column("average_confidence", FLOAT, "Mean match_confidence of the answers"),
         Column("untagged_controls", BOOLEAN, "No control answer had tags"),
         Column("untagged_response", BOOLEAN, "No answer had tags"),

@@ -62,6 +62,7 @@ __all__ = [
     "ANSWER_FIELDS",
     "CONTROL_DOMAINS",
     "CONTROL_IPS",
+    "ERROR_MISSING",
     "FILE_ROLES",
     "SKIP_REASONS",
     "UNKNOWN_FILE_REASON",
@@ -212,6 +213,10 @@ CONTROL_DOMAINS = frozenset(
 _CONTROL_RESOLVER_FILES = frozenset({"answers_control.json", "responses_control.json"})
 
 V1, V2_1, V2_1_CONTROL, V2_2 = "v1", "v2.1", "v2.1-control", "v2.2"
+
+#: ``_warnings`` code of a v2.1 rcode -1 attempt whose error text the prober did not record
+#: (counted as ``row_warnings.rcode_error_missing``; the row is kept).
+ERROR_MISSING = "rcode_error_missing"
 
 _COLUMNS = SATELLITE_SCAN.column_names
 _ANSWERS_COLUMN = SATELLITE_SCAN.column("answers")
@@ -606,16 +611,19 @@ def _flatten_v2_1(rec: dict[str, Any], origin: _Origin, trusted: bool) -> list[R
             "satellite_ips_without_success_rcode", f"v2.1: {len(ips)} answers, rcodes {rcodes}"
         )
     failed = rcodes[:-1] if successes else rcodes
-    if failed.count(-1) > len(errors):
-        raise BadRecord(
-            "satellite_rcode_error_mismatch",
-            f"v2.1: {failed.count(-1)} rcode -1 attempts but {len(errors)} errors",
-        )
     rows: list[Row] = []
     pending = iter(errors)
     for rcode in failed:  # failed attempts in order; each -1 takes the next error
-        error = next(pending) if rcode == -1 else None
-        rows.append(maker.row(test_url, retry, rcode, error, [], **fields))
+        if rcode != -1:
+            rows.append(maker.row(test_url, retry, rcode, None, [], **fields))
+            continue
+        error = next(pending, None)
+        if error is not None:
+            rows.append(maker.row(test_url, retry, rcode, error, [], **fields))
+        else:  # the prober recorded the failed attempt but not its error text
+            rows.append(
+                maker.row(test_url, retry, rcode, None, [], _warnings=[ERROR_MISSING], **fields)
+            )
     for error in pending:  # errors whose -1 rcode was not recorded (a prober bug)
         rows.append(maker.row(test_url, retry, -1, error, [], **fields))
     if successes:
@@ -756,14 +764,19 @@ def flatten_observation(
         scan_date: ``YYYY-MM-DD`` from the scan name; the date of v1 rows (v1 has no times).
 
     Rows are one per DNS query: v1 one per record (retry 0); v2.1 one per attempt (failed
-    rcodes in order, each -1 taking the next error; errors left over as -1 rows; then
-    the rcode-0 row with all answer IPs); v2.1 control and v2.2 one per roundtrip.
-    ``retry`` counts the test queries of the record from 0 and is None for queries of
-    control domains. A record with no roundtrips gives no rows.
+    rcodes in order, each -1 taking the next error; a -1 left without an error, which
+    real April 2021 data has, keeps error None and gets ``_warnings``
+    ``[ERROR_MISSING]``; errors left over as -1 rows; then the rcode-0 row with all
+    answer IPs); v2.1 control and v2.2 one per roundtrip. ``retry`` counts the test
+    queries of the record from 0 and is None for queries of control domains. A record
+    with no roundtrips gives no rows.
 
-    Field notes: ``success`` is ``rcode == 0`` (False for the rcode-NULL row of an empty
-    v2.1 response); ``has_type_a`` is the raw value in the v2.1 control file, True for a
-    v2.2 rcode-0 roundtrip with an A record and None otherwise (as the reference), None
+    Field notes: ``success`` is ``rcode == 0`` in every format, a property of the row's
+    query (v1 has no rcode: 0 without ``error``, -1 with one; False for the rcode-NULL
+    row of an empty v2.1 response). It is not the seed's v2.1 ``not connect_error``,
+    which is the measurement's and was also True on its failed attempts (docs/tables.md
+    has the reasons). ``has_type_a`` is the raw value in the v2.1 control file, True for
+    a v2.2 rcode-0 roundtrip with an A record and None otherwise (as the reference), None
     elsewhere; ``domain_controls_failed`` is ``not passed_control`` / ``not
     passed_liveness`` (None for v1, which has neither). ``matches_control`` is a dict of
     five booleans wherever the prober compared the answer with the controls (v1

@@ -67,6 +67,15 @@ def _bump(stats: dict[str, int], name: str, n: int = 1) -> None:
     stats[name] = stats.get(name, 0) + n
 
 
+def _count_warnings(rows: list[Row], stats: dict[str, int]) -> list[Row]:
+    """Bump ``row_warnings.<code>`` for each ``_warnings`` code of the rows (kept rows that
+    say something about the input, e.g. a missing error text); returns ``rows``."""
+    for codes in [row["_warnings"] for row in rows if "_warnings" in row]:
+        for code in codes:
+            _bump(stats, f"row_warnings.{code}")
+    return rows
+
+
 def _python_line(
     task: FileTask,
     ctx: FileContext,
@@ -128,7 +137,8 @@ def parse_observation_batch(
         task: the file; first: line number of ``lines[0]`` (1-based); lines: raw lines
             (with or without their line ends).
         stats: counters to bump (``lines``, ``blank_lines``, ``rows``, ``dead_letters``,
-            ``dead_letters.<class>``, and ``native_errors`` if the C path failed).
+            ``dead_letters.<class>``, ``row_warnings.<code>`` per ``_warnings`` code of
+            a kept row, and ``native_errors`` if the C path failed).
         dead: dead letters are appended to it.
         native: the C module to use, None for the pure-Python path; by default
             :func:`native_module`.
@@ -147,7 +157,7 @@ def parse_observation_batch(
                 _bump(stats, "lines", fast_lines)
                 _bump(stats, "rows", len(rows))
             if not slow:
-                return rows
+                return _count_warnings(rows, stats)
             ctx = task.context()
             out: list[Row] = []
             done = 0
@@ -156,9 +166,9 @@ def parse_observation_batch(
                 done = position
                 _python_line(task, ctx, first + offset, lines[offset], record, out, stats, dead)
             out += rows[done:]
-            return out
+            return _count_warnings(out, stats)
     ctx = task.context()
     out = []
     for offset, raw in enumerate(lines):
         _python_line(task, ctx, first + offset, raw, None, out, stats, dead)
-    return out
+    return _count_warnings(out, stats)
