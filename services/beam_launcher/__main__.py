@@ -1,6 +1,7 @@
 """CLI: ``python -m services.beam_launcher --input DIR --warehouse DIR [...]``.
 
-Exit code 0 on success, 1 with a one-line reason on failure.
+Exit code 0 on success, 1 with a one-line reason on failure, 143 (SIGTERM) or 130
+(SIGINT) when stopped by a signal.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import orjson
 
 from services.beam_launcher.metrics import LauncherMetrics
 from services.beam_launcher.run import RunConfig, RunFailed, run
+from services.common import lifecycle
 from services.common.chain import ChainError, chain_after_success
 from services.common.cli import add_ops_arguments, date_arg
 from services.common.config import env_or
@@ -180,14 +182,20 @@ def main(argv: list[str] | None = None) -> int:
             succeeded=succeeded,
         )
 
+    def push_failed() -> None:
+        metrics.last_failure.set_to_current_time()
+        push(False)
+
+    lifecycle.on_abort(push_failed)  # SIGTERM/SIGINT: see services/common/lifecycle.py
     try:
         summary = run(cfg, metrics)
     except RunFailed as exc:
-        push(False)
+        push_failed()
         print(f"beam_launcher: FAILED: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # one line for the operator; the traceback is in the logs
-        push(False)
+        lifecycle.reraise_if_aborted(exc)
+        push_failed()
         print(f"beam_launcher: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         if os.environ.get("CP_DEBUG"):
             raise
@@ -203,4 +211,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(lifecycle.run_main("beam_launcher", main))

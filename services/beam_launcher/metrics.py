@@ -71,6 +71,11 @@ class LauncherMetrics:
         self.duration = Gauge(
             "cp_launcher_run_duration_seconds", "Wall time of the last run", registry=r
         )
+        self.last_failure = Gauge(
+            "cp_launcher_last_failure_timestamp_seconds",
+            "Unix time of the last run that failed or was stopped by a signal",
+            registry=r,
+        )
         self.last_success = Gauge(
             "cp_launcher_last_success_timestamp_seconds",
             "Unix time of the last run that finished without rejected files",

@@ -29,7 +29,7 @@ from services.beam_launcher.processing import FileTask
 from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
 from services.beam_launcher.rows import DEAD_LETTER, SCAN_TABLES
 from services.beam_launcher.warehouse_local import FileVerdict, LocalTarget, judge
-from services.common import storage
+from services.common import lifecycle, storage
 from services.common.config import pipeline_version
 from services.common.logsetup import get_logger
 from services.common.scans import SCAN_TYPES
@@ -255,6 +255,9 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
     )
 
     warehouse = make_target(cfg)
+    # Staging of runs that died (SIGKILL, node loss) goes before this run stages anything.
+    staging = lifecycle.StagingArea(warehouse.staging_root(), "beam_launcher")
+    staging.sweep()
     if cfg.full:
         warehouse.reset(cfg.scan_types)
     warehouse.ensure_tables()
@@ -290,7 +293,9 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
         tasks = [t for t in todo if (t.scan_type == "satellite") == (family == "satellite")]
         if not tasks:
             continue
+        lifecycle.check()  # after a stop signal no new family starts
         fam_run = f"{run_id}-{family[:3]}"
+        staging.claim(fam_run)
         try:
             result = build_pipeline(cfg, tasks, warehouse, fam_run, family).run()
             wait_for_job(result, cfg.job_deadline_s, log)
@@ -305,15 +310,18 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
                 FileVerdict(t, "skipped", s_reason, {})
                 for t, s_reason in _skip_reasons(plan.skipped, {t.source for t in tasks})
             ]
-            rows_by_table.update(
-                warehouse.commit(fam_run, fam_verdicts + skipped, tables_for(tasks), run_id)
-            )
-            verdicts.extend(fam_verdicts)
+            with lifecycle.critical():  # a signal waits until the commit has finished
+                rows_by_table.update(
+                    warehouse.commit(fam_run, fam_verdicts + skipped, tables_for(tasks), run_id)
+                )
+                verdicts.extend(fam_verdicts)
         except Exception as exc:  # one family failing must not block the other
+            lifecycle.reraise_if_aborted(exc)  # ... but a stop signal stops both
             log.error("family_failed", family=family, error=f"{type(exc).__name__}: {exc}")
             family_errors.append(f"{family}: {type(exc).__name__}: {exc}")
         finally:
             warehouse.cleanup(fam_run)
+            staging.release(fam_run)
 
     totals: Counter[str] = Counter()
     for v in verdicts:

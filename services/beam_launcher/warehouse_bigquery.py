@@ -262,6 +262,10 @@ class BigQueryTarget:
         self.temp_location = temp_location.rstrip("/")
         self.name = f"bigquery:{project}.{dataset}"
 
+    def staging_root(self) -> str:
+        """Where runs stage their stats (``<temp location>/<run>``, with a lease each)."""
+        return self.temp_location
+
     def stats_dir(self, run_id: str) -> str:
         return f"{self.temp_location}/{run_id}/_stats"
 

@@ -241,6 +241,10 @@ class LocalTarget:
         self.warehouse = LocalWarehouse(root)
         self.name = f"local:{self.warehouse.db_path}"
 
+    def staging_root(self) -> str:
+        """Where runs stage (``<warehouse>/staging``; one folder and lease per run)."""
+        return str(self.warehouse.root / "staging")
+
     def staging_dir(self, run_id: str) -> str:
         return str(self.warehouse.root / "staging" / run_id)
 

@@ -20,14 +20,26 @@ from services.common.logsetup import get_logger
 LAST_SUCCESS_SUFFIX = "_last_success_timestamp_seconds"
 
 
-class _WithoutLastSuccess:
-    """A registry view without ``*_last_success_timestamp_seconds`` (pushed on failure)."""
+LAST_FAILURE_SUFFIX = "_last_failure_timestamp_seconds"
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+
+class _Pushed:
+    """The registry as pushed: ``*_last_success_timestamp_seconds`` only after a success,
+    ``*_last_failure_timestamp_seconds`` only when set (never as 0)."""
+
+    def __init__(self, registry: CollectorRegistry, succeeded: bool) -> None:
         self.registry = registry
+        self.succeeded = succeeded
 
     def collect(self) -> Any:
-        return [m for m in self.registry.collect() if not m.name.endswith(LAST_SUCCESS_SUFFIX)]
+        out = []
+        for m in self.registry.collect():
+            if not self.succeeded and m.name.endswith(LAST_SUCCESS_SUFFIX):
+                continue
+            if m.name.endswith(LAST_FAILURE_SUFFIX) and not any(s.value for s in m.samples):
+                continue
+            out.append(m)
+        return out
 
 
 def export_metrics(
@@ -42,11 +54,13 @@ def export_metrics(
 
     Pushes use add semantics (POST): metrics of this run replace those of the same name
     in the group, others stay. After a failed run ``*_last_success_timestamp_seconds`` is
-    not sent at all, so the previous success time survives and staleness alerts work.
+    not sent at all, so the previous success time survives and staleness alerts work;
+    likewise ``*_last_failure_timestamp_seconds`` is sent only when a failure set it.
     """
     log: Any = get_logger("metrics_export", job=job)
     done: list[str] = []
-    source: Any = registry if succeeded else _WithoutLastSuccess(registry)
+    # A success never overwrites the last failure time, nor a failure the last success.
+    source: Any = _Pushed(registry, succeeded)
     if metrics_file:
         try:
             write_to_textfile(metrics_file, source)  # writes a temp file, then renames

@@ -12,8 +12,8 @@ verified streaming copy on it.
 
 * Local folders: a ``.tmp-*`` file in the target folder, fsync, ``os.replace`` (or
   ``os.link`` for ``if_absent``), fsync of the folder. A process killed mid-write
-  leaves only the hidden ``.tmp-*`` file (``list`` skips it; ``remove_stale_temps``
-  deletes old ones).
+  leaves only the hidden ``.tmp-*`` file (``list`` skips it, and the stages' ``.lease-*``
+  files; ``remove_stale_temps`` deletes old ones).
 * GCS: up to ``chunk_size`` bytes are sent in one multipart request (atomic; the MD5 is
   sent along, so the server refuses corrupted bodies); larger objects use a resumable
   upload session, whose object only appears when the session is finalized at the end
@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 TMP_PREFIX = ".tmp-"
+LEASE_PREFIX = ".lease-"  # a running stage's lease (services/common/lifecycle.py), not data
 COPY_CHUNK = 1024 * 1024
 GCS_CHUNK = 8 * 1024 * 1024  # resumable-upload chunk (a multiple of 256 KiB)
 
@@ -207,7 +208,7 @@ class LocalStorage:
             dirnames.sort()
             for name in sorted(filenames):
                 p = Path(dirpath) / name
-                if p.is_file() and not name.startswith(TMP_PREFIX):
+                if p.is_file() and not name.startswith((TMP_PREFIX, LEASE_PREFIX)):
                     yield self._info(p)
 
     @staticmethod

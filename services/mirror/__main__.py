@@ -1,7 +1,7 @@
 """CLI: ``python -m services.mirror archives|resources ...``.
 
-Exit code 0 on success, 1 with a one-line reason on stderr on failure; the run summary
-is printed as JSON on stdout.
+Exit code 0 on success, 1 with a one-line reason on stderr on failure, 143 (SIGTERM) or
+130 (SIGINT) when stopped by a signal; the run summary is printed as JSON on stdout.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from services.common import lifecycle
 from services.common.chain import ChainError, chain_after_success
 from services.common.cli import add_ops_arguments, add_retry_arguments, date_arg, scan_types_arg
 from services.common.config import env_or
@@ -111,6 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     backoff = Backoff(retries=args.retries, base=args.backoff)
     metrics = MirrorMetrics()
+
+    def push(succeeded: bool) -> None:
+        if not succeeded:
+            metrics.last_failure.set_to_current_time()
+        export_metrics(
+            metrics.registry, "cp_mirror", args.metrics_file, args.pushgateway, succeeded=succeeded
+        )
+
+    lifecycle.on_abort(lambda: push(False))  # SIGTERM/SIGINT: services/common/lifecycle.py
     try:
         if args.command == "archives":
             cfg = MirrorConfig(
@@ -139,20 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = sync_resources(args.url, args.dest, metrics=metrics, backoff=backoff)
             out, reason = result.to_dict(), None
     except Exception as exc:  # one line for the operator; details are in the logs
-        export_metrics(
-            metrics.registry, "cp_mirror", args.metrics_file, args.pushgateway, succeeded=False
-        )
+        lifecycle.reraise_if_aborted(exc)
+        push(False)
         print(f"mirror: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         if os.environ.get("CP_DEBUG"):
             raise
         return 1
-    export_metrics(
-        metrics.registry,
-        "cp_mirror",
-        args.metrics_file,
-        args.pushgateway,
-        succeeded=reason is None,
-    )
+    push(reason is None)
     sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
     if reason:
         print(f"mirror: FAILED: {reason}", file=sys.stderr)
@@ -166,4 +169,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(lifecycle.run_main("mirror", main))

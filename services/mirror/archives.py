@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common import storage
+from services.common import lifecycle, storage
 from services.common.httpfetch import Backoff, is_transient
 from services.common.logsetup import get_logger
 from services.common.scans import ScanName, UnknownScanName, parse_scan_name
@@ -233,6 +233,7 @@ class _Run:
             except storage.ObjectExists:
                 raise
             except Exception as exc:
+                lifecycle.reraise_if_aborted(exc)
                 retryable = is_transient(exc) or _is_transient_gcs(exc)
                 retryable = retryable or isinstance(exc, storage.ChecksumMismatch)
                 attempt += 1
@@ -244,12 +245,31 @@ class _Run:
                 )
                 self.cfg.backoff.sleep(delay)
 
+    def _adopt(self, entry: SourceEntry, info: storage.ObjectInfo, decision: Decision) -> None:
+        """Record an identical archive that has no copy record (e.g. a run stopped between
+        publishing and recording it), so a checksum-less source recognises it later."""
+        if decision.reason != "same size and MD5":
+            return
+        self.manifest.record_copy(
+            entry.name,
+            CopyRecord(
+                source=entry.url,
+                source_etag=entry.etag,
+                size=info.size,
+                md5=self.dest_md5(info),
+                dest_version=info.version,
+                copied_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            ),
+        )
+
     def handle(self, candidate: Candidate) -> Outcome:
         entry = self.source.describe(candidate)
         url = self.dest_url(entry.name)
         info = self.dest_storage.stat(url)
         decision = self.decide(entry, info)
         if not decision.copy:
+            if info is not None and entry.name not in self.manifest.copies and not self.cfg.dry_run:
+                self._adopt(entry, info, decision)
             return Outcome(entry.name, "skipped", decision.reason)
         if self.cfg.dry_run:
             return Outcome(entry.name, "would_copy", decision.reason)
@@ -300,11 +320,24 @@ def mirror_archives(
     src = source or open_source(cfg.source, cfg.backoff, cfg.allowed_hosts)
     run = _Run(cfg, src, metrics)
     summary = MirrorSummary(source=cfg.source, dest=cfg.dest)
-    if not cfg.dry_run:
-        removed = run.dest_storage.remove_stale_temps(cfg.dest, cfg.tmp_max_age_s)
-        if removed:
-            run.log.info("stale_temps_removed", count=removed)
+    temps = lifecycle.TempLease(cfg.dest, "mirror", cfg.tmp_max_age_s)
+    if not cfg.dry_run:  # this run's lease; .tmp-* files of runs no longer alive go
+        temps.claim_and_sweep()
+    try:
+        _mirror_selected(cfg, src, run, summary, metrics)
+    finally:
+        temps.release()
+    summary.seconds = time.monotonic() - started
+    metrics.duration.set(summary.seconds)
+    if not summary.failed:
+        metrics.last_success.set_to_current_time()
+    run.log.info("run_done", **{k: v for k, v in summary.to_dict().items() if k != "failures"})
+    return summary
 
+
+def _mirror_selected(
+    cfg: MirrorConfig, src: Source, run: _Run, summary: MirrorSummary, metrics: MirrorMetrics
+) -> None:
     candidates: dict[str, Candidate] = {}
     duplicates: list[Candidate] = []
     for cand in sorted(src.candidates(), key=lambda c: c.url):
@@ -325,9 +358,11 @@ def mirror_archives(
         run.log.error("archive_failed", archive=dup.name, reason=reason)
 
     for name, _scan in sorted(sel.selected, key=lambda s: (s[1].started, s[0])):
+        lifecycle.check()  # after a stop signal no new archive starts
         try:
             outcome = run.handle(candidates[name])
         except Exception as exc:
+            lifecycle.reraise_if_aborted(exc)
             outcome = Outcome(name, "failed", f"{type(exc).__name__}: {exc}")
             run.log.error("archive_failed", archive=name, reason=outcome.reason)
         else:
@@ -346,9 +381,3 @@ def mirror_archives(
     for outcome in summary.outcomes:
         if outcome.result in ("copied", "skipped", "failed", "unknown_name"):
             metrics.archives.labels(result=outcome.result).inc()
-    summary.seconds = time.monotonic() - started
-    metrics.duration.set(summary.seconds)
-    if not summary.failed:
-        metrics.last_success.set_to_current_time()
-    run.log.info("run_done", **{k: v for k, v in summary.to_dict().items() if k != "failures"})
-    return summary

@@ -35,6 +35,11 @@ class MirrorMetrics:
         self.duration = Gauge(
             "cp_mirror_run_duration_seconds", "Wall time of the last archive run", registry=r
         )
+        self.last_failure = Gauge(
+            "cp_mirror_last_failure_timestamp_seconds",
+            "Unix time of the last run that failed or was stopped by a signal",
+            registry=r,
+        )
         self.last_success = Gauge(
             "cp_mirror_last_success_timestamp_seconds",
             "Unix time of the last archive run without failures",

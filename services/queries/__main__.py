@@ -1,6 +1,7 @@
 """CLI: ``python -m services.queries --warehouse DIR [--backend duckdb|bigquery] [...]``.
 
-Exit code 0 on success (summary as JSON on stdout), 1 with a one-line reason on stderr.
+Exit code 0 on success (summary as JSON on stdout), 1 with a one-line reason on stderr,
+143 (SIGTERM) or 130 (SIGINT) when stopped by a signal.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 
 import orjson
 
+from services.common import lifecycle
 from services.common.chain import ChainError, chain_after_success
 from services.common.cli import add_ops_arguments, date_arg
 from services.common.config import env_or
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = QueriesMetrics()
 
     def push(succeeded: bool) -> None:
+        if not succeeded:
+            metrics.last_failure.set_to_current_time()
         export_metrics(
             metrics.registry,
             "cp_queries",
@@ -117,9 +121,11 @@ def main(argv: list[str] | None = None) -> int:
             succeeded=succeeded,
         )
 
+    lifecycle.on_abort(lambda: push(False))  # SIGTERM/SIGINT: services/common/lifecycle.py
     try:
         summary = run(cfg, metrics=metrics)
     except Exception as exc:  # one line for the operator; details are in the logs
+        lifecycle.reraise_if_aborted(exc)
         push(False)
         print(f"queries: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         if os.environ.get("CP_DEBUG"):
@@ -136,4 +142,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(lifecycle.run_main("queries", main))

@@ -60,6 +60,11 @@ class QueriesMetrics:
         self.duration = Gauge(
             "cp_queries_run_duration_seconds", "Wall time of the last run", registry=r
         )
+        self.last_failure = Gauge(
+            "cp_queries_last_failure_timestamp_seconds",
+            "Unix time of the last run that failed or was stopped by a signal",
+            registry=r,
+        )
         self.last_success = Gauge(
             "cp_queries_last_success_timestamp_seconds",
             "Unix time of the last successful run",

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlglot import exp
 
+from services.common import lifecycle
 from services.common.logsetup import get_logger
 from services.common.rowschema import TableSpec
 from services.queries import export as export_mod
@@ -53,6 +54,7 @@ SOURCE_ROW_FIELDS = {
     "date": "DATE",
     "row_count": "INT64",
 }
+EXPORT_TMP_MAX_AGE_S = 6 * 3600.0  # .tmp-* export files swept at this age if another run lives
 COUNTRY_ROW_FIELDS = {"country_code": "STRING", "country_name": "STRING", "status": "STRING"}
 
 
@@ -162,6 +164,8 @@ class Service:
         return self.backend.query(self.render(f.statement), self._params(params))
 
     def atomic(self, stmts: Sequence[exp.Expression], params: Mapping[str, Any]) -> None:
+        """One transaction (rolled back on any error, a stop signal included)."""
+        lifecycle.check()  # after a stop signal no new transaction begins
         self.backend.run_atomic([self.render(s) for s in stmts], self._params(params))
 
     def _params(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -463,7 +467,12 @@ def run(
                     summary.quality[f.check or f.name] = svc.run_check(f, start, end)
 
         if cfg.export:
-            summary.exported_files = export_mod.export(svc, cfg.export, full=cfg.full)
+            temps = lifecycle.TempLease(cfg.export, "queries", EXPORT_TMP_MAX_AGE_S)
+            temps.claim_and_sweep()  # .tmp-* files of exports no longer alive go
+            try:
+                summary.exported_files = export_mod.export(svc, cfg.export, full=cfg.full)
+            finally:
+                temps.release()
     finally:
         summary.statements = backend.stats.statements
         summary.bytes_billed = backend.stats.bytes_billed

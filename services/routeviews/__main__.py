@@ -6,7 +6,8 @@
     python -m services.routeviews asclass    # = sync --kinds as2class
 
 Prints a JSON summary on stdout. Exit code 0 when nothing failed, 1 when a file or a
-listing failed (the other files are still published), 2 on bad usage.
+listing failed (the other files are still published), 2 on bad usage, 143 (SIGTERM) or
+130 (SIGINT) when stopped by a signal.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from services.common import lifecycle
 from services.common.cli import add_ops_arguments, add_retry_arguments, date_arg
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
@@ -25,6 +27,8 @@ from services.routeviews import caida
 from services.routeviews.fetch import Fetcher
 from services.routeviews.metrics import MirrorMetrics
 from services.routeviews.mirror import Mirror, RunSummary
+
+TMP_MAX_AGE_S = 6 * 3600.0  # .tmp-* files are swept at this age while another run is alive
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -120,25 +124,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics=metrics,
         check_remote_size=not args.no_size_check,
     )
+
+    def push() -> None:
+        export_metrics(
+            metrics.registry,
+            "cp_routeviews",
+            args.metrics_file,
+            args.pushgateway,
+            # last_success is per kind and only set for kinds that succeeded: always send it.
+            succeeded=True,
+        )
+
+    def push_failed() -> None:
+        metrics.last_failure.set_to_current_time()
+        push()
+
+    lifecycle.on_abort(push_failed)  # SIGTERM/SIGINT: see services/common/lifecycle.py
+    temps = lifecycle.TempLease(args.dest, "routeviews", TMP_MAX_AGE_S)
+    temps.claim_and_sweep()  # this run's lease; .tmp-* files of runs no longer alive go
     summary: RunSummary
-    if args.command == "backfill":
-        summary = mirror.backfill(args.kinds, args.start, args.end)
-    elif args.command == "sync":
-        summary = mirror.sync(args.kinds, snapshot_days=args.snapshot_days)
+    try:
+        if args.command == "backfill":
+            summary = mirror.backfill(args.kinds, args.start, args.end)
+        elif args.command == "sync":
+            summary = mirror.sync(args.kinds, snapshot_days=args.snapshot_days)
+        else:
+            kind = "as2org" if args.command == "asorg" else "as2class"
+            summary = mirror.sync((kind,), snapshot_days=args.snapshot_days)
+    finally:
+        temps.release()
+    if summary.failed:
+        push_failed()
     else:
-        kind = "as2org" if args.command == "asorg" else "as2class"
-        summary = mirror.sync((kind,), snapshot_days=args.snapshot_days)
-    export_metrics(
-        metrics.registry,
-        "cp_routeviews",
-        args.metrics_file,
-        args.pushgateway,
-        # last_success is per kind and only set for kinds that succeeded: always send it.
-        succeeded=True,
-    )
+        push()
     sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(lifecycle.run_main("routeviews", main))

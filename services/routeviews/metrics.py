@@ -36,6 +36,11 @@ class MirrorMetrics:
             ["kind"],
             registry=r,
         )
+        self.last_failure = Gauge(
+            "cp_routeviews_last_failure_timestamp_seconds",
+            "Unix time of the last run that failed or was stopped by a signal",
+            registry=r,
+        )
         self.last_success = Gauge(
             "cp_routeviews_last_success_timestamp_seconds",
             "Unix time of the last run of this kind that ended without failures",

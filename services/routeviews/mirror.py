@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common import ipmeta
+from services.common import ipmeta, lifecycle
 from services.common import storage as st
 from services.common.logsetup import get_logger
 from services.routeviews import caida
@@ -164,6 +164,7 @@ class Mirror:
         return outcome
 
     def _mirror_file(self, rf: caida.RemoteFile) -> FileOutcome:
+        lifecycle.check()  # after a stop signal no new file starts
         present = self.present(rf.kind)
         src = caida.source_url(self.base_url, rf)
         if rf.name in present:
@@ -195,6 +196,7 @@ class Mirror:
         try:
             self.storage.write_bytes(target, res.data)
         except Exception as exc:  # storage errors are reported per file, the run goes on
+            lifecycle.reraise_if_aborted(exc)
             return FileOutcome(
                 rf.kind, rf.name, "failed", attempts=res.attempts, detail=f"publish {target}: {exc}"
             )

@@ -1,8 +1,8 @@
 """CLI: ``python -m services.untar --raw RAW --target TARGET [...]``.
 
 Exit code 0 when every archive was unpacked or skipped, 1 with a one-line reason on
-stderr when any failed or was rejected (the others are still done); the run summary is
-printed as JSON on stdout.
+stderr when any failed or was rejected (the others are still done), 143 (SIGTERM) or
+130 (SIGINT) when stopped by a signal; the run summary is printed as JSON on stdout.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from services.common import lifecycle
 from services.common.chain import ChainError, chain_after_success
 from services.common.cli import add_ops_arguments, date_arg, scan_types_arg
 from services.common.config import env_or
@@ -121,16 +122,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp_max_age_s=args.tmp_max_age,
     )
     metrics = UntarMetrics()
-    try:
-        summary = untar_all(cfg, metrics)
-    except Exception as exc:  # e.g. the raw location cannot be listed
+
+    def push_failed() -> None:
+        metrics.last_failure.set_to_current_time()
         export_metrics(
             metrics.registry, "cp_untar", args.metrics_file, args.pushgateway, succeeded=False
         )
+
+    lifecycle.on_abort(push_failed)  # SIGTERM/SIGINT: see services/common/lifecycle.py
+    try:
+        summary = untar_all(cfg, metrics)
+    except Exception as exc:  # e.g. the raw location cannot be listed
+        lifecycle.reraise_if_aborted(exc)
+        push_failed()
         print(f"untar: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         if os.environ.get("CP_DEBUG"):
             raise
         return 1
+    if not summary.ok:
+        metrics.last_failure.set_to_current_time()
     export_metrics(
         metrics.registry, "cp_untar", args.metrics_file, args.pushgateway, succeeded=summary.ok
     )
@@ -154,4 +164,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(lifecycle.run_main("untar", main))

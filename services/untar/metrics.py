@@ -45,6 +45,11 @@ class UntarMetrics:
         self.duration = Gauge(
             "cp_untar_run_duration_seconds", "Wall time of the last run", registry=r
         )
+        self.last_failure = Gauge(
+            "cp_untar_last_failure_timestamp_seconds",
+            "Unix time of the last run that failed or was stopped by a signal",
+            registry=r,
+        )
         self.last_success = Gauge(
             "cp_untar_last_success_timestamp_seconds",
             "Unix time of the last run without failed or rejected archives",

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common import storage
+from services.common import lifecycle, storage
 from services.common.logsetup import get_logger
 from services.common.scans import ScanName, UnknownScanName, parse_scan_name
 from services.untar.markers import completed_archives, marker_url, read_marker
@@ -116,10 +116,30 @@ def untar_all(cfg: UntarConfig, metrics: UntarMetrics | None = None) -> UntarSum
     summary = UntarSummary(raw=cfg.raw, target=cfg.target)
     raw_storage = storage.storage_for(cfg.raw)
     out = storage.storage_for(cfg.target)
-    removed = out.remove_stale_temps(cfg.target, cfg.tmp_max_age_s)
-    if removed:
-        log.info("stale_temps_removed", count=removed)
+    temps = lifecycle.TempLease(cfg.target, "untar", cfg.tmp_max_age_s)
+    temps.claim_and_sweep()  # this run's lease; .tmp-* files of runs no longer alive go
+    try:
+        _untar_found(cfg, summary, metrics, log, raw_storage, out)
+    finally:
+        temps.release()
+    for o in summary.outcomes:
+        metrics.archives.labels(result=o.result).inc()
+    summary.seconds = time.monotonic() - started
+    metrics.duration.set(summary.seconds)
+    if summary.ok:
+        metrics.last_success.set_to_current_time()
+    log.info("run_done", **{k: v for k, v in summary.to_dict().items() if k != "problems"})
+    return summary
 
+
+def _untar_found(
+    cfg: UntarConfig,
+    summary: UntarSummary,
+    metrics: UntarMetrics,
+    log: Any,
+    raw_storage: storage.StreamStorage,
+    out: storage.StreamStorage,
+) -> None:
     archives: dict[str, tuple[ScanName, storage.ObjectInfo]] = {}
     for info in sorted(raw_storage.list(cfg.raw), key=lambda i: i.url):
         name = storage.basename(info.url)
@@ -145,6 +165,7 @@ def untar_all(cfg: UntarConfig, metrics: UntarMetrics | None = None) -> UntarSum
     done = completed_archives(out, storage.join(cfg.target, "scans"))
     for source, (scan, info) in sorted(archives.items(), key=lambda kv: (kv[1][0].started, kv[0])):
         name = storage.basename(info.url)
+        lifecycle.check()  # after a stop signal no new archive starts
         if source in done and (not cfg.recheck or _marker_matches(cfg, scan, info)):
             summary.outcomes.append(ArchiveOutcome(name, "skipped", "marker present"))
             continue
@@ -165,6 +186,7 @@ def untar_all(cfg: UntarConfig, metrics: UntarMetrics | None = None) -> UntarSum
             outcome = ArchiveOutcome(name, "rejected", str(exc))
             log.error("archive_rejected", archive=info.url, reason=str(exc))
         except Exception as exc:
+            lifecycle.reraise_if_aborted(exc)
             outcome = ArchiveOutcome(name, "failed", f"{type(exc).__name__}: {exc}")
             log.error("archive_failed", archive=info.url, reason=outcome.reason)
         else:
@@ -189,12 +211,3 @@ def untar_all(cfg: UntarConfig, metrics: UntarMetrics | None = None) -> UntarSum
             metrics.bytes_read.inc(res.archive_bytes)
             metrics.bytes_written.inc(res.written_bytes)
         summary.outcomes.append(outcome)
-
-    for o in summary.outcomes:
-        metrics.archives.labels(result=o.result).inc()
-    summary.seconds = time.monotonic() - started
-    metrics.duration.set(summary.seconds)
-    if summary.ok:
-        metrics.last_success.set_to_current_time()
-    log.info("run_done", **{k: v for k, v in summary.to_dict().items() if k != "problems"})
-    return summary

@@ -1,0 +1,545 @@
+"""Stopping a stage cleanly, and staging that outlives no run.
+
+Signals. :func:`run_main` runs a stage's ``main`` with handlers for SIGTERM and SIGINT.
+The first signal raises :class:`Aborted` (a ``BaseException``, so ``except Exception``
+handlers do not swallow it) in the main thread, unless a commit is in progress
+(:func:`critical`): then it is raised as soon as the commit has finished, so a commit
+either completes or never starts. Loops that catch ``Exception`` per item call
+:func:`reraise_if_aborted` first, because some libraries turn an interrupt into an
+ordinary exception. When the abort reaches :func:`run_main`, it removes the staging this
+process holds, runs the stage's abort callbacks (failure metrics), writes one
+``run_aborted`` log line and exits with 143 (SIGTERM) or 130 (SIGINT).
+
+Leases. Every staging area a run creates gets a lease file next to it first
+(``<name>.lease``: hostname, boot id, pid and the process start time from
+``/proc/<pid>/stat``) and loses it last. A starting stage sweeps staging whose owner is
+gone: on the same host (and boot), the pid is not running or runs a different process
+(start time differs). A lease from another host (or a ``gs://`` location) cannot be
+checked, so it counts as abandoned only when older than an age threshold. A staging
+folder with no lease belongs to no run (claims write the lease first, releases remove it
+last) and is removed.
+
+Example:
+    >>> import tempfile, os
+    >>> root = tempfile.mkdtemp()
+    >>> area = StagingArea(root, "demo")
+    >>> path = area.claim("run1")
+    >>> os.makedirs(path); sorted(os.listdir(root))
+    ['run1', 'run1.lease']
+    >>> lease_state(read_lease(os.path.join(root, "run1.lease")))
+    'alive'
+    >>> _ = area.release("run1"); os.listdir(root)
+    []
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import orjson
+
+from services.common import storage
+from services.common.logsetup import get_logger
+
+LEASE_SUFFIX = ".lease"
+TEMP_LEASE_PREFIX = storage.LEASE_PREFIX  # leases of stages writing .tmp-* into a folder
+EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+HANDLED = (signal.SIGTERM, signal.SIGINT)
+
+
+class Aborted(BaseException):
+    """A stop signal arrived; the stage unwinds, removes its staging and exits."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.signame = signal.Signals(signum).name
+        self.exit_code = EXIT_CODES.get(signal.Signals(signum), 128 + signum)
+        super().__init__(f"stopped by {self.signame}")
+
+
+class _Holder(Protocol):
+    def release_all(self) -> tuple[int, int]: ...
+
+
+class _Guard:
+    """Process-wide signal state (signals are delivered to the main thread only)."""
+
+    def __init__(self) -> None:
+        self.active = False  # inside run_main: callbacks and holders are collected
+        self.signum: int | None = None
+        self.raised = False
+        self.deferred = 0
+        self.areas: list[_Holder] = []
+        self.on_abort: list[Callable[[], None]] = []
+
+    def handler(self, signum: int, _frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if self.deferred or self.raised:
+            return  # inside a commit (raised when it ends) or already unwinding
+        self.raised = True
+        raise Aborted(self.signum)
+
+    def reset(self) -> None:
+        self.signum, self.raised, self.deferred = None, False, 0
+        self.areas.clear()
+        self.on_abort.clear()
+
+
+_GUARD = _Guard()
+
+
+def requested() -> str | None:
+    """Name of the stop signal received, if any."""
+    return None if _GUARD.signum is None else signal.Signals(_GUARD.signum).name
+
+
+def check() -> None:
+    """Raise :class:`Aborted` when a stop signal has arrived (call before new work)."""
+    if _GUARD.signum is not None:
+        _GUARD.raised = True
+        raise Aborted(_GUARD.signum)
+
+
+def reraise_if_aborted(exc: BaseException) -> None:
+    """In an ``except Exception`` block: turn the exception into the pending abort.
+
+    Libraries may wrap an interrupt raised inside them (Beam, DuckDB); once a stop
+    signal has arrived, no per-item error handler may carry on with the next item.
+    """
+    if isinstance(exc, Aborted):
+        raise exc
+    if _GUARD.signum is not None:
+        _GUARD.raised = True
+        raise Aborted(_GUARD.signum) from exc
+
+
+@contextlib.contextmanager
+def critical() -> Iterator[None]:
+    """A commit: a stop signal arriving inside takes effect when the block has ended."""
+    check()  # no new commit begins after a signal
+    _GUARD.deferred += 1
+    try:
+        yield
+    finally:
+        _GUARD.deferred -= 1
+        if not _GUARD.deferred and _GUARD.signum is not None and not _GUARD.raised:
+            _GUARD.raised = True
+            raise Aborted(_GUARD.signum)
+
+
+def on_abort(callback: Callable[[], None]) -> None:
+    """Run ``callback`` (e.g. push failure metrics) when the stage is stopped by a signal."""
+    if _GUARD.active:
+        _GUARD.on_abort.append(callback)
+
+
+def run_main(stage: str, main: Callable[[], int]) -> int:
+    """Run a stage's ``main`` with SIGTERM/SIGINT handling; return its exit code.
+
+    On a stop signal: staging of this process removed, abort callbacks run, one
+    ``run_aborted`` log line, and the process ends at once (``os._exit``) with 143
+    (SIGTERM) or 130 (SIGINT). Meant as the process entry point: a signal that arrives
+    after ``main`` has returned is ignored (the process is exiting with main's code).
+    """
+    _GUARD.reset()
+    for s in HANDLED:
+        signal.signal(s, _GUARD.handler)
+    _GUARD.active = True
+    try:
+        return main()
+    except BaseException as exc:
+        abort = _as_abort(exc)
+        if abort is None:
+            raise
+        _GUARD.raised = True  # further signals are ignored while cleaning up
+        code = _finish_abort(stage, abort, exc)
+        # Library threads interrupted mid-work (Beam's bundle workers) may never finish,
+        # and the interpreter would wait for them forever: leave now, output flushed.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+    finally:
+        _GUARD.active = False
+        # Ignored, not default: Python resets its own handlers to the default action
+        # (death by signal) while exiting, but leaves ignored signals ignored.
+        for s in HANDLED:
+            signal.signal(s, signal.SIG_IGN)
+
+
+def _as_abort(exc: BaseException) -> Aborted | None:
+    if isinstance(exc, Aborted):
+        return exc
+    if _GUARD.signum is not None:  # wrapped by a library, or raised while unwinding
+        return Aborted(_GUARD.signum)
+    if isinstance(exc, KeyboardInterrupt):  # SIGINT before our handler was installed
+        return Aborted(signal.SIGINT)
+    return None
+
+
+def _finish_abort(stage: str, abort: Aborted, exc: BaseException) -> int:
+    log: Any = get_logger(stage)
+    dirs = size = 0
+    for area in list(_GUARD.areas):
+        d, b = area.release_all()
+        dirs, size = dirs + d, size + b
+    for callback in _GUARD.on_abort:
+        try:
+            callback()
+        except Exception as cb_exc:  # metrics trouble must not hide the abort
+            log.warning("abort_callback_failed", error=f"{type(cb_exc).__name__}: {cb_exc}")
+    where = "" if exc is abort else f" (during {type(exc).__name__})"
+    log.error(
+        "run_aborted",
+        stage=stage,
+        reason=f"{abort.signame}{where}",
+        signal=abort.signame,
+        exit_code=abort.exit_code,
+        staging_removed=dirs,
+        staging_removed_bytes=size,
+    )
+    return abort.exit_code
+
+
+# -- leases ------------------------------------------------------------------------------
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may contain spaces.
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])  # field 22 overall; fields[0] is field 3 (state)
+    except (IndexError, ValueError):
+        return None
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def lease_doc(stage: str) -> dict[str, Any]:
+    """Who owns a lease: this process."""
+    pid = os.getpid()
+    return {
+        "stage": stage,
+        "host": socket.gethostname(),
+        "boot_id": _boot_id(),
+        "pid": pid,
+        "start_ticks": process_start_ticks(pid),
+        "created": time.time(),
+    }
+
+
+def lease_state(doc: dict[str, Any] | None, max_age_s: float = float("inf")) -> str:
+    """``alive``, ``dead``, ``unknown`` (owner on another host, younger than ``max_age_s``).
+
+    A lease that cannot be read counts as dead: a lease is written in one atomic step.
+    """
+    if doc is None:
+        return "dead"
+    same_host = doc.get("host") == socket.gethostname() and doc.get("boot_id") == _boot_id()
+    if same_host and isinstance(doc.get("pid"), int):
+        ticks = process_start_ticks(doc["pid"])
+        return "alive" if ticks is not None and ticks == doc.get("start_ticks") else "dead"
+    age = time.time() - float(doc.get("created") or 0)
+    return "dead" if age > max_age_s else "unknown"
+
+
+def read_lease(url: str) -> dict[str, Any] | None:
+    try:
+        doc = orjson.loads(storage.storage_for(url).read_bytes(url))
+    except Exception:  # missing, unreadable or not JSON: no owner can be told
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+@dataclass
+class SweepReport:
+    """What a start-up sweep removed and what it kept."""
+
+    removed_dirs: int = 0
+    removed_files: int = 0
+    removed_bytes: int = 0
+    kept_live: int = 0
+    kept_unknown: int = 0
+
+    def log(self, log: Any, where: str, how: str) -> None:
+        log.info(
+            "staging_swept",
+            location=where,
+            removed_dirs=self.removed_dirs,
+            removed_files=self.removed_files,
+            removed_bytes=self.removed_bytes,
+            kept_live=self.kept_live,
+            kept_unknown_owner=self.kept_unknown,
+            owner_check=how,
+        )
+
+
+def _local_size(path: Path) -> tuple[int, int]:
+    """(files, bytes) under ``path``."""
+    files = size = 0
+    if path.is_file():
+        return 1, path.stat().st_size
+    for dirpath, _dirs, names in os.walk(path):
+        for n in names:
+            with contextlib.suppress(OSError):
+                size += (Path(dirpath) / n).stat().st_size
+                files += 1
+    return files, size
+
+
+class StagingArea:
+    """Per-run staging folders ``<root>/<name>`` with their leases ``<root>/<name>.lease``.
+
+    ``root`` is a local folder or a ``gs://`` prefix.
+    """
+
+    def __init__(self, root: str, stage: str, max_age_s: float = 24 * 3600.0) -> None:
+        self.root = root.rstrip("/") if storage.is_gcs(root) else root
+        self.stage = stage
+        self.max_age_s = max_age_s
+        self.held: list[str] = []
+        self.log: Any = get_logger(stage)
+
+    def path(self, name: str) -> str:
+        return storage.join(self.root, name)
+
+    def claim(self, name: str) -> str:
+        """Write the lease for ``<root>/<name>`` (before anything is staged there)."""
+        url = self.path(name) + LEASE_SUFFIX
+        storage.storage_for(url).write_bytes(url, orjson.dumps(lease_doc(self.stage)))
+        self.held.append(name)
+        if _GUARD.active and self not in _GUARD.areas:
+            _GUARD.areas.append(self)
+        return self.path(name)
+
+    def release(self, name: str) -> tuple[int, int]:
+        """Remove ``<root>/<name>``, then its lease; return (dirs, bytes) removed."""
+        removed = self._remove(self.path(name))
+        lease = self.path(name) + LEASE_SUFFIX
+        storage.storage_for(lease).delete(lease)
+        if name in self.held:
+            self.held.remove(name)
+        return removed
+
+    def release_all(self) -> tuple[int, int]:
+        dirs = size = 0
+        for name in list(self.held):
+            d, b = self.release(name)
+            dirs, size = dirs + d, size + b
+        return dirs, size
+
+    def _remove(self, url: str) -> tuple[int, int]:
+        if storage.is_gcs(url):
+            st = storage.storage_for(url)
+            objs = list(st.list(url.rstrip("/") + "/"))
+            if objs:
+                st.delete(url)
+            return (1 if objs else 0), sum(o.size for o in objs)
+        p = Path(url)
+        if not p.exists():
+            return 0, 0
+        _files, size = _local_size(p)
+        shutil.rmtree(p, ignore_errors=True)
+        return 1, size
+
+    def sweep(self) -> SweepReport:
+        """Remove staging of runs that are no longer alive; log one line."""
+        if storage.is_gcs(self.root):
+            report = self._sweep_gcs()
+            how = (
+                "gs:// location: owners cannot be checked; leased folders whose lease is "
+                f"older than {self.max_age_s:g}s"
+            )
+        else:
+            report = self._sweep_local()
+            how = (
+                "pid and start time on this host; leases of other hosts when older than "
+                f"{self.max_age_s:g}s"
+            )
+        report.log(self.log, self.root, how)
+        return report
+
+    def _sweep_local(self) -> SweepReport:
+        report = SweepReport()
+        root = Path(self.root)
+        if not root.is_dir():
+            return report
+        entries = sorted(root.iterdir())
+        leases = {p.name[: -len(LEASE_SUFFIX)]: p for p in entries if p.name.endswith(".lease")}
+        for p in entries:
+            if p.name.endswith(LEASE_SUFFIX) or p.name.startswith(storage.TMP_PREFIX):
+                continue
+            if p.name in self.held:
+                continue
+            lease = leases.get(p.name)
+            state = lease_state(read_lease(str(lease)), self.max_age_s) if lease else "dead"
+            if state == "alive":
+                report.kept_live += 1
+                continue
+            if state == "unknown":
+                report.kept_unknown += 1
+                continue
+            files, size = _local_size(p)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            report.removed_dirs += 1
+            report.removed_files += files
+            report.removed_bytes += size
+            if lease:
+                lease.unlink(missing_ok=True)
+        for name, lease in leases.items():  # leases whose folder is already gone
+            if name in self.held or (root / name).exists():
+                continue
+            if lease_state(read_lease(str(lease)), self.max_age_s) == "dead":
+                lease.unlink(missing_ok=True)
+        return report
+
+    def _sweep_gcs(self) -> SweepReport:
+        report = SweepReport()
+        st = storage.storage_for(self.root)
+        groups: dict[str, list[storage.ObjectInfo]] = {}
+        leases: dict[str, str] = {}
+        prefix = self.root + "/"
+        for obj in st.list(prefix):
+            rel = obj.url[len(prefix) :]
+            top, _, rest = rel.partition("/")
+            if not rest and top.endswith(LEASE_SUFFIX):
+                leases[top[: -len(LEASE_SUFFIX)]] = obj.url
+            elif rest:
+                groups.setdefault(top, []).append(obj)
+        # Only leased folders are judged: a shared temp location also holds other
+        # writers' files (e.g. Beam's own load files), which are not ours to remove.
+        for name, lease in sorted(leases.items()):
+            if name in self.held:
+                continue
+            state = lease_state(read_lease(lease), self.max_age_s)
+            if state == "alive":
+                report.kept_live += 1
+                continue
+            if state == "unknown":
+                report.kept_unknown += 1
+                continue
+            objs = groups.get(name, [])
+            if objs:
+                st.delete(self.path(name))
+                report.removed_dirs += 1
+                report.removed_files += len(objs)
+                report.removed_bytes += sum(o.size for o in objs)
+            st.delete(lease)
+        return report
+
+
+class TempLease:
+    """A run lease for stages that write ``.tmp-*`` files into a destination folder.
+
+    Such files carry no run name, so ownership is per folder: a run writes
+    ``<dest>/.lease-<pid>-<ticks>.lease`` before writing, and a starting run removes the
+    ``.tmp-*`` files that existed before its own lease when no other run's lease is alive.
+    With another run alive (or of unknown state), only temps older than ``max_age_s``
+    go, as before. ``gs://`` destinations have no temporary objects (uploads appear
+    whole) and get no lease.
+    """
+
+    def __init__(self, dest: str, stage: str, max_age_s: float) -> None:
+        self.dest = dest
+        self.stage = stage
+        self.max_age_s = max_age_s
+        self.log: Any = get_logger(stage)
+        self.lease: Path | None = None
+        self.claimed_at = 0.0
+
+    def claim_and_sweep(self) -> SweepReport | None:
+        """Write this run's lease, sweep, log one line; None for ``gs://`` destinations."""
+        if storage.is_gcs(self.dest):
+            return None
+        root = Path(self.dest)
+        root.mkdir(parents=True, exist_ok=True)
+        doc = lease_doc(self.stage)
+        self.lease = root / f"{TEMP_LEASE_PREFIX}{doc['pid']}-{doc['start_ticks']}{LEASE_SUFFIX}"
+        self.claimed_at = claimed_at = time.time()
+        self.lease.write_bytes(orjson.dumps(doc))
+        if _GUARD.active and self not in _GUARD.areas:
+            _GUARD.areas.append(self)
+        report = self._others(SweepReport())
+        alone = not (report.kept_live or report.kept_unknown)
+        cutoff = claimed_at if alone else claimed_at - self.max_age_s
+        self._remove_temps(report, lambda mtime: mtime < cutoff)
+        how = (
+            "no other live run: every .tmp-* file older than this run"
+            if alone
+            else f"another run holds a lease: .tmp-* files older than {self.max_age_s:g}s"
+        )
+        report.log(self.log, self.dest, how)
+        return report
+
+    def _others(self, report: SweepReport) -> SweepReport:
+        """Count other runs' leases (removing dead ones)."""
+        for other in sorted(Path(self.dest).glob(f"{TEMP_LEASE_PREFIX}*{LEASE_SUFFIX}")):
+            if other == self.lease:
+                continue
+            state = lease_state(read_lease(str(other)), self.max_age_s)
+            if state == "dead":
+                other.unlink(missing_ok=True)
+            elif state == "alive":
+                report.kept_live += 1
+            else:
+                report.kept_unknown += 1
+        return report
+
+    def _remove_temps(self, report: SweepReport, doomed: Callable[[float], bool]) -> None:
+        for dirpath, _dirs, names in os.walk(self.dest):
+            for n in names:
+                if not n.startswith(storage.TMP_PREFIX):
+                    continue
+                p = Path(dirpath) / n
+                try:
+                    st = p.stat()
+                    if doomed(st.st_mtime):
+                        p.unlink()
+                        report.removed_files += 1
+                        report.removed_bytes += st.st_size
+                except FileNotFoundError:
+                    continue
+
+    def release(self) -> None:
+        """Drop this run's lease (its own temps are removed by their writers)."""
+        if self.lease is not None:
+            self.lease.unlink(missing_ok=True)
+            self.lease = None
+
+    def release_all(self) -> tuple[int, int]:
+        """On abort: also remove temps this run may have left (an interrupt can land
+        between creating a temp file and the writer's cleanup), unless another live run
+        writes here too; then the next start's sweep takes them by age."""
+        if self.lease is None:
+            return 0, 0
+        report = self._others(SweepReport())
+        if not (report.kept_live or report.kept_unknown):
+            since = self.claimed_at - 1.0  # mtime granularity
+            self._remove_temps(report, lambda mtime: mtime >= since)
+        self.release()
+        return report.removed_files, report.removed_bytes
