@@ -237,6 +237,26 @@ def test_warnings_are_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert warned[LABELS_KEY] == {"stage": "queries"}
 
 
+def test_write_event_ignores_the_level_and_puts_the_reason_next_to_the_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A stage's last word (run_failed) is never filtered and reads well raw."""
+    configure_logging("CRITICAL", stage="untar", scan_type="echo")
+    capsys.readouterr()
+    get_logger("untar").error("hidden_by_level", reason="not shown")
+    logsetup.write_event("run_failed", "ERROR", reason="2 archive(s) failed", exit_code=1)
+    err = capsys.readouterr().err
+    (obj,) = lines_of(err)
+    assert list(obj)[:3] == ["severity", "message", "reason"]
+    assert (obj["severity"], obj["message"], obj["reason"]) == (
+        "ERROR",
+        "run_failed",
+        "2 archive(s) failed",
+    )
+    assert obj[LABELS_KEY] == {"stage": "untar", "scan_type": "echo"}
+    assert obj["exit_code"] == 1
+
+
 def test_cloud_logging_fields_renames_and_stringifies() -> None:
     out = logsetup.cloud_logging_fields(
         None, "warn", {"event": "e", "level": "warning", "run_id": 1, "scan_type": None}

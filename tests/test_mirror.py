@@ -529,9 +529,10 @@ def test_cli_archives(
             "0",
         ]
     )
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    last = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert rc == 1
-    assert err.startswith("mirror: FAILED: 1 of 1 archive(s) failed: " + NAMES[0])
+    assert (last["severity"], last["message"], last["exit_code"]) == ("ERROR", "run_failed", 1)
+    assert last["reason"].startswith("1 of 1 archive(s) failed: " + NAMES[0])
 
     with pytest.raises(SystemExit):
         mirror_main(["archives", "--source", "x", "--dest", "y", "--since", "yesterday"])

@@ -167,10 +167,10 @@ def test_cli_resources(
     assert len(json.loads(capsys.readouterr().out)["updated"]) == 3
     server.state.files[f"/assets/{CATEGORIES_FILE}"] = b"x,y,z\n"
     assert mirror_main(args) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == (
-        "mirror: FAILED: InvalidResource: "
-        "domain_categories.csv:1: expected 'domain,category', got 3 fields"
+    last = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert (last["severity"], last["message"], last["stage"]) == ("ERROR", "run_failed", "mirror")
+    assert last["reason"] == (
+        "InvalidResource: domain_categories.csv:1: expected 'domain,category', got 3 fields"
     )
 
 

@@ -235,7 +235,9 @@ def test_cli(wh: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert (
         cli.main(["--backend", "duckdb", "--warehouse", str(wh), "--country-names", "/nope"]) == 1
     )
-    assert "queries: FAILED" in capsys.readouterr().err
+    last = orjson.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert (last["severity"], last["message"], last["stage"]) == ("ERROR", "run_failed", "queries")
+    assert last["reason"].startswith("FileNotFoundError") and "/nope" in last["reason"]
 
 
 def test_diff_and_windows() -> None:

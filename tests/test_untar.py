@@ -418,12 +418,10 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert untar_main([*args, "--max-ratio", "50", "--scan-types", "echo"]) == 1
     out = capsys.readouterr()
     assert json.loads(out.out)["skipped"] == 1  # the http archive is not selected
-    assert (
-        out.err.strip()
-        .splitlines()[-1]
-        .startswith(
-            f"untar: FAILED: 1 of 2 archive(s) not unpacked: {BAD}.tar.gz: failed: CorruptArchive"
-        )
+    last = json.loads(out.err.strip().splitlines()[-1])  # the run_failed line ends the run
+    assert (last["severity"], last["message"], last["exit_code"]) == ("ERROR", "run_failed", 1)
+    assert last["reason"].startswith(
+        f"1 of 2 archive(s) not unpacked: {BAD}.tar.gz: failed: CorruptArchive"
     )
     assert 'cp_untar_archives_total{result="failed"} 1.0' in prom.read_text()
     with pytest.raises(SystemExit):

@@ -17,7 +17,14 @@ from services.beam_launcher.metrics import LauncherMetrics
 from services.beam_launcher.run import RunConfig, RunFailed, run
 from services.common import lifecycle
 from services.common.chain import ChainError, chain_after_success
-from services.common.cli import add_ops_arguments, date_arg
+from services.common.cli import (
+    JsonArgumentParser,
+    add_ops_arguments,
+    date_arg,
+    exception_reason,
+    fail,
+    run_stage,
+)
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
 from services.common.metrics_export import export_metrics
@@ -25,7 +32,7 @@ from services.common.scans import SCAN_TYPES
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Namespace]:
-    p = argparse.ArgumentParser(
+    p = JsonArgumentParser(
         prog="python -m services.beam_launcher",
         description="Process extracted Censored Planet scan files into the base tables.",
     )
@@ -191,24 +198,22 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(cfg, metrics)
     except RunFailed as exc:
         push_failed()
-        print(f"beam_launcher: FAILED: {exc}", file=sys.stderr)
-        return 1
+        return fail("beam_launcher", str(exc))
     except Exception as exc:  # one line for the operator; the traceback is in the logs
         lifecycle.reraise_if_aborted(exc)
         push_failed()
-        print(f"beam_launcher: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = fail("beam_launcher", exception_reason(exc))
         if os.environ.get("CP_DEBUG"):
             raise
-        return 1
+        return code
     push(True)
     sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     try:
         chain_after_success()
     except ChainError as exc:
-        print(f"beam_launcher: FAILED to start the next stage: {exc}", file=sys.stderr)
-        return 1
+        return fail("beam_launcher", f"could not start the next stage: {exc}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(lifecycle.run_main("beam_launcher", main))
+    run_stage("beam_launcher", main)

@@ -1,4 +1,10 @@
-"""Argument helpers shared by the services' command lines.
+r"""Argument helpers and the last words shared by the services' command lines.
+
+Every stderr line of a stage is a Cloud Logging JSON object (``services/common/logsetup.py``),
+the last ones too: a usage error is one ``usage_error`` line (exit 2, from
+:class:`JsonArgumentParser`), a failed run ends with one ``run_failed`` line
+(:func:`fail`). Both have ``severity`` ``ERROR`` and a one-line ``reason`` for people.
+``--help`` stays plain text on stdout.
 
 Example:
     >>> p = argparse.ArgumentParser()
@@ -7,15 +13,78 @@ Example:
     'DEBUG'
     >>> date_arg("2021-05-30")
     datetime.date(2021, 5, 30)
+    >>> one_line("Traceback:\n  boom\n")
+    'Traceback: | boom'
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
 
+from services.common import lifecycle, logsetup
 from services.common.config import env_or
 from services.common.scans import SCAN_TYPES
+
+_STAGE_IN_PROG = re.compile(r"\bservices\.(\w+)")
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: its non-blank lines stripped and joined with `` | ``."""
+    return " | ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def fail(stage: str, reason: str, exit_code: int = 1, **fields: Any) -> int:
+    """Log the one ``run_failed`` line a failed stage ends with; return ``exit_code``.
+
+    Written whatever ``--log-level`` says; ``reason`` is made one line.
+    """
+    logsetup.write_event(
+        "run_failed", "ERROR", stage=stage, reason=one_line(reason), exit_code=exit_code, **fields
+    )
+    return exit_code
+
+
+def exception_reason(exc: BaseException) -> str:
+    """``TypeName: message`` of an exception, as failure reasons quote it."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+class JsonArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one ``usage_error`` JSON line (exit 2).
+
+    ``stage`` labels the line; by default it is taken from ``prog``
+    (``python -m services.<stage> ...``), so sub-command parsers need not repeat it.
+    """
+
+    def __init__(self, *args: Any, stage: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        found = _STAGE_IN_PROG.search(self.prog or "")
+        self.stage = stage or (found.group(1) if found else None)
+
+    def error(self, message: str) -> NoReturn:
+        logsetup.write_event(
+            "usage_error",
+            "ERROR",
+            stage=self.stage,
+            reason=one_line(message),
+            usage=one_line(" ".join(self.format_usage().split())),
+            help=f"{self.prog} --help",
+            exit_code=2,
+        )
+        self.exit(2)
+
+
+def run_stage(stage: str, main: Callable[[], int]) -> NoReturn:
+    """Process entry point: JSON lines even before logging is configured, then
+    :func:`services.common.lifecycle.run_main` (stop signals) and exit with main's code."""
+    logsetup.bind_labels(stage=stage)
+    logsetup.install_excepthooks()
+    sys.exit(lifecycle.run_main(stage, main))
 
 
 def date_arg(text: str) -> dt.date:

@@ -151,6 +151,8 @@ def cloud_logging_fields(_logger: Any, method: str, ed: EventDict) -> EventDict:
     message = ed.pop("event", "")
     labels = {k: str(ed[k]) for k in LABEL_FIELDS if ed.get(k) is not None}
     out: dict[str, Any] = {"severity": severity, "message": str(message).rstrip()}
+    if "reason" in ed:  # next to the event name: what a person reads first
+        out["reason"] = ed.pop("reason")
     if "timestamp" in ed:
         out["timestamp"] = ed.pop("timestamp")
     if labels:
@@ -162,6 +164,21 @@ def cloud_logging_fields(_logger: Any, method: str, ed: EventDict) -> EventDict:
 def _json(_logger: Any, _method: str, ed: EventDict) -> str:
     """ASCII-only JSON: valid whatever encoding stderr has."""
     return json.dumps(ed, default=repr)
+
+
+def write_event(event: str, severity: str = "ERROR", **fields: Any) -> None:
+    """Write one line now, through the same renderer, whatever the configured level.
+
+    For the last word of a process (``run_failed``, ``usage_error``), which must never be
+    filtered out and may come before :func:`configure_logging` has run. The process
+    labels and bound context are included.
+    """
+    ed: dict[str, Any] = {**_process_labels, **structlog.contextvars.get_contextvars()}
+    ed.update(fields)
+    ed.update(event=event, severity=severity)
+    _timestamp(None, "", ed)
+    with contextlib.suppress(Exception):  # stderr closed: nothing left to tell
+        _write_line(_json(None, "", cloud_logging_fields(None, severity.lower(), ed)))
 
 
 def _chains() -> tuple[list[Any], list[Any]]:
@@ -224,6 +241,11 @@ def _route_stdlib(numeric: int) -> None:
     for name in THIRD_PARTY:
         logging.getLogger(name).setLevel(third_party)
     logging.captureWarnings(True)
+    install_excepthooks()
+
+
+def install_excepthooks() -> None:
+    """Uncaught exceptions (main and other threads) as one CRITICAL JSON line each."""
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_uncaught_thread
 

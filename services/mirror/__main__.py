@@ -15,7 +15,16 @@ import orjson
 
 from services.common import lifecycle
 from services.common.chain import ChainError, chain_after_success
-from services.common.cli import add_ops_arguments, add_retry_arguments, date_arg, scan_types_arg
+from services.common.cli import (
+    JsonArgumentParser,
+    add_ops_arguments,
+    add_retry_arguments,
+    date_arg,
+    exception_reason,
+    fail,
+    run_stage,
+    scan_types_arg,
+)
 from services.common.config import env_or
 from services.common.httpfetch import Backoff
 from services.common.logsetup import configure_logging, scan_types_label
@@ -27,11 +36,11 @@ from services.mirror.resources import sync_resources
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = JsonArgumentParser(
         prog="python -m services.mirror",
         description="Mirror Censored Planet scan archives and resource files.",
     )
-    common = argparse.ArgumentParser(add_help=False)
+    common = JsonArgumentParser(add_help=False)
     add_ops_arguments(common)
     add_retry_arguments(common, "CP_MIRROR", 0.5)
     sub = p.add_subparsers(dest="command", required=True)
@@ -151,22 +160,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one line for the operator; details are in the logs
         lifecycle.reraise_if_aborted(exc)
         push(False)
-        print(f"mirror: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = fail("mirror", exception_reason(exc))
         if os.environ.get("CP_DEBUG"):
             raise
-        return 1
+        return code
     push(reason is None)
     sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
     if reason:
-        print(f"mirror: FAILED: {reason}", file=sys.stderr)
-        return 1
+        return fail("mirror", reason)
     try:
         chain_after_success()  # no-op unless $CP_NEXT_STAGE names a next stage
     except ChainError as exc:
-        print(f"mirror: FAILED to start the next stage: {exc}", file=sys.stderr)
-        return 1
+        return fail("mirror", f"could not start the next stage: {exc}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(lifecycle.run_main("mirror", main))
+    run_stage("mirror", main)

@@ -14,7 +14,14 @@ import orjson
 
 from services.common import lifecycle
 from services.common.chain import ChainError, chain_after_success
-from services.common.cli import add_ops_arguments, date_arg
+from services.common.cli import (
+    JsonArgumentParser,
+    add_ops_arguments,
+    date_arg,
+    exception_reason,
+    fail,
+    run_stage,
+)
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
 from services.common.metrics_export import export_metrics
@@ -23,7 +30,7 @@ from services.queries.run import QueriesConfig, QueriesFailed, run
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[QueriesConfig, argparse.Namespace]:
-    p = argparse.ArgumentParser(
+    p = JsonArgumentParser(
         prog="python -m services.queries",
         description="Build the derived tables and run the data-quality checks.",
     )
@@ -127,19 +134,18 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one line for the operator; details are in the logs
         lifecycle.reraise_if_aborted(exc)
         push(False)
-        print(f"queries: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = fail("queries", exception_reason(exc))
         if os.environ.get("CP_DEBUG"):
             raise
-        return 1
+        return code
     push(True)
     sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     try:
         chain_after_success()  # no-op unless $CP_NEXT_STAGE names a next stage
     except ChainError as exc:
-        print(f"queries: FAILED to start the next stage: {exc}", file=sys.stderr)
-        return 1
+        return fail("queries", f"could not start the next stage: {exc}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(lifecycle.run_main("queries", main))
+    run_stage("queries", main)

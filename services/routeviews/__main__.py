@@ -6,7 +6,8 @@
     python -m services.routeviews asclass    # = sync --kinds as2class
 
 Prints a JSON summary on stdout. Exit code 0 when nothing failed, 1 when a file or a
-listing failed (the other files are still published), 2 on bad usage, 143 (SIGTERM) or
+listing failed (the other files are still published; a ``run_failed`` log line says
+which), 2 on bad usage (a ``usage_error`` log line), 143 (SIGTERM) or
 130 (SIGINT) when stopped by a signal.
 """
 
@@ -19,7 +20,14 @@ from collections.abc import Sequence
 import orjson
 
 from services.common import lifecycle
-from services.common.cli import add_ops_arguments, add_retry_arguments, date_arg
+from services.common.cli import (
+    JsonArgumentParser,
+    add_ops_arguments,
+    add_retry_arguments,
+    date_arg,
+    fail,
+    run_stage,
+)
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
 from services.common.metrics_export import export_metrics
@@ -42,7 +50,7 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = JsonArgumentParser(add_help=False)
     common.add_argument(
         "--base-url",
         default=env_or("CP_CAIDA_BASE_URL", caida.DEFAULT_BASE_URL),
@@ -66,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip present files without asking CAIDA for their size (no HEAD requests)",
     )
     add_ops_arguments(common)
-    snapshots = argparse.ArgumentParser(add_help=False)
+    snapshots = JsonArgumentParser(add_help=False)
     snapshots.add_argument(
         "--snapshot-days",
         type=int,
@@ -75,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         "($CP_SNAPSHOT_DAYS; default 400)",
     )
 
-    p = argparse.ArgumentParser(
+    p = JsonArgumentParser(
         prog="python -m services.routeviews",
         description="Mirror CAIDA RouteViews prefix-to-AS, AS-organisation and AS-class files.",
     )
@@ -158,8 +166,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         push()
     sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
-    return 1 if summary.failed else 0
+    if summary.failed:
+        return fail("routeviews", _failure_reason(summary))
+    return 0
+
+
+def _failure_reason(summary: RunSummary) -> str:
+    """One line naming the first few listing errors and failed files."""
+    failed = summary.of("failed")
+    parts = [f"listing {kind}: {err}" for kind, err in sorted(summary.listing_errors.items())]
+    parts += [f"{o.name}: {o.detail or 'failed'}" for o in failed]
+    head = f"{len(summary.listing_errors)} listing(s) and {len(failed)} file(s) failed: "
+    return head + "; ".join(parts[:3]) + (" ..." if len(parts) > 3 else "")
 
 
 if __name__ == "__main__":
-    sys.exit(lifecycle.run_main("routeviews", main))
+    run_stage("routeviews", main)

@@ -16,7 +16,15 @@ import orjson
 
 from services.common import lifecycle
 from services.common.chain import ChainError, chain_after_success
-from services.common.cli import add_ops_arguments, date_arg, scan_types_arg
+from services.common.cli import (
+    JsonArgumentParser,
+    add_ops_arguments,
+    date_arg,
+    exception_reason,
+    fail,
+    run_stage,
+    scan_types_arg,
+)
 from services.common.config import env_or
 from services.common.logsetup import configure_logging, scan_types_label
 from services.common.metrics_export import export_metrics
@@ -46,7 +54,7 @@ def _ratio(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = JsonArgumentParser(
         prog="python -m services.untar",
         description="Unpack mirrored Censored Planet archives into per-file gzip objects.",
     )
@@ -135,10 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # e.g. the raw location cannot be listed
         lifecycle.reraise_if_aborted(exc)
         push_failed()
-        print(f"untar: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = fail("untar", exception_reason(exc))
         if os.environ.get("CP_DEBUG"):
             raise
-        return 1
+        return code
     if not summary.ok:
         metrics.last_failure.set_to_current_time()
     export_metrics(
@@ -149,19 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         problems = summary.problems
         detail = "; ".join(f"{o.name}: {o.result}: {o.reason}" for o in problems[:3])
         more = " ..." if len(problems) > 3 else ""
-        print(
-            f"untar: FAILED: {len(problems)} of {summary.found} archive(s) not unpacked: "
-            f"{detail}{more}",
-            file=sys.stderr,
+        return fail(
+            "untar", f"{len(problems)} of {summary.found} archive(s) not unpacked: {detail}{more}"
         )
-        return 1
     try:
         chain_after_success()  # no-op unless $CP_NEXT_STAGE names a next stage
     except ChainError as exc:
-        print(f"untar: FAILED to start the next stage: {exc}", file=sys.stderr)
-        return 1
+        return fail("untar", f"could not start the next stage: {exc}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(lifecycle.run_main("untar", main))
+    run_stage("untar", main)
