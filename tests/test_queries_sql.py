@@ -397,5 +397,6 @@ def test_the_service_does_not_import_the_launcher() -> None:
 
 
 def test_missing_base_tables_fail_clearly(tmp_path: Path) -> None:
+    duckdb.connect(str(tmp_path / "warehouse.duckdb")).close()  # a database without tables
     with pytest.raises(QueriesFailed, match="base tables missing: echo_scan"):
         run(QueriesConfig(warehouse=str(tmp_path), quality=False))

@@ -1,4 +1,12 @@
-"""One launcher run: discover → select (ledger) → Beam pipeline → judge → commit.
+"""One launcher run: discover → select (ledger) → lease → Beam pipeline → judge → commit.
+
+Runs side by side (the nightly run and a backfill) divide the files between them: a run
+leases the files it selected (a Satellite scan as a whole) and leaves those another live
+run holds to that run, saying so in its summary (``left_to_other_run``); files another run
+committed meanwhile are not processed again (``done_by_other_run``). A rebuild (``--full``
+without a date window) resets whole tables, so it needs every file of its scan types and
+fails at once, before any work, when another run holds some. A run with nothing to write
+writes nothing (the local warehouse is opened read-only, nothing is created).
 
 Example:
     >>> cfg = RunConfig(input="in", warehouse="wh")
@@ -79,6 +87,10 @@ class RunSummary:
     seconds: float = 0.0
     warehouse: str = ""
     beam_counters: dict[str, int] = field(default_factory=dict)
+    # Files (Satellite: scans) another live run holds a lease on: that run processes them.
+    left_to_other_run: list[dict[str, str]] = field(default_factory=list)
+    # Files this run selected that another run committed before this one started them.
+    done_by_other_run: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -159,6 +171,21 @@ def _coverage(verdicts: list[FileVerdict], metrics: LauncherMetrics, log: Any) -
         metrics.ip_metadata_missing.labels(scan_type=scan_type).set(missing)
         if missing:
             log.warning("ip_metadata_missing", scan_type=scan_type, lookups=missing)
+
+
+def lease_unit(task: FileTask) -> str:
+    """What a lease covers: a Hyperquack file, or a whole Satellite scan (its rows join)."""
+    return task.source if task.scan_type == "satellite" else task.file_key
+
+
+def done_meanwhile(todo: list[FileTask], fresh: dict[str, Any]) -> set[str]:
+    """Units all of whose files the ledger now holds as ok with the version seen here."""
+    pending = {
+        lease_unit(t)
+        for t in todo
+        if (e := fresh.get(t.file_key)) is None or e.status != "ok" or e.version != t.version
+    }
+    return {lease_unit(t) for t in todo} - pending
 
 
 def tables_for(tasks: list[FileTask]) -> list[str]:
@@ -255,12 +282,6 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
     )
 
     warehouse = make_target(cfg)
-    # Staging of runs that died (SIGKILL, node loss) goes before this run stages anything.
-    staging = lifecycle.StagingArea(warehouse.staging_root(), "beam_launcher")
-    staging.sweep()
-    if cfg.full:
-        warehouse.reset(cfg.scan_types)
-    warehouse.ensure_tables()
     plan = discover(
         cfg.input, cfg.scan_types, version, cfg.require_markers, cfg.start_date, cfg.end_date
     )
@@ -269,16 +290,88 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
         metrics.files_skipped.labels(reason="unrecognised").inc()
     summary.skipped = [{"url": s.url, "reason": s.reason} for s in plan.skipped]
     summary.files_found = len(plan.tasks)
+    if not plan.tasks:
+        log.warning("no_input_files", input=cfg.input, scan_types=list(cfg.scan_types))
+        return _nothing_to_do(summary, metrics, started)
+    # Read-only until there is something to write: the ledger of a missing warehouse is
+    # empty, and nothing is created for a run that ends here.
     todo, unchanged = select_tasks(plan.tasks, warehouse.ledger(), cfg.full)
     summary.files_skipped_unchanged = unchanged
     metrics.files_skipped.labels(reason="already_processed").inc(unchanged)
     if not todo:
         log.info("no_new_files", files_found=len(plan.tasks), already_processed=unchanged)
-        summary.seconds = round(time.monotonic() - started, 3)
-        metrics.duration.set(summary.seconds)
-        metrics.last_success.set_to_current_time()
-        return summary
+        return _nothing_to_do(summary, metrics, started)
 
+    # Staging of runs that died (SIGKILL, node loss) goes before this run stages anything.
+    staging = lifecycle.StagingArea(warehouse.staging_root(), "beam_launcher")
+    warehouse.sweep_staging()
+    staging.sweep()
+    warehouse.ensure_tables()
+    units = sorted({lease_unit(t) for t in todo})
+    claim = warehouse.claim(units, run_id)
+    try:
+        if claim.others and cfg.full and not (cfg.start_date or cfg.end_date):
+            holders = sorted(set(claim.others.values()))
+            raise RunFailed(
+                f"--full without a date window rebuilds {', '.join(cfg.scan_types)} and needs "
+                f"all their files, but {len(claim.others)} are being processed by "
+                f"{'; '.join(holders)}; run it when that run has finished"
+            )
+        if claim.others:
+            summary.left_to_other_run = [
+                {"file": u, "held_by": h} for u, h in sorted(claim.others.items())
+            ]
+            log.warning(
+                "left_to_other_run",
+                files=len(claim.others),
+                held_by=sorted(set(claim.others.values())),
+                first=sorted(claim.others)[0],
+            )
+        mine = set(claim.mine)
+        todo = [t for t in todo if lease_unit(t) in mine]
+        if todo and not cfg.full:  # committed by another run between our ledger read and now
+            done = done_meanwhile(todo, warehouse.ledger(t.file_key for t in todo))
+            if done:
+                summary.done_by_other_run = sorted(done)
+                log.info("done_by_other_run", files=len(done), first=min(done))
+                todo = [t for t in todo if lease_unit(t) not in done]
+        if not todo:
+            log.info(
+                "nothing_left",
+                left_to_other_run=len(claim.others),
+                done_by_other_run=len(summary.done_by_other_run),
+            )
+            return _nothing_to_do(summary, metrics, started)
+        if cfg.full and not (cfg.start_date or cfg.end_date):
+            warehouse.reset(cfg.scan_types)
+        return _process(cfg, plan, todo, warehouse, staging, run_id, summary, metrics, started)
+    finally:
+        if claim.mine:
+            released = warehouse.release(claim.mine, run_id)
+            log.info("leases_released", leases=released)
+
+
+def _nothing_to_do(summary: RunSummary, metrics: LauncherMetrics, started: float) -> RunSummary:
+    summary.seconds = round(time.monotonic() - started, 3)
+    metrics.duration.set(summary.seconds)
+    metrics.last_success.set_to_current_time()
+    return summary
+
+
+def _process(
+    cfg: RunConfig,
+    plan: Any,
+    todo: list[FileTask],
+    warehouse: Any,
+    staging: lifecycle.StagingArea,
+    run_id: str,
+    summary: RunSummary,
+    metrics: LauncherMetrics,
+    started: float,
+) -> RunSummary:
+    """Beam pipelines, judgement and commit per family of the leased files."""
+    log = get_logger("beam_launcher", run_id=run_id)
+    unchanged = summary.files_skipped_unchanged
     log.info(
         "run_start",
         files=len(todo),

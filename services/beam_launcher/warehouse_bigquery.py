@@ -5,6 +5,15 @@ then one multi-statement transaction replaces the processed files' rows in the b
 tables, the dead letters and the ledger. Re-running a file therefore never duplicates or
 loses rows, and a failed run leaves the base tables untouched.
 
+Runs side by side, on any host: which run processes a file is decided by a lease row in
+``_file_leases`` (one MERGE claims every unit not held or whose lease has expired;
+BigQuery re-runs a MERGE that conflicts with a concurrent one on the new snapshot, so two
+runs never both win a unit). Leases expire (``LEASE_TTL_S``, renewed while the run lives),
+so a crashed run blocks nothing for long. Commits that collide with a concurrent
+transaction are retried. A run's staging tables ``_staging_<run>_<table>`` are dropped
+after its commit and on failure or abort; a starting run drops those of dead runs (their
+lease in the temp location is dead, or, without a lease, older than a day).
+
 Example:
     >>> [f.name for f in schema_fields(DEAD_LETTER)][:3]
     ['date', 'scan_type', 'source']
@@ -13,8 +22,11 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
-from typing import Any
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import apache_beam as beam
 
@@ -25,9 +37,43 @@ from services.beam_launcher.rows import (
     SATELLITE_SCAN,
     SCAN_TABLES,
 )
-from services.beam_launcher.warehouse_local import FileVerdict, LedgerEntry
+from services.beam_launcher.warehouse_local import Claim, FileVerdict, LedgerEntry
+from services.common import lifecycle
 from services.common.bqclient import bigquery_client, point_beam_at_emulator
+from services.common.logsetup import get_logger
 from services.common.rowschema import TableSpec
+
+LEASE_TABLE = "_file_leases"
+LEASE_TTL_S = 3600  # a lease not renewed for this long is free again
+LEASE_RENEW_S = LEASE_TTL_S / 4
+STAGING_MAX_AGE_S = 24 * 3600.0  # a staging table without a lease is swept after this
+STAGING_PREFIX = "_staging_"
+_STAGING_NAME = re.compile(r"^_staging_(\d{8}t\d{6})_([0-9a-f]{6})_([a-z]{3})_[a-z_]+$")
+# Messages of BigQuery (and of the emulator's engine) when a DML statement or transaction
+# collided with a concurrent one; such a statement is safe to run again.
+CONFLICT_MARKERS = ("concurrent update", "could not serialize access", "conflict")
+CONFLICT_ATTEMPTS = 8
+T = TypeVar("T")
+
+
+def is_conflict(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(m in text for m in CONFLICT_MARKERS)
+
+
+def retry_conflicts(fn: Callable[[], T], what: str, log: Any = None) -> T:
+    """``fn()``, run again (with backoff) while it fails on a concurrent update."""
+    log = log or get_logger("beam_launcher")
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            lifecycle.reraise_if_aborted(exc)
+            if attempt == CONFLICT_ATTEMPTS or not is_conflict(exc):
+                raise
+            log.info("bigquery_conflict_retry", what=what, attempt=attempt, error=str(exc)[:200])
+            time.sleep(min(0.2 * 2**attempt, 10.0))
+    raise AssertionError("unreachable")
 
 
 def schema_fields(spec: TableSpec) -> list[Any]:
@@ -38,7 +84,37 @@ def schema_fields(spec: TableSpec) -> list[Any]:
 
 
 def staging_table(spec: TableSpec, run_id: str) -> str:
-    return f"_staging_{run_id.replace('-', '_')}_{spec.name}"
+    return f"{STAGING_PREFIX}{run_id.replace('-', '_')}_{spec.name}"
+
+
+def staging_run_id(table: str) -> str | None:
+    """The run (``<time>-<hex>-<family>``) a staging table name belongs to, if it is one."""
+    m = _STAGING_NAME.match(table)
+    return f"{m.group(1)}-{m.group(2)}-{m.group(3)}" if m else None
+
+
+LEASE_FIELDS = (
+    ("unit", "STRING", "REQUIRED"),
+    ("run_id", "STRING", "REQUIRED"),
+    ("holder", "STRING", "NULLABLE"),
+    ("claimed_at", "TIMESTAMP", "NULLABLE"),
+    ("expires_at", "TIMESTAMP", "REQUIRED"),
+)
+
+
+def claim_statement(project: str, dataset: str) -> str:
+    """One MERGE: every unit of ``@units`` that is free or whose lease expired becomes ours."""
+    leases = table_ref(project, dataset, LEASE_TABLE)
+    expiry = "TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL @ttl_s SECOND)"
+    return (
+        f"MERGE {leases} AS l "
+        "USING (SELECT unit FROM UNNEST(@units) AS unit) AS c ON l.unit = c.unit "
+        "WHEN MATCHED AND l.expires_at < CURRENT_TIMESTAMP() THEN UPDATE SET "
+        f"run_id = @run_id, holder = @holder, claimed_at = CURRENT_TIMESTAMP(), "
+        f"expires_at = {expiry} "
+        "WHEN NOT MATCHED THEN INSERT (unit, run_id, holder, claimed_at, expires_at) "
+        f"VALUES (c.unit, @run_id, @holder, CURRENT_TIMESTAMP(), {expiry})"
+    )
 
 
 class _RowsOf(beam.DoFn):
@@ -142,19 +218,173 @@ class BigQueryWarehouse:
         return table
 
     def ensure_tables(self) -> None:
+        from google.cloud import bigquery
+
         self.client.create_dataset(f"{self.project}.{self.dataset}", exists_ok=True)
         for spec in ALL_TABLES:
             self.client.create_table(self._table(spec), exists_ok=True)
+        leases = bigquery.Table(
+            f"{self.project}.{self.dataset}.{LEASE_TABLE}",
+            [bigquery.SchemaField(n, t, mode=m) for n, t, m in LEASE_FIELDS],
+        )
+        leases.description = "Which launcher run processes which file (or Satellite scan) now."
+        self.client.create_table(leases, exists_ok=True)
 
-    def ledger(self) -> dict[str, LedgerEntry]:
+    def ledger(self, keys: Iterable[str] | None = None) -> dict[str, LedgerEntry]:
+        """The ledger (only ``keys`` when given); empty when the dataset has none yet."""
+        from google.api_core.exceptions import NotFound
+        from google.cloud import bigquery
+
         sql = (
             "SELECT file_key, version, status, pipeline_version FROM "
             f"{table_ref(self.project, self.dataset, PROCESSED_FILES.name)}"
         )
+        config = None
+        if keys is not None:
+            sql += " WHERE file_key IN UNNEST(@keys)"
+            config = bigquery.QueryJobConfig(
+                query_parameters=[bigquery.ArrayQueryParameter("keys", "STRING", sorted(keys))]
+            )
+        try:
+            rows = list(self.client.query(sql, job_config=config).result())
+        except NotFound:  # nothing written yet: a run with nothing to write creates nothing
+            return {}
         return {
             r["file_key"]: LedgerEntry(r["version"], r["status"], r["pipeline_version"])
-            for r in self.client.query(sql).result()
+            for r in rows
         }
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def claim(self, units: list[str], run_id: str, ttl_s: int = LEASE_TTL_S) -> Claim:
+        """Lease ``units`` to ``run_id`` where free or expired; report who holds the rest."""
+        from google.cloud import bigquery
+
+        claim = Claim()
+        if not units:
+            return claim
+        doc = lifecycle.lease_doc("beam_launcher")
+        holder = f"host {doc['host']}, pid {doc['pid']}"
+        params = [
+            bigquery.ArrayQueryParameter("units", "STRING", units),
+            bigquery.ScalarQueryParameter("run_id", "STRING", run_id),
+            bigquery.ScalarQueryParameter("holder", "STRING", holder),
+            bigquery.ScalarQueryParameter("ttl_s", "INT64", ttl_s),
+        ]
+        merge = claim_statement(self.project, self.dataset)
+        retry_conflicts(
+            lambda: self.client.query(
+                merge, job_config=bigquery.QueryJobConfig(query_parameters=params)
+            ).result(),
+            "claim leases",
+        )
+        held = self.client.query(
+            "SELECT unit, run_id, holder FROM "
+            f"{table_ref(self.project, self.dataset, LEASE_TABLE)} WHERE unit IN UNNEST(@units)",
+            job_config=bigquery.QueryJobConfig(query_parameters=params[:1]),
+        ).result()
+        owners = {r["unit"]: (r["run_id"], r["holder"]) for r in held}
+        for unit in units:
+            owner, where = owners.get(unit, (None, None))
+            if owner == run_id:
+                claim.mine.append(unit)
+            else:
+                claim.others[unit] = f"run {owner} ({where})"
+        return claim
+
+    def _lease_dml(self, sql: str, run_id: str, what: str, ttl_s: int = LEASE_TTL_S) -> int:
+        from google.cloud import bigquery
+
+        params = [bigquery.ScalarQueryParameter("run_id", "STRING", run_id)]
+        if "@ttl_s" in sql:
+            params.append(bigquery.ScalarQueryParameter("ttl_s", "INT64", ttl_s))
+        job = retry_conflicts(
+            lambda: self.client.query(
+                sql, job_config=bigquery.QueryJobConfig(query_parameters=params)
+            ),
+            what,
+        )
+        job.result()
+        return int(job.num_dml_affected_rows or 0)
+
+    def renew(self, run_id: str, ttl_s: int = LEASE_TTL_S) -> int:
+        """Push this run's lease expiry ``ttl_s`` ahead; returns the leases renewed."""
+        return self._lease_dml(
+            f"UPDATE {table_ref(self.project, self.dataset, LEASE_TABLE)} SET expires_at = "
+            "TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL @ttl_s SECOND) WHERE run_id = @run_id",
+            run_id,
+            "renew leases",
+            ttl_s,
+        )
+
+    def release(self, run_id: str) -> int:
+        """Drop this run's leases; returns how many."""
+        return self._lease_dml(
+            f"DELETE FROM {table_ref(self.project, self.dataset, LEASE_TABLE)} "
+            "WHERE run_id = @run_id",
+            run_id,
+            "release leases",
+        )
+
+    # -- staging tables -------------------------------------------------------------------
+
+    def drop_staging(self, staging_id: str, tables: Iterable[TableSpec] = ALL_TABLES) -> None:
+        for spec in tables:
+            self.client.delete_table(
+                f"{self.project}.{self.dataset}.{staging_table(spec, staging_id)}",
+                not_found_ok=True,
+            )
+
+    def sweep_staging(self, lease_root: str, max_age_s: float = STAGING_MAX_AGE_S) -> None:
+        """Drop staging tables of runs that are gone; log one line.
+
+        A table's run is judged by its lease in ``lease_root`` (the temp location) the way
+        :class:`services.common.lifecycle.StagingArea` judges staging folders: same host,
+        pid and start time; other hosts, age. A table without a lease is dropped when it
+        is older than ``max_age_s``.
+        """
+        from google.api_core.exceptions import NotFound
+
+        log: Any = get_logger("beam_launcher")
+        removed: list[str] = []
+        kept_live = kept_unknown = 0
+        try:
+            tables = list(self.client.list_tables(f"{self.project}.{self.dataset}"))
+        except NotFound:
+            return
+        now = dt.datetime.now(dt.UTC)
+        for item in tables:
+            name = item.table_id
+            if not name.startswith(STAGING_PREFIX):
+                continue
+            run = staging_run_id(name)
+            lease = f"{lease_root}/{run}{lifecycle.LEASE_SUFFIX}"
+            doc = lifecycle.read_lease(lease) if run else None
+            if doc is not None:
+                state = lifecycle.lease_state(doc, max_age_s)
+            else:
+                created = item.created or self.client.get_table(item.reference).created
+                young = created is not None and (now - created).total_seconds() < max_age_s
+                state = "unknown" if young else "dead"
+            if state == "alive":
+                kept_live += 1
+            elif state == "unknown":
+                kept_unknown += 1
+            else:
+                self.client.delete_table(item.reference, not_found_ok=True)
+                removed.append(name)
+        log.info(
+            "bigquery_staging_swept",
+            dataset=f"{self.project}.{self.dataset}",
+            removed_tables=len(removed),
+            removed=removed[:20],
+            kept_live=kept_live,
+            kept_unknown_owner=kept_unknown,
+            owner_check=(
+                f"lease in {lease_root}: pid and start time on this host, other hosts when "
+                f"older than {max_age_s:g}s; tables without a lease when older than {max_age_s:g}s"
+            ),
+        )
 
     def reset(self, scan_types: Iterable[str]) -> None:
         from google.cloud import bigquery
@@ -228,26 +458,24 @@ class BigQueryWarehouse:
             )
             for v in verdicts
         ]
-        job = self.client.query(
-            commit_script(self.project, self.dataset, staging_id, verdicts, tables),
-            job_config=bigquery.QueryJobConfig(
-                query_parameters=[
-                    bigquery.ArrayQueryParameter("ok_keys", "STRING", ok_keys),
-                    bigquery.ArrayQueryParameter("all_keys", "STRING", all_keys),
-                    bigquery.ArrayQueryParameter("ok_sources", "STRING", ok_sources),
-                    bigquery.ArrayQueryParameter(
-                        "ledger_keys", "STRING", [v.task.file_key for v in verdicts]
-                    ),
-                    bigquery.ArrayQueryParameter("ledger_rows", "STRUCT", ledger_rows),
-                ]
-            ),
+        script = commit_script(self.project, self.dataset, staging_id, verdicts, tables)
+        config = bigquery.QueryJobConfig(
+            query_parameters=[
+                bigquery.ArrayQueryParameter("ok_keys", "STRING", ok_keys),
+                bigquery.ArrayQueryParameter("all_keys", "STRING", all_keys),
+                bigquery.ArrayQueryParameter("ok_sources", "STRING", ok_sources),
+                bigquery.ArrayQueryParameter(
+                    "ledger_keys", "STRING", [v.task.file_key for v in verdicts]
+                ),
+                bigquery.ArrayQueryParameter("ledger_rows", "STRUCT", ledger_rows),
+            ]
         )
-        job.result()
-        for spec in tables:
-            self.client.delete_table(
-                f"{self.project}.{self.dataset}.{staging_table(spec, staging_id)}",
-                not_found_ok=True,
-            )
+        # A transaction aborted by a concurrent one (another run's commit) changed nothing:
+        # it is submitted again.
+        retry_conflicts(
+            lambda: self.client.query(script, job_config=config).result(), "commit transaction"
+        )
+        self.drop_staging(staging_id, tables)
 
 
 class BigQueryTarget:
@@ -261,6 +489,7 @@ class BigQueryTarget:
         self.warehouse = BigQueryWarehouse(project, dataset, location)
         self.temp_location = temp_location.rstrip("/")
         self.name = f"bigquery:{project}.{dataset}"
+        self._renewer: tuple[threading.Event, threading.Thread] | None = None
 
     def staging_root(self) -> str:
         """Where runs stage their stats (``<temp location>/<run>``, with a lease each)."""
@@ -280,15 +509,58 @@ class BigQueryTarget:
         return {}
 
     def cleanup(self, run_id: str) -> None:
+        """After a commit, a failure or an abort: the run's stats files and staging tables."""
         from services.common import storage
 
-        storage.storage_for(self.temp_location).delete(f"{self.temp_location}/{run_id}")
+        try:
+            self.warehouse.drop_staging(run_id)
+        finally:
+            storage.storage_for(self.temp_location).delete(f"{self.temp_location}/{run_id}")
 
     def ensure_tables(self) -> None:
         self.warehouse.ensure_tables()
 
-    def ledger(self) -> dict[str, LedgerEntry]:
-        return self.warehouse.ledger()
+    def sweep_staging(self) -> None:
+        """Staging tables of dead runs (before the temp location's leases are swept)."""
+        self.warehouse.sweep_staging(self.temp_location)
+
+    def ledger(self, keys: Iterable[str] | None = None) -> dict[str, LedgerEntry]:
+        return self.warehouse.ledger(keys)
+
+    def claim(self, units: list[str], run_id: str) -> Claim:
+        claim = self.warehouse.claim(units, run_id)
+        if claim.mine:
+            self._start_renewal(run_id)
+        return claim
+
+    def release(self, units: list[str], run_id: str) -> int:
+        self._stop_renewal()
+        return self.warehouse.release(run_id)
+
+    def _start_renewal(self, run_id: str) -> None:
+        """Renew this run's leases every ``LEASE_RENEW_S`` while it works."""
+        if self._renewer is not None:
+            return
+        stop = threading.Event()
+        log: Any = get_logger("beam_launcher", run_id=run_id)
+
+        def renew() -> None:
+            while not stop.wait(LEASE_RENEW_S):
+                try:
+                    self.warehouse.renew(run_id)
+                except Exception as exc:  # the next attempt may succeed; leases then expire
+                    log.warning("lease_renewal_failed", error=f"{type(exc).__name__}: {exc}")
+
+        thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
+        thread.start()
+        self._renewer = (stop, thread)
+
+    def _stop_renewal(self) -> None:
+        if self._renewer is not None:
+            stop, thread = self._renewer
+            stop.set()
+            thread.join(timeout=5)
+            self._renewer = None
 
     def reset(self, scan_types: Iterable[str]) -> None:
         self.warehouse.reset(scan_types)

@@ -10,6 +10,13 @@ replaces what it wrote before: no duplicates, nothing lost. DuckDB tables are up
 one transaction per run (delete the files' old rows, insert the new ones, update the
 ledger).
 
+Runs side by side (a nightly run and a backfill): every opening of ``warehouse.duckdb``
+holds ``.warehouse.lock`` (``flock``: shared to read, exclusive to write), so a second
+launcher waits for a commit in progress (bounded, logged) instead of failing on DuckDB's
+own file lock. Which run processes which file is decided by per-file leases
+(:class:`LocalLeases`). A run with nothing to write opens the database read-only and
+creates nothing: no empty database appears at a mistyped path.
+
 Example:
     >>> import tempfile
     >>> wh = LocalWarehouse(tempfile.mkdtemp())
@@ -19,14 +26,19 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import duckdb
+import orjson
 
 from services.beam_launcher.pipeline import safe_key
 from services.beam_launcher.processing import FileTask
@@ -36,9 +48,67 @@ from services.beam_launcher.rows import (
     PROCESSED_FILES,
     SCAN_TABLES,
 )
+from services.common import lifecycle
+from services.common.logsetup import get_logger
 from services.common.scans import UnknownScanName, parse_scan_name
 
 DB_NAME = "warehouse.duckdb"
+LOCK_NAME = ".warehouse.lock"
+LEASE_DIR = "leases"
+LOCK_WAIT_S = 600.0  # longest wait for another process's commit before failing
+LEASE_MAX_AGE_S = 24 * 3600.0  # a lease of another host counts as abandoned after this
+
+
+class WarehouseBusy(RuntimeError):
+    """Another process held the warehouse lock longer than the bounded wait."""
+
+
+@contextlib.contextmanager
+def flocked(path: Path, exclusive: bool, what: str, wait_s: float = LOCK_WAIT_S) -> Iterator[bool]:
+    """Hold ``flock`` on ``path`` (shared or exclusive); yields False when the lock file
+    cannot be opened for a shared lock (read-only folder: nothing can write there)."""
+    log: Any = get_logger("beam_launcher")
+    fh: IO[bytes] | None = None
+    if not exclusive:  # a reader writes nothing when the lock file is there
+        with contextlib.suppress(OSError):
+            fh = open(path, "rb")  # noqa: SIM115
+    if fh is None:
+        try:
+            fh = open(path, "a+b")  # noqa: SIM115
+        except OSError:
+            if exclusive:
+                raise
+            yield False  # a read-only folder without a lock file: nobody writes here
+            return
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    with fh:
+        started = time.monotonic()
+        try:
+            fcntl.flock(fh, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("warehouse_lock_wait", lock=str(path), purpose=what, max_wait_s=wait_s)
+            while True:
+                time.sleep(0.05)
+                try:
+                    fcntl.flock(fh, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    lifecycle.check()
+                    if time.monotonic() - started > wait_s:
+                        raise WarehouseBusy(
+                            f"{path.parent} is busy: another process held {path.name} for "
+                            f"more than {wait_s:g} s ({what})"
+                        ) from None
+            log.info(
+                "warehouse_lock_acquired",
+                lock=str(path),
+                purpose=what,
+                waited_s=round(time.monotonic() - started, 3),
+            )
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -88,27 +158,52 @@ class LocalWarehouse:
         self.parquet_root = self.root / "parquet"
         self.db_path = self.root / DB_NAME
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return duckdb.connect(str(self.db_path))
+    def exists(self) -> bool:
+        return self.db_path.is_file()
+
+    @contextlib.contextmanager
+    def connect(
+        self, read_only: bool = False, purpose: str = "write"
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The database under the warehouse lock; writing creates the folder and file."""
+        if not read_only:
+            self.root.mkdir(parents=True, exist_ok=True)
+        with flocked(self.root / LOCK_NAME, not read_only, purpose):
+            con = duckdb.connect(str(self.db_path), read_only=read_only)
+            try:
+                yield con
+            finally:
+                con.close()
 
     def ensure_tables(self) -> None:
-        with self.connect() as con:
+        with self.connect(purpose="create tables") as con:
             for spec in ALL_TABLES:
                 con.execute(spec.duckdb_ddl())
 
-    def ledger(self) -> dict[str, LedgerEntry]:
-        with self.connect() as con:
-            con.execute(PROCESSED_FILES.duckdb_ddl())
-            rows = con.execute(
-                "SELECT file_key, version, status, pipeline_version FROM processed_files"
-            ).fetchall()
+    def ledger(self, keys: Iterable[str] | None = None) -> dict[str, LedgerEntry]:
+        """The ledger (only ``keys`` when given), read-only; empty without a database."""
+        if not self.exists():
+            return {}
+        sql = "SELECT file_key, version, status, pipeline_version FROM processed_files"
+        with self.connect(read_only=True, purpose="read the ledger") as con:
+            found = con.execute(
+                "SELECT count(*) FROM information_schema.tables "
+                "WHERE table_schema = 'main' AND table_name = 'processed_files'"
+            ).fetchone()
+            if not found or not found[0]:
+                return {}
+            if keys is None:
+                rows = con.execute(sql).fetchall()
+            else:
+                rows = con.execute(
+                    sql + " WHERE file_key IN (SELECT unnest(?::VARCHAR[]))", [sorted(keys)]
+                ).fetchall()
         return {r[0]: LedgerEntry(r[1], r[2], r[3]) for r in rows}
 
     def reset(self, scan_types: Iterable[str]) -> None:
         """--full: forget everything of these scan types (tables, Parquet, ledger rows)."""
         types = sorted(set(scan_types))
-        with self.connect() as con:
+        with self.connect(purpose="--full reset") as con:
             con.execute("BEGIN")
             for t in types:
                 table = SCAN_TABLES[t].name
@@ -178,7 +273,7 @@ class LocalWarehouse:
                 staged_key = safe_key(f"{v.task.source}/satellite")
                 new_files.setdefault(table, []).extend(self._publish(staging, table, staged_key))
         now = dt.datetime.now(dt.UTC)
-        with self.connect() as con:
+        with self.connect(purpose="commit") as con:
             for spec in ALL_TABLES:
                 con.execute(spec.duckdb_ddl())
             con.execute("BEGIN")
@@ -234,11 +329,73 @@ class LocalWarehouse:
         return report
 
 
+@dataclass
+class Claim:
+    """Outcome of claiming leases: units this run holds, units another live run holds."""
+
+    mine: list[str] = field(default_factory=list)
+    others: dict[str, str] = field(default_factory=dict)  # unit -> holder (run id, where)
+
+
+def holder_text(doc: Mapping[str, Any]) -> str:
+    """Who holds a lease, for logs and summaries."""
+    return f"run {doc.get('run_id')} (host {doc.get('host')}, pid {doc.get('pid')})"
+
+
+class LocalLeases:
+    """Per-file leases of a local warehouse: ``<warehouse>/leases/<unit>.lease``.
+
+    A lease names its run and process (:func:`services.common.lifecycle.lease_doc`). It
+    is taken under an exclusive ``flock`` of ``leases/.lock``, so two runs never both
+    take one unit. A lease whose process is gone (same host: pid and start time; another
+    host sharing the volume: older than ``max_age_s``) is taken over.
+    """
+
+    def __init__(self, root: Path, max_age_s: float = LEASE_MAX_AGE_S) -> None:
+        self.dir = root / LEASE_DIR
+        self.max_age_s = max_age_s
+
+    def _path(self, unit: str) -> Path:
+        return self.dir / (safe_key(unit) + lifecycle.LEASE_SUFFIX)
+
+    def claim(self, units: Iterable[str], run_id: str) -> Claim:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        claim = Claim()
+        doc = {**lifecycle.lease_doc("beam_launcher"), "run_id": run_id}
+        with flocked(self.dir / ".lock", True, "claim file leases"):
+            for unit in units:
+                path = self._path(unit)
+                held = lifecycle.read_lease(str(path)) if path.exists() else None
+                if held is not None and held.get("run_id") != run_id:
+                    state = lifecycle.lease_state(held, self.max_age_s)
+                    if state != "dead":
+                        claim.others[unit] = holder_text(held)
+                        continue
+                tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+                tmp.write_bytes(orjson.dumps({**doc, "unit": unit}))
+                tmp.replace(path)  # one atomic step: a reader sees the old or the new lease
+                claim.mine.append(unit)
+        return claim
+
+    def release(self, units: Iterable[str], run_id: str) -> int:
+        """Remove this run's leases of ``units``; returns how many."""
+        n = 0
+        with flocked(self.dir / ".lock", True, "release file leases"):
+            for unit in units:
+                path = self._path(unit)
+                held = lifecycle.read_lease(str(path)) if path.exists() else None
+                if held is not None and held.get("run_id") == run_id:
+                    path.unlink(missing_ok=True)
+                    n += 1
+        return n
+
+
 class LocalTarget:
     """Adapter used by the run: local warehouse + Parquet staging under it."""
 
     def __init__(self, root: str) -> None:
         self.warehouse = LocalWarehouse(root)
+        self.leases = LocalLeases(self.warehouse.root)
         self.name = f"local:{self.warehouse.db_path}"
 
     def staging_root(self) -> str:
@@ -268,8 +425,17 @@ class LocalTarget:
     def ensure_tables(self) -> None:
         self.warehouse.ensure_tables()
 
-    def ledger(self) -> dict[str, LedgerEntry]:
-        return self.warehouse.ledger()
+    def sweep_staging(self) -> None:
+        """Staging of dead runs is folders under ``staging_root`` (swept by the run)."""
+
+    def ledger(self, keys: Iterable[str] | None = None) -> dict[str, LedgerEntry]:
+        return self.warehouse.ledger(keys)
+
+    def claim(self, units: list[str], run_id: str) -> Claim:
+        return self.leases.claim(units, run_id)
+
+    def release(self, units: list[str], run_id: str) -> int:
+        return self.leases.release(units, run_id)
 
     def reset(self, scan_types: Iterable[str]) -> None:
         self.warehouse.reset(scan_types)

@@ -25,6 +25,7 @@ from services.common.cli import (
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
 from services.common.metrics_export import export_metrics
+from services.queries.backends import WarehouseMissing
 from services.queries.metrics import QueriesMetrics
 from services.queries.run import QueriesConfig, QueriesFailed, run
 
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     lifecycle.on_abort(lambda: push(False))  # SIGTERM/SIGINT: services/common/lifecycle.py
     try:
         summary = run(cfg, metrics=metrics)
+    except WarehouseMissing as exc:  # a usage error: nothing was run, nothing created
+        push(False)
+        return fail("queries", str(exc), exit_code=2)
     except Exception as exc:  # one line for the operator; details are in the logs
         lifecycle.reraise_if_aborted(exc)
         push(False)

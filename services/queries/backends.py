@@ -110,6 +110,10 @@ def _used(stmts: Sequence[exp.Expression], params: Mapping[str, Any]) -> dict[st
 # DuckDB
 
 
+class WarehouseMissing(FileNotFoundError):
+    """The DuckDB warehouse named does not exist (nothing is created in its place)."""
+
+
 class DuckDBBackend:
     """The local warehouse ``<warehouse>/warehouse.duckdb`` (the launcher's base tables in
     schema ``main``, this service's tables in schema ``derived`` by default)."""
@@ -123,10 +127,13 @@ class DuckDBBackend:
         database: str = "warehouse.duckdb",
     ) -> None:
         self.path = Path(warehouse) / database
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.schemas = {"base": "main", "derived": "derived", **(datasets or {})}
         for value in self.schemas.values():
             valid_identifier(value, "dataset")
+        if not self.path.is_file():  # a mistyped --warehouse must not become a new database
+            raise WarehouseMissing(
+                f"no warehouse at {self.path} (the launcher creates it; check --warehouse)"
+            )
         self.con = duckdb.connect(str(self.path))
         for macro in DUCKDB_MACROS:
             self.con.execute(macro)

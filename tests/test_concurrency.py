@@ -1,0 +1,310 @@
+"""A nightly run and a backfill started together over overlapping dates, as real launcher
+processes, on the DuckDB warehouse and on BigQuery (bqemulator): the final tables equal
+one sequential run every time, and each run's summary says what it did and what it left
+to the other. Also: a run with nothing to write opens the warehouse read-only and creates
+nothing; the queries service refuses a missing warehouse with exit 2.
+
+The start offsets are random (seed printed; ``CP_CONCURRENCY_SEED`` replays one).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import random
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from services.beam_launcher.rows import ALL_TABLES, PROCESSED_FILES
+from services.common import sample_scans as ss
+from tests.bq_server import PROJECT, BigQueryServer, emulator_environment
+from tests.test_bigquery_emulator import bq_rows, duck_rows, normalised, write_scan
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+TRIALS = int(os.environ.get("CP_CONCURRENCY_TRIALS", "10"))
+MAX_OFFSET_S = 4.0  # about one launcher run here: the second start lands in every phase
+RUN_TIMEOUT_S = 300.0
+TZ = dt.UTC
+
+# Four days of scans; the backfill window is the middle two.
+SCANS = (
+    ss.ScanSpec("echo", 2, dt.datetime(2021, 6, 1, 1, 0, 0, tzinfo=TZ)),
+    ss.ScanSpec("http", 2, dt.datetime(2021, 6, 1, 2, 0, 0, tzinfo=TZ)),
+    ss.ScanSpec("echo", 2, dt.datetime(2021, 6, 2, 1, 0, 0, tzinfo=TZ)),
+    ss.ScanSpec("discard", 2, dt.datetime(2021, 6, 2, 2, 0, 0, tzinfo=TZ)),
+    ss.ScanSpec("echo", 1, dt.datetime(2021, 6, 3, 1, 0, 0, tzinfo=TZ)),
+    ss.ScanSpec("https", 2, dt.datetime(2021, 6, 3, 2, 0, 0, tzinfo=TZ)),
+    ss.ScanSpec("echo", 2, dt.datetime(2021, 6, 4, 1, 0, 0, tzinfo=TZ)),
+)
+WINDOW = ["--start-date", "2021-06-02", "--end-date", "2021-06-03"]
+# Backfill variants, alternated over the trials: every scan type in the window, or a
+# rebuild of one scan type's window (--full) while the nightly run wants the same files.
+BACKFILLS = (WINDOW, [*WINDOW, "--scan-type", "echo", "--full"])
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("concurrency-input")
+    for i, spec in enumerate(SCANS):
+        write_scan(root, spec, 12, seed=100 + i)
+    return root
+
+
+def seed() -> int:
+    value = int(os.environ.get("CP_CONCURRENCY_SEED") or secrets.randbits(32))
+    print(f"concurrency seed: {value} (CP_CONCURRENCY_SEED={value} replays these offsets)")
+    return value
+
+
+@dataclass
+class Launch:
+    name: str
+    proc: subprocess.Popen[bytes]
+    started: float
+
+    def finish(self) -> dict[str, Any]:
+        try:
+            out, err = self.proc.communicate(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        tail = err.decode(errors="replace").strip().splitlines()[-3:]
+        assert self.proc.returncode == 0, f"{self.name} exited {self.proc.returncode}: {tail}"
+        summary: dict[str, Any] = orjson.loads(out)
+        return summary
+
+
+class Sink:
+    """Where the runs write and how to read the final tables back."""
+
+    def command(self, extra: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def tables(self) -> dict[str, list[bytes]]:
+        raise NotImplementedError
+
+    def leftovers(self) -> list[str]:
+        """Leases or staging a finished pair of runs left behind (must be none)."""
+        raise NotImplementedError
+
+    def fresh(self) -> None:
+        raise NotImplementedError
+
+    def ledger_runs(self) -> dict[str, str]:
+        """file_key -> run id of the ledger row (which run committed the file last)."""
+        raise NotImplementedError
+
+    def start(self, name: str, extra: list[str]) -> Launch:
+        env = {**os.environ, "LOG_LEVEL": "INFO"}
+        env.pop("CP_NEXT_STAGE", None)
+        proc = subprocess.Popen(
+            self.command(extra),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        return Launch(name, proc, time.monotonic())
+
+
+class DuckSink(Sink):
+    def __init__(self, input_dir: Path, root: Path) -> None:
+        self.input, self.root = input_dir, root
+        self.warehouse = root / "wh-0"
+        self.n = 0
+
+    def fresh(self) -> None:
+        self.n += 1
+        self.warehouse = self.root / f"wh-{self.n}"
+
+    def command(self, extra: list[str]) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "services.beam_launcher",
+            "--input",
+            str(self.input),
+            "--warehouse",
+            str(self.warehouse),
+            "--bad-line-threshold",
+            "0.5",
+            *extra,
+        ]
+
+    def tables(self) -> dict[str, list[bytes]]:
+        return {s.name: normalised(s, duck_rows(self.warehouse, s.name)) for s in ALL_TABLES}
+
+    def ledger_runs(self) -> dict[str, str]:
+        return {r["file_key"]: r["run_id"] for r in duck_rows(self.warehouse, "processed_files")}
+
+    def leftovers(self) -> list[str]:
+        leases = sorted(p.name for p in (self.warehouse / "leases").glob("*.lease"))
+        staging = self.warehouse / "staging"
+        return leases + (sorted(p.name for p in staging.iterdir()) if staging.is_dir() else [])
+
+
+class BigQuerySink(Sink):
+    def __init__(self, input_dir: Path, server: BigQueryServer) -> None:
+        self.input, self.server = input_dir, server
+        self.client = server.client()
+        self.bucket = f"cc-{secrets.token_hex(4)}"
+        server.gcs_client().create_bucket(self.bucket)
+        self.dataset = ""
+
+    def fresh(self) -> None:
+        self.dataset = f"cc_{secrets.token_hex(4)}"
+
+    def command(self, extra: list[str]) -> list[str]:
+        args = [
+            "--input",
+            str(self.input),
+            "--sink",
+            "bigquery",
+            "--bq-project",
+            PROJECT,
+            "--bq-dataset",
+            self.dataset,
+            "--temp-location",
+            f"gs://{self.bucket}/tmp-{self.dataset}",
+            "--bad-line-threshold",
+            "0.5",
+            *extra,
+        ]
+        return [
+            sys.executable,
+            "-m",
+            "tests.test_concurrency",
+            self.server.endpoint,
+            self.server.gcs_endpoint,
+            *args,
+        ]
+
+    def tables(self) -> dict[str, list[bytes]]:
+        return {
+            s.name: normalised(s, bq_rows(self.client, self.dataset, s.name), loaded_bytes=True)
+            for s in ALL_TABLES
+        }
+
+    def ledger_runs(self) -> dict[str, str]:
+        rows = bq_rows(self.client, self.dataset, "processed_files")
+        return {r["file_key"]: r["run_id"] for r in rows}
+
+    def leftovers(self) -> list[str]:
+        names = [
+            t.table_id for t in self.client.list_tables(f"{PROJECT}.{self.dataset}", timeout=30)
+        ]
+        leases = [
+            r["unit"]
+            for r in self.client.query(
+                f"SELECT unit FROM `{PROJECT}.{self.dataset}._file_leases`"
+            ).result(timeout=30)
+        ]
+        return [n for n in names if n.startswith("_staging_")] + leases
+
+
+def sequential(sink: Sink) -> dict[str, list[bytes]]:
+    """The reference: the nightly run, then the backfill, one after the other."""
+    sink.fresh()
+    nightly = sink.start("nightly", []).finish()
+    assert nightly["files_processed"] == nightly["files_found"] > 0
+    assert not nightly["left_to_other_run"]
+    sink.start("backfill", BACKFILLS[0]).finish()
+    tables = sink.tables()
+    ledger = [orjson.loads(r) for r in tables[PROCESSED_FILES.name]]
+    assert len(ledger) == len({r["file_key"] for r in ledger}) >= nightly["files_found"]
+    return tables
+
+
+def _units(summary: dict[str, Any]) -> set[str]:
+    return {e["file"] for e in summary["left_to_other_run"]}
+
+
+def check_trial(
+    sink: Sink, reference: dict[str, list[bytes]], a: dict[str, Any], b: dict[str, Any]
+) -> None:
+    final = sink.tables()
+    for spec in ALL_TABLES:
+        got, want = final[spec.name], reference[spec.name]
+        assert len(got) == len(want), f"{spec.name}: {len(got)} rows, sequential run {len(want)}"
+        assert got == want, f"{spec.name}: rows differ from the sequential run"
+    assert sink.leftovers() == [], "leases or staging left behind"
+    ledger = sink.ledger_runs()
+    for mine, other in ((a, b), (b, a)):
+        # Everything a run found is accounted for: done, unchanged, left or done by the other.
+        assert mine["files_found"] >= mine["files_processed"]
+        left = _units(mine)
+        if left:
+            # ... and what it left, the other run did (its run id is on those ledger rows).
+            for unit in left:
+                runs = {r for k, r in ledger.items() if k == unit or k.startswith(unit + "/")}
+                assert runs == {other["run_id"]}, f"{unit} left to {other['run_id']}: {runs}"
+            assert other["files_processed"] > 0
+
+
+def run_trials(sink: Sink, rng: random.Random) -> list[str]:
+    reference = sequential(sink)
+    report = []
+    for trial in range(TRIALS):
+        backfill = BACKFILLS[trial % len(BACKFILLS)]
+        offset = round(rng.uniform(0, MAX_OFFSET_S), 2)
+        nightly_first = rng.random() < 0.5
+        sink.fresh()
+        order = [("nightly", []), ("backfill", backfill)]
+        if not nightly_first:
+            order.reverse()
+        first = sink.start(*order[0])
+        time.sleep(offset)
+        second = sink.start(*order[1])
+        s1, s2 = first.finish(), second.finish()
+        took = round(time.monotonic() - first.started, 1)
+        check_trial(sink, reference, s1, s2)
+        report.append(
+            f"trial {trial}: {order[1][0]} +{offset:.2f}s after {order[0][0]} "
+            f"({' '.join(backfill)}): {order[0][0]} did {s1['files_processed']}, left "
+            f"{len(s1['left_to_other_run'])}, done-by-other {len(s1['done_by_other_run'])}; "
+            f"{order[1][0]} did {s2['files_processed']}, left {len(s2['left_to_other_run'])}, "
+            f"done-by-other {len(s2['done_by_other_run'])} ({took} s)"
+        )
+        print(report[-1])
+    return report
+
+
+def test_nightly_and_backfill_together_on_duckdb(scans: Path, tmp_path: Path) -> None:
+    rng = random.Random(seed())
+    report = run_trials(DuckSink(scans, tmp_path), rng)
+    assert len(report) == TRIALS
+
+
+def test_nightly_and_backfill_together_on_bigquery(scans: Path, bq_server: BigQueryServer) -> None:
+    rng = random.Random(seed())
+    with emulator_environment(bq_server):
+        report = run_trials(BigQuerySink(scans, bq_server), rng)
+    assert len(report) == TRIALS
+
+
+# -- a child process: the launcher pointed at the test's BigQuery and GCS emulators ---------
+
+
+def _bq_child(endpoint: str, gcs_endpoint: str, argv: list[str]) -> int:
+    """``python -m services.beam_launcher`` with the test servers' environment (anonymous
+    credentials, loopback only, script parameters inlined: see tests/bq_server.py)."""
+    from services.beam_launcher.__main__ import main
+    from services.common import lifecycle
+
+    server = BigQueryServer(endpoint, gcs_endpoint, Path(os.devnull))
+    with emulator_environment(server):
+        return lifecycle.run_main("beam_launcher", lambda: main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(_bq_child(sys.argv[1], sys.argv[2], sys.argv[3:]))
