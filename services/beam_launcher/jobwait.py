@@ -4,6 +4,12 @@ The job id is logged as soon as the runner knows it; the wait polls in slices so
 deadline can be enforced; a job still running at the deadline is cancelled and the run
 fails. Any terminal state other than DONE fails the run.
 
+Stopped while waiting (SIGTERM/SIGINT, see ``services/common/lifecycle.py``): a job with a
+runner job id (Dataflow; local runners have none and end with the process) is asked to
+cancel before the abort goes on, and the launcher logs ``dataflow_job_cancel_requested``
+or ``dataflow_job_cancel_failed``. The request is bounded (``cancel_timeout_s``, 20 s by
+default) so the pod still exits inside Kubernetes' 30 s grace period.
+
 Example:
     >>> class Done:
     ...     def wait_until_finish(self, duration=None): return "DONE"
@@ -13,12 +19,17 @@ Example:
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from services.common import lifecycle
+from services.common.logsetup import get_logger
+
 TERMINAL_OK = frozenset({"DONE"})
 TERMINAL_BAD = frozenset({"FAILED", "CANCELLED", "DRAINED", "UPDATED", "STOPPED"})
+CANCEL_TIMEOUT_S = 20.0
 
 
 class JobFailed(RuntimeError):
@@ -34,9 +45,67 @@ def job_id(result: Any) -> str | None:
     """The runner's job id (Dataflow), or None for local runners."""
     getter = getattr(result, "job_id", None)
     try:
-        return str(getter()) if callable(getter) else None
+        value = getter() if callable(getter) else None
     except Exception:
         return None
+    return None if value is None or value == "" else str(value)
+
+
+def request_cancel(result: Any, timeout_s: float) -> tuple[str | None, str | None]:
+    """Call ``result.cancel()`` for at most ``timeout_s``; return (state, error).
+
+    The call runs in a daemon thread: a Dataflow API that does not answer cannot hold the
+    process past the timeout. Signals arriving meanwhile are handled by the main thread.
+    """
+    box: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            box["state"] = result.cancel()
+        except BaseException as exc:  # reported to the caller, never raised in the thread
+            box["error"] = f"{type(exc).__name__}: {exc}"
+
+    worker = threading.Thread(target=call, name="beam-job-cancel", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        return None, f"no answer within {timeout_s:g} s"
+    if "error" in box:
+        return None, str(box["error"])
+    state = box.get("state")
+    return (None if state is None else _state_name(state)), None
+
+
+def _stopping(exc: BaseException) -> bool:
+    """The wait ended because the process is being stopped (not because the job ended or
+    missed its deadline, which is already cancelled)."""
+    if isinstance(exc, JobFailed):
+        return False
+    return isinstance(exc, lifecycle.Aborted | KeyboardInterrupt) or bool(lifecycle.requested())
+
+
+def _cancel_on_stop(result: Any, jid: str, log: Any, timeout_s: float) -> None:
+    started = time.monotonic()
+    signame = lifecycle.requested() or "SIGINT"
+    state, error = request_cancel(result, timeout_s)
+    seconds = round(time.monotonic() - started, 3)
+    if error is None:
+        log.warning(
+            "dataflow_job_cancel_requested",
+            job_id=jid,
+            signal=signame,
+            state=state,
+            seconds=seconds,
+        )
+    else:
+        log.error(
+            "dataflow_job_cancel_failed",
+            job_id=jid,
+            signal=signame,
+            error=error,
+            seconds=seconds,
+            hint="the job may still be running: cancel it in the Dataflow console",
+        )
 
 
 def wait_for_job(
@@ -45,20 +114,40 @@ def wait_for_job(
     log: Any,
     poll_s: float = 30.0,
     clock: Callable[[], float] = time.monotonic,
+    cancel_timeout_s: float = CANCEL_TIMEOUT_S,
 ) -> str:
-    """Block until ``result`` is terminal; return its state name or raise JobFailed."""
+    """Block until ``result`` is terminal; return its state name or raise JobFailed.
+
+    A stop signal while waiting cancels a remote job (bounded by ``cancel_timeout_s``)
+    and then lets the abort continue.
+    """
     jid = job_id(result)
     if log is not None and jid:
         log.info("beam_job_submitted", job_id=jid)
+    try:
+        return _wait(result, jid, deadline_s, log, poll_s, clock, cancel_timeout_s)
+    except BaseException as exc:
+        if jid and _stopping(exc):
+            _cancel_on_stop(result, jid, log or get_logger("beam_launcher"), cancel_timeout_s)
+        raise
+
+
+def _wait(
+    result: Any,
+    jid: str | None,
+    deadline_s: float | None,
+    log: Any,
+    poll_s: float,
+    clock: Callable[[], float],
+    cancel_timeout_s: float,
+) -> str:
     started = clock()
     while True:
         remaining = None if deadline_s is None else deadline_s - (clock() - started)
         if remaining is not None and remaining <= 0:
-            try:
-                result.cancel()
-            except Exception as exc:  # still fail the run; say we could not cancel
-                if log is not None:
-                    log.error("beam_job_cancel_failed", job_id=jid, error=str(exc))
+            _state, error = request_cancel(result, cancel_timeout_s)
+            if error is not None and log is not None:  # still fail the run; say so
+                log.error("beam_job_cancel_failed", job_id=jid, error=error)
             raise JobFailed(
                 f"Beam job {jid or ''} still running after {deadline_s:.0f} s: cancelled"
             )
