@@ -600,3 +600,96 @@ class _UnpatchedQueries:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
+
+
+# -- staging tables: dropped when a run fails or is stopped, swept when their run is dead ----
+
+
+def _staging_names(client: Any, dataset: str) -> list[str]:
+    return sorted(
+        t.table_id
+        for t in client.list_tables(f"{PROJECT}.{dataset}", timeout=TIMEOUT_S)
+        if t.table_id.startswith("_staging_")
+    )
+
+
+@pytest.mark.parametrize("stop", ["abort", "failure"])
+def test_staging_tables_dropped_when_the_run_stops_before_its_commit(
+    bq_env: BigQueryServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: str
+) -> None:
+    """A stop signal (``Aborted`` while the run waits to commit) or a failing commit: the
+    run's staging tables and file leases are gone when it has unwound."""
+    import signal
+
+    from services.beam_launcher.run import RunFailed
+    from services.beam_launcher.warehouse_bigquery import LEASE_TABLE
+    from services.common import lifecycle
+
+    pair = make_pair(bq_env, tmp_path)
+    write_scan(pair.input, ss.HYPERQUACK_SCANS[4], 15, seed=3)
+    seen: list[str] = []
+
+    def commit(self: BigQueryWarehouse, staging_id: str, *args: Any, **kwargs: Any) -> None:
+        seen.extend(_staging_names(pair.client, pair.dataset))
+        if stop == "abort":
+            raise lifecycle.Aborted(signal.SIGTERM)
+        raise RuntimeError("commit failed")
+
+    monkeypatch.setattr(BigQueryWarehouse, "commit", commit)
+    expected = lifecycle.Aborted if stop == "abort" else RunFailed
+    with pytest.raises(expected):
+        run(pair.config("bigquery"))
+    assert seen, "Beam's loads created no staging table (nothing would be tested)"
+    assert _staging_names(pair.client, pair.dataset) == []
+    assert bq_rows(pair.client, pair.dataset, LEASE_TABLE) == []
+
+
+def test_sweep_drops_staging_tables_of_dead_runs_only(bq_env: BigQueryServer) -> None:
+    """Judged by the run's lease in the temp location as lifecycle judges staging folders."""
+    import subprocess
+    import sys
+
+    from services.beam_launcher.warehouse_bigquery import BigQueryTarget
+    from services.common import lifecycle, storage
+
+    client = bq_env.client()
+    bucket = f"sweep-{secrets.token_hex(4)}"
+    bq_env.gcs_client().create_bucket(bucket)
+    dataset = f"sweep_{secrets.token_hex(4)}"
+    target = BigQueryTarget(PROJECT, dataset, f"gs://{bucket}/tmp")
+    target.ensure_tables()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    now = lifecycle.lease_doc("beam_launcher")
+    leases = {
+        "20210101t000000-aaaaaa-hyp": {**now, "pid": int(gone.stdout), "start_ticks": 1},
+        "20210101t000000-bbbbbb-hyp": now,  # this process: alive
+        "20210101t000000-cccccc-sat": {**now, "host": "elsewhere", "boot_id": "x"},
+        "20210101t000000-dddddd-hyp": {
+            **now,
+            "host": "elsewhere",
+            "boot_id": "x",
+            "created": now["created"] - 2 * 86400,
+        },
+    }
+    for run_id, doc in leases.items():
+        url = f"gs://{bucket}/tmp/{run_id}{lifecycle.LEASE_SUFFIX}"
+        storage.storage_for(url).write_bytes(url, orjson.dumps(doc))
+    echo = HYPERQUACK_TABLES["echo"]
+    for run_id in [*leases, "20210101t000000-eeeeee-hyp", "r9"]:  # the last two: no lease
+        table = f"{PROJECT}.{dataset}.{staging_table(echo, run_id)}"
+        client.create_table(bigquery.Table(table, schema_fields(echo)), timeout=TIMEOUT_S)
+    target.sweep_staging()
+    assert _staging_names(client, dataset) == sorted(
+        staging_table(echo, r)
+        for r in (
+            "20210101t000000-bbbbbb-hyp",  # alive on this host
+            "20210101t000000-cccccc-sat",  # another host, younger than a day
+            "20210101t000000-eeeeee-hyp",  # no lease, younger than a day
+            "r9",
+        )
+    )

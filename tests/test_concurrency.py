@@ -292,6 +292,150 @@ def test_nightly_and_backfill_together_on_bigquery(scans: Path, bq_server: BigQu
     assert len(report) == TRIALS
 
 
+# -- a live run's leases: left alone, a rebuild refuses at once, a dead run's taken over ----
+
+
+def _launch(args: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ}
+    env.pop("CP_NEXT_STAGE", None)
+    return subprocess.run(
+        [sys.executable, "-m", "services.beam_launcher", "--bad-line-threshold", "0.5", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+
+
+def _events(stderr: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from services.beam_launcher.warehouse_local import LocalLeases
+claim = LocalLeases(Path(sys.argv[1])).claim(sys.argv[2:], "20210601t000000-0a0b0c")
+print(",".join(claim.mine), flush=True)
+time.sleep(120)
+"""
+
+
+def test_leases_of_a_live_run_are_left_to_it_and_taken_over_once_it_died(
+    scans: Path, tmp_path: Path
+) -> None:
+    echo = [ss.source_name(s.scan_type, s.start) + "/results.json" for s in SCANS[:1]]
+    wh = tmp_path / "wh"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(wh), *echo],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == ",".join(echo)
+        # A rebuild needs every file of its scan types: it refuses before any work.
+        started = time.monotonic()
+        rebuild = _launch(["--input", str(scans), "--warehouse", str(wh), "--full"])
+        assert rebuild.returncode == 1
+        failed = [e for e in _events(rebuild.stderr) if e["message"] == "run_failed"]
+        assert len(failed) == 1, rebuild.stderr[-500:]
+        assert "being processed by run 20210601t000000-0a0b0c" in failed[0]["reason"]
+        assert not [e for e in _events(rebuild.stderr) if e["message"] == "run_start"]
+        print(f"rebuild refused after {time.monotonic() - started:.1f} s: {failed[0]['reason']}")
+        # An incremental run does everything else and names what it left.
+        nightly = _launch(["--input", str(scans), "--warehouse", str(wh)])
+        assert nightly.returncode == 0, nightly.stderr[-500:]
+        summary = orjson.loads(nightly.stdout)
+        assert summary["left_to_other_run"] == [
+            {"file": echo[0], "held_by": summary["left_to_other_run"][0]["held_by"]}
+        ]
+        assert "run 20210601t000000-0a0b0c" in summary["left_to_other_run"][0]["held_by"]
+        assert summary["files_processed"] == summary["files_found"] - 1
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without releasing its lease (SIGKILL): the next run takes the file.
+    after = _launch(["--input", str(scans), "--warehouse", str(wh)])
+    assert after.returncode == 0, after.stderr[-500:]
+    summary = orjson.loads(after.stdout)
+    assert summary["files_processed"] == 1 and summary["left_to_other_run"] == []
+    assert not list((wh / "leases").glob("*.lease"))
+
+
+# -- item 4: read-only when there is nothing to write; nothing created at a wrong path ------
+
+
+READER = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+print("open", flush=True)
+time.sleep(120)
+"""
+
+
+def _listing(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+def test_run_with_nothing_to_write_opens_the_warehouse_read_only(tmp_path: Path) -> None:
+    inp, wh = tmp_path / "in", tmp_path / "wh"
+    write_scan(inp, SCANS[0], 8, seed=5)
+    assert _launch(["--input", str(inp), "--warehouse", str(wh)]).returncode == 0
+    before = _listing(wh)
+    # Another process holds the database open read-only: DuckDB then refuses any process
+    # that opens it for writing, and lets readers in.
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(wh / "warehouse.duckdb")], stdout=subprocess.PIPE
+    )
+    try:
+        assert reader.stdout is not None and reader.stdout.readline().strip() == b"open"
+        writer = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import duckdb; duckdb.connect({str(wh / 'warehouse.duckdb')!r})",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert writer.returncode != 0 and "lock" in writer.stderr.lower(), "probe is blind"
+        again = _launch(["--input", str(inp), "--warehouse", str(wh)])
+        assert again.returncode == 0, again.stderr[-500:]
+        summary = orjson.loads(again.stdout)
+        assert summary["files_processed"] == 0 and summary["files_skipped_unchanged"] == 1
+    finally:
+        reader.kill()
+        reader.wait()
+    assert _listing(wh) == before, "a run with nothing to write changed the warehouse folder"
+
+
+def test_nothing_is_created_at_a_mistyped_warehouse_path(tmp_path: Path) -> None:
+    typo = tmp_path / "warehuose"
+    empty = tmp_path / "empty-input"
+    empty.mkdir()
+    done = _launch(["--input", str(empty), "--warehouse", str(typo)])
+    assert done.returncode == 0, done.stderr[-500:]
+    assert [e for e in _events(done.stderr) if e["message"] == "no_input_files"]
+    assert not typo.exists(), "the launcher created a warehouse with nothing to write"
+    queries = subprocess.run(
+        [sys.executable, "-m", "services.queries", "--warehouse", str(typo)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert queries.returncode == 2
+    lines = queries.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert str(typo / "warehouse.duckdb") in lines[0]
+    assert not typo.exists(), "the queries service created a database at a mistyped path"
+
+
 # -- a child process: the launcher pointed at the test's BigQuery and GCS emulators ---------
 
 

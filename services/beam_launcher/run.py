@@ -314,7 +314,7 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
             holders = sorted(set(claim.others.values()))
             raise RunFailed(
                 f"--full without a date window rebuilds {', '.join(cfg.scan_types)} and needs "
-                f"all their files, but {len(claim.others)} are being processed by "
+                f"all their files, but {len(claim.others)} of them are being processed by "
                 f"{'; '.join(holders)}; run it when that run has finished"
             )
         if claim.others:
