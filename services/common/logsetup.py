@@ -239,7 +239,12 @@ def _route_stdlib(numeric: int) -> None:
     third_party = logging.DEBUG if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
     root.setLevel(third_party)
     for name in THIRD_PARTY:
-        logging.getLogger(name).setLevel(third_party)
+        library_logger = logging.getLogger(name)
+        library_logger.setLevel(third_party)
+        # google-api-core turns propagation off for "google" when it finds that logger
+        # unconfigured (GOOGLE_SDK_PYTHON_LOGGING_SCOPE handling); its records must still
+        # reach our root handler.
+        library_logger.propagate = True
     logging.captureWarnings(True)
     install_excepthooks()
 
