@@ -693,3 +693,26 @@ def test_sweep_drops_staging_tables_of_dead_runs_only(bq_env: BigQueryServer) ->
             "r9",
         )
     )
+
+
+def test_file_leases_are_exclusive_expire_and_are_released(bq_env: BigQueryServer) -> None:
+    """The lease MERGE on a real API: a held unit is refused to another run, an expired
+    one is taken over, renewal and release touch only the run's own rows."""
+    from services.beam_launcher.warehouse_bigquery import LEASE_TABLE
+
+    dataset = f"lease_{secrets.token_hex(4)}"
+    wh = BigQueryWarehouse(PROJECT, dataset)
+    wh.ensure_tables()
+    first = wh.claim(["a", "b"], "run-1")
+    assert first.mine == ["a", "b"] and first.others == {}
+    second = wh.claim(["b", "c"], "run-2")
+    assert second.mine == ["c"] and list(second.others) == ["b"]
+    assert second.others["b"].startswith("run run-1 (host ")
+    assert wh.claim(["a"], "run-1").mine == ["a"]  # a run's own lease stays its own
+    crashed = wh.claim(["d"], "run-3", ttl_s=-1)  # a run whose lease has run out
+    assert crashed.mine == ["d"]
+    assert wh.claim(["d"], "run-2").mine == ["d"], "an expired lease still blocks"
+    assert wh.renew("run-1") == 2
+    assert wh.release("run-1") == 2
+    rows = bq_rows(bq_env.client(), dataset, LEASE_TABLE)
+    assert sorted((r["unit"], r["run_id"]) for r in rows) == [("c", "run-2"), ("d", "run-2")]
