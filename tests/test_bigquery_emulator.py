@@ -716,3 +716,69 @@ def test_file_leases_are_exclusive_expire_and_are_released(bq_env: BigQueryServe
     assert wh.release("run-1") == 2
     rows = bq_rows(bq_env.client(), dataset, LEASE_TABLE)
     assert sorted((r["unit"], r["run_id"]) for r in rows) == [("c", "run-2"), ("d", "run-2")]
+
+
+def test_sigterm_while_staging_tables_exist_drops_them(
+    bq_env: BigQueryServer, tmp_path: Path
+) -> None:
+    """A real launcher process (``tests.test_concurrency``'s child entry: the launcher with
+    this server's environment) gets SIGTERM as soon as its staging tables appear: it exits
+    143 and leaves no staging table and no lease behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from services.beam_launcher.warehouse_bigquery import LEASE_TABLE
+
+    repo = Path(__file__).resolve().parents[1]
+    pair = make_pair(bq_env, tmp_path)
+    for i, spec in enumerate(ss.HYPERQUACK_SCANS[4:]):
+        write_scan(pair.input, spec, 60, seed=i)
+    cfg = pair.config("bigquery")
+    args = [
+        "--input",
+        cfg.input,
+        "--sink",
+        "bigquery",
+        "--bq-project",
+        PROJECT,
+        "--bq-dataset",
+        pair.dataset,
+        "--temp-location",
+        cfg.temp_location or "",
+        "--bad-line-threshold",
+        "0.5",
+    ]
+    servers = [bq_env.gcs_endpoint]
+    outcomes = []
+    for _attempt in range(3):
+        pair.client.delete_dataset(
+            f"{PROJECT}.{pair.dataset}", delete_contents=True, not_found_ok=True
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.test_concurrency", bq_env.endpoint, *servers, *args],
+            cwd=repo,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        seen: list[str] = []
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and not seen:
+            try:
+                seen = _staging_names(pair.client, pair.dataset)
+            except Exception:  # the dataset appears when the run has work
+                seen = []
+            if not seen:
+                time.sleep(0.02)
+        if seen and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        outcomes.append((proc.returncode, seen))
+        if proc.returncode == 143 and seen:
+            assert '"run_aborted"' in err
+            assert _staging_names(pair.client, pair.dataset) == []
+            assert bq_rows(pair.client, pair.dataset, LEASE_TABLE) == []
+            return
+    pytest.fail(f"never stopped while staging tables existed: {outcomes}")

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import threading
@@ -490,6 +491,8 @@ class BigQueryTarget:
         self.temp_location = temp_location.rstrip("/")
         self.name = f"bigquery:{project}.{dataset}"
         self._renewer: tuple[threading.Event, threading.Thread] | None = None
+        self._staged: list[str] = []  # staging ids whose tables may exist
+        self._lease_run: str | None = None  # run id holding leases
 
     def staging_root(self) -> str:
         """Where runs stage their stats (``<temp location>/<run>``, with a lease each)."""
@@ -499,6 +502,9 @@ class BigQueryTarget:
         return f"{self.temp_location}/{run_id}/_stats"
 
     def sink(self, run_id: str, tables: list[str]) -> BigQueryStagingSink:
+        if run_id not in self._staged:  # its tables go on cleanup, or on a stop signal
+            self._staged.append(run_id)
+        lifecycle.hold(self)
         specs = [_spec(t) for t in tables]
         return BigQueryStagingSink(self.warehouse.project, self.warehouse.dataset, run_id, specs)
 
@@ -514,8 +520,29 @@ class BigQueryTarget:
 
         try:
             self.warehouse.drop_staging(run_id)
+            if run_id in self._staged:
+                self._staged.remove(run_id)
         finally:
             storage.storage_for(self.temp_location).delete(f"{self.temp_location}/{run_id}")
+
+    def release_all(self) -> tuple[int, int]:
+        """On a stop signal: drop the staging tables of runs not cleaned up yet, and this
+        process's leases (normally both go as the run unwinds; this catches a signal that
+        interrupted that cleanup). Returns (runs cleaned, 0)."""
+        done = 0
+        for run_id in list(self._staged):
+            try:
+                self.warehouse.drop_staging(run_id)
+                self._staged.remove(run_id)
+                done += 1
+            except Exception as exc:  # the start-up sweep of a later run takes them
+                get_logger("beam_launcher").warning(
+                    "staging_tables_left", run_id=run_id, error=f"{type(exc).__name__}: {exc}"
+                )
+        if self._lease_run is not None:
+            with contextlib.suppress(Exception):  # expire by themselves otherwise
+                self.release([], self._lease_run)
+        return done, 0
 
     def ensure_tables(self) -> None:
         self.warehouse.ensure_tables()
@@ -528,6 +555,8 @@ class BigQueryTarget:
         return self.warehouse.ledger(keys)
 
     def claim(self, units: list[str], run_id: str) -> Claim:
+        self._lease_run = run_id
+        lifecycle.hold(self)
         claim = self.warehouse.claim(units, run_id)
         if claim.mine:
             self._start_renewal(run_id)
@@ -535,7 +564,9 @@ class BigQueryTarget:
 
     def release(self, units: list[str], run_id: str) -> int:
         self._stop_renewal()
-        return self.warehouse.release(run_id)
+        released = self.warehouse.release(run_id)
+        self._lease_run = None
+        return released
 
     def _start_renewal(self, run_id: str) -> None:
         """Renew this run's leases every ``LEASE_RENEW_S`` while it works."""

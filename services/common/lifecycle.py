@@ -145,6 +145,13 @@ def on_abort(callback: Callable[[], None]) -> None:
         _GUARD.on_abort.append(callback)
 
 
+def hold(holder: _Holder) -> None:
+    """Have ``holder.release_all()`` remove what it holds (staging kept outside a folder,
+    e.g. BigQuery staging tables) when the stage is stopped by a signal."""
+    if _GUARD.active and holder not in _GUARD.areas:
+        _GUARD.areas.append(holder)
+
+
 def run_main(stage: str, main: Callable[[], int]) -> int:
     """Run a stage's ``main`` with SIGTERM/SIGINT handling; return its exit code.
 
