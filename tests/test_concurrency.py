@@ -371,6 +371,46 @@ def test_leases_of_a_live_run_are_left_to_it_and_taken_over_once_it_died(
     assert not list((wh / "leases").glob("*.lease"))
 
 
+QUERIES_HOLDER = """
+import sys, time
+from services.queries.backends import DuckDBBackend
+backend = DuckDBBackend(sys.argv[1])
+print("open", flush=True)
+time.sleep(float(sys.argv[2]))
+backend.close()
+"""
+
+
+def test_launcher_waits_for_a_queries_run_instead_of_failing(tmp_path: Path) -> None:
+    """The queries service holds the warehouse (DuckDB opened for writing) for its run; a
+    launcher that needs the database meanwhile waits, logged, and then does its work
+    (before, it failed at once on DuckDB's file lock)."""
+    inp, wh = tmp_path / "in", tmp_path / "wh"
+    write_scan(inp, SCANS[0], 8, seed=5)
+    assert _launch(["--input", str(inp), "--warehouse", str(wh)]).returncode == 0
+    write_scan(inp, SCANS[1], 8, seed=6)
+    hold_s = 8.0  # well past the launcher's start-up (imports)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", QUERIES_HOLDER, str(wh), str(hold_s)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"open"
+        started = time.monotonic()
+        done = _launch(["--input", str(inp), "--warehouse", str(wh)])
+        took = time.monotonic() - started
+    finally:
+        holder.wait(timeout=60)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert orjson.loads(done.stdout)["files_processed"] == 1
+    events = _events(done.stderr)
+    waits = [e for e in events if e["message"] == "warehouse_lock_wait"]
+    acquired = [e for e in events if e["message"] == "warehouse_lock_acquired"]
+    assert waits and acquired, "the launcher never waited for the queries run"
+    assert acquired[0]["waited_s"] > 1.0 and took < hold_s + 60
+
+
 # -- item 4: read-only when there is nothing to write; nothing created at a wrong path ------
 
 

@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import os
 import shutil
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import duckdb
 import orjson
@@ -49,66 +47,12 @@ from services.beam_launcher.rows import (
     SCAN_TABLES,
 )
 from services.common import lifecycle
-from services.common.logsetup import get_logger
 from services.common.scans import UnknownScanName, parse_scan_name
 
 DB_NAME = "warehouse.duckdb"
-LOCK_NAME = ".warehouse.lock"
+LOCK_NAME = lifecycle.WAREHOUSE_LOCK
 LEASE_DIR = "leases"
-LOCK_WAIT_S = 600.0  # longest wait for another process's commit before failing
 LEASE_MAX_AGE_S = 24 * 3600.0  # a lease of another host counts as abandoned after this
-
-
-class WarehouseBusy(RuntimeError):
-    """Another process held the warehouse lock longer than the bounded wait."""
-
-
-@contextlib.contextmanager
-def flocked(path: Path, exclusive: bool, what: str, wait_s: float = LOCK_WAIT_S) -> Iterator[bool]:
-    """Hold ``flock`` on ``path`` (shared or exclusive); yields False when the lock file
-    cannot be opened for a shared lock (read-only folder: nothing can write there)."""
-    log: Any = get_logger("beam_launcher")
-    fh: IO[bytes] | None = None
-    if not exclusive:  # a reader writes nothing when the lock file is there
-        with contextlib.suppress(OSError):
-            fh = open(path, "rb")  # noqa: SIM115
-    if fh is None:
-        try:
-            fh = open(path, "a+b")  # noqa: SIM115
-        except OSError:
-            if exclusive:
-                raise
-            yield False  # a read-only folder without a lock file: nobody writes here
-            return
-    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-    with fh:
-        started = time.monotonic()
-        try:
-            fcntl.flock(fh, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("warehouse_lock_wait", lock=str(path), purpose=what, max_wait_s=wait_s)
-            while True:
-                time.sleep(0.05)
-                try:
-                    fcntl.flock(fh, mode | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    lifecycle.check()
-                    if time.monotonic() - started > wait_s:
-                        raise WarehouseBusy(
-                            f"{path.parent} is busy: another process held {path.name} for "
-                            f"more than {wait_s:g} s ({what})"
-                        ) from None
-            log.info(
-                "warehouse_lock_acquired",
-                lock=str(path),
-                purpose=what,
-                waited_s=round(time.monotonic() - started, 3),
-            )
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -168,7 +112,7 @@ class LocalWarehouse:
         """The database under the warehouse lock; writing creates the folder and file."""
         if not read_only:
             self.root.mkdir(parents=True, exist_ok=True)
-        with flocked(self.root / LOCK_NAME, not read_only, purpose):
+        with lifecycle.flocked(self.root / LOCK_NAME, not read_only, purpose, "beam_launcher"):
             con = duckdb.connect(str(self.db_path), read_only=read_only)
             try:
                 yield con
@@ -362,7 +306,7 @@ class LocalLeases:
         self.dir.mkdir(parents=True, exist_ok=True)
         claim = Claim()
         doc = {**lifecycle.lease_doc("beam_launcher"), "run_id": run_id}
-        with flocked(self.dir / ".lock", True, "claim file leases"):
+        with lifecycle.flocked(self.dir / ".lock", True, "claim file leases", "beam_launcher"):
             for unit in units:
                 path = self._path(unit)
                 held = lifecycle.read_lease(str(path)) if path.exists() else None
@@ -380,7 +324,7 @@ class LocalLeases:
     def release(self, units: Iterable[str], run_id: str) -> int:
         """Remove this run's leases of ``units``; returns how many."""
         n = 0
-        with flocked(self.dir / ".lock", True, "release file leases"):
+        with lifecycle.flocked(self.dir / ".lock", True, "release file leases", "beam_launcher"):
             for unit in units:
                 path = self._path(unit)
                 held = lifecycle.read_lease(str(path)) if path.exists() else None

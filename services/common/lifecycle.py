@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -45,7 +46,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import orjson
 
@@ -218,6 +219,69 @@ def _finish_abort(stage: str, abort: Aborted, exc: BaseException) -> int:
         staging_removed_bytes=size,
     )
     return abort.exit_code
+
+
+# -- warehouse file lock -------------------------------------------------------------------
+
+LOCK_WAIT_S = 600.0  # longest wait for another process's commit (or queries run)
+# Beside warehouse.duckdb: held shared to read and exclusive to write by the launcher, and
+# exclusive by the queries service for as long as it has the database open.
+WAREHOUSE_LOCK = ".warehouse.lock"
+
+
+class WarehouseBusy(RuntimeError):
+    """Another process held a warehouse lock longer than the bounded wait."""
+
+
+@contextlib.contextmanager
+def flocked(
+    path: Path, exclusive: bool, what: str, stage: str, wait_s: float = LOCK_WAIT_S
+) -> Iterator[bool]:
+    """Hold ``flock`` on ``path`` (shared or exclusive), waiting at most ``wait_s`` (logged;
+    a stop signal ends the wait). Yields False when a shared lock's file cannot be opened
+    (a read-only folder without it: nothing can write there)."""
+    log: Any = get_logger(stage)
+    fh: IO[bytes] | None = None
+    if not exclusive:  # a reader writes nothing when the lock file is there
+        with contextlib.suppress(OSError):
+            fh = open(path, "rb")  # noqa: SIM115
+    if fh is None:
+        try:
+            fh = open(path, "a+b")  # noqa: SIM115
+        except OSError:
+            if exclusive:
+                raise
+            yield False  # a read-only folder without a lock file: nobody writes here
+            return
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    with fh:
+        started = time.monotonic()
+        try:
+            fcntl.flock(fh, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("warehouse_lock_wait", lock=str(path), purpose=what, max_wait_s=wait_s)
+            while True:
+                time.sleep(0.05)
+                try:
+                    fcntl.flock(fh, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    check()
+                    if time.monotonic() - started > wait_s:
+                        raise WarehouseBusy(
+                            f"{path.parent} is busy: another process held {path.name} for "
+                            f"more than {wait_s:g} s ({what})"
+                        ) from None
+            log.info(
+                "warehouse_lock_acquired",
+                lock=str(path),
+                purpose=what,
+                waited_s=round(time.monotonic() - started, 3),
+            )
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # -- leases ------------------------------------------------------------------------------

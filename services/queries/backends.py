@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlglot import exp
 
+from services.common import lifecycle
 from services.common.rowschema import TableSpec
 from services.queries.dialect import DUCKDB_MACROS, to_bigquery, to_duckdb
 from services.queries.sqlfiles import parameters
@@ -134,7 +136,16 @@ class DuckDBBackend:
             raise WarehouseMissing(
                 f"no warehouse at {self.path} (the launcher creates it; check --warehouse)"
             )
-        self.con = duckdb.connect(str(self.path))
+        # While this run has the database open, a launcher's commit waits for it (and this
+        # run waits for a commit in progress) instead of failing on DuckDB's file lock.
+        self._lock = contextlib.ExitStack()
+        lock = self.path.parent / lifecycle.WAREHOUSE_LOCK
+        self._lock.enter_context(lifecycle.flocked(lock, True, "queries run", "queries"))
+        try:
+            self.con = duckdb.connect(str(self.path))
+        except BaseException:
+            self._lock.close()
+            raise
         for macro in DUCKDB_MACROS:
             self.con.execute(macro)
         self.stats = JobStats()
@@ -206,7 +217,10 @@ class DuckDBBackend:
         return [url]
 
     def close(self) -> None:
-        self.con.close()
+        try:
+            self.con.close()
+        finally:
+            self._lock.close()
 
 
 def _duck_value(value: Any) -> Any:
