@@ -371,6 +371,38 @@ def test_leases_of_a_live_run_are_left_to_it_and_taken_over_once_it_died(
     assert not list((wh / "leases").glob("*.lease"))
 
 
+def test_files_committed_by_another_run_after_the_ledger_read_are_not_redone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The narrow window between reading the ledger and taking the leases, made wide: the
+    other run commits every file there; this run then processes none of them again and
+    lists them in ``done_by_other_run``."""
+    from services.beam_launcher.run import RunConfig, run
+    from services.beam_launcher.warehouse_local import LocalTarget
+
+    inp, wh = tmp_path / "in", tmp_path / "wh"
+    for i, spec in enumerate(SCANS[:2]):
+        write_scan(inp, spec, 8, seed=i)
+    cfg = RunConfig(input=str(inp), warehouse=str(wh), bad_line_threshold=0.5)
+    real_claim = LocalTarget.claim
+    other: list[Any] = []
+
+    def claim(self: LocalTarget, units: list[str], run_id: str) -> Any:
+        if not other:  # the other run, start to end, between this run's ledger read and claim
+            other.append(None)
+            other[0] = run(cfg)
+        return real_claim(self, units, run_id)
+
+    monkeypatch.setattr(LocalTarget, "claim", claim)
+    summary = run(cfg)
+    assert other[0].files_processed == 2
+    assert summary.files_processed == 0
+    assert summary.done_by_other_run == sorted(
+        ss.source_name(s.scan_type, s.start) + "/results.json" for s in SCANS[:2]
+    )
+    assert summary.left_to_other_run == []
+
+
 QUERIES_HOLDER = """
 import sys, time
 from services.queries.backends import DuckDBBackend
