@@ -20,7 +20,8 @@ run: env
 	$(UV) run python -m services.beam_launcher --input $(VAR)/bucket/scans --require-markers \
 		--resources $(VAR)/resources/current --warehouse $(VAR)/warehouse
 	$(UV) run python -m services.queries --warehouse $(VAR)/warehouse
-	$(UV) run python -m services.beam_launcher.report --warehouse $(VAR)/warehouse
+	$(UV) run python -m services.beam_launcher.report --warehouse $(VAR)/warehouse \
+		--html $(VAR)/report.html
 
 test: env
 	$(UV) run pytest -q

@@ -1,18 +1,24 @@
-"""Print a short summary of a local warehouse: tables, row counts, outcomes, dead letters.
+"""Print a short summary of a local warehouse: tables, row counts, outcomes, dead letters;
+with ``--html``, also write a static HTML report with charts (see ``report_html``).
 
-Usage: ``python -m services.beam_launcher.report --warehouse DIR``
+Usage: ``python -m services.beam_launcher.report --warehouse DIR [--html OUT.html]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import duckdb
 
+from services.beam_launcher.report_html import build_html
 from services.beam_launcher.rows import SCAN_TABLES
 from services.beam_launcher.warehouse_local import DB_NAME
+from services.common import lifecycle
 
 
 def render(warehouse: Path) -> str:
@@ -62,13 +68,51 @@ def render(warehouse: Path) -> str:
     return "\n".join(out)
 
 
+def write_html(warehouse: Path, out: Path) -> Path:
+    """Write the HTML report of ``warehouse`` to ``out`` (atomically); returns its path."""
+    db = warehouse / DB_NAME
+    if not db.exists():
+        raise FileNotFoundError(f"no warehouse database at {db}")
+    lock = warehouse / lifecycle.WAREHOUSE_LOCK
+    # A shared lock: a launcher or queries commit in progress finishes first.
+    with (
+        lifecycle.flocked(lock, False, "report", "report"),
+        duckdb.connect(str(db), read_only=True) as con,
+    ):
+        page = build_html(con, warehouse.resolve())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(page)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return out.resolve()
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m services.beam_launcher.report")
-    p.add_argument("--warehouse", required=True)
+    p = argparse.ArgumentParser(
+        prog="python -m services.beam_launcher.report",
+        description="Summarise a local warehouse (text on stdout) and optionally write an "
+        "HTML report with charts.",
+    )
+    p.add_argument("--warehouse", required=True, help="folder holding warehouse.duckdb")
+    p.add_argument(
+        "--html",
+        metavar="OUT.html",
+        help="also write a static HTML report (no server, opens offline) and print its path",
+    )
     args = p.parse_args(argv)
     try:
         print(render(Path(args.warehouse)))
-    except FileNotFoundError as exc:
+        if args.html:
+            path = write_html(Path(args.warehouse), Path(args.html))
+            print(f"HTML report: {path}")
+    except (FileNotFoundError, duckdb.Error, OSError) as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 1
     return 0
