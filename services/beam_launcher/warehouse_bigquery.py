@@ -40,7 +40,7 @@ from services.beam_launcher.rows import (
 )
 from services.beam_launcher.warehouse_local import Claim, FileVerdict, LedgerEntry
 from services.common import lifecycle
-from services.common.bqclient import bigquery_client, point_beam_at_emulator
+from services.common.bqclient import bigquery_client, emulator_host
 from services.common.logsetup import get_logger
 from services.common.rowschema import TableSpec
 
@@ -602,3 +602,19 @@ def _spec(name: str) -> TableSpec:
         if spec.name == name:
             return spec
     raise KeyError(name)
+
+
+def point_beam_at_emulator() -> str | None:
+    """Send this process's Beam BigQuery calls (file loads) to ``$BIGQUERY_EMULATOR_HOST``.
+
+    Beam's own API client has a fixed endpoint; with the variable set it is replaced for
+    this process (the local runners run their workers in it). Returns the URL used.
+    """
+    host = emulator_host()
+    if host is None:
+        return None
+    from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client
+
+    url = f"{host}/bigquery/v2/"
+    bigquery_v2_client.BigqueryV2.BASE_URL = url
+    return url

@@ -43,18 +43,3 @@ def bigquery_client(project: str, location: str | None = None) -> Any:
         client_options={"api_endpoint": host},
     )
 
-
-def point_beam_at_emulator() -> str | None:
-    """Send this process's Beam BigQuery calls (file loads) to ``$BIGQUERY_EMULATOR_HOST``.
-
-    Beam's own API client has a fixed endpoint; with the variable set it is replaced for
-    this process (the local runners run their workers in it). Returns the URL used.
-    """
-    host = emulator_host()
-    if host is None:
-        return None
-    from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client
-
-    url = f"{host}/bigquery/v2/"
-    bigquery_v2_client.BigqueryV2.BASE_URL = url
-    return url
