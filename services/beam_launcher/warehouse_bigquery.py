@@ -8,8 +8,8 @@ loses rows, and a failed run leaves the base tables untouched.
 Runs side by side, on any host: which run processes a file is decided by a lease row in
 ``_file_leases`` (one MERGE, atomic, claims every unit not held or whose lease has
 expired; a MERGE that collides with a concurrent change fails and is retried on the new
-data, so two runs never both win a unit). Leases expire (``LEASE_TTL_S``, renewed while the run lives),
-so a crashed run blocks nothing for long. Commits that collide with a concurrent
+data, so two runs never both win a unit). Leases expire (``LEASE_TTL_S``, renewed while
+the run lives), so a crashed run blocks nothing for long. Commits that collide with a concurrent
 transaction are retried. A run's staging tables ``_staging_<run>_<table>`` are dropped
 after its commit and on failure or abort; a starting run drops those of dead runs (their
 lease in the temp location is dead, or, without a lease, older than a day).

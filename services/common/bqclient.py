@@ -42,4 +42,3 @@ def bigquery_client(project: str, location: str | None = None) -> Any:
         credentials=AnonymousCredentials(),
         client_options={"api_endpoint": host},
     )
-
