@@ -17,8 +17,11 @@ run: env
 	$(UV) run python -m services.mirror archives --source $(VAR)/sample/archives --dest $(VAR)/raw
 	$(UV) run python -m services.mirror resources --url resources/sample --dest $(VAR)/resources
 	$(UV) run python -m services.untar --raw $(VAR)/raw --target $(VAR)/bucket
+	$(UV) run python -m services.routeviews sync --base-url $(VAR)/sample/caida \
+		--dest $(VAR)/ip-metadata --snapshot-days 36500
 	$(UV) run python -m services.beam_launcher --input $(VAR)/bucket/scans --require-markers \
-		--resources $(VAR)/resources/current --warehouse $(VAR)/warehouse
+		--resources $(VAR)/resources/current --warehouse $(VAR)/warehouse \
+		--ip-metadata $(VAR)/ip-metadata
 	$(UV) run python -m services.queries --warehouse $(VAR)/warehouse
 	$(UV) run python -m services.beam_launcher.report --warehouse $(VAR)/warehouse \
 		--html $(VAR)/report.html

@@ -26,7 +26,7 @@ from services.common import storage as st
 from services.common.ipmeta import ReferenceCatalog, enrich_pairs
 from services.routeviews import caida
 from services.routeviews.__main__ import main
-from services.routeviews.fetch import Fetcher
+from services.routeviews.fetch import Fetcher, LocalFetcher
 from services.routeviews.metrics import MirrorMetrics
 from services.routeviews.mirror import Mirror, verify_gzip
 from tests.conftest import REAL
@@ -659,3 +659,92 @@ def test_no_size_check_skips_present_files_without_requests(
     )
     assert m.sync(["routeviews"], today=TODAY).counts() == {"routeviews": {"skipped": 4}}
     assert fake.requests == [("GET", f"{RV}/pfx2as-creation.log")]
+
+
+# ---------------------------------------------------------------------------------------
+# A local folder as the source (--base-url PATH or file://PATH)
+
+
+def _local_tree(root: Path, fc: FakeCaida) -> None:
+    """The same generated tree on disk and on the fake server (a truncated gzip and a
+    listed-but-absent file among them)."""
+    trunc = _pfx2as(29)
+    files = {
+        f"{RV}/2021/05/{RV_GOOD}": _pfx2as(26),
+        f"{RV}/2021/05/{RV_SHORT}": _pfx2as(31),
+        f"{RV}/2021/05/{RV_TRUNC}": trunc[: len(trunc) * 2 // 3],
+        "as-organizations/20210401.as-org2info.txt.gz": _as2org_txt(),
+        "as-organizations/20210401.as-org2info.jsonl.gz": _as2org_jsonl(),
+        "as-organizations/README.txt": b"not a data file",
+        "as-classification/20210401.as2types.txt.gz": _gz(["15169|peerDB_class|Content"]),
+    }
+    log = ["# pfx2as creation log", "garbage line", "2000\t1622999999\t../../etc/passwd"]
+    log += [
+        f"{1000 + i}\t{1622000000 + i}\t2021/05/{n}"
+        for i, n in enumerate([RV_GOOD, RV_404, RV_TRUNC, RV_SHORT])
+    ]
+    files[f"{RV}/pfx2as-creation.log"] = "\n".join(log).encode()
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+        fc.put(rel, data)
+
+
+def test_local_folder_source_mirrors_exactly_like_http(fake: FakeCaida, tmp_path: Path) -> None:
+    src = tmp_path / "caida"
+    _local_tree(src, fake)
+    over_http = _mirror(fake, str(tmp_path / "http")).sync(today=TODAY, snapshot_days=400)
+    results = []
+    for base, dest in ((src.as_uri(), "file"), (str(src), "path")):
+        m = Mirror(base_url=base, dest=str(tmp_path / dest), fetcher=LocalFetcher())
+        results.append(m.sync(today=TODAY, snapshot_days=400))
+    for summary, dest in zip(results, ("file", "path"), strict=True):
+        assert summary.counts() == over_http.counts()
+        assert summary.counts()["routeviews"] == {"failed": 1, "mirrored": 2, "missing": 1}
+        assert _files(tmp_path / dest) == _files(tmp_path / "http")
+        for rel in _files(tmp_path / dest):
+            assert (tmp_path / dest / rel).read_bytes() == (tmp_path / "http" / rel).read_bytes()
+    assert not (tmp_path / "file" / "routeviews/2021/05" / RV_TRUNC).exists()
+
+    # Present files are skipped by size; a file replaced at the source is fetched again.
+    fresh = _gz(["8.8.8.0\t24\t15169", "9.9.9.0\t24\t99"])
+    (src / RV / "2021/05" / RV_GOOD).write_bytes(fresh)
+    again = Mirror(base_url=str(src), dest=str(tmp_path / "path"), fetcher=LocalFetcher())
+    summary = again.sync(today=TODAY, snapshot_days=400)
+    assert [o.name for o in summary.of("mirrored")] == [RV_GOOD]
+    assert (tmp_path / "path/routeviews/2021/05" / RV_GOOD).read_bytes() == fresh
+    assert {o.name for o in summary.of("skipped")} >= {RV_SHORT, "20210401.as2types.txt.gz"}
+
+
+def test_local_fetcher_answers() -> None:
+    f = LocalFetcher()
+    here = Path(__file__)
+    assert f.get(str(here)).data == here.read_bytes()
+    assert f.head_size(here.as_uri()) == here.stat().st_size
+    assert f.get(str(here.parent / "no-such-file.gz")).outcome == "missing"
+    listing = f.get(here.parent.as_uri() + "/")
+    assert listing.ok and caida.parse_index(listing.data.decode()).count(here.name) == 1
+    assert f.get("file://otherhost/etc/hostname").outcome == "failed"
+
+
+def test_cli_sync_from_a_local_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo's step: the sample's CAIDA files synced from a folder, then a missing one."""
+    from services.common.sample_caida import write_caida
+    from services.common.sample_scans import DEFAULT_SCANS
+
+    written = write_caida(tmp_path / "caida", DEFAULT_SCANS, 12, 0)
+    dest = tmp_path / "meta"
+    args = ["--dest", str(dest), "--snapshot-days", "36500", "--log-level", "ERROR"]
+    assert main(["sync", "--base-url", str(tmp_path / "caida"), *args]) == 0
+    out = json.loads(capsys.readouterr().out)
+    n = len(written.dates)
+    assert out["counts"] == {k: {"mirrored": n} for k in ("routeviews", "as2org", "as2class")}
+    catalog = ReferenceCatalog(str(dest))
+    for day in written.dates:
+        sel = catalog.choose(dt.date.fromisoformat(day))
+        assert sel.routeviews is not None and sel.routeviews.date.isoformat() == day
+        assert sel.as2org is not None and sel.as2org.date.isoformat() == day
+    # A base folder that is not there: every listing fails, exit 1, nothing written.
+    assert main(["sync", "--base-url", str(tmp_path / "nowhere"), *args[:2]]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert sorted(out["listing_errors"]) == ["as2class", "as2org", "routeviews"]

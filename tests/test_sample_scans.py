@@ -709,6 +709,12 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert summary["files_written"] == 16 + 1 + len(ss.SATELLITE_FILES)
     assert summary["scans"] == 9
     assert summary["bytes"] == sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    dates = sorted({s.start.astimezone(UTC).date().isoformat() for s in ss.DEFAULT_SCANS})
+    assert summary["caida_dates"] == dates
+    assert summary["caida_files"] == 3 * len(dates) + 1  # + the pfx2as creation log
+    assert ss.main(["--out", str(tmp_path / "bare"), "--size", "2", "--no-caida"]) == 0
+    assert "caida_files" not in json.loads(capsys.readouterr().out)
+    assert not (tmp_path / "bare" / "caida").exists()
 
 
 # ---------------------------------------------------------------------------------------
@@ -1116,3 +1122,99 @@ def test_go_clock_format() -> None:
         "2021-10-20 14:51:41.000000001 -0400 EDT m=+24069.053224779"
     )
     assert ss._GoClock(ss.HYPERQUACK_SCANS[0].start).fmt(base) == ("2021-10-20 13:51:41 -0500 EST")
+
+
+# ---------------------------------------------------------------------------------------
+# Synthetic CAIDA files (IP metadata for the demo)
+# ---------------------------------------------------------------------------------------
+
+
+def _gz_lines(path: Path) -> list[str]:
+    return gzip.decompress(path.read_bytes()).decode().splitlines()
+
+
+def _measured_hosts(scans_dir: Path) -> tuple[dict[str, str | None], dict[str, tuple[int, str]]]:
+    """Read back from the generated scan files: server/resolver IP → the country the files
+    give it (None for v1, which has none), and public answer IP → its (asnum, asname) tag."""
+    hosts: dict[str, str | None] = {}
+    answers: dict[str, tuple[int, str]] = {}
+    for results in sorted(scans_dir.glob("*/results.json")):
+        for line in results.read_text().splitlines():
+            rec = json.loads(line)
+            if "Server" in rec:
+                hosts.setdefault(rec["Server"], None)
+                continue
+            hosts[rec["vp"]] = rec["location"]["country_code"]
+            if not results.parent.name.startswith("CP_Satellite-"):
+                continue
+            for rt in rec["response"]:
+                if isinstance(rt.get("response"), dict):
+                    for ip, tag in rt["response"].items():
+                        if tag.get("asnum"):
+                            answers[ip] = (tag["asnum"], tag["asname"])
+    for resolvers in scans_dir.glob("CP_Satellite-*/resolvers.json"):
+        for line in resolvers.read_text().splitlines():
+            rec = json.loads(line)
+            hosts[rec["vp"]] = rec["location"]["country_code"]
+    return hosts, answers
+
+
+def test_caida_files_cover_every_generated_host_with_its_country(tmp_path: Path) -> None:
+    from services.common import ipmeta
+
+    assert ss.main(["--out", str(tmp_path), "--size", "40", "--seed", "5", "--plain"]) == 0
+    caida = tmp_path / "caida"
+    hosts, answers = _measured_hosts(tmp_path / "scans")
+    assert len(hosts) > 40 and len(answers) > 5
+    dates = sorted({s.start.astimezone(UTC).date() for s in ss.DEFAULT_SCANS})
+    log = (caida / "routing/routeviews-prefix2as/pfx2as-creation.log").read_text()
+    for day in dates:
+        stamp = f"{day:%Y%m%d}"
+        rv = (
+            caida
+            / f"routing/routeviews-prefix2as/{day:%Y/%m}/routeviews-rv2-{stamp}-1200.pfx2as.gz"
+        )
+        assert f"\t{day:%Y/%m}/{rv.name}" in log
+        enricher = ipmeta.Enricher(
+            pfx2as=ipmeta.parse_pfx2as(_gz_lines(rv)),
+            pfx2as_id=rv.name,
+            as2org=ipmeta.parse_as2org(
+                _gz_lines(caida / f"as-organizations/{stamp}.as-org2info.txt.gz")
+            ),
+            as2org_id=stamp,
+            as2types=ipmeta.parse_as2types(
+                _gz_lines(caida / f"as-classification/{stamp}.as2types.txt.gz")
+            ),
+            as2types_id=stamp,
+        )
+        countries = set()
+        for ip, cc in hosts.items():
+            m = enricher.lookup(ip)
+            assert m.status == "ok" and m.asn and m.as_name and m.as_class, (ip, m)
+            assert m.country is not None and (cc is None or m.country == cc), (ip, cc, m)
+            assert m.as_full_name is not None and m.as_full_name.endswith("(synthetic)")
+            countries.add(m.country)
+        assert len(countries) >= 8  # the report has countries to show
+        checked = 0
+        for ip, (asn, asname) in answers.items():
+            m = enricher.lookup(ip)
+            if m.status == "special":  # documentation ranges: the enrichment keeps the tags
+                continue
+            assert (m.asn, m.as_name) == (asn, asname), ip  # outcomes keep their AS tags
+            checked += 1
+        assert checked > 5
+
+
+def test_caida_files_are_deterministic(tmp_path: Path) -> None:
+    from services.common.sample_caida import write_caida
+
+    a = write_caida(tmp_path / "a", ss.DEFAULT_SCANS, 30, 2)
+    b = write_caida(tmp_path / "b", ss.DEFAULT_SCANS, 30, 2)
+    write_caida(tmp_path / "c", ss.DEFAULT_SCANS, 30, 3)
+    assert a.files == b.files and a.prefixes > 0
+    for rel in a.files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    assert any(
+        (tmp_path / "a" / rel).read_bytes() != (tmp_path / "c" / rel).read_bytes()
+        for rel in a.files
+    )

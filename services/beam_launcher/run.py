@@ -301,6 +301,16 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
     if not todo:
         log.info("no_new_files", files_found=len(plan.tasks), already_processed=unchanged)
         return _nothing_to_do(summary, metrics, started)
+    if not cfg.ip_metadata:
+        log.warning(
+            "ip_metadata_not_configured",
+            missing="netblock, ASN, AS names, AS class and country of servers, resolvers and "
+            "DNS answers",
+            effect="Hyperquack rows get no country and are left out of merged_reduced_scans; "
+            "Satellite rows keep only what the scan's own files say about resolvers and answers",
+            fix="pass --ip-metadata (or $CP_IP_METADATA): the folder python -m "
+            "services.routeviews sync --dest fills",
+        )
 
     # Staging of runs that died (SIGKILL, node loss) goes before this run stages anything.
     staging = lifecycle.StagingArea(warehouse.staging_root(), "beam_launcher")

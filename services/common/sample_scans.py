@@ -23,7 +23,9 @@ Everything is derived from ``random.Random`` seeded with the caller's seed: no w
 clock, no ``uuid4``, no OS randomness. The same arguments give byte-identical files.
 
 Pure functions build records and file contents; only :func:`write_scan_archives`,
-:func:`generate` and :func:`main` touch the file system.
+:func:`generate` and :func:`main` touch the file system. The CLI also writes synthetic
+CAIDA IP-metadata files for the scans' servers and resolvers under ``OUT/caida``
+(``services/common/sample_caida.py``; ``--no-caida`` leaves them out).
 """
 
 from __future__ import annotations
@@ -74,8 +76,10 @@ __all__ = [
     "V2_KEYS",
     "GenerationSummary",
     "PageTemplate",
+    "SampleHost",
     "SatelliteScan",
     "ScanSpec",
+    "answer_networks",
     "archive_name",
     "build_satellite_files",
     "build_scan_files",
@@ -91,6 +95,7 @@ __all__ = [
     "render_results",
     "sample_keywords",
     "satellite_domains",
+    "scan_hosts",
     "source_name",
     "write_scan_archives",
 ]
@@ -2765,6 +2770,51 @@ def build_scan_files(
     return members, size, n_bad
 
 
+@dataclass(frozen=True, slots=True)
+class SampleHost:
+    """An address a generated scan measures: a Hyperquack server or a Satellite resolver."""
+
+    ip: str
+    country_code: str
+    country_name: str
+    role: str  # "server" | "resolver" | "control_resolver"
+    asn: int | None = None  # the network the generator gave it (control resolvers only)
+    as_name: str | None = None
+
+
+def scan_hosts(spec: ScanSpec, size: int, seed: int) -> list[SampleHost]:
+    """The servers (Hyperquack) or resolvers (Satellite) of one scan, with the country the
+    generator gave each, in generation order; the same arguments as for the scan's files.
+
+    Only the generators' set-up runs (no records are built), so this is cheap.
+    """
+    if spec.scan_type == SATELLITE:
+        sat = _SatelliteGenerator(seed, spec.start, size, satellite_domains())
+        return [
+            SampleHost(
+                r.ip,
+                r.country[1],
+                r.country[0],
+                "control_resolver" if r.control else "resolver",
+                r.isp[0] if r.control else None,
+                r.isp[1] if r.control else None,
+            )
+            for r in sat.resolvers
+        ]
+    gen = _Generator(spec.scan_type, spec.version, seed, spec.start, size, sample_keywords())
+    return [SampleHost(vp.ip, vp.country[1], vp.country[0], "server") for vp in gen.vps]
+
+
+def answer_networks() -> tuple[tuple[str, int, str], ...]:
+    """``(prefix/16, asn, as_name)`` of the CDN and hosting networks that Satellite answers
+    (outside the documentation ranges) are drawn from."""
+    return tuple(
+        (f"{prefix}.0.0/16", p.asn, p.asname)
+        for p in (*_CDN_PROVIDERS, *_HOSTING_PROVIDERS)
+        for prefix in p.prefixes
+    )
+
+
 def hash_text(text: str) -> int:
     """Stable 32-bit FNV-1a hash (``hash()`` is salted per process)."""
     h = 0x811C9DC5
@@ -2891,11 +2941,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_SIZE,
         help="measurements per scan (Satellite: results.json lines, resolvers x domains)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--bad-line-ratio", type=float, default=0.0, help="fraction of bad lines")
     parser.add_argument("--plain", action="store_true", help="extract the files uncompressed")
     parser.add_argument(
         "--compresslevel", type=int, default=6, choices=range(1, 10), help="gzip level (default 6)"
+    )
+    parser.add_argument(
+        "--no-caida",
+        action="store_true",
+        help="do not write the synthetic CAIDA IP-metadata files under OUT/caida",
     )
     args = parser.parse_args(argv)
     if args.size < 0:
@@ -2910,7 +2965,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.plain,
         compresslevel=args.compresslevel,
     )
-    sys.stdout.write(json.dumps(summary.to_json(), sort_keys=True) + "\n")
+    report = summary.to_json()
+    if not args.no_caida:
+        from services.common.sample_caida import write_caida
+
+        caida = write_caida(args.out / "caida", DEFAULT_SCANS, args.size, args.seed)
+        report["caida_files"] = len(caida.files)
+        report["caida_dates"] = caida.dates
+        report["bytes"] += caida.bytes
+    sys.stdout.write(json.dumps(report, sort_keys=True) + "\n")
     return 0
 
 

@@ -132,3 +132,9 @@ class QueriesMetrics:
             ["scan_type", "stage", "error_class"],
             registry=r,
         )
+        self.dropped_rows = Gauge(
+            "cp_quality_dropped_rows",
+            "Base rows left out of merged_reduced_scans, by scan type, date and reason",
+            ["scan_type", "date", "reason"],
+            registry=r,
+        )

@@ -106,11 +106,53 @@ def _dead_letters(rows: Rows, m: QueriesMetrics) -> list[dict[str, Any]]:
     return out
 
 
+KEPT = "kept"
+
+
+def _dropped_rows(rows: Rows, m: QueriesMetrics) -> list[dict[str, Any]]:
+    """One entry per scan type and date: base rows, rows kept, rows dropped by reason."""
+    by_key: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        if r["date"] is None:
+            continue
+        scan_type, day, reason = str(r["scan_type"]), _day(r["date"]), str(r["reason"])
+        n = int(r["row_count"] or 0)
+        entry = by_key.setdefault(
+            (scan_type, day),
+            {"scan_type": scan_type, "date": day, "base_rows": 0, KEPT: 0, "dropped": {}},
+        )
+        entry["base_rows"] += n
+        if reason == KEPT:
+            entry[KEPT] += n
+        else:
+            entry["dropped"][reason] = entry["dropped"].get(reason, 0) + n
+            m.dropped_rows.labels(scan_type=scan_type, date=day, reason=reason).set(float(n))
+    out = [by_key[k] for k in sorted(by_key)]
+    for e in out:
+        e["dropped"] = dict(sorted(e["dropped"].items(), key=lambda kv: (-kv[1], kv[0])))
+    return out
+
+
+def dropped_totals(entries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per scan type over all dates: ``{"base_rows", "kept", "dropped": {reason: n}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        t = out.setdefault(e["scan_type"], {"base_rows": 0, KEPT: 0, "dropped": {}})
+        t["base_rows"] += e["base_rows"]
+        t[KEPT] += e[KEPT]
+        for reason, n in e["dropped"].items():
+            t["dropped"][reason] = t["dropped"].get(reason, 0) + n
+    for t in out.values():
+        t["dropped"] = dict(sorted(t["dropped"].items(), key=lambda kv: (-kv[1], kv[0])))
+    return dict(sorted(out.items()))
+
+
 PUBLISHERS: dict[str, Callable[[Rows, QueriesMetrics], list[dict[str, Any]]]] = {
     "completeness": _completeness,
     "enrichment": _enrichment,
     "freshness": _freshness,
     "dead_letters": _dead_letters,
+    "dropped_rows": _dropped_rows,
 }
 
 

@@ -116,6 +116,10 @@ class QueriesSummary:
     tables_replaced: list[str] = field(default_factory=list)
     quality_window: list[str] | None = None
     quality: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Per scan type over the quality window and every date this run rebuilt: base rows,
+    # rows kept in merged_reduced_scans, rows left out by reason (per date:
+    # quality["dropped_rows"]).
+    dropped_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     exported_files: dict[str, int] = field(default_factory=dict)
     validated_statements: int = 0
     statements: int = 0
@@ -462,9 +466,18 @@ def run(
         if cfg.quality:
             start, end = _quality_window(cfg, svc)
             summary.quality_window = [start.isoformat(), end.isoformat()]
+            rebuilt = [
+                dt.date.fromisoformat(d) for v in summary.partitions_recomputed.values() for d in v
+            ]
             for f in files:
                 if f.mode == "check":
-                    summary.quality[f.check or f.name] = svc.run_check(f, start, end)
+                    lo, hi = start, end
+                    if f.check == "dropped_rows" and rebuilt:  # also every date rebuilt now
+                        lo, hi = min(lo, *rebuilt), max(hi, *rebuilt)
+                    summary.quality[f.check or f.name] = svc.run_check(f, lo, hi)
+            if "dropped_rows" in summary.quality:
+                summary.dropped_rows = quality.dropped_totals(summary.quality["dropped_rows"])
+                _say_dropped(svc.log, summary.dropped_rows)
 
         if cfg.export:
             temps = lifecycle.TempLease(cfg.export, "queries", EXPORT_TMP_MAX_AGE_S)
@@ -491,6 +504,25 @@ def run(
         seconds=summary.seconds,
     )
     return summary
+
+
+def _say_dropped(log: Any, totals: Mapping[str, Mapping[str, Any]]) -> None:
+    """One line with the rows left out of merged_reduced_scans per scan type and reason;
+    a WARNING when a scan type with base rows has none left there."""
+    dropped = {t: dict(v["dropped"]) for t, v in totals.items() if v["dropped"]}
+    if dropped:
+        log.info("rows_left_out_of_merged_reduced_scans", by_scan_type=dropped)
+    empty = {
+        t: {"base_rows": v["base_rows"], "dropped": dict(v["dropped"])}
+        for t, v in totals.items()
+        if v["base_rows"] and not v[quality.KEPT]
+    }
+    if empty:
+        log.warning(
+            "scan_types_missing_from_merged_reduced_scans",
+            scan_types=sorted(empty),
+            detail=empty,
+        )
 
 
 def _quality_window(cfg: QueriesConfig, svc: Service) -> tuple[dt.date, dt.date]:

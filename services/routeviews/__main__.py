@@ -4,6 +4,8 @@
     python -m services.routeviews backfill --start 2021-05-01 --end 2021-05-31 [--kinds …]
     python -m services.routeviews asorg      # = sync --kinds as2org
     python -m services.routeviews asclass    # = sync --kinds as2class
+    python -m services.routeviews sync --base-url var/sample/caida --dest var/ip-metadata
+                                             # a local folder with CAIDA's layout
 
 Prints a JSON summary on stdout. Exit code 0 when nothing failed, 1 when a file or a
 listing failed (the other files are still published; a ``run_failed`` log line says
@@ -32,7 +34,7 @@ from services.common.config import env_or
 from services.common.logsetup import configure_logging
 from services.common.metrics_export import export_metrics
 from services.routeviews import caida
-from services.routeviews.fetch import Fetcher
+from services.routeviews.fetch import Fetcher, LocalFetcher, is_local_base
 from services.routeviews.metrics import MirrorMetrics
 from services.routeviews.mirror import Mirror, RunSummary
 
@@ -54,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--base-url",
         default=env_or("CP_CAIDA_BASE_URL", caida.DEFAULT_BASE_URL),
-        help=f"CAIDA datasets URL ($CP_CAIDA_BASE_URL; default {caida.DEFAULT_BASE_URL})",
+        help="CAIDA datasets URL, or a local folder (path or file:// URL) with the same "
+        f"layout ($CP_CAIDA_BASE_URL; default {caida.DEFAULT_BASE_URL})",
     )
     common.add_argument(
         "--dest",
@@ -128,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     mirror = Mirror(
         base_url=args.base_url,
         dest=args.dest,
-        fetcher=Fetcher(retries=args.retries, backoff=args.backoff, timeout=args.timeout),
+        fetcher=LocalFetcher()
+        if is_local_base(args.base_url)
+        else Fetcher(retries=args.retries, backoff=args.backoff, timeout=args.timeout),
         metrics=metrics,
         check_remote_size=not args.no_size_check,
     )

@@ -9,21 +9,30 @@ Outcomes:
   Other 4xx and bodies over ``max_bytes`` fail at once. A numeric ``Retry-After`` is
   honoured up to ``max_backoff``.
 
-Only ``http`` and ``https`` URLs with a host are fetched.
+Only ``http`` and ``https`` URLs with a host are fetched. :class:`LocalFetcher` reads a
+local folder laid out like CAIDA's site instead (``--base-url`` a path or ``file://`` URL):
+a missing file is ``missing``, a folder URL (ending in ``/``) answers with an HTML index
+of its files, like a web server's listing.
 
 Example:
     >>> Fetcher(retries=0).get("file:///etc/passwd").outcome
     'failed'
+    >>> is_local_base("file:///srv/caida"), is_local_base("var/caida")
+    (True, True)
+    >>> is_local_base("https://publicdata.caida.org/datasets")
+    False
 """
 
 from __future__ import annotations
 
+import html
 import http.client
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
 
 from services.common.httpfetch import Backoff, HttpError, is_transient, request
 
@@ -161,3 +170,54 @@ class Fetcher:
             if length is not None and len(data) != length:
                 raise _Retry(f"short body: {len(data)} of {length} bytes")
             return resp.status, length, data
+
+
+def is_local_base(base_url: str) -> bool:
+    """True for a ``file://`` URL or a plain path (no URL scheme)."""
+    scheme = urlsplit(base_url).scheme.lower()
+    return scheme == "file" or (scheme == "" and "://" not in base_url)
+
+
+def local_path(url: str) -> Path:
+    """The file system path of a ``file://`` URL or a plain path."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file URL with a remote host: {url}")
+        return Path(unquote(parts.path))
+    return Path(url)
+
+
+class LocalFetcher(Fetcher):
+    """Reads files from a local folder with CAIDA's layout (no network, no retries).
+
+    ``get`` of a file → its bytes (``ok``) or ``missing``; of a folder URL ending in
+    ``/`` → an HTML index linking its files, the listing a web server would serve.
+    Read errors other than a missing path are ``failed``.
+    """
+
+    def __init__(self, *, max_bytes: int = 1 << 30) -> None:
+        super().__init__(retries=0, max_bytes=max_bytes)
+
+    def _request(self, method: str, url: str) -> FetchResult:
+        try:
+            path = local_path(url)
+            if url.endswith("/"):
+                if not path.is_dir():
+                    return FetchResult(url, "missing", attempts=1, error="no such folder")
+                names = sorted(p.name for p in path.iterdir() if p.is_file())
+                links = "".join(
+                    f'<a href="{html.escape(quote(n))}">{html.escape(n)}</a>\n' for n in names
+                )
+                data = f"<html><body>\n{links}</body></html>\n".encode()
+            else:
+                if not path.is_file():
+                    return FetchResult(url, "missing", attempts=1, error="no such file")
+                size = path.stat().st_size
+                if size > self.max_bytes:
+                    return FetchResult(url, "failed", attempts=1, error=f"too large: {size} bytes")
+                data = b"" if method == "HEAD" else path.read_bytes()
+                return FetchResult(url, "ok", data, attempts=1, content_length=size)
+        except (OSError, ValueError) as exc:
+            return FetchResult(url, "failed", attempts=1, error=f"{type(exc).__name__}: {exc}")
+        return FetchResult(url, "ok", data, attempts=1, content_length=len(data))
