@@ -542,6 +542,7 @@ class TempLease:
         self.log: Any = get_logger(stage)
         self.lease: Path | None = None
         self.claimed_at = 0.0
+        self._aborted_removed = (0, 0)  # (files, bytes) of this run's temps removed on abort
 
     def claim_and_sweep(self) -> SweepReport | None:
         """Write this run's lease, sweep, log one line; None for ``gs://`` destinations."""
@@ -597,20 +598,31 @@ class TempLease:
                     continue
 
     def release(self) -> None:
-        """Drop this run's lease (its own temps are removed by their writers)."""
-        if self.lease is not None:
-            self.lease.unlink(missing_ok=True)
-            self.lease = None
+        """Drop this run's lease. Its temps are removed by their writers; after a stop
+        signal also here (the stage's ``finally`` runs this before :func:`run_main`'s
+        cleanup, and a signal can land between creating a temp file and the writer's
+        cleanup, e.g. inside ``mkstemp``'s caller or the writer's own abort)."""
+        if self.lease is None:
+            return
+        if _GUARD.signum is not None:
+            self._aborted_removed = self._remove_own_temps()
+        self.lease.unlink(missing_ok=True)
+        self.lease = None
 
     def release_all(self) -> tuple[int, int]:
-        """On abort: also remove temps this run may have left (an interrupt can land
-        between creating a temp file and the writer's cleanup), unless another live run
-        writes here too; then the next start's sweep takes them by age."""
-        if self.lease is None:
-            return 0, 0
+        """On abort: also remove temps this run may have left, unless another live run
+        writes here too; then the next start's sweep takes them by age. Returns (files,
+        bytes) removed, also when :meth:`release` already ran during the unwind."""
+        if self.lease is not None:
+            self._aborted_removed = self._remove_own_temps()
+            self.lease.unlink(missing_ok=True)
+            self.lease = None
+        removed, self._aborted_removed = self._aborted_removed, (0, 0)
+        return removed
+
+    def _remove_own_temps(self) -> tuple[int, int]:
         report = self._others(SweepReport())
         if not (report.kept_live or report.kept_unknown):
             since = self.claimed_at - 1.0  # mtime granularity
             self._remove_temps(report, lambda mtime: mtime >= since)
-        self.release()
         return report.removed_files, report.removed_bytes

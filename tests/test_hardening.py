@@ -1,0 +1,131 @@
+"""Hardening from crash trials and a new user's mistakes (issue 15).
+
+Each test reproduces one defect deterministically with real processes and real signals:
+a stop signal that lands between creating a temporary file and its writer's cleanup,
+wrong input that used to look like success, summaries and counters that lied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.test_mirror_support import random_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+EXPECTED_RC = {signal.SIGTERM: 143, signal.SIGINT: 130}
+ARCHIVES = (
+    "CP_Quack-echo-2021-05-30-01-01-01.tar.gz",
+    "CP_Quack-http-2021-05-31-01-01-01.tar.gz",
+    "CP_Satellite-2021-06-01-01-01-01.tar.gz",
+)
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
+    env.update(PYTHONPATH=str(REPO), LOG_LEVEL="INFO", **extra)
+    return env
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def hidden(root: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.name.startswith((".tmp-", ".lease-")) or p.name.endswith(".lease")
+    )
+
+
+# -- 0. a stop signal right after a temporary file is created ------------------------------
+
+# Runs the real mirror entry point; the n-th temporary file the storage layer creates is
+# followed at once by a signal to the process itself, before the writer that created it
+# has registered its cleanup: the narrowest window of the race seen in test_signals.
+SIGNAL_AFTER_MKSTEMP = textwrap.dedent(
+    """
+    import os, sys, tempfile, time
+    from services.common import storage
+    from services.common.cli import run_stage
+    from services.mirror.__main__ import main
+
+    signum, nth = int(sys.argv[1]), int(sys.argv[2])
+    real_mkstemp = tempfile.mkstemp
+    calls = 0
+
+    def mkstemp(*args, **kwargs):
+        global calls
+        made = real_mkstemp(*args, **kwargs)
+        calls += 1
+        if calls == nth and kwargs.get("prefix") == storage.TMP_PREFIX:
+            os.kill(os.getpid(), signum)
+            time.sleep(5)  # the handler raises here
+        return made
+
+    storage.tempfile.mkstemp = mkstemp
+    sys.argv = ["mirror", *sys.argv[3:]]
+    run_stage("mirror", main)
+    """
+)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+# Temporary files in order: archive 1, manifest after it, archive 2, ...
+@pytest.mark.parametrize(("nth", "published_before"), [(1, 0), (2, 1), (3, 1)])
+def test_mirror_signal_between_temp_creation_and_cleanup_leaves_no_temp(
+    tmp_path: Path, sig: signal.Signals, nth: int, published_before: int
+) -> None:
+    src, dest = tmp_path / "src", tmp_path / "raw"
+    src.mkdir()
+    data = {}
+    for i, name in enumerate(ARCHIVES):
+        data[name] = random_bytes(50_000 + i, seed=i)
+        (src / name).write_bytes(data[name])
+    args = ["archives", "--source", str(src), "--dest", str(dest)]
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGNAL_AFTER_MKSTEMP, str(int(sig)), str(nth), *args],
+        cwd=REPO,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == EXPECTED_RC[sig], proc.stderr[-3000:]
+    aborted = [r for r in json_lines(proc.stderr) if r.get("message") == "run_aborted"]
+    assert len(aborted) == 1, proc.stderr[-3000:]
+    assert aborted[0]["staging_removed_bytes"] == 0  # the temp was still empty
+    assert hidden(dest) == [], "a temporary file or lease outlived the stopped mirror"
+    # The archives copied before the signal are whole; a rerun completes the rest.
+    published = sorted(p.name for p in dest.iterdir() if p.name.startswith("CP_"))
+    assert published == sorted(ARCHIVES)[:published_before]
+    rerun = subprocess.run(
+        [sys.executable, "-m", "services.mirror", *args],
+        cwd=REPO,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for name, content in data.items():
+        assert (dest / name).read_bytes() == content
+    manifest = json.loads((dest / ".mirror-manifest.json").read_bytes())
+    assert sorted(manifest["copies"]) == sorted(ARCHIVES)
+    assert hidden(dest) == []
