@@ -20,6 +20,8 @@ import pytest
 
 from tests.test_mirror_support import random_bytes
 
+pytest_plugins = ["tests.gcs_server"]
+
 REPO = Path(__file__).resolve().parents[1]
 EXPECTED_RC = {signal.SIGTERM: 143, signal.SIGINT: 130}
 ARCHIVES = (
@@ -129,3 +131,56 @@ def test_mirror_signal_between_temp_creation_and_cleanup_leaves_no_temp(
     manifest = json.loads((dest / ".mirror-manifest.json").read_bytes())
     assert sorted(manifest["copies"]) == sorted(ARCHIVES)
     assert hidden(dest) == []
+
+
+# -- 1. wrong input that looks like success --------------------------------------------------
+
+MISSING_INPUT = {
+    "beam_launcher": (["--input", "{missing}", "--warehouse", "{out}"], "--input"),
+    "untar": (["--raw", "{missing}", "--target", "{out}"], "--raw"),
+    "mirror": (["archives", "--source", "{missing}", "--dest", "{out}"], "--source"),
+}
+
+
+def run_stage_cli(stage: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", f"services.{stage}", *args],
+        cwd=REPO,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.parametrize("stage", sorted(MISSING_INPUT))
+def test_missing_input_location_is_exit_2_and_creates_nothing(tmp_path: Path, stage: str) -> None:
+    template, flag = MISSING_INPUT[stage]
+    missing, out = tmp_path / "no-such-input", tmp_path / "out"
+    args = [a.format(missing=missing, out=out) for a in template]
+    proc = run_stage_cli(stage, args)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stdout == ""
+    lines = json_lines(proc.stderr)
+    assert lines[-1]["message"] == "usage_error" and lines[-1]["severity"] == "ERROR"
+    reason = lines[-1]["reason"]
+    assert flag in reason and str(missing) in reason and "does not exist" in reason
+    assert "\n" not in reason
+    assert not out.exists(), "a run with a mistyped input created its output location"
+    # An existing but empty input is a normal run that finds nothing new.
+    missing.mkdir()
+    again = run_stage_cli(stage, args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)
+
+
+def test_missing_gcs_bucket_is_missing_input(gcs_bucket: Any) -> None:
+    from services.common import lifecycle
+    from services.untar.run import UntarConfig, untar_all
+
+    assert lifecycle.location_exists(gcs_bucket.url("empty/prefix/"))  # empty: fine
+    missing = "gs://no-such-bucket-" + os.urandom(4).hex() + "/raw/"
+    assert not lifecycle.location_exists(missing)
+    with pytest.raises(lifecycle.MissingLocation) as err:
+        untar_all(UntarConfig(raw=missing, target=gcs_bucket.url("scans/")))
+    assert err.value.code == 2 and missing in err.value.reason

@@ -269,6 +269,8 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
     log = get_logger("beam_launcher", run_id=run_id)
     version = pipeline_version()
     summary = RunSummary(run_id=run_id, warehouse=cfg.warehouse)
+    # A mistyped --input is an error (exit 2), not "nothing new"; an empty folder is fine.
+    lifecycle.require_input("beam_launcher", cfg.input, "--input")
 
     # Fail fast on bad resources before reading any scan file.
     res = load_resources(cfg.resources)

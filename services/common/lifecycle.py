@@ -50,7 +50,7 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from services.common import storage
+from services.common import logsetup, storage
 from services.common.logsetup import get_logger
 
 LEASE_SUFFIX = ".lease"
@@ -219,6 +219,43 @@ def _finish_abort(stage: str, abort: Aborted, exc: BaseException) -> int:
         staging_removed_bytes=size,
     )
     return abort.exit_code
+
+
+# -- input locations -------------------------------------------------------------------
+
+
+class MissingLocation(SystemExit):
+    """An input location that does not exist: exit 2 after one ``usage_error`` line.
+
+    A ``SystemExit`` (like argparse's usage errors), so per-item ``except Exception``
+    handlers and the stages' generic failure path (exit 1) let it through.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(2)
+
+
+def location_exists(url: str) -> bool:
+    """A local path that exists, or a ``gs://`` prefix whose bucket exists (the prefix
+    itself may hold nothing yet: an empty location is a normal, "nothing new" run)."""
+    if not storage.is_gcs(url):
+        return Path(url[7:] if url.startswith("file://") else url).exists()
+    bucket, _ = storage.GcsStorage.split(url)
+    return bool(storage.GcsStorage().client.bucket(bucket).exists())
+
+
+def require_input(stage: str, url: str, flag: str) -> None:
+    """Raise :class:`MissingLocation` (one ``usage_error`` line naming ``url``, exit 2)
+    when the input location ``url`` given as ``flag`` does not exist."""
+    if location_exists(url):
+        return
+    what = "bucket of " if storage.is_gcs(url) else ""
+    reason = f"{flag} {url}: the {what}input location does not exist (nothing was done)"
+    logsetup.write_event(
+        "usage_error", "ERROR", stage=stage, reason=reason, location=url, exit_code=2
+    )
+    raise MissingLocation(reason)
 
 
 # -- warehouse file lock -------------------------------------------------------------------

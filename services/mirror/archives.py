@@ -317,6 +317,9 @@ def mirror_archives(
     """Run the mirror once. Failures of single archives are reported, not raised."""
     started = time.monotonic()
     metrics = metrics or MirrorMetrics()
+    if source is None and not cfg.source.startswith(("http://", "https://")):
+        # A mistyped --source is an error (exit 2), not "nothing new"; an empty one is fine.
+        lifecycle.require_input("mirror", cfg.source, "--source")
     src = source or open_source(cfg.source, cfg.backoff, cfg.allowed_hosts)
     run = _Run(cfg, src, metrics)
     summary = MirrorSummary(source=cfg.source, dest=cfg.dest)

@@ -116,6 +116,8 @@ def untar_all(cfg: UntarConfig, metrics: UntarMetrics | None = None) -> UntarSum
     summary = UntarSummary(raw=cfg.raw, target=cfg.target)
     raw_storage = storage.storage_for(cfg.raw)
     out = storage.storage_for(cfg.target)
+    # A mistyped --raw is an error (exit 2), not "nothing new"; an empty folder is fine.
+    lifecycle.require_input("untar", cfg.raw, "--raw")
     temps = lifecycle.TempLease(cfg.target, "untar", cfg.tmp_max_age_s)
     temps.claim_and_sweep()  # this run's lease; .tmp-* files of runs no longer alive go
     try:
