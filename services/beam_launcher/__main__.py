@@ -10,11 +10,10 @@ import argparse
 import datetime as dt
 import os
 import sys
+from typing import TYPE_CHECKING, NoReturn
 
 import orjson
 
-from services.beam_launcher.metrics import LauncherMetrics
-from services.beam_launcher.run import RunConfig, RunFailed, run
 from services.common import lifecycle
 from services.common.chain import ChainError, chain_after_success
 from services.common.cli import (
@@ -29,6 +28,9 @@ from services.common.config import env_or
 from services.common.logsetup import configure_logging
 from services.common.metrics_export import export_metrics
 from services.common.scans import SCAN_TYPES
+
+if TYPE_CHECKING:  # Beam, DuckDB and the cloud clients load only after parsing (fast --help)
+    from services.beam_launcher.run import RunConfig
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Namespace]:
@@ -136,6 +138,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         p.error("--warehouse is required for the local sink (or $CP_WAREHOUSE)")
     if args.sink == "bigquery" and not (args.bq_project and args.bq_dataset and args.temp_location):
         p.error("the bigquery sink needs --bq-project, --bq-dataset and --temp-location")
+    from services.beam_launcher.run import RunConfig
+
     cfg = RunConfig(
         input=args.input,
         warehouse=args.warehouse or "",
@@ -173,6 +177,9 @@ def _as_date(value: object) -> dt.date | None:
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
     configure_logging(args.log_level, stage="beam_launcher", scan_type=args.scan_type)
+    from services.beam_launcher.metrics import LauncherMetrics
+    from services.beam_launcher.run import RunFailed, run
+
     if args.ip_org_mmdb:  # read by the workers' enrichers (also set on Dataflow workers)
         os.environ["CP_IP_ORG_MMDB"] = args.ip_org_mmdb
     metrics = LauncherMetrics()
@@ -215,5 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """Console entry point ``cp-launcher``."""
     run_stage("beam_launcher", main)
+
+
+if __name__ == "__main__":
+    cli()

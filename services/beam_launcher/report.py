@@ -13,15 +13,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-import duckdb
-
-from services.beam_launcher.report_html import build_html
-from services.beam_launcher.rows import SCAN_TABLES
-from services.beam_launcher.warehouse_local import DB_NAME
 from services.common import lifecycle
+
+# DuckDB, pyarrow and the warehouse module (Beam) are imported inside the functions, so
+# that --help answers at once.
 
 
 def render(warehouse: Path) -> str:
+    import duckdb
+
+    from services.beam_launcher.rows import SCAN_TABLES
+    from services.beam_launcher.warehouse_local import DB_NAME
+
     db = warehouse / DB_NAME
     if not db.exists():
         raise FileNotFoundError(f"no warehouse database at {db}")
@@ -70,6 +73,11 @@ def render(warehouse: Path) -> str:
 
 def write_html(warehouse: Path, out: Path) -> Path:
     """Write the HTML report of ``warehouse`` to ``out`` (atomically); returns its path."""
+    import duckdb
+
+    from services.beam_launcher.report_html import build_html
+    from services.beam_launcher.warehouse_local import DB_NAME
+
     db = warehouse / DB_NAME
     if not db.exists():
         raise FileNotFoundError(f"no warehouse database at {db}")
@@ -107,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         help="also write a static HTML report (no server, opens offline) and print its path",
     )
     args = p.parse_args(argv)
+    import duckdb
+
     try:
         print(render(Path(args.warehouse)))
         if args.html:

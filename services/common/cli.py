@@ -109,7 +109,7 @@ def scan_types_arg(text: str) -> tuple[str, ...] | None:
 
 
 def add_ops_arguments(p: argparse.ArgumentParser) -> None:
-    """--metrics-file, --pushgateway and --log-level, the same for every batch stage."""
+    """--metrics-file, --pushgateway, --log-level and --quiet, the same for every batch stage."""
     p.add_argument(
         "--metrics-file",
         default=env_or("CP_METRICS_FILE"),
@@ -120,7 +120,19 @@ def add_ops_arguments(p: argparse.ArgumentParser) -> None:
         default=env_or("CP_PUSHGATEWAY"),
         help="push the run's metrics to this Pushgateway ($CP_PUSHGATEWAY)",
     )
-    p.add_argument("--log-level", default=env_or("LOG_LEVEL", "INFO"), help="($LOG_LEVEL)")
+    p.add_argument(
+        "--log-level",
+        default=env_or("LOG_LEVEL", "INFO"),
+        help="least severity of the JSON log lines on stderr: DEBUG, INFO, WARNING, ERROR "
+        "(default INFO; $LOG_LEVEL)",
+    )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        default=env_or("CP_PROGRESS", "") == "0",
+        help="no progress display on a terminal (CP_PROGRESS=0 does the same); without a "
+        "terminal there is none anyway",
+    )
 
 
 def add_retry_arguments(p: argparse.ArgumentParser, env_prefix: str, backoff: float) -> None:

@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import orjson
 
@@ -45,7 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_retry_arguments(common, "CP_MIRROR", 0.5)
     sub = p.add_subparsers(dest="command", required=True)
 
-    a = sub.add_parser("archives", parents=[common], help="copy new scan archives")
+    a = sub.add_parser(
+        "archives",
+        parents=[common],
+        help="copy new scan archives",
+        description="Copy the scan archives of --source that --dest lacks (or holds with "
+        "another size or MD5), each exactly once; a manifest records every copy.",
+    )
     a.add_argument(
         "--source",
         default=env_or("CP_MIRROR_SOURCE"),
@@ -92,7 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--dry-run", action="store_true", help="report what would be copied")
 
-    r = sub.add_parser("resources", parents=[common], help="sync signatures and categories")
+    r = sub.add_parser(
+        "resources",
+        parents=[common],
+        help="sync signatures and categories",
+        description="Sync the blockpage and false-positive signature files and the domain "
+        "categories from --url into a dated set under --dest, then copy it to current/.",
+    )
     r.add_argument(
         "--url",
         default=env_or("CP_RESOURCES_URL"),
@@ -175,5 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """Console entry point ``cp-mirror``."""
     run_stage("mirror", main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING, NoReturn
 
 import orjson
 
@@ -25,9 +26,9 @@ from services.common.cli import (
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
 from services.common.metrics_export import export_metrics
-from services.queries.backends import WarehouseMissing
-from services.queries.metrics import QueriesMetrics
-from services.queries.run import QueriesConfig, QueriesFailed, run
+
+if TYPE_CHECKING:  # DuckDB, pyarrow and sqlglot load only after parsing (fast --help)
+    from services.queries.run import QueriesConfig
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[QueriesConfig, argparse.Namespace]:
@@ -89,6 +90,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[QueriesConfig, argparse.N
     )
     add_ops_arguments(p)
     args = p.parse_args(argv)
+    from services.queries.run import QueriesConfig, QueriesFailed
+
     cfg = QueriesConfig(
         warehouse=args.warehouse,
         backend=args.backend,
@@ -116,6 +119,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[QueriesConfig, argparse.N
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
     configure_logging(args.log_level, stage="queries")
+    from services.queries.backends import WarehouseMissing
+    from services.queries.metrics import QueriesMetrics
+    from services.queries.run import run
+
     metrics = QueriesMetrics()
 
     def push(succeeded: bool) -> None:
@@ -151,5 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """Console entry point ``cp-queries``."""
     run_stage("queries", main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import orjson
 
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sync",
         parents=[common, snapshots],
         help="mirror the current files (creation log, recent snapshots)",
+        description="Mirror the current CAIDA files of --kinds: the prefix-to-AS files listed "
+        "in the creation log and the AS snapshots of the last --snapshot-days.",
     )
     sync.add_argument(
         "--kinds",
@@ -103,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated: routeviews (pfx2as), routeviews6 (pfx2as6), as2org (asorg), "
         "as2class (asclass), or all (default: routeviews,as2org,as2class)",
     )
-    back = sub.add_parser("backfill", parents=[common], help="mirror every file in a date range")
+    back = sub.add_parser(
+        "backfill",
+        parents=[common],
+        help="mirror every file in a date range",
+        description="Mirror every CAIDA file of --kinds dated from --start to --end.",
+    )
     back.add_argument("--start", type=date_arg, required=True, help="first date (YYYY-MM-DD)")
     back.add_argument("--end", type=date_arg, required=True, help="last date, inclusive")
     back.add_argument(
@@ -112,9 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=(caida.SPECS["routeviews"].kind,),
         help="comma-separated kinds as for sync (default: routeviews)",
     )
-    sub.add_parser("asorg", parents=[common, snapshots], help="sync the AS-organisation files only")
     sub.add_parser(
-        "asclass", parents=[common, snapshots], help="sync the AS-classification files only"
+        "asorg",
+        parents=[common, snapshots],
+        help="sync the AS-organisation files only",
+        description="Same as sync --kinds as2org: mirror the AS-organisation snapshots.",
+    )
+    sub.add_parser(
+        "asclass",
+        parents=[common, snapshots],
+        help="sync the AS-classification files only",
+        description="Same as sync --kinds as2class: mirror the AS-classification snapshots.",
     )
     return p
 
@@ -185,5 +201,10 @@ def _failure_reason(summary: RunSummary) -> str:
     return head + "; ".join(parts[:3]) + (" ..." if len(parts) > 3 else "")
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """Console entry point ``cp-routeviews``."""
     run_stage("routeviews", main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import orjson
 
@@ -167,5 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> NoReturn:
+    """Console entry point ``cp-untar``."""
     run_stage("untar", main)
+
+
+if __name__ == "__main__":
+    cli()
