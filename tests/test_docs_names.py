@@ -3,7 +3,8 @@
 Scans README.md, docs/*.md, services/*/README.md and helm/cp-pipeline/README.md:
 
 * ``cp-…`` image names must be images of the chart (``stages.*.image.repository``), each
-  built from its ``services/<name>/Dockerfile``; ``cp-pipeline…`` is the chart/release.
+  built from its ``services/<name>/Dockerfile``, or console commands of
+  ``[project.scripts]``; ``cp-pipeline…`` is the chart/release.
 * values keys written like ``stages.beam-launcher.args`` or ``image.registry`` must exist
   in values.yaml (``<stage>``/``<key>``/``*`` are placeholders; a stage may set any
   ``jobDefaults`` key).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -127,6 +129,11 @@ def chart_images() -> set[str]:
     return {s["image"]["repository"] for s in values()["stages"].values()}
 
 
+def console_commands() -> set[str]:
+    """The console commands pyproject.toml installs (``cp-launcher``, ...)."""
+    return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
+
+
 def standin_images() -> set[str]:
     """The test-only Beam SDK stand-in that tests/images.py builds (docs may name it)."""
     standin = re.search(r"localhost/(cp-[a-z0-9-]+):", (ROOT / "tests" / "images.py").read_text())
@@ -213,7 +220,7 @@ def _commands(line: str) -> Iterator[tuple[str, str]]:
 def problems_in(path: Path) -> list[str]:
     text = path.read_text()
     out: list[str] = []
-    images = chart_images() | standin_images()
+    images = chart_images() | standin_images() | console_commands()
     for name in sorted(set(IMAGE_RE.findall(text))):
         if name.startswith("cp-pipeline") or "<" in name:
             if "_" in name:  # image and resource names never contain "_"
