@@ -7,6 +7,7 @@ wrong input that used to look like success, summaries and counters that lied.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -184,3 +185,108 @@ def test_missing_gcs_bucket_is_missing_input(gcs_bucket: Any) -> None:
     with pytest.raises(lifecycle.MissingLocation) as err:
         untar_all(UntarConfig(raw=missing, target=gcs_bucket.url("scans/")))
     assert err.value.code == 2 and missing in err.value.reason
+
+
+def data_bytes(path: Path) -> int:
+    raw = path.read_bytes()
+    return len(gzip.decompress(raw)) if path.name.endswith(".gz") and raw else len(raw)
+
+
+def test_launcher_bad_files_are_named_counted_and_recorded(tmp_path: Path) -> None:
+    """Counters summed over both families and equal to the input's real sizes; a 0-byte
+    .json.gz rejected; a file of JSON lists rejected with its dead-letter class; an empty
+    Satellite scan recorded with a reason and a warning; an unknown Hyperquack file in
+    processed_files; rejected files logged at WARNING."""
+    from services.common.sample_scans import HYPERQUACK_SCANS, SATELLITE_SCANS, write_scan_archives
+
+    write_scan_archives(tmp_path / "gen", scans=(HYPERQUACK_SCANS[0], SATELLITE_SCANS[0]), size=30)
+    scans = tmp_path / "gen" / "scans"
+    bad = {
+        "CP_Quack-echo-2021-06-02-01-01-01/results.json.gz": b"",
+        "CP_Quack-echo-2021-06-03-01-01-01/results.json": b"[1, 2, 3]\n[4]\n",
+        "CP_Quack-echo-2021-06-04-01-01-01/results.json": b"",
+        "CP_Quack-echo-2021-06-04-01-01-01/notes.txt": b"hello\n",
+        "CP_Satellite-2021-06-05-01-01-01/results.json": b"",
+    }
+    for rel, content in bad.items():
+        (scans / rel).parent.mkdir(parents=True, exist_ok=True)
+        (scans / rel).write_bytes(content)
+    wh = tmp_path / "wh"
+    proc = run_stage_cli("beam_launcher", ["--input", str(scans), "--warehouse", str(wh)])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = json_lines(proc.stderr)
+    failed = lines[-1]
+    assert failed["message"] == "run_failed"
+    assert "2 file(s) rejected" in failed["reason"]
+
+    import duckdb
+
+    with duckdb.connect(str(wh / "warehouse.duckdb"), read_only=True) as con:
+        ledger = {
+            r[0]: r[1:]
+            for r in con.execute(
+                "SELECT file_key, status, reason, path FROM processed_files"
+            ).fetchall()
+        }
+    assert ledger["CP_Quack-echo-2021-06-02-01-01-01/results.json"][:2] == (
+        "rejected",
+        "not a gzip file (0 bytes)",
+    )
+    listy = ledger["CP_Quack-echo-2021-06-03-01-01-01/results.json"]
+    assert listy[0] == "rejected" and "2 of 2 lines bad" in listy[1]
+    assert "not_an_object x2" in listy[1]
+    assert ledger["CP_Quack-echo-2021-06-04-01-01-01/notes.txt"][:2] == (
+        "skipped",
+        "unknown file 'notes.txt' in a Hyperquack scan",
+    )
+    assert ledger["CP_Quack-echo-2021-06-04-01-01-01/results.json"][:2] == (
+        "ok",
+        "empty: the file holds no lines",
+    )
+    assert ledger["CP_Satellite-2021-06-05-01-01-01/results.json"][:2] == (
+        "ok",
+        "empty: the file holds no lines",
+    )
+    done = {r["file_key"]: r for r in lines if r.get("message") == "file_done"}
+    for key, (status, reason, _path) in ledger.items():
+        if status == "skipped":
+            continue
+        want = "INFO" if status == "ok" and not reason else "WARNING"
+        assert done[key]["severity"] == want, key
+
+    # beam_counters: both families, summed, equal to what the files really hold.
+    read = [Path(p) for s, _r, p in ledger.values() if s != "skipped"]
+    assert any("Satellite" in str(p) for p in read) and any("Quack" in str(p) for p in read)
+    counters = [r for r in lines if r.get("message") == "beam_counters"]
+    assert {r["family"] for r in counters} == {"hyperquack", "satellite"}
+    total_files = sum(r.get("files_read", 0) for r in counters)
+    total_bytes = sum(r.get("bytes_read", 0) for r in counters)
+    assert total_files == len(read)
+    assert total_bytes == sum(data_bytes(p) for p in read)
+
+    # A clean run: the summary and the cp_launcher_beam_counter metric say the same.
+    for rel in bad:
+        (scans / rel).unlink()
+    metrics_file = tmp_path / "launcher.prom"
+    clean = run_stage_cli(
+        "beam_launcher",
+        [
+            "--input",
+            str(scans),
+            "--warehouse",
+            str(tmp_path / "wh2"),
+            "--metrics-file",
+            str(metrics_file),
+        ],
+    )
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    summary = json.loads(clean.stdout)
+    skipped = {s["url"] for s in summary["skipped"]}
+    files = [p for p in scans.rglob("*") if p.is_file() and str(p) not in skipped]
+    files = [p for p in files if p.name not in ("servers.txt", "domains.txt")]  # side files
+    assert summary["beam_counters"]["files_read"] == len(files) == summary["files_processed"]
+    assert summary["beam_counters"]["bytes_read"] == sum(data_bytes(p) for p in files)
+    prom = metrics_file.read_text()
+    for name in ("files_read", "bytes_read"):
+        want = f'cp_launcher_beam_counter{{name="{name}"}} {float(summary["beam_counters"][name])}'
+        assert want in prom, prom

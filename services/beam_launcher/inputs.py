@@ -97,7 +97,9 @@ def discover(
         elif base in HYPERQUACK_SIDE_FILES:
             continue
         elif base not in HYPERQUACK_DATA_FILES:
-            plan.skipped.append(Skipped(obj.url, f"unknown file {name!r} in a Hyperquack scan"))
+            # Recorded in processed_files like the files a Satellite scan should not hold.
+            reason = f"unknown file {name!r} in a Hyperquack scan"
+            plan.skipped.append(Skipped(obj.url, reason, task))
             continue
         previous = by_key.get(task.file_key)
         if previous is not None:

@@ -405,7 +405,8 @@ def _process(
             result = build_pipeline(cfg, tasks, warehouse, fam_run, family).run()
             wait_for_job(result, cfg.job_deadline_s, log)
             counters = beam_counters(result)
-            summary.beam_counters.update(counters)
+            for name, value in counters.items():  # summed over the families of the run
+                summary.beam_counters[name] = summary.beam_counters.get(name, 0) + value
             log.info("beam_counters", family=family, **counters)
             stats = _read_stats(warehouse.stats_dir(fam_run), tasks)
             fam_verdicts = [judge(t, stats[t.file_key], cfg.bad_line_threshold) for t in tasks]
@@ -443,7 +444,9 @@ def _process(
                 metrics.dead_letters.labels(
                     scan_type=v.task.scan_type, error_class=k.split(".", 1)[1]
                 ).inc(n)
-        log.info(
+        # A rejected file is a warning (the run goes on, then exits 1); a failure an error.
+        log_at = log.info if v.status == "ok" and not v.reason else log.warning
+        log_at(
             "file_done",
             file_key=v.task.file_key,
             status=v.status,

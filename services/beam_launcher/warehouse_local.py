@@ -81,7 +81,13 @@ class CommitReport:
 
 
 def judge(task: FileTask, stats: Mapping[str, int], threshold: float) -> FileVerdict:
-    """ok, or rejected when unreadable or when bad lines exceed ``threshold`` of lines."""
+    """ok, or rejected when unreadable or when bad lines exceed ``threshold`` of lines.
+
+    A ``.gz`` file of 0 bytes is not gzip (reading it yields nothing, no error): rejected.
+    A readable file without a line is ok, with the reason "empty" (logged as a warning).
+    """
+    if task.url.endswith(".gz") and task.size == 0:
+        return FileVerdict(task, "rejected", "not a gzip file (0 bytes)", stats)
     if stats.get("read_errors"):
         return FileVerdict(task, "rejected", "file could not be read to the end", stats)
     lines = stats.get("lines", 0)
@@ -90,10 +96,23 @@ def judge(task: FileTask, stats: Mapping[str, int], threshold: float) -> FileVer
         return FileVerdict(
             task,
             "rejected",
-            f"{bad} of {lines} lines bad ({bad / lines:.1%}) exceeds threshold {threshold:.1%}",
+            f"{bad} of {lines} lines bad ({bad / lines:.1%}) exceeds threshold "
+            f"{threshold:.1%}; dead letters: {dead_letter_classes(stats)}",
             stats,
         )
+    if not lines:
+        return FileVerdict(task, "ok", "empty: the file holds no lines", stats)
     return FileVerdict(task, "ok", "", stats)
+
+
+def dead_letter_classes(stats: Mapping[str, int], top: int = 3) -> str:
+    """The most frequent dead-letter classes of a file, e.g. ``not_an_object x12``."""
+    classes = sorted(
+        ((n, k.split(".", 1)[1]) for k, n in stats.items() if k.startswith("dead_letters.")),
+        key=lambda nk: (-nk[0], nk[1]),
+    )
+    text = ", ".join(f"{k} x{n}" for n, k in classes[:top])
+    return (text + (" ..." if len(classes) > top else "")) or "unknown"
 
 
 class LocalWarehouse:
