@@ -290,3 +290,22 @@ def test_launcher_bad_files_are_named_counted_and_recorded(tmp_path: Path) -> No
     for name in ("files_read", "bytes_read"):
         want = f'cp_launcher_beam_counter{{name="{name}"}} {float(summary["beam_counters"][name])}'
         assert want in prom, prom
+
+
+@pytest.mark.parametrize("case", ["file_in_the_way", "special_filesystem"])
+def test_warehouse_that_cannot_be_created_says_why(tmp_path: Path, case: str) -> None:
+    scan = tmp_path / "in" / "CP_Quack-echo-2021-05-30-01-01-01"
+    scan.mkdir(parents=True)
+    (scan / "results.json").write_bytes(b"{}\n")
+    if case == "file_in_the_way":
+        (tmp_path / "afile").write_bytes(b"x")
+        wh, cause = tmp_path / "afile" / "wh", f"{tmp_path / 'afile'} is a file, not a folder"
+    else:
+        if not Path("/proc/self").exists():
+            pytest.skip("no /proc on this machine")
+        wh, cause = Path("/proc/cp-warehouse"), "/proc cannot hold new folders"
+    proc = run_stage_cli("beam_launcher", ["--input", str(tmp_path / "in"), "--warehouse", str(wh)])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    reason = json_lines(proc.stderr)[-1]["reason"]
+    assert reason.startswith(f"WarehouseUnusable: cannot create the warehouse folder {wh}: ")
+    assert cause in reason

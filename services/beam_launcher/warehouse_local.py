@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
@@ -115,6 +116,33 @@ def dead_letter_classes(stats: Mapping[str, int], top: int = 3) -> str:
     return (text + (" ..." if len(classes) > top else "")) or "unknown"
 
 
+class WarehouseUnusable(RuntimeError):
+    """The warehouse folder cannot be created or written; the message says why."""
+
+
+def create_folder(path: Path, what: str) -> None:
+    """``mkdir -p`` whose error names the cause: permission, read-only filesystem, a file
+    in the way, or a parent that cannot hold folders (e.g. under /proc)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    except OSError as exc:
+        err = exc
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    causes = {
+        errno.EACCES: f"permission denied: this user may not create folders in {parent}",
+        errno.EPERM: f"permission denied: this user may not create folders in {parent}",
+        errno.EROFS: f"{parent} is on a read-only filesystem",
+        errno.ENOTDIR: f"{parent} is a file, not a folder",
+        errno.ENOSPC: f"no space left on the device of {parent}",
+        errno.ENOENT: f"{parent} cannot hold new folders (missing parent or special filesystem)",
+    }
+    cause = causes.get(err.errno or 0, f"{type(err).__name__}: {err.strerror}")
+    raise WarehouseUnusable(f"cannot create the {what} folder {path}: {cause}") from err
+
+
 class LocalWarehouse:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -130,7 +158,7 @@ class LocalWarehouse:
     ) -> Iterator[duckdb.DuckDBPyConnection]:
         """The database under the warehouse lock; writing creates the folder and file."""
         if not read_only:
-            self.root.mkdir(parents=True, exist_ok=True)
+            create_folder(self.root, "warehouse")
         with lifecycle.flocked(self.root / LOCK_NAME, not read_only, purpose, "beam_launcher"):
             con = duckdb.connect(str(self.db_path), read_only=read_only)
             try:
