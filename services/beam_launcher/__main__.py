@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import orjson
 
-from services.common import lifecycle
+from services.common import lifecycle, progress
 from services.common.chain import ChainError, chain_after_success
 from services.common.cli import (
     JsonArgumentParser,
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
 
     lifecycle.on_abort(push_failed)  # SIGTERM/SIGINT: see services/common/lifecycle.py
     try:
-        summary = run(cfg, metrics)
+        with progress.shown(args.quiet):  # a terminal only; see common/progress.py
+            summary = run(cfg, metrics)
     except RunFailed as exc:
         push_failed()
         return fail("beam_launcher", str(exc))

@@ -28,7 +28,7 @@ from services.beam_launcher.enrich import RowEnricher
 from services.beam_launcher.processing import FileTask, HyperquackProcessor, dead_letter
 from services.beam_launcher.resources import Resources, load_resources
 from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES, SATELLITE_SCAN
-from services.common import storage
+from services.common import progress, storage
 from services.common.rowschema import Row, TableSpec
 
 NAMESPACE = "censoredplanet"
@@ -48,11 +48,27 @@ def safe_key(file_key: str) -> str:
     return file_key.replace("/", "__")
 
 
+def progress_task(scan_type: str) -> progress.Task:
+    """The progress counters of a family's files (``services/common/progress.py``)."""
+    family = "satellite" if scan_type == "satellite" else "hyperquack"
+    return progress.task(f"launcher {family}", unit="files")
+
+
+def plan_progress(tasks: Iterable[FileTask]) -> None:
+    """Count ``tasks`` into their families' progress totals (sizes for the ETA)."""
+    for task in tasks:
+        progress_task(task.scan_type).add_total(files=1, size=task.size)
+
+
 class ReadLineBatches(beam.DoFn):
     """Stream one file and emit (task, first line number, lines) batches.
 
     A file that cannot be read to the end (corrupt gzip, vanished object) yields a
     ``read`` dead letter and a ``read_errors`` stat; the committer then rejects it.
+
+    Progress: after each batch has gone downstream (on the local runner the parse step
+    is fused with this one, so the batch has been parsed), its lines are counted into
+    :func:`progress_task`; a file is counted when it has been read to the end.
     """
 
     def __init__(self, batch_lines: int) -> None:
@@ -65,6 +81,7 @@ class ReadLineBatches(beam.DoFn):
         batch: list[bytes] = []
         first = 1
         nbytes = 0
+        shown = progress_task(task.scan_type)
         try:
             with storage.open_text_lines(task.url) as fh:
                 for line in fh:
@@ -73,13 +90,18 @@ class ReadLineBatches(beam.DoFn):
                     batch.append(line)
                     if len(batch) >= self.batch_lines:
                         yield (task, first, batch)
+                        shown.advance(lines=len(batch))
                         first, batch = line_no + 1, []
             if batch:
                 yield (task, first, batch)
+                shown.advance(lines=len(batch))
             self.files_read.inc()
+            shown.advance(files=1, size=task.size)
         except Exception as exc:
+            shown.advance(files=1, size=task.size)
             if batch:
                 yield (task, first, batch)
+                shown.advance(lines=len(batch))
             msg = f"file unreadable after line {line_no}: {type(exc).__name__}: {exc}"
             row = dead_letter(task, None, "read", "unreadable_file", msg, b"")
             yield beam.pvalue.TaggedOutput(
@@ -303,6 +325,7 @@ def build_graph(
     many workers. Off on the single-process local runner: there it gains nothing and
     FnApiRunner holds every line of the run in memory for the shuffle.
     """
+    plan_progress(tasks)
     read = (
         p
         | "Files" >> beam.Create(tasks)

@@ -29,6 +29,7 @@ from services.beam_launcher.pipeline import (
     ReadLineBatches,
     SumStats,
     WriteStats,
+    plan_progress,
     shared_enricher,
     shared_resources,
 )
@@ -227,6 +228,7 @@ def build_satellite_graph(
     spread_batches: bool = True,
 ) -> Any:
     """Add the Satellite graph for the files of whole scans (``tasks``) to ``p``."""
+    plan_progress(tasks)
     read = (
         p
         | "SatFiles" >> beam.Create(tasks)

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import orjson
 
-from services.common import lifecycle
+from services.common import lifecycle, progress
 from services.common.chain import ChainError, chain_after_success
 from services.common.cli import (
     JsonArgumentParser,
@@ -157,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tmp_max_age_s=args.tmp_max_age,
                 allowed_hosts=tuple(args.allow_host),
             )
-            summary = mirror_archives(cfg, metrics=metrics)
+            with progress.shown(args.quiet):  # a terminal only; see common/progress.py
+                summary = mirror_archives(cfg, metrics=metrics)
             out = summary.to_dict()
             failed = summary.failed
             reason = (

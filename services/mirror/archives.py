@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common import lifecycle, storage
+from services.common import lifecycle, progress, storage
 from services.common.httpfetch import Backoff, is_transient
 from services.common.logsetup import get_logger
 from services.common.scans import ScanName, UnknownScanName, parse_scan_name
@@ -360,6 +360,12 @@ def _mirror_selected(
         summary.outcomes.append(Outcome(dup.name, "failed", reason))
         run.log.error("archive_failed", archive=dup.name, reason=reason)
 
+    # The ETA goes by bytes when the listing gave every size (GCS, folders), else by count.
+    sizes = {n: e.size for n, _ in sel.selected if (e := candidates[n].entry) is not None}
+    if len(sizes) < len(sel.selected):
+        sizes = {}
+    shown = progress.task("mirror", unit="archives")
+    shown.add_total(files=len(sel.selected), size=sum(sizes.values()))
     for name, _scan in sorted(sel.selected, key=lambda s: (s[1].started, s[0])):
         lifecycle.check()  # after a stop signal no new archive starts
         try:
@@ -378,6 +384,7 @@ def _mirror_selected(
                 run.log.debug("archive_skipped", archive=name, why=outcome.reason)
         summary.outcomes.append(outcome)
         metrics.bytes.inc(outcome.bytes)
+        shown.advance(files=1, size=sizes.get(name, 0))
     if not cfg.dry_run:
         save_manifest(cfg.dest, run.manifest)  # hashes learnt while skipping
 

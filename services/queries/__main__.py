@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import orjson
 
-from services.common import lifecycle
+from services.common import lifecycle, progress
 from services.common.chain import ChainError, chain_after_success
 from services.common.cli import (
     JsonArgumentParser,
@@ -138,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
     lifecycle.on_abort(lambda: push(False))  # SIGTERM/SIGINT: services/common/lifecycle.py
     try:
-        summary = run(cfg, metrics=metrics)
+        with progress.shown(args.quiet):  # a terminal only; see common/progress.py
+            summary = run(cfg, metrics=metrics)
     except WarehouseMissing as exc:  # a usage error: nothing was run, nothing created
         push(False)
         return fail("queries", str(exc), exit_code=2)

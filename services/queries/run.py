@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlglot import exp
 
-from services.common import lifecycle
+from services.common import lifecycle, progress
 from services.common.logsetup import get_logger
 from services.common.rowschema import TableSpec
 from services.queries import export as export_mod
@@ -427,12 +427,17 @@ def run(
             "country_rows": Array("STRUCT", country_rows, COUNTRY_ROW_FIELDS),
         }
         svc.ensure_tables()
+        steps = [f for f in files if f.mode in ("replace", "partitions")]
+        steps += [f for f in files if f.mode == "check"] if cfg.quality else []
+        shown = progress.task("queries", unit="SQL files", line_unit="rows written")
+        shown.add_total(files=len(steps))
 
         for f in files:
             if f.mode == "replace":
                 spec = SPECS[f.target or ""]
                 if svc.replace_table(f, spec, _digest(f.text, country_digest), params):
                     summary.tables_replaced.append(spec.name)
+                shown.advance(files=1)
 
         partition_files = [f for f in files if f.mode == "partitions"]
         cs: ChangeSet | None = None
@@ -457,6 +462,7 @@ def run(
             done, rows = svc.rebuild(f, spec, dates, cfg.max_days_per_job, params)
             summary.partitions_recomputed[spec.name] = [d.isoformat() for d in done]
             summary.rows_written[spec.name] = rows
+            shown.advance(files=1, lines=rows)
         if cs is not None:
             svc.save_sources(cs)
             for target, definition in definitions.items():
@@ -475,6 +481,7 @@ def run(
                     if f.check == "dropped_rows" and rebuilt:  # also every date rebuilt now
                         lo, hi = min(lo, *rebuilt), max(hi, *rebuilt)
                     summary.quality[f.check or f.name] = svc.run_check(f, lo, hi)
+                    shown.advance(files=1)
             if "dropped_rows" in summary.quality:
                 summary.dropped_rows = quality.dropped_totals(summary.quality["dropped_rows"])
                 _say_dropped(svc.log, summary.dropped_rows)

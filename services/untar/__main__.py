@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import orjson
 
-from services.common import lifecycle
+from services.common import lifecycle, progress
 from services.common.chain import ChainError, chain_after_success
 from services.common.cli import (
     JsonArgumentParser,
@@ -140,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     lifecycle.on_abort(push_failed)  # SIGTERM/SIGINT: see services/common/lifecycle.py
     try:
-        summary = untar_all(cfg, metrics)
+        with progress.shown(args.quiet):  # a terminal only; see common/progress.py
+            summary = untar_all(cfg, metrics)
     except Exception as exc:  # e.g. the raw location cannot be listed
         lifecycle.reraise_if_aborted(exc)
         push_failed()

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common import lifecycle, storage
+from services.common import lifecycle, progress, storage
 from services.common.logsetup import get_logger
 from services.common.scans import ScanName, UnknownScanName, parse_scan_name
 from services.untar.markers import completed_archives, marker_url, read_marker
@@ -165,11 +165,14 @@ def _untar_found(
     metrics.found.inc(len(archives))
 
     done = completed_archives(out, storage.join(cfg.target, "scans"))
+    shown = progress.task("untar", unit="archives", line_unit="files written")
+    shown.add_total(files=len(archives), size=sum(info.size for _, info in archives.values()))
     for source, (scan, info) in sorted(archives.items(), key=lambda kv: (kv[1][0].started, kv[0])):
         name = storage.basename(info.url)
         lifecycle.check()  # after a stop signal no new archive starts
         if source in done and (not cfg.recheck or _marker_matches(cfg, scan, info)):
             summary.outcomes.append(ArchiveOutcome(name, "skipped", "marker present"))
+            shown.advance(files=1, size=info.size)
             continue
         if source in done:
             log.warning("archive_changed", archive=info.url)
@@ -212,4 +215,6 @@ def _untar_found(
             metrics.members.labels(result="skipped").inc(len(res.skipped_members))
             metrics.bytes_read.inc(res.archive_bytes)
             metrics.bytes_written.inc(res.written_bytes)
+            shown.advance(lines=len(res.files))
         summary.outcomes.append(outcome)
+        shown.advance(files=1, size=info.size)
