@@ -309,3 +309,36 @@ def test_warehouse_that_cannot_be_created_says_why(tmp_path: Path, case: str) ->
     reason = json_lines(proc.stderr)[-1]["reason"]
     assert reason.startswith(f"WarehouseUnusable: cannot create the warehouse folder {wh}: ")
     assert cause in reason
+
+
+def test_failed_run_prints_summary_of_committed_and_rejected(tmp_path: Path) -> None:
+    """Exit 1 still prints the JSON summary on stdout: the good file committed, the bad one
+    rejected; stderr ends with the run_failed line."""
+    from services.common.sample_scans import HYPERQUACK_SCANS, write_scan_archives
+
+    write_scan_archives(tmp_path / "gen", scans=(HYPERQUACK_SCANS[0],), size=20)
+    scans = tmp_path / "gen" / "scans"
+    # file keys name the data file without its .gz
+    good = sorted(str(p.relative_to(scans)).removesuffix(".gz") for p in scans.rglob("results.*"))
+    assert len(good) == 1
+    bad = "CP_Quack-echo-2021-06-03-01-01-01/results.json"
+    (scans / bad).parent.mkdir(parents=True)
+    (scans / bad).write_bytes(b"not json at all\n" * 5)
+    wh = tmp_path / "wh"
+    proc = run_stage_cli("beam_launcher", ["--input", str(scans), "--warehouse", str(wh)])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["committed"] == good
+    assert [r["file_key"] for r in summary["rejected"]] == [bad]
+    assert "5 of 5 lines bad" in summary["rejected"][0]["reason"]
+    assert summary["files_processed"] == 2
+    assert summary["rows_by_table"]["echo_scan"] > 0
+    last = json_lines(proc.stderr)[-1]
+    assert last["message"] == "run_failed" and last["exit_code"] == 1
+    assert "1 file(s) rejected" in last["reason"] and bad in last["reason"]
+    # The summary tells the truth: the committed rows are in the warehouse.
+    import duckdb
+
+    with duckdb.connect(str(wh / "warehouse.duckdb"), read_only=True) as con:
+        n = con.execute("SELECT count(*) FROM echo_scan").fetchone()
+    assert n is not None and n[0] == summary["rows_by_table"]["echo_scan"]

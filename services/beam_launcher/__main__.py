@@ -1,6 +1,7 @@
 """CLI: ``python -m services.beam_launcher --input DIR --warehouse DIR [...]``.
 
-Exit code 0 on success, 1 with a one-line reason on failure, 143 (SIGTERM) or 130
+Exit code 0 on success, 1 with a one-line reason on failure (the JSON summary of what was
+committed and rejected is printed on stdout either way), 143 (SIGTERM) or 130
 (SIGINT) when stopped by a signal.
 """
 
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = run(cfg, metrics)
     except RunFailed as exc:
         push_failed()
+        if exc.summary is not None:  # what was committed and rejected, as on success
+            print_summary(exc.summary.to_dict())
         return fail("beam_launcher", str(exc))
     except Exception as exc:  # one line for the operator; the traceback is in the logs
         lifecycle.reraise_if_aborted(exc)
@@ -215,12 +218,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return code
     push(True)
-    sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    print_summary(summary.to_dict())
     try:
         chain_after_success()
     except ChainError as exc:
         return fail("beam_launcher", f"could not start the next stage: {exc}")
     return 0
+
+
+def print_summary(summary: dict[str, object]) -> None:
+    """The run's JSON summary on stdout (also printed when the run fails)."""
+    sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
 
 
 def cli() -> NoReturn:

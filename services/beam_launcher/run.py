@@ -46,7 +46,15 @@ LOCAL_RUNNERS = {"direct": "FnApiRunner", "fnapi": "FnApiRunner", "FnApiRunner":
 
 
 class RunFailed(RuntimeError):
-    """The run finished but must exit non-zero (e.g. a file had too many bad lines)."""
+    """The run finished but must exit non-zero (e.g. a file had too many bad lines).
+
+    ``summary`` is what the run did anyway (committed and rejected files): the command
+    line prints it before the ``run_failed`` line.
+    """
+
+    def __init__(self, reason: str, summary: RunSummary | None = None) -> None:
+        super().__init__(reason)
+        self.summary = summary
 
 
 @dataclass
@@ -82,6 +90,8 @@ class RunSummary:
     files_skipped_unchanged: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
+    # Files whose rows (or skip/empty record) this run committed with status ok.
+    committed: list[str] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=dict)
     rows_by_table: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -327,7 +337,8 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
             raise RunFailed(
                 f"--full without a date window rebuilds {', '.join(cfg.scan_types)} and needs "
                 f"all their files, but {len(claim.others)} of them are being processed by "
-                f"{'; '.join(holders)}; run it when that run has finished"
+                f"{'; '.join(holders)}; run it when that run has finished",
+                summary,
             )
         if claim.others:
             summary.left_to_other_run = [
@@ -464,6 +475,7 @@ def _process(
     summary.rejected = [
         {"file_key": v.task.file_key, "reason": v.reason} for v in verdicts if v.status != "ok"
     ]
+    summary.committed = [v.task.file_key for v in verdicts if v.status == "ok"]
     summary.seconds = round(time.monotonic() - started, 3)
     metrics.duration.set(summary.seconds)
     log.info(
@@ -476,12 +488,13 @@ def _process(
         seconds=summary.seconds,
     )
     if family_errors:
-        raise RunFailed("; ".join(family_errors))
+        raise RunFailed("; ".join(family_errors), summary)
     if summary.rejected:
         first = summary.rejected[0]
         raise RunFailed(
             f"{len(summary.rejected)} file(s) rejected; "
-            f"first: {first['file_key']}: {first['reason']}"
+            f"first: {first['file_key']}: {first['reason']}",
+            summary,
         )
     metrics.last_success.set_to_current_time()
     return summary
