@@ -1,9 +1,10 @@
 """The demo a new user runs: ``make run`` (small sample) as a real subprocess.
 
-Its derived table must hold rows of every generated scan (Hyperquack and Satellite, on
-each scan's date) with countries, because the sample's synthetic CAIDA files are synced
-through the routeviews service and the launcher enriches with them; and the same
-launcher without IP metadata must say, in one WARNING line, what will be missing.
+Its derived table must hold rows of every generated scan, and of both families
+(Hyperquack and Satellite) on every generated date, with countries, because the sample's
+synthetic CAIDA files are synced through the routeviews service and the launcher enriches
+with them; and the same launcher without IP metadata must say, in one WARNING line, what
+will be missing.
 """
 
 from __future__ import annotations
@@ -87,6 +88,16 @@ def test_demo_derived_table_has_every_scan_with_countries(
     for key in sorted(expected):
         assert key in got, f"no {key[0]} rows for {key[1]} in merged_reduced_scans"
         assert got[key][0] > 0 and got[key][1] >= 2, (key, got[key])
+    # Every generated date has both families in the derived table (the sample's companion
+    # scans put a Satellite scan on each Hyperquack date and vice versa), and the derived
+    # table has no other dates.
+    generated_dates = {s.start.astimezone(UTC).date() for s in ss.DEFAULT_SCANS}
+    families: dict[Any, set[str]] = {}
+    for source, day in got:
+        families.setdefault(day, set()).add("Satellite" if source == "DNS" else "Hyperquack")
+    assert set(families) == generated_dates
+    for day in sorted(generated_dates):
+        assert families[day] == {"Hyperquack", "Satellite"}, f"{day}: only {families[day]}"
     # Every base (scan type, date) reaches the derived table too.
     for table, name in [
         *((f"{t}_scan", n) for t, n in DERIVED_NAMES.items()),

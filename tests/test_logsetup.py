@@ -34,6 +34,7 @@ from services.common.logsetup import (
     configure_logging,
     get_logger,
 )
+from services.common.sample_scans import DEFAULT_SCANS
 
 ROOT = Path(__file__).resolve().parents[1]
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
@@ -413,8 +414,10 @@ def test_make_run_chain_writes_only_json_lines_on_stderr(tmp_path: Path) -> None
             run_id = summary["run_id"]
             assert {o[LABELS_KEY].get("run_id") for o in objs} <= {run_id, None}
             assert any(o[LABELS_KEY].get("run_id") == run_id for o in objs)
-    assert summaries["mirror:archives"]["copied"] == 9
-    assert summaries["untar:--raw"]["unpacked"] == 9
+    n_scans = summaries["sample:--out"]["scans"]  # the generator's own count
+    assert n_scans == len(DEFAULT_SCANS)
+    assert summaries["mirror:archives"]["copied"] == n_scans
+    assert summaries["untar:--raw"]["unpacked"] == n_scans
     assert summaries["beam_launcher:--input"]["files_processed"] > 0
     assert min(seen["mirror"], seen["untar"], seen["beam_launcher"], seen["queries"]) > 0
 

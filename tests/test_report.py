@@ -77,6 +77,7 @@ class Warehouse:
     path: Path
     quality: dict[str, Any] = field(default_factory=dict)  # the queries service's checks
     before_queries: Path | None = None  # a copy taken before the queries service ran
+    dropped: dict[str, Any] = field(default_factory=dict)  # its summary's dropped_rows
 
     def sql(self, query: str) -> list[tuple[Any, ...]]:
         with duckdb.connect(str(self.path / "warehouse.duckdb"), read_only=True) as con:
@@ -101,7 +102,7 @@ def _build(root: Path, with_ip_metadata: bool) -> Warehouse:
     shutil.copy(wh / "warehouse.duckdb", before / "warehouse.duckdb")
     out = _run("services.queries", "--warehouse", str(wh), "--full")
     summary = json.loads(out.stdout)
-    return Warehouse(wh, summary["quality"], before)
+    return Warehouse(wh, summary["quality"], before, summary["dropped_rows"])
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +225,7 @@ CHART_SECTIONS = (
     "enrichment",
     "dead-letters",
     "completeness",
+    "dropped-rows",
 )
 
 
@@ -413,6 +415,112 @@ def test_quality_sections_equal_the_queries_service_checks(enriched: Warehouse, 
         assert shown[r["table"]]["newest_complete_date"] == (r["newest_complete_date"] or "NULL")
 
 
+_SETUP = ("setup/", "setup.", "read/system")
+DERIVED_SOURCE = {"echo": "ECHO", "discard": "DISCARD", "http": "HTTP", "https": "HTTPS"}
+
+
+def _fates(wh: Warehouse) -> dict[str, Counter[str]]:
+    """Per scan type, base rows by the first merged_reduced_scans rule they fail ('kept'
+    when none), computed in Python from the rules in services/queries/README.md."""
+    out: dict[str, Counter[str]] = defaultdict(Counter)
+    for t in HQ:
+        for day, failed, outcome, country in wh.sql(
+            f"SELECT date, controls_failed, outcome, server_country FROM {t}_scan"
+        ):
+            if day is None:
+                reason = "no_date"
+            elif failed is not False:
+                reason = "controls_failed"
+            elif (outcome or "").startswith(_SETUP):
+                reason = "setup_outcome"
+            else:
+                reason = "no_country" if country is None else "kept"
+            out[t][reason] += 1
+    rows = wh.sql(
+        "SELECT source, date, measurement_id, retry, domain, domain_controls_failed, outcome, "
+        "resolver_country, resolver_connect_error_rate, resolver_invalid_cert_rate, "
+        "resolver_non_zero_rcode_rate, answers FROM satellite_scan"
+    )
+    last: dict[tuple[Any, str], int] = {}
+    capable: set[tuple[str, str]] = set()
+    for source, day, mid, retry, domain, *_, answers in rows:
+        if retry is not None:
+            last[(day, mid)] = max(retry, last.get((day, mid), retry))
+        if any(
+            a["https_tls_cert_matches_domain"] and a["https_tls_cert_has_trusted_ca"]
+            for a in answers
+        ):
+            capable.add((source, domain))
+    for source, day, mid, retry, domain, dcf, outcome, country, *rates, _ in rows:
+        if day is None:
+            reason = "no_date"
+        elif retry is not None and retry != last[(day, mid)]:
+            reason = "not_last_retry"
+        elif (source, domain) not in capable:
+            reason = "domain_not_https_capable"
+        elif dcf is not False:
+            reason = "domain_controls_failed"
+        elif any(r is not None and r > 0.75 for r in rates):
+            reason = "bad_resolver"
+        elif (outcome or "").startswith(_SETUP):
+            reason = "setup_outcome"
+        else:
+            reason = "no_country" if country is None else "kept"
+        out["satellite"][reason] += 1
+    return out
+
+
+@pytest.mark.parametrize("which", ["enriched", "plain"])
+def test_dropped_rows_equal_independent_count_and_the_queries_service(
+    which: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    wh: Warehouse = request.getfixturevalue(which)
+    page = write_report(wh.path, tmp_path / "r.html")
+    fates = _fates(wh)
+    want = {
+        (reason, t): float(n)
+        for t, c in fates.items()
+        for reason, n in c.items()
+        if reason != "kept"
+    }
+    got = marks(page, "dropped-rows")
+    assert got and got == want
+    assert page.sections["dropped-rows"].charts[0].title == (
+        "Rows left out of merged_reduced_scans, by reason and scan type"
+    )
+    # The same numbers as the queries service's own check (its summary's dropped_rows).
+    service = {
+        (reason, t): float(n) for t, e in wh.dropped.items() for reason, n in e["dropped"].items()
+    }
+    assert got == service
+    # The data table under the chart: base rows and kept rows per scan type; kept rows are
+    # what merged_reduced_scans holds.
+    derived = dict(
+        wh.sql("SELECT source, SUM(count) FROM derived.merged_reduced_scans GROUP BY source")
+    )
+    (table,) = page.sections["dropped-rows"].tables
+    header, *body = table
+    shown = {}
+    for row in body:
+        r = dict(zip(header, row, strict=True))
+        shown[r["scan_type"]] = (int(r["base_rows"]), int(r["kept"]))
+    for t, c in fates.items():
+        if t not in shown:  # nothing of this scan type was left out
+            continue
+        assert (
+            shown[t]
+            == (sum(c.values()), c["kept"])
+            == (
+                wh.dropped[t]["base_rows"],
+                wh.dropped[t]["kept"],
+            )
+        )
+        assert c["kept"] == derived.get(DERIVED_SOURCE.get(t, "DNS"), 0), t
+    # Without IP metadata, every Hyperquack row that passes the other rules lacks a country.
+    no_country = {t for (reason, t) in got if reason == "no_country"}
+    assert no_country == (set(HQ) if which == "plain" else set())
+
+
 def test_without_ip_metadata_hyperquack_countries_say_no_data(plain: Warehouse, tmp_path) -> None:
     page = write_report(plain.path, tmp_path / "r.html")
     sec = page.sections["countries-hyperquack"]
@@ -428,7 +536,7 @@ def test_without_ip_metadata_hyperquack_countries_say_no_data(plain: Warehouse, 
 def test_before_the_queries_service_ran_derived_sections_say_so(plain: Warehouse, tmp_path) -> None:
     assert plain.before_queries is not None
     page = write_report(plain.before_queries, tmp_path / "r.html")
-    for key in ("countries-hyperquack", "countries-satellite"):
+    for key in ("countries-hyperquack", "countries-satellite", "dropped-rows"):
         sec = page.sections[key]
         assert sec.charts == []
         assert "derived.merged_reduced_scans does not exist" in sec.nodata

@@ -34,6 +34,7 @@ SATELLITE_ARCHIVE = SATELLITE_SOURCE + ".tar.gz"
 REAL_SATELLITE = ROOT.parent / "shared" / "fixtures" / "real" / "satellite_v2.2"
 
 Record = dict[str, Any]
+HYPERQUACK_SPECS = [s for s in ss.DEFAULT_SCANS if s.scan_type != ss.SATELLITE]
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,6 +146,14 @@ def host_matches(pattern: str, host: str) -> bool:
     return pattern == host
 
 
+def _files_per_sample() -> int:
+    """Files a default sample writes: archive + results.json.gz per Hyperquack scan,
+    archive + every member per Satellite scan."""
+    return sum(
+        2 if s.scan_type != ss.SATELLITE else 1 + len(ss.SATELLITE_FILES) for s in ss.DEFAULT_SCANS
+    )
+
+
 def iter_all(records_by_source: dict[str, list[Record]]) -> Iterator[tuple[str, int, Record]]:
     for source, records in records_by_source.items():
         version = 1 if "Server" in records[0] else 2
@@ -161,7 +170,7 @@ def iter_all(records_by_source: dict[str, list[Record]]) -> Iterator[tuple[str, 
 def default_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sample_default")
     summary = ss.generate(out)
-    assert summary.records == ss.DEFAULT_SIZE * len(ss.DEFAULT_SCANS)
+    assert summary.records == sum(ss.scan_size(s, ss.DEFAULT_SIZE) for s in ss.DEFAULT_SCANS)
     return out
 
 
@@ -270,8 +279,8 @@ def test_deterministic_byte_identical(tmp_path: Path) -> None:
     ss.generate(b, size=60, seed=7, bad_line_ratio=0.05)
     ss.generate(c, size=60, seed=8, bad_line_ratio=0.05)
     tree_a, tree_b, tree_c = _tree(a), _tree(b), _tree(c)
-    # 8 Hyperquack scans x (archive + results.json.gz) + Satellite archive + its 7 files.
-    assert len(tree_a) == 16 + 1 + len(ss.SATELLITE_FILES)
+    # Hyperquack scans: archive + results.json.gz; Satellite scans: archive + its 7 files.
+    assert len(tree_a) == _files_per_sample()
     assert tree_a == tree_b
     assert tree_a.keys() == tree_c.keys()
     assert all(tree_a[k] != tree_c[k] for k in tree_a)
@@ -293,10 +302,13 @@ def test_plain_option(tmp_path: Path) -> None:
 
 def test_archive_names_and_members(default_out: Path) -> None:
     archives = sorted((default_out / "archives").iterdir())
-    assert len(archives) == 9
+    assert len(archives) == len(ss.DEFAULT_SCANS)
     quack = [a for a in archives if a.name.startswith("CP_Quack-")]
-    assert len(quack) == 8
-    assert [a.name for a in archives if a not in quack] == [SATELLITE_ARCHIVE]
+    assert len(quack) == len(HYPERQUACK_SPECS)
+    assert [a.name for a in archives if a not in quack] == sorted(
+        ss.archive_name(s.scan_type, s.start) for s in ss.DEFAULT_SCANS if s not in HYPERQUACK_SPECS
+    )
+    assert SATELLITE_ARCHIVE in {a.name for a in archives}
     seen = set()
     for archive in quack:
         match = ARCHIVE_RE.match(archive.name)
@@ -311,7 +323,7 @@ def test_archive_names_and_members(default_out: Path) -> None:
             files = {m.name.split("/")[-1]: tar.extractfile(m) for m in members if m.isfile()}
             contents = {k: f.read() for k, f in files.items() if f is not None}
         version = 1 if stamp.startswith("2020") else 2
-        assert stamp.startswith("2020-11-1") or stamp.startswith(("2021-05-3", "2021-07-"))
+        assert stamp.startswith(("2020-11-1", "2021-05-3", "2021-07-", "2021-10-20"))
         seen.add((scan_type, version))
         expected = {"results.json"} | ({"servers.txt", "domains.txt"} if version == 1 else set())
         assert names[0] == source and members[0].isdir()
@@ -352,7 +364,7 @@ def test_go_style_json(default_out: Path) -> None:
 
 
 def test_record_keys_types_and_times(records_by_source: dict[str, list[Record]]) -> None:
-    assert len(records_by_source) == 8
+    assert len(records_by_source) == len(HYPERQUACK_SPECS)
     for scan_type, version, rec in iter_all(records_by_source):
         assert is_valid_record(rec)
         rts = roundtrips(rec)
@@ -700,14 +712,44 @@ def test_small_sizes() -> None:
     assert len(records) == 3 and all(is_valid_record(r) for r in records)
 
 
+def test_every_date_has_both_families(default_out: Path) -> None:
+    """The default set has Hyperquack and Satellite scans on every date (the demo's derived
+    table needs both); the companion Satellite scans that make it so are smaller."""
+    by_date: dict[Any, set[str]] = {}
+    for spec in ss.DEFAULT_SCANS:
+        day = spec.start.astimezone(UTC).date()
+        assert spec.start.date() == day, "local and UTC start dates agree"
+        family = "satellite" if spec.scan_type == ss.SATELLITE else "hyperquack"
+        by_date.setdefault(day, set()).add(family)
+    assert by_date and all(f == {"satellite", "hyperquack"} for f in by_date.values()), by_date
+    assert ss.DEFAULT_SCANS == ss.HYPERQUACK_SCANS + ss.SATELLITE_SCANS + ss.COMPANION_SCANS
+    reduced = [s for s in ss.DEFAULT_SCANS if s.reduced]
+    assert reduced == [s for s in ss.COMPANION_SCANS if s.scan_type == ss.SATELLITE]
+    assert len({ss.source_name(s.scan_type, s.start) for s in ss.DEFAULT_SCANS}) == len(
+        ss.DEFAULT_SCANS
+    )
+    for spec in ss.DEFAULT_SCANS:
+        data = gzip.decompress(
+            (
+                default_out
+                / "scans"
+                / ss.source_name(spec.scan_type, spec.start)
+                / "results.json.gz"
+            ).read_bytes()
+        )
+        expected = ss.scan_size(spec, ss.DEFAULT_SIZE)
+        assert len(read_lines(data)) == expected, spec
+        assert expected == (ss.DEFAULT_SIZE // 4 if spec.reduced else ss.DEFAULT_SIZE)
+
+
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert ss.main(["--out", str(tmp_path), "--size", "20", "--seed", "3", "--plain"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 1
     summary = json.loads(out)
-    assert summary["records"] == 20 * 9
-    assert summary["files_written"] == 16 + 1 + len(ss.SATELLITE_FILES)
-    assert summary["scans"] == 9
+    assert summary["records"] == sum(ss.scan_size(s, 20) for s in ss.DEFAULT_SCANS)
+    assert summary["files_written"] == _files_per_sample()
+    assert summary["scans"] == len(ss.DEFAULT_SCANS)
     assert summary["bytes"] == sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
     dates = sorted({s.start.astimezone(UTC).date().isoformat() for s in ss.DEFAULT_SCANS})
     assert summary["caida_dates"] == dates

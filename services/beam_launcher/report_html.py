@@ -173,6 +173,27 @@ def _draw_dead_letters(rows: list[Row]) -> str:
     )
 
 
+def _draw_dropped(rows: list[Row]) -> str:
+    series = [t for t in SCAN_TABLES if any(r["scan_type"] == t for r in rows)]
+    bars = []
+    for reason, rs in _group(rows, lambda r: r["reason"]).items():
+        parts = sorted(
+            ((r["scan_type"], float(r["left_out"])) for r in rs),
+            key=lambda p: series.index(p[0]),
+        )
+        notes = {
+            r["scan_type"]: f"{fmt_count(r['left_out'])} of {fmt_count(r['base_rows'])} rows"
+            for r in rs
+        }
+        bars.append(Bar(reason, parts, fmt_count(rs[0]["reason_total"]), notes))
+    return hbar_chart(
+        "Rows left out of merged_reduced_scans, by reason and scan type",
+        bars,
+        series=series,
+        axis_label="rows",
+    )
+
+
 def _draw_completeness(rows: list[Row]) -> str:
     bars = []
     for r in rows:
@@ -353,6 +374,76 @@ FROM recent
 WHERE n <= 10
 ORDER BY table_name, date"""
 
+_STARTS_SETUP = (
+    "starts_with(IFNULL({col}, ''), 'setup/') OR starts_with(IFNULL({col}, ''), 'setup.') "
+    "OR starts_with(IFNULL({col}, ''), 'read/system')"
+)
+_HQ_FATES = (
+    "SELECT '{type}' AS scan_type, date, controls_failed, outcome, "
+    'server_country AS country FROM "{table}"'
+)
+_DROPPED_SQL = f"""WITH hyperquack AS (
+{_union(_HQ_FATES, HQ_TYPES)}
+),
+hyperquack_fates AS (
+  SELECT scan_type,
+    CASE
+      WHEN date IS NULL THEN 'no_date'
+      WHEN controls_failed IS NULL OR controls_failed THEN 'controls_failed'
+      WHEN {_STARTS_SETUP.format(col="outcome")} THEN 'setup_outcome'
+      WHEN country IS NULL THEN 'no_country'
+      ELSE 'kept'
+    END AS reason
+  FROM hyperquack
+),
+https_capable_domains AS (
+  SELECT DISTINCT s.source, s.domain
+  FROM "{_SAT}" AS s
+  WHERE EXISTS (
+    SELECT 1 FROM UNNEST(s.answers) AS t(a)
+    WHERE a.https_tls_cert_matches_domain AND a.https_tls_cert_has_trusted_ca)
+),
+satellite AS (
+  SELECT source, date, retry, domain, domain_controls_failed, outcome, resolver_country,
+    resolver_connect_error_rate, resolver_invalid_cert_rate, resolver_non_zero_rcode_rate,
+    MAX(retry) OVER (PARTITION BY date, measurement_id) AS last_retry
+  FROM "{_SAT}"
+),
+satellite_fates AS (
+  SELECT 'satellite' AS scan_type,
+    CASE
+      WHEN s.date IS NULL THEN 'no_date'
+      WHEN NOT (s.retry IS NULL OR s.retry = s.last_retry) THEN 'not_last_retry'
+      WHEN h.domain IS NULL THEN 'domain_not_https_capable'
+      WHEN s.domain_controls_failed IS NULL OR s.domain_controls_failed
+        THEN 'domain_controls_failed'
+      WHEN COALESCE(s.resolver_connect_error_rate > 0.75
+          OR s.resolver_invalid_cert_rate > 0.75
+          OR s.resolver_non_zero_rcode_rate > 0.75, FALSE) THEN 'bad_resolver'
+      WHEN {_STARTS_SETUP.format(col="s.outcome")} THEN 'setup_outcome'
+      WHEN s.resolver_country IS NULL THEN 'no_country'
+      ELSE 'kept'
+    END AS reason
+  FROM satellite AS s
+  LEFT JOIN https_capable_domains AS h ON h.source = s.source AND h.domain = s.domain
+),
+fates AS (
+  SELECT scan_type, reason, COUNT(*) AS row_count FROM hyperquack_fates GROUP BY ALL
+  UNION ALL
+  SELECT scan_type, reason, COUNT(*) AS row_count FROM satellite_fates GROUP BY ALL
+),
+per_type AS (
+  SELECT scan_type, SUM(row_count) AS base_rows,
+    SUM(IF(reason = 'kept', row_count, 0)) AS kept
+  FROM fates GROUP BY scan_type
+)
+SELECT
+  f.reason, f.scan_type, f.row_count AS left_out,
+  SUM(f.row_count) OVER (PARTITION BY f.reason) AS reason_total, p.base_rows, p.kept
+FROM fates AS f JOIN per_type AS p ON p.scan_type = f.scan_type
+WHERE f.reason <> 'kept'
+ORDER BY reason_total DESC, f.reason, f.scan_type"""
+
 _DEAD_LETTERS_SQL = """SELECT
   IFNULL(scan_type, 'unknown') AS scan_type, stage, error_class,
   COUNT(*) AS dead_letters,
@@ -481,6 +572,22 @@ SECTIONS: tuple[Section, ...] = (
         _countries_sql("source = 'DNS'"),
         _draw_countries("Satellite: share of unexpected outcomes by resolver country"),
         "no Satellite rows in derived.merged_reduced_scans",
+        ("derived.merged_reduced_scans",),
+    ),
+    Section(
+        "dropped-rows",
+        "Rows left out of merged_reduced_scans",
+        "Base rows that do not reach derived.merged_reduced_scans, per scan type, each "
+        "counted under the first rule it fails (services/queries/README.md, "
+        '"merged_reduced_scans", has the rules): Hyperquack controls_failed, '
+        "setup_outcome, no_country; Satellite not_last_retry, domain_not_https_capable, "
+        "domain_controls_failed, bad_resolver, setup_outcome, no_country; no_date for rows "
+        "without a date (no partition holds them). After each bar: the reason's total; "
+        "base_rows and kept (rows that reach the table) are per scan type. "
+        + _QUALITY.format(file="94_quality_dropped_rows.sql"),
+        _DROPPED_SQL,
+        _draw_dropped,
+        "no rows left out: every base row reaches merged_reduced_scans (or there are none)",
         ("derived.merged_reduced_scans",),
     ),
     Section(

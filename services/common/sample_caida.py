@@ -44,6 +44,7 @@ from services.common.sample_scans import (
     answer_networks,
     hash_text,
     scan_hosts,
+    scan_size,
 )
 
 PRIVATE_ASN_BASE = 4_200_000_000  # RFC 6996 private-use 32-bit ASNs
@@ -110,7 +111,8 @@ def _country_as(cc: str, name: str, slot: int) -> SampleAs:
 
 
 def build_caida(scans: Sequence[ScanSpec], size: int, seed: int) -> CaidaSample:
-    """Prefixes and ASes covering every host of ``scans`` and the Satellite answer networks."""
+    """Prefixes and ASes covering every host of ``scans`` (each generated with
+    :func:`scan_size` measurements, as the sample does) and the Satellite answer networks."""
     out = CaidaSample()
     for prefix, asn, as_name in answer_networks():
         cc = _PROVIDER_COUNTRIES.get(asn, "US")
@@ -120,7 +122,7 @@ def build_caida(scans: Sequence[ScanSpec], size: int, seed: int) -> CaidaSample:
             SampleAs(asn, as_name, f"SAMPLE-AS{asn}-ORG", f"{as_name} (synthetic)", cc, "Content"),
         )
     for spec in scans:
-        for host in scan_hosts(spec, size, seed):
+        for host in scan_hosts(spec, scan_size(spec, size), seed):
             net = str(ipaddress.ip_network(f"{host.ip}/24", strict=False))
             if net in out.prefixes:
                 continue
@@ -197,7 +199,8 @@ def write_caida(
     size: int = DEFAULT_SIZE,
     seed: int = 0,
 ) -> CaidaSummary:
-    """Write the CAIDA-layout files for ``scans`` (generated with ``size`` and ``seed``)."""
+    """Write the CAIDA-layout files for ``scans`` (generated with ``size`` and ``seed``;
+    reduced scans with their :func:`scan_size`)."""
     out = Path(out)
     sample = build_caida(scans, size, seed)
     summary = CaidaSummary(prefixes=len(sample.prefixes), ases=len(sample.ases))

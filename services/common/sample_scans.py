@@ -22,6 +22,10 @@ untrusted CAs and CDN answers.
 Everything is derived from ``random.Random`` seeded with the caller's seed: no wall
 clock, no ``uuid4``, no OS randomness. The same arguments give byte-identical files.
 
+The default set (:data:`DEFAULT_SCANS`) gives every date both families: companion scans
+(:data:`COMPANION_SCANS`) put a smaller Satellite scan on each Hyperquack date and a
+Hyperquack scan on the Satellite date.
+
 Pure functions build records and file contents; only :func:`write_scan_archives`,
 :func:`generate` and :func:`main` touch the file system. The CLI also writes synthetic
 CAIDA IP-metadata files for the scans' servers and resolvers under ``OUT/caida``
@@ -55,6 +59,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 __all__ = [
+    "COMPANION_SCANS",
     "DEFAULT_SCANS",
     "DEFAULT_SIZE",
     "HYPERQUACK_SCANS",
@@ -62,6 +67,7 @@ __all__ = [
     "PAGE_FETCH_KEYS",
     "PAGE_TEMPLATES",
     "PROFILE_KEYS",
+    "REDUCED_MIN_SIZE",
     "SAMPLE_DOMAIN_CATEGORIES",
     "SATELLITE",
     "SATELLITE_CONTROL_RESOLVERS",
@@ -96,6 +102,7 @@ __all__ = [
     "sample_keywords",
     "satellite_domains",
     "scan_hosts",
+    "scan_size",
     "source_name",
     "write_scan_archives",
 ]
@@ -2655,6 +2662,29 @@ class ScanSpec:
     scan_type: str
     version: int
     start: datetime
+    #: Written smaller (:func:`scan_size`): the Satellite scans of :data:`COMPANION_SCANS`.
+    reduced: bool = False
+
+
+#: Smallest reduced scan (when ``size`` allows): five test domains of a Satellite scan's
+#: eight resolvers, so its control resolvers vouch for several domains' certificates.
+REDUCED_MIN_SIZE: Final = 40
+
+
+def scan_size(spec: ScanSpec, size: int) -> int:
+    """Measurements written for ``spec`` when a run asks for ``size`` per scan: ``size``,
+    or for a reduced scan a quarter of it (at least :data:`REDUCED_MIN_SIZE`, at most
+    ``size``).
+
+    >>> scan_size(ScanSpec("echo", 1, datetime(2020, 1, 1, tzinfo=UTC)), 200)
+    200
+    >>> [scan_size(ScanSpec(SATELLITE, 2, datetime(2020, 1, 1, tzinfo=UTC), reduced=True), n)
+    ...  for n in (0, 20, 100, 200, 1000)]
+    [0, 20, 40, 50, 250]
+    """
+    if not spec.reduced:
+        return size
+    return min(size, max(REDUCED_MIN_SIZE, size // 4))
 
 
 #: The eight Hyperquack scans (v1 and v2 of each type); the default of
@@ -2673,8 +2703,29 @@ HYPERQUACK_SCANS: Final[tuple[ScanSpec, ...]] = (
 SATELLITE_SCANS: Final[tuple[ScanSpec, ...]] = (
     ScanSpec(SATELLITE, 2, datetime(2021, 10, 20, 14, 0, 1, tzinfo=EDT)),
 )
-#: The default scan set of :func:`generate` and the CLI: Hyperquack, then Satellite.
-DEFAULT_SCANS: Final[tuple[ScanSpec, ...]] = HYPERQUACK_SCANS + SATELLITE_SCANS
+#: Scans that give every date of the sample both families, so the derived table
+#: ``merged_reduced_scans`` has Hyperquack and Satellite rows for each date: a reduced
+#: Satellite scan (a quarter of the size, :func:`scan_size`) on each Hyperquack scan's date
+#: (late morning local time, same UTC date) and a full-size Hyperquack http v2 scan on the
+#: Satellite scan's date. The generator writes one Satellite
+#: format, v2.2 with the page-fetch trust fields of 2022 (``trusted_cert``,
+#: ``control_pages.json``), also on dates when the real prober wrote v1 (before 2021-03)
+#: or v2.1 (until June 2021): ``merged_reduced_scans`` keeps Satellite rows only for
+#: domains some answer proved HTTPS-capable with a trusted certificate, which only those
+#: fields can show, so older formats would leave those dates without DNS rows.
+COMPANION_SCANS: Final[tuple[ScanSpec, ...]] = (
+    ScanSpec(SATELLITE, 2, datetime(2020, 11, 14, 10, 0, 2, tzinfo=EST), reduced=True),
+    ScanSpec(SATELLITE, 2, datetime(2020, 11, 15, 11, 0, 3, tzinfo=EST), reduced=True),
+    ScanSpec(SATELLITE, 2, datetime(2020, 11, 16, 9, 30, 1, tzinfo=EST), reduced=True),
+    ScanSpec(SATELLITE, 2, datetime(2020, 11, 17, 10, 45, 2, tzinfo=EST), reduced=True),
+    ScanSpec(SATELLITE, 2, datetime(2021, 5, 30, 12, 0, 1, tzinfo=EDT), reduced=True),
+    ScanSpec(SATELLITE, 2, datetime(2021, 5, 31, 13, 20, 2, tzinfo=EDT), reduced=True),
+    ScanSpec(SATELLITE, 2, datetime(2021, 7, 25, 11, 30, 1, tzinfo=EDT), reduced=True),
+    ScanSpec("http", 2, datetime(2021, 10, 20, 9, 10, 44, tzinfo=EDT)),
+)
+#: The default scan set of :func:`generate` and the CLI: Hyperquack, Satellite, then the
+#: companions, so every date has both families.
+DEFAULT_SCANS: Final[tuple[ScanSpec, ...]] = HYPERQUACK_SCANS + SATELLITE_SCANS + COMPANION_SCANS
 
 
 def source_name(scan_type: str, start: datetime) -> str:
@@ -2841,8 +2892,9 @@ def write_scan_archives(
     """Write ``archives/<source>.tar.gz`` and the extracted ``scans/<source>/<file>[.gz]``.
 
     Hyperquack scans get ``scans/<source>/results.json[.gz]``; Satellite scans get every
-    member (see :func:`extracted_members`). The default ``scans`` are the eight Hyperquack
-    scans (:func:`generate` adds the Satellite scan).
+    member (see :func:`extracted_members`). Each scan has :func:`scan_size` measurements.
+    The default ``scans`` are the eight Hyperquack scans (:func:`generate` adds the
+    Satellite and companion scans).
     Gzip headers carry mtime 0 and no file name; tar members are sorted, owned by 0:0 and
     stamped with the scan start, so the same arguments always give identical bytes.
     The compressions of a scan run in parallel threads (zlib releases the GIL); peak
@@ -2878,7 +2930,9 @@ def write_scan_archives(
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         for spec in scans:
-            members, n_records, n_bad = build_scan_files(spec, size, seed, bad_line_ratio)
+            members, n_records, n_bad = build_scan_files(
+                spec, scan_size(spec, size), seed, bad_line_ratio
+            )
             source = source_name(spec.scan_type, spec.start)
             mtime = _epoch_ns(spec.start) // _NS
             archive_future = pool.submit(
@@ -2912,8 +2966,9 @@ def generate(
     scans: Sequence[ScanSpec] = DEFAULT_SCANS,
     compresslevel: int = 6,
 ) -> GenerationSummary:
-    """Write the default scans under ``out_dir``: the eight Hyperquack scans (v1 and v2 of
-    each type) and one Satellite v2.2 scan (:data:`DEFAULT_SCANS`)."""
+    """Write the default scans under ``out_dir`` (:data:`DEFAULT_SCANS`): the eight
+    Hyperquack scans (v1 and v2 of each type), one Satellite v2.2 scan and the
+    :data:`COMPANION_SCANS`, so that every date has Hyperquack and Satellite scans."""
     return write_scan_archives(
         out_dir,
         scans=scans,
@@ -2939,7 +2994,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--size",
         type=int,
         default=DEFAULT_SIZE,
-        help="measurements per scan (Satellite: results.json lines, resolvers x domains)",
+        help=(
+            "measurements per scan (Satellite: results.json lines, resolvers x domains); "
+            "the extra Satellite scans that give every date both families get a quarter "
+            f"of it (at least {REDUCED_MIN_SIZE})"
+        ),
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--bad-line-ratio", type=float, default=0.0, help="fraction of bad lines")
