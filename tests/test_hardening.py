@@ -342,3 +342,31 @@ def test_failed_run_prints_summary_of_committed_and_rejected(tmp_path: Path) -> 
     with duckdb.connect(str(wh / "warehouse.duckdb"), read_only=True) as con:
         n = con.execute("SELECT count(*) FROM echo_scan").fetchone()
     assert n is not None and n[0] == summary["rows_by_table"]["echo_scan"]
+
+
+def test_rejection_of_one_huge_json_array_line_quotes_the_dead_letter_reason(
+    tmp_path: Path,
+) -> None:
+    """A file that is one huge JSON array line: the one-line error says what was wrong
+    with it (the dead-letter message of its first bad line), not only its class."""
+    scans = tmp_path / "scans"
+    huge = json.dumps(list(range(300_000))).encode() + b"\n"  # ~2 MB on one line
+    files = {
+        "CP_Quack-echo-2021-06-03-01-01-01/results.json": huge,
+        "CP_Satellite-2021-06-05-01-01-01/results.json": huge,
+    }
+    for rel, content in files.items():
+        (scans / rel).parent.mkdir(parents=True)
+        (scans / rel).write_bytes(content)
+    wh = tmp_path / "wh"
+    proc = run_stage_cli("beam_launcher", ["--input", str(scans), "--warehouse", str(wh)])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    rejected = {r["file_key"]: r["reason"] for r in json.loads(proc.stdout)["rejected"]}
+    assert set(rejected) == set(files)
+    for key, reason in rejected.items():
+        assert "1 of 1 lines bad" in reason, key
+        assert "not_an_object x1 (line 1: record is a JSON list)" in reason, (key, reason)
+        assert len(reason) < 1000  # bounded: the samples are short, the line is not quoted
+    last = json_lines(proc.stderr)[-1]
+    assert last["message"] == "run_failed"
+    assert "record is a JSON list" in last["reason"] and "\n" not in last["reason"]

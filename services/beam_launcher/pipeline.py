@@ -25,7 +25,15 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
 from services.beam_launcher.enrich import RowEnricher
-from services.beam_launcher.processing import FileTask, HyperquackProcessor, dead_letter
+from services.beam_launcher.processing import (
+    SAMPLES_KEY,
+    FileTask,
+    HyperquackProcessor,
+    Samples,
+    dead_letter,
+    dead_letter_samples,
+    merge_samples,
+)
 from services.beam_launcher.resources import Resources, load_resources
 from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES, SATELLITE_SCAN
 from services.common import progress, storage
@@ -187,30 +195,41 @@ class ProcessBatches(beam.DoFn):
             yield beam.pvalue.TaggedOutput(
                 "dead", ((DEAD_LETTER.name, task.file_key), out.dead_letters)
             )
-        stats = dict(out.stats)
+        stats: dict[str, Any] = dict(out.stats)
         for name, value in stats.items():
             self._count(f"{task.scan_type}.{name}", value)
+        if out.dead_letters:
+            stats[SAMPLES_KEY] = dead_letter_samples(out.dead_letters)
         yield beam.pvalue.TaggedOutput("stats", (task.file_key, stats))
 
 
+StatsAcc = tuple[Counter[str], Samples]
+
+
 class SumStats(beam.CombineFn):
-    """Sum per-file stat dicts."""
+    """Sum per-file stat dicts; their dead-letter samples stay the first few per class."""
 
-    def create_accumulator(self) -> Counter[str]:
-        return Counter()
+    def create_accumulator(self) -> StatsAcc:
+        return Counter(), {}
 
-    def add_input(self, acc: Counter[str], value: dict[str, int]) -> Counter[str]:
-        acc.update(value)
-        return acc
+    def add_input(self, acc: StatsAcc, value: dict[str, Any]) -> StatsAcc:
+        counts, samples = acc
+        counts.update({k: v for k, v in value.items() if k != SAMPLES_KEY})
+        if value.get(SAMPLES_KEY):
+            samples = merge_samples(samples, value[SAMPLES_KEY])
+        return counts, samples
 
-    def merge_accumulators(self, accs: Iterable[Counter[str]]) -> Counter[str]:
+    def merge_accumulators(self, accs: Iterable[StatsAcc]) -> StatsAcc:
         total: Counter[str] = Counter()
-        for a in accs:
-            total.update(a)
-        return total
+        samples: Samples = {}
+        for counts, more in accs:
+            total.update(counts)
+            samples = merge_samples(samples, more)
+        return total, samples
 
-    def extract_output(self, acc: Counter[str]) -> dict[str, int]:
-        return dict(acc)
+    def extract_output(self, acc: StatsAcc) -> dict[str, Any]:
+        counts, samples = acc
+        return {**counts, SAMPLES_KEY: samples} if samples else dict(counts)
 
 
 class WriteStats(beam.DoFn):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import functools
 from collections import Counter
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -135,6 +135,42 @@ def dead_letter(
         "raw_line_truncated": truncated,
         "pipeline_version": task.pipeline_version,
     }
+
+
+# Per-file stats carry, next to their counts, the first few dead-letter messages of each
+# class (by line number) under this key, so a rejection can quote what was wrong.
+SAMPLES_KEY = "dead_letter_samples"
+SAMPLES_PER_CLASS = 3
+SAMPLE_CHARS = 200
+Samples = dict[str, list[tuple[int, str]]]
+
+
+def dead_letter_samples(dead: Iterable[Row]) -> Samples:
+    """The first :data:`SAMPLES_PER_CLASS` (line, message) of each dead-letter class.
+
+    >>> dead_letter_samples([{"error_class": "x", "source_line": 2, "message": "bad"}])
+    {'x': [(2, 'bad')]}
+    """
+    out: Samples = {}
+    for row in dead:
+        line = row.get("source_line")
+        out.setdefault(str(row["error_class"]), []).append(
+            (int(line) if line is not None else 0, str(row["message"])[:SAMPLE_CHARS])
+        )
+    return merge_samples({}, out)
+
+
+def merge_samples(a: Mapping[str, Iterable[Any]], b: Mapping[str, Iterable[Any]]) -> Samples:
+    """Union of two sample sets, each class kept to its first lines (order-independent).
+
+    >>> merge_samples({"x": [(5, "e"), (9, "f")]}, {"x": [[1, "a"], [7, "b"], [8, "c"]]})
+    {'x': [(1, 'a'), (5, 'e'), (7, 'b')]}
+    """
+    out: Samples = {}
+    for cls in sorted({*a, *b}):
+        both = {(int(n), str(m)) for n, m in [*a.get(cls, ()), *b.get(cls, ())]}
+        out[cls] = sorted(both)[:SAMPLES_PER_CLASS]
+    return out
 
 
 def parse_line(

@@ -33,7 +33,7 @@ from services.beam_launcher import pipeline as graph
 from services.beam_launcher.inputs import discover
 from services.beam_launcher.jobwait import wait_for_job
 from services.beam_launcher.metrics import LauncherMetrics
-from services.beam_launcher.processing import FileTask
+from services.beam_launcher.processing import SAMPLES_KEY, FileTask, Samples, merge_samples
 from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
 from services.beam_launcher.rows import DEAD_LETTER, SCAN_TABLES
 from services.beam_launcher.warehouse_local import FileVerdict, LocalTarget, judge
@@ -128,8 +128,12 @@ def select_tasks(
     return todo, len(tasks) - len(todo)
 
 
-def _read_stats(stats_dir: str, tasks: list[FileTask]) -> dict[str, dict[str, int]]:
+def _read_stats(
+    stats_dir: str, tasks: list[FileTask]
+) -> tuple[dict[str, dict[str, int]], dict[str, Samples]]:
+    """Per-file counts, and apart from them the dead-letter samples (first lines per class)."""
     out: dict[str, dict[str, int]] = {}
+    samples: dict[str, Samples] = {}
     for t in tasks:
         url = storage.join(stats_dir, graph.safe_key(t.file_key) + ".json")
         st = storage.storage_for(url)
@@ -138,8 +142,9 @@ def _read_stats(stats_dir: str, tasks: list[FileTask]) -> dict[str, dict[str, in
             continue
         data = orjson.loads(st.read_bytes(url))
         data.pop("file_key", None)
+        samples[t.file_key] = merge_samples({}, data.pop(SAMPLES_KEY, None) or {})
         out[t.file_key] = data
-    return out
+    return out, samples
 
 
 def beam_counters(result: Any) -> dict[str, int]:
@@ -419,8 +424,11 @@ def _process(
             for name, value in counters.items():  # summed over the families of the run
                 summary.beam_counters[name] = summary.beam_counters.get(name, 0) + value
             log.info("beam_counters", family=family, **counters)
-            stats = _read_stats(warehouse.stats_dir(fam_run), tasks)
-            fam_verdicts = [judge(t, stats[t.file_key], cfg.bad_line_threshold) for t in tasks]
+            stats, samples = _read_stats(warehouse.stats_dir(fam_run), tasks)
+            fam_verdicts = [
+                judge(t, stats[t.file_key], cfg.bad_line_threshold, samples.get(t.file_key))
+                for t in tasks
+            ]
             if family == "satellite":
                 fam_verdicts = judge_scans(fam_verdicts)
             skipped = [

@@ -33,7 +33,12 @@ from services.beam_launcher.pipeline import (
     shared_enricher,
     shared_resources,
 )
-from services.beam_launcher.processing import FileTask, parse_line
+from services.beam_launcher.processing import (
+    SAMPLES_KEY,
+    FileTask,
+    dead_letter_samples,
+    parse_line,
+)
 from services.beam_launcher.rows import DEAD_LETTER, SATELLITE_SCAN
 from services.beam_launcher.satellite_batch import parse_observation_batch
 from services.common.rowschema import Row
@@ -106,7 +111,10 @@ class ParseSatelliteBatch(beam.DoFn):
             yield beam.pvalue.TaggedOutput("dead", ((DEAD_LETTER.name, task.file_key), dead))
         for name, value in stats.items():
             self._count(name, value)
-        yield beam.pvalue.TaggedOutput("stats", (task.file_key, stats))
+        out: dict[str, Any] = dict(stats)
+        if dead:
+            out[SAMPLES_KEY] = dead_letter_samples(dead)
+        yield beam.pvalue.TaggedOutput("stats", (task.file_key, out))
 
 
 def _merge_resolver(item: tuple[tuple[str, str], dict[str, list[Any]]]) -> Iterator[Row]:

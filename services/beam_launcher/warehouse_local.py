@@ -81,8 +81,16 @@ class CommitReport:
         return [v for v in self.verdicts if v.status != "ok"]
 
 
-def judge(task: FileTask, stats: Mapping[str, int], threshold: float) -> FileVerdict:
+def judge(
+    task: FileTask,
+    stats: Mapping[str, int],
+    threshold: float,
+    samples: Mapping[str, list[tuple[int, str]]] | None = None,
+) -> FileVerdict:
     """ok, or rejected when unreadable or when bad lines exceed ``threshold`` of lines.
+
+    The reason of a rejection for bad lines names the most frequent dead-letter classes
+    and quotes the messages of their first lines (``samples``, see processing.py).
 
     A ``.gz`` file of 0 bytes is not gzip (reading it yields nothing, no error): rejected.
     A readable file without a line is ok, with the reason "empty" (logged as a warning).
@@ -98,7 +106,7 @@ def judge(task: FileTask, stats: Mapping[str, int], threshold: float) -> FileVer
             task,
             "rejected",
             f"{bad} of {lines} lines bad ({bad / lines:.1%}) exceeds threshold "
-            f"{threshold:.1%}; dead letters: {dead_letter_classes(stats)}",
+            f"{threshold:.1%}; dead letters: {dead_letter_classes(stats, samples)}",
             stats,
         )
     if not lines:
@@ -106,13 +114,28 @@ def judge(task: FileTask, stats: Mapping[str, int], threshold: float) -> FileVer
     return FileVerdict(task, "ok", "", stats)
 
 
-def dead_letter_classes(stats: Mapping[str, int], top: int = 3) -> str:
-    """The most frequent dead-letter classes of a file, e.g. ``not_an_object x12``."""
+def dead_letter_classes(
+    stats: Mapping[str, int],
+    samples: Mapping[str, list[tuple[int, str]]] | None = None,
+    top: int = 3,
+) -> str:
+    """The most frequent dead-letter classes of a file with the messages of their first
+    lines, e.g. ``not_an_object x12 (line 1: record is a JSON list; line 2: ...)``.
+
+    >>> dead_letter_classes({"dead_letters.x": 2}, {"x": [(1, "bad\\nthing"), (4, "worse")]})
+    'x x2 (line 1: bad thing; line 4: worse)'
+    """
     classes = sorted(
         ((n, k.split(".", 1)[1]) for k, n in stats.items() if k.startswith("dead_letters.")),
         key=lambda nk: (-nk[0], nk[1]),
     )
-    text = ", ".join(f"{k} x{n}" for n, k in classes[:top])
+    parts = []
+    for n, k in classes[:top]:
+        quoted = "; ".join(
+            f"line {line}: {' '.join(msg.split())}" for line, msg in (samples or {}).get(k, [])
+        )
+        parts.append(f"{k} x{n}" + (f" ({quoted})" if quoted else ""))
+    text = ", ".join(parts)
     return (text + (" ..." if len(classes) > top else "")) or "unknown"
 
 
