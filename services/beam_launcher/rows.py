@@ -277,7 +277,12 @@ PROCESSED_FILES = TableSpec(
         Column(
             "status", STRING, "ok, rejected (unreadable / too many bad lines) or skipped", REQUIRED
         ),
-        Column("reason", STRING, "Why the file was rejected or skipped"),
+        Column(
+            "reason",
+            STRING,
+            "Why the file was rejected or skipped; on an ok row NULL, or 'empty: the file "
+            "holds no lines' for a readable file without a line (logged as a warning)",
+        ),
         Column("lines", INTEGER, "Non-empty lines read", REQUIRED),
         Column("rows_written", INTEGER, "Base-table rows written", REQUIRED),
         Column("dead_letters", INTEGER, "Lines sent to dead_letter", REQUIRED),
