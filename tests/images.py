@@ -10,6 +10,7 @@ except under ``CI=true``, where that is a failure.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -23,7 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("beam_launcher", "mirror", "queries", "routeviews", "untar")
 LOCAL_BASE = "localhost/debian-py311:bookworm"
 STANDIN_DIR = REPO / ".ci" / "beam-sdk-standin"
-TAG = "ci"
+# One tag per checkout: two checkouts on one machine (a developer's tree and a CI clone)
+# share podman's image store, and must not run each other's images.
+TAG = "ci-" + hashlib.sha256(str(REPO).encode()).hexdigest()[:10]
 UID = 10001
 
 
