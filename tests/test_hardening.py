@@ -370,3 +370,92 @@ def test_rejection_of_one_huge_json_array_line_quotes_the_dead_letter_reason(
     last = json_lines(proc.stderr)[-1]
     assert last["message"] == "run_failed"
     assert "record is a JSON list" in last["reason"] and "\n" not in last["reason"]
+
+
+def parquet_export(wh: Path) -> dict[str, list[str]]:
+    """Every Parquet file of the export (path under parquet/ -> its rows, sorted)."""
+    import pyarrow.parquet as pq
+
+    out = {}
+    for path in sorted((wh / "parquet").rglob("*.parquet")):
+        rows = pq.read_table(path).to_pylist()
+        out[str(path.relative_to(wh / "parquet"))] = sorted(map(repr, rows))
+    return out
+
+
+def table_counts(wh: Path) -> dict[str, int]:
+    import duckdb
+
+    with duckdb.connect(str(wh / "warehouse.duckdb"), read_only=True) as con:
+        names = [
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+            ).fetchall()
+        ]
+        return {n: con.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}  # type: ignore[index]
+
+
+def parquet_counts(wh: Path) -> dict[str, int]:
+    import pyarrow.parquet as pq
+
+    counts: dict[str, int] = {}
+    for path in (wh / "parquet").rglob("*.parquet"):
+        table = path.relative_to(wh / "parquet").parts[0]
+        counts[table] = counts.get(table, 0) + pq.read_metadata(path).num_rows
+    return counts
+
+
+@pytest.mark.parametrize("point", ["before_commit", "after_commit"])
+def test_parquet_export_follows_the_duckdb_commit(tmp_path: Path, point: str) -> None:
+    """A launcher killed (SIGKILL) right before or right after its DuckDB commit: the
+    Parquet export never holds rows the tables do not; the rerun publishes what was
+    committed, and the export then equals an uninterrupted run's."""
+    from services.common.sample_scans import HYPERQUACK_SCANS, SATELLITE_SCANS, write_scan_archives
+
+    write_scan_archives(tmp_path / "gen", scans=(HYPERQUACK_SCANS[0], SATELLITE_SCANS[0]), size=20)
+    scans = tmp_path / "gen" / "scans"
+    ref, wh = tmp_path / "ref", tmp_path / "wh"
+    assert (
+        run_stage_cli("beam_launcher", ["--input", str(scans), "--warehouse", str(ref)]).returncode
+        == 0
+    )
+    want = parquet_export(ref)
+    assert want and parquet_counts(ref) == {
+        t: n for t, n in table_counts(ref).items() if n and t != "processed_files"
+    }
+
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.beam_launcher",
+            "--input",
+            str(scans),
+            "--warehouse",
+            str(wh),
+        ],
+        cwd=REPO,
+        env=stage_env(CP_TEST_KILL_AT=point),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    in_tables = table_counts(wh)
+    exported = parquet_counts(wh)
+    for table, n in exported.items():  # nothing in the export the tables do not hold
+        assert n <= in_tables.get(table, 0), (table, n, in_tables)
+    if point == "before_commit":
+        assert exported == {} and in_tables.get("processed_files", 0) == 0
+    else:  # committed, not yet published: the rows wait in publishing/
+        assert in_tables["processed_files"] > 0 and exported == {}
+        assert any((wh / "publishing").iterdir())
+
+    again = run_stage_cli("beam_launcher", ["--input", str(scans), "--warehouse", str(wh)])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert parquet_export(wh) == want
+    assert parquet_counts(wh) == parquet_counts(ref)
+    assert table_counts(wh) == table_counts(ref)
+    assert list((wh / "publishing").iterdir()) == []
+    assert list((wh / "staging").glob("*")) == []

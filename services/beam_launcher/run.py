@@ -299,6 +299,10 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
     )
 
     warehouse = make_target(cfg)
+    # Parquet of a killed run's commit is published (or, not committed, discarded) first.
+    finish = getattr(warehouse, "finish_publishes", None)
+    for done in finish() if finish is not None else []:
+        log.warning("interrupted_publish_finished", what=done)
     plan = discover(
         cfg.input, cfg.scan_types, version, cfg.require_markers, cfg.start_date, cfg.end_date
     )

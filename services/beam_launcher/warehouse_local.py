@@ -10,6 +10,13 @@ replaces what it wrote before: no duplicates, nothing lost. DuckDB tables are up
 one transaction per run (delete the files' old rows, insert the new ones, update the
 ledger).
 
+The Parquet export follows the commit, never precedes it: under the exclusive lock the
+staged files move to ``publishing/<run>/`` with a ``manifest.json``, the transaction
+inserts from there and writes the ledger, and only after ``COMMIT`` are they renamed into
+``parquet/``. A process killed in between leaves a ``publishing/<run>/`` folder; the next
+opening for a run finishes it when the ledger holds that commit (its rows are in the
+tables) and deletes it otherwise (the tables never saw its rows).
+
 Runs side by side (a nightly run and a backfill): every opening of ``warehouse.duckdb``
 holds ``.warehouse.lock`` (``flock``: shared to read, exclusive to write), so a second
 launcher waits for a commit in progress (bounded, logged) instead of failing on DuckDB's
@@ -31,6 +38,7 @@ import datetime as dt
 import errno
 import os
 import shutil
+import signal
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +60,8 @@ from services.common.scans import UnknownScanName, parse_scan_name
 
 DB_NAME = "warehouse.duckdb"
 LOCK_NAME = lifecycle.WAREHOUSE_LOCK
+PUBLISHING_DIR = "publishing"  # committed-or-not Parquet between staging and parquet/
+MANIFEST_NAME = "manifest.json"
 LEASE_DIR = "leases"
 LEASE_MAX_AGE_S = 24 * 3600.0  # a lease of another host counts as abandoned after this
 
@@ -243,19 +253,70 @@ class LocalWarehouse:
     def _final_files(self, table: str, key: str) -> list[Path]:
         return sorted((self.parquet_root / table).glob(f"date=*/{key}.parquet"))
 
-    def _publish(self, staging: Path, table: str, key: str) -> list[Path]:
-        """Replace the file's Parquet files of ``table`` by the staged ones."""
-        for old in self._final_files(table, key):
-            old.unlink()
-        published: list[Path] = []
-        staged_dir = staging / table / key
-        for staged in sorted(staged_dir.glob("date=*.parquet")):
-            date_dir = self.parquet_root / table / staged.stem
-            date_dir.mkdir(parents=True, exist_ok=True)
-            target = date_dir / f"{key}.parquet"
-            shutil.move(str(staged), target)
-            published.append(target)
-        return published
+    def _stage_for_publish(
+        self, staging: Path, folder: Path, table: str, key: str, manifest: dict[str, Any]
+    ) -> list[Path]:
+        """Move the file's staged Parquet of ``table`` into ``folder`` (the run's
+        publishing folder) and note in ``manifest`` where each goes after the commit."""
+        manifest["units"].append([table, key])
+        moved: list[Path] = []
+        for staged in sorted((staging / table / key).glob("date=*.parquet")):
+            name = f"{len(manifest['files']):06d}.parquet"
+            shutil.move(str(staged), folder / name)
+            manifest["files"].append([name, f"{table}/{staged.stem}/{key}.parquet"])
+            moved.append(folder / name)
+        return moved
+
+    def _publish(self, folder: Path, manifest: Mapping[str, Any]) -> None:
+        """Replace the units' Parquet files by the committed ones (atomic renames).
+
+        Idempotent, so a publish cut short is finished by running it again: a unit's old
+        files are removed unless the manifest writes them, then every file still in the
+        publishing folder is renamed into place.
+        """
+        dests = {dest for _name, dest in manifest["files"]}
+        for table, key in manifest["units"]:
+            for old in self._final_files(table, key):
+                if str(old.relative_to(self.parquet_root)) not in dests:
+                    old.unlink()
+        for name, dest in manifest["files"]:
+            src, target = folder / name, self.parquet_root / dest
+            if src.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, target)
+
+    def _finish_publishes(self, con: duckdb.DuckDBPyConnection) -> list[str]:
+        """Publishing folders of runs that died (the caller holds the exclusive lock, under
+        which every publish runs to its end): publish those whose commit is in the ledger,
+        delete the others. Returns what was done, e.g. ``["published <run>"]``."""
+        done: list[str] = []
+        root = self.root / PUBLISHING_DIR
+        for folder in sorted(p for p in root.glob("*") if p.is_dir()):
+            manifest_path = folder / MANIFEST_NAME
+            manifest = orjson.loads(manifest_path.read_bytes()) if manifest_path.exists() else None
+            committed = False
+            if manifest and manifest.get("ledger_keys"):
+                found = con.execute(
+                    "SELECT count(*) FROM processed_files WHERE run_id = ? "
+                    "AND file_key IN (SELECT unnest(?::VARCHAR[]))",
+                    [manifest["run_id"], manifest["ledger_keys"]],
+                ).fetchone()
+                committed = bool(found and found[0])
+            if committed:
+                self._publish(folder, manifest)  # type: ignore[arg-type]
+            shutil.rmtree(folder, ignore_errors=True)
+            done.append(f"{'published' if committed else 'discarded'} {folder.name}")
+        return done
+
+    def finish_publishes(self) -> list[str]:
+        """Finish or discard what killed runs left in ``publishing/`` (no-op without it)."""
+        root = self.root / PUBLISHING_DIR
+        if not self.exists() or not root.is_dir() or not any(root.iterdir()):
+            return []
+        with self.connect(purpose="finish interrupted publishes") as con:
+            for spec in ALL_TABLES:
+                con.execute(spec.duckdb_ddl())
+            return self._finish_publishes(con)
 
     def commit(
         self,
@@ -263,9 +324,38 @@ class LocalWarehouse:
         verdicts: list[FileVerdict],
         staging_dir: str,
     ) -> CommitReport:
-        """Publish staged Parquet of judged files and update DuckDB + ledger atomically."""
+        """Update DuckDB + ledger atomically from the staged Parquet of judged files, then
+        publish that Parquet (see the module docstring)."""
         report = CommitReport(verdicts=verdicts)
         staging = Path(staging_dir)
+        with self.connect(purpose="commit") as con:
+            for spec in ALL_TABLES:
+                con.execute(spec.duckdb_ddl())
+            self._finish_publishes(con)
+            folder = self.root / PUBLISHING_DIR / staging.name
+            create_folder(folder, "publishing")
+            manifest: dict[str, Any] = {
+                "run_id": run_id,
+                "ledger_keys": [v.task.file_key for v in verdicts],
+                "units": [],
+                "files": [],
+            }
+            self._transaction(con, run_id, verdicts, staging, folder, manifest, report)
+            _test_kill_point("after_commit")
+            self._publish(folder, manifest)
+            shutil.rmtree(folder, ignore_errors=True)
+        return report
+
+    def _transaction(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        run_id: str,
+        verdicts: list[FileVerdict],
+        staging: Path,
+        folder: Path,
+        manifest: dict[str, Any],
+        report: CommitReport,
+    ) -> None:
         new_files: dict[str, list[Path]] = {}
         keys_by_table: dict[str, list[str]] = {}  # rows replaced per input file
         sources_by_table: dict[str, list[str]] = {}  # rows replaced per scan (Satellite)
@@ -278,69 +368,77 @@ class LocalWarehouse:
                 units.append((table, v.task.file_key))
             for t, file_key in units:
                 keys_by_table.setdefault(t, []).append(file_key)
-                new_files.setdefault(t, []).extend(self._publish(staging, t, safe_key(file_key)))
+                new_files.setdefault(t, []).extend(
+                    self._stage_for_publish(staging, folder, t, safe_key(file_key), manifest)
+                )
             sat = (
                 sources_by_table.setdefault(table, []) if v.task.scan_type == "satellite" else None
             )
             if sat is not None and v.status == "ok" and v.task.source not in sat:
                 sat.append(v.task.source)
                 staged_key = safe_key(f"{v.task.source}/satellite")
-                new_files.setdefault(table, []).extend(self._publish(staging, table, staged_key))
+                new_files.setdefault(table, []).extend(
+                    self._stage_for_publish(staging, folder, table, staged_key, manifest)
+                )
+        manifest_tmp = folder / (MANIFEST_NAME + ".tmp")
+        manifest_tmp.write_bytes(orjson.dumps(manifest))
+        os.replace(manifest_tmp, folder / MANIFEST_NAME)
         now = dt.datetime.now(dt.UTC)
-        with self.connect(purpose="commit") as con:
-            for spec in ALL_TABLES:
-                con.execute(spec.duckdb_ddl())
-            con.execute("BEGIN")
-            for table in sorted(set(keys_by_table) | set(sources_by_table)):
-                if keys_by_table.get(table):
-                    con.execute(
-                        f"DELETE FROM \"{table}\" WHERE source || '/' || source_file "
-                        "IN (SELECT unnest(?::VARCHAR[]))",
-                        [keys_by_table[table]],
-                    )
-                if sources_by_table.get(table):
-                    con.execute(
-                        f'DELETE FROM "{table}" WHERE source IN (SELECT unnest(?::VARCHAR[]))',
-                        [sources_by_table[table]],
-                    )
-                files = [str(f) for f in new_files.get(table, [])]
-                if files:
-                    con.execute(
-                        f'INSERT INTO "{table}" BY NAME SELECT * FROM read_parquet(?)', [files]
-                    )
-                    report.rows_by_table[table] = con.execute(
-                        "SELECT count(*) FROM read_parquet(?)", [files]
-                    ).fetchone()[0]  # type: ignore[index]
-            keys = [v.task.file_key for v in verdicts]
-            con.execute(
-                "DELETE FROM processed_files WHERE file_key IN (SELECT unnest(?::VARCHAR[]))",
-                [keys],
-            )
-            con.executemany(
-                "INSERT INTO processed_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        v.task.file_key,
-                        v.task.scan_type,
-                        v.task.source,
-                        v.task.url,
-                        v.task.size,
-                        v.task.version,
-                        v.task.pipeline_version,
-                        v.status,
-                        v.reason or None,
-                        v.stats.get("lines", 0),
-                        v.stats.get("rows", 0) if v.status == "ok" else 0,
-                        v.stats.get("dead_letters", 0),
-                        v.stats.get("cert_parse_errors", 0),
-                        run_id,
-                        now,
-                    )
-                    for v in verdicts
-                ],
-            )
-            con.execute("COMMIT")
-        return report
+        con.execute("BEGIN")
+        for table in sorted(set(keys_by_table) | set(sources_by_table)):
+            if keys_by_table.get(table):
+                con.execute(
+                    f"DELETE FROM \"{table}\" WHERE source || '/' || source_file "
+                    "IN (SELECT unnest(?::VARCHAR[]))",
+                    [keys_by_table[table]],
+                )
+            if sources_by_table.get(table):
+                con.execute(
+                    f'DELETE FROM "{table}" WHERE source IN (SELECT unnest(?::VARCHAR[]))',
+                    [sources_by_table[table]],
+                )
+            files = [str(f) for f in new_files.get(table, [])]
+            if files:
+                con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM read_parquet(?)', [files])
+                report.rows_by_table[table] = con.execute(
+                    "SELECT count(*) FROM read_parquet(?)", [files]
+                ).fetchone()[0]  # type: ignore[index]
+        keys = [v.task.file_key for v in verdicts]
+        con.execute(
+            "DELETE FROM processed_files WHERE file_key IN (SELECT unnest(?::VARCHAR[]))",
+            [keys],
+        )
+        con.executemany(
+            "INSERT INTO processed_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    v.task.file_key,
+                    v.task.scan_type,
+                    v.task.source,
+                    v.task.url,
+                    v.task.size,
+                    v.task.version,
+                    v.task.pipeline_version,
+                    v.status,
+                    v.reason or None,
+                    v.stats.get("lines", 0),
+                    v.stats.get("rows", 0) if v.status == "ok" else 0,
+                    v.stats.get("dead_letters", 0),
+                    v.stats.get("cert_parse_errors", 0),
+                    run_id,
+                    now,
+                )
+                for v in verdicts
+            ],
+        )
+        _test_kill_point("before_commit")
+        con.execute("COMMIT")
+
+
+def _test_kill_point(point: str) -> None:
+    """Tests only: ``CP_TEST_KILL_AT=<point>`` makes the process SIGKILL itself here."""
+    if os.environ.get("CP_TEST_KILL_AT") == point:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -438,6 +536,9 @@ class LocalTarget:
 
     def ensure_tables(self) -> None:
         self.warehouse.ensure_tables()
+
+    def finish_publishes(self) -> list[str]:
+        return self.warehouse.finish_publishes()
 
     def sweep_staging(self) -> None:
         """Staging of dead runs is folders under ``staging_root`` (swept by the run)."""
