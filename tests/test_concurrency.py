@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from services.beam_launcher.rows import ALL_TABLES, PROCESSED_FILES
+from services.beam_launcher.warehouse_local import LocalLeases
 from services.common import sample_scans as ss
 from tests.bq_server import PROJECT, BigQueryServer, emulator_environment
 from tests.test_bigquery_emulator import bq_rows, duck_rows, normalised, write_scan
@@ -547,3 +548,42 @@ def _bq_child(endpoint: str, gcs_endpoint: str, argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(_bq_child(sys.argv[1], sys.argv[2], sys.argv[3:]))
+
+
+def test_claim_sweeps_dead_leases_and_half_written_lease_files(tmp_path: Path) -> None:
+    """A killed run's leases (and a lease killed between write and rename) are removed by
+    the next claim; a live run's lease stays."""
+    leases = LocalLeases(tmp_path)
+    held = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path), "live/results.json"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    dead = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path), "dead/results.json"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert held.stdout is not None and dead.stdout is not None
+        assert held.stdout.readline().strip() == "live/results.json"
+        assert dead.stdout.readline().strip() == "dead/results.json"
+        dead.kill()
+        dead.wait()
+        half = tmp_path / "leases" / "other.lease.4242.tmp"
+        half.write_bytes(b'{"run_id": "x"')
+        before = sorted(p.name for p in (tmp_path / "leases").iterdir())
+        assert len([n for n in before if n.endswith(".lease")]) == 2
+        claim = leases.claim(["new/results.json"], "20210602t000000-0d0e0f")
+        assert claim.mine == ["new/results.json"]
+        after = sorted(p.name for p in (tmp_path / "leases").glob("*.lease*"))
+        assert len(after) == 2  # the live run's and the new one
+        assert not half.exists()
+        docs = [orjson.loads(p.read_bytes()) for p in (tmp_path / "leases").glob("*.lease")]
+        assert sorted(d["unit"] for d in docs) == ["live/results.json", "new/results.json"]
+    finally:
+        for proc in (held, dead):
+            proc.kill()
+            proc.wait()

@@ -56,6 +56,7 @@ from services.beam_launcher.rows import (
     SCAN_TABLES,
 )
 from services.common import lifecycle
+from services.common.logsetup import get_logger
 from services.common.scans import UnknownScanName, parse_scan_name
 
 DB_NAME = "warehouse.duckdb"
@@ -475,6 +476,7 @@ class LocalLeases:
         claim = Claim()
         doc = {**lifecycle.lease_doc("beam_launcher"), "run_id": run_id}
         with lifecycle.flocked(self.dir / ".lock", True, "claim file leases", "beam_launcher"):
+            self._sweep_dead()
             for unit in units:
                 path = self._path(unit)
                 held = lifecycle.read_lease(str(path)) if path.exists() else None
@@ -488,6 +490,29 @@ class LocalLeases:
                 tmp.replace(path)  # one atomic step: a reader sees the old or the new lease
                 claim.mine.append(unit)
         return claim
+
+    def _sweep_dead(self) -> int:
+        """Under the lock: remove dead runs' leases and half-written lease files.
+
+        A killed run leaves its leases (and, killed between write and rename, a
+        ``<lease>.<pid>.tmp``); both are written and renamed only under this lock, so a
+        ``.tmp`` seen while holding it is always a leftover.
+        """
+        removed = 0
+        for path in sorted(self.dir.iterdir()):
+            if path.name.endswith(".tmp"):
+                dead = True
+            elif path.name.endswith(lifecycle.LEASE_SUFFIX):
+                doc = lifecycle.read_lease(str(path))
+                dead = lifecycle.lease_state(doc, self.max_age_s) == "dead"
+            else:
+                continue
+            if dead:
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            get_logger("leases").info("dead_leases_swept", leases=removed, dir=str(self.dir))
+        return removed
 
     def release(self, units: Iterable[str], run_id: str) -> int:
         """Remove this run's leases of ``units``; returns how many."""
