@@ -9,6 +9,7 @@ The start offsets are random (seed printed; ``CP_CONCURRENCY_SEED`` replays one)
 
 from __future__ import annotations
 
+import abc
 import datetime as dt
 import os
 import random
@@ -86,25 +87,27 @@ class Launch:
         return summary
 
 
-class Sink:
+class Sink(abc.ABC):
     """Where the runs write and how to read the final tables back."""
 
-    def command(self, extra: list[str]) -> list[str]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def command(self, extra: list[str]) -> list[str]: ...
 
-    def tables(self) -> dict[str, list[bytes]]:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def tables(self) -> dict[str, list[bytes]]: ...
 
+    @abc.abstractmethod
     def leftovers(self) -> list[str]:
         """Leases or staging a finished pair of runs left behind (must be none)."""
-        raise NotImplementedError
+        ...
 
-    def fresh(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def fresh(self) -> None: ...
 
+    @abc.abstractmethod
     def ledger_runs(self) -> dict[str, str]:
         """file_key -> run id of the ledger row (which run committed the file last)."""
-        raise NotImplementedError
+        ...
 
     def start(self, name: str, extra: list[str]) -> Launch:
         env = {**os.environ, "LOG_LEVEL": "INFO"}
