@@ -96,6 +96,28 @@ class RowEnricher:
         row.update(columns)
         row["ip_metadata_sources"] = list(sources)
 
+    def enrich_hyperquack_columns(
+        self, columns: dict[str, list[Any]], n_rows: int, stats: dict[str, int]
+    ) -> None:
+        """:meth:`enrich_hyperquack` for a batch held as columns (``date``, ``server_ip``
+        → the server metadata columns and ``ip_metadata_sources``, replaced in place).
+
+        Also counts ``rows_with_asn`` and ``rows_with_country`` into ``stats``.
+        """
+        filled: dict[str, list[Any]] = {}
+        dates, ips = columns["date"], columns["server_ip"]
+        for i in range(n_rows):
+            row: dict[str, Any] = {"date": dates[i], "server_ip": ips[i]}
+            self.enrich_hyperquack(row, stats)
+            for name, value in row.items():
+                if name not in ("date", "server_ip"):
+                    filled.setdefault(name, [None] * n_rows)[i] = value
+            if row.get("server_asn") is not None:
+                stats["rows_with_asn"] = stats.get("rows_with_asn", 0) + 1
+            if row.get("server_country") is not None:
+                stats["rows_with_country"] = stats.get("rows_with_country", 0) + 1
+        columns.update(filled)
+
     def enrich_satellite(self, row: dict[str, Any], stats: dict[str, int]) -> None:
         """Resolver and answers; non-empty CAIDA values override tag values (as the seed)."""
         date = row.get("date")
