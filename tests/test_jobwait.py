@@ -84,6 +84,46 @@ def test_local_results_have_no_job_id() -> None:
     assert wait_for_job(Local(), deadline_s=None, log=None) == "DONE"
 
 
+class StatefulResult:
+    """A result with a job-service ``state`` (as Dataflow's and the portable runners')."""
+
+    def __init__(self, states: list[str]) -> None:
+        self.states = list(states)
+        self.waits: list[int | None] = []
+
+    @property
+    def state(self) -> str:
+        return self.states.pop(0) if len(self.states) > 1 else self.states[0]
+
+    def wait_until_finish(self, duration: int | None = None) -> str:
+        self.waits.append(duration)
+        return self.states[0]
+
+
+def test_results_with_a_state_are_polled_and_waited_on_once() -> None:
+    result = StatefulResult(["RUNNING", "RUNNING", "RUNNING", "DONE"])
+    assert wait_for_job(result, deadline_s=None, log=None, poll_s=0.01) == "DONE"
+    assert result.waits == [None]  # once, when terminal, without a duration
+
+
+def test_portable_runner_job_longer_than_a_poll() -> None:
+    """A real PortableRunner job outlasting several polls: its ``wait_until_finish``
+    fails with "generator already executing" when called a second time."""
+    beam = pytest.importorskip("apache_beam")
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    class Slow(beam.DoFn):  # type: ignore[misc]
+        def process(self, x: int) -> Any:
+            time.sleep(2.5)
+            yield x
+
+    opts = ["--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK"]
+    p = beam.Pipeline(options=PipelineOptions(opts))
+    _ = p | beam.Create([1]) | beam.ParDo(Slow())
+    result = p.run()
+    assert wait_for_job(result, deadline_s=120, log=None, poll_s=0.5) == "DONE"
+
+
 # ---------------------------------------------------------------------------------------
 # A stopped launcher cancels the Dataflow job it is waiting on: a real process, a real
 # signal, the real lifecycle abort path; only the PipelineResult is a stand-in (no
@@ -99,15 +139,21 @@ record, mode, jid, cancel_timeout = sys.argv[1], sys.argv[2], sys.argv[3] or Non
 
 
 class FakeDataflowResult:
-    state = "RUNNING"
+    _state = "RUNNING"
+    _announced = False
+
+    @property
+    def state(self):  # Beam's Dataflow result asks the service each time
+        if not self._announced:
+            self._announced = True
+            print("waiting", flush=True)
+        return self._state
 
     def job_id(self):
         return jid
 
     def wait_until_finish(self, duration=None):
-        print("waiting", flush=True)
-        time.sleep(duration / 1000)  # Beam's Dataflow result sleeps while it polls
-        return self.state
+        return self._state
 
     def cancel(self):
         with open(record, "a") as f:
@@ -116,7 +162,7 @@ class FakeDataflowResult:
             time.sleep(3600)
         if mode == "error":
             raise RuntimeError("403 caller lacks dataflow.jobs.cancel")
-        self.state = "CANCELLED"
+        self._state = "CANCELLED"
         return "PipelineState.CANCELLING"
 
 

@@ -4,6 +4,13 @@ The job id is logged as soon as the runner knows it; the wait polls in slices so
 deadline can be enforced; a job still running at the deadline is cancelled and the run
 fails. Any terminal state other than DONE fails the run.
 
+Polling reads the result's ``state`` (Dataflow and the portable runners ask their job
+service each time) and sleeps between looks; ``wait_until_finish()`` is called once, when
+the job is terminal, to collect the runner's own verdict. A portable runner's
+``wait_until_finish(duration)`` cannot be called twice (its second call fails with
+"generator already executing" while the first call's stream readers still run), so it is
+used only for results without a ``state``.
+
 Stopped while waiting (SIGTERM/SIGINT, see ``services/common/lifecycle.py``): a job with a
 runner job id (Dataflow; local runners have none and end with the process) is asked to
 cancel before the abort goes on, and the launcher logs ``dataflow_job_cancel_requested``
@@ -108,6 +115,20 @@ def _cancel_on_stop(result: Any, jid: str, log: Any, timeout_s: float) -> None:
         )
 
 
+def _poll(result: Any, slice_s: float) -> str:
+    """The job's state after waiting up to ``slice_s`` seconds for it to end."""
+    if not hasattr(type(result), "state"):  # no job-service state: wait in slices
+        return _state_name(result.wait_until_finish(duration=int(slice_s * 1000)))
+    state = _state_name(result.state)
+    if state not in TERMINAL_OK and state not in TERMINAL_BAD:
+        time.sleep(slice_s)
+        state = _state_name(result.state)
+    if state in TERMINAL_OK or state in TERMINAL_BAD:
+        # Once, when terminal: the runner's verdict (raises on failure) and its cleanup.
+        state = _state_name(result.wait_until_finish() or state)
+    return state
+
+
 def wait_for_job(
     result: Any,
     deadline_s: float | None,
@@ -152,7 +173,7 @@ def _wait(
                 f"Beam job {jid or ''} still running after {deadline_s:.0f} s: cancelled"
             )
         slice_s = poll_s if remaining is None else min(poll_s, remaining)
-        state = _state_name(result.wait_until_finish(duration=int(slice_s * 1000)))
+        state = _poll(result, slice_s)
         if state in TERMINAL_OK:
             return state
         if state in TERMINAL_BAD:
