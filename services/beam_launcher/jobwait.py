@@ -6,7 +6,7 @@ fails. Any terminal state other than DONE fails the run.
 
 Polling reads the result's ``state`` (Dataflow and the portable runners ask their job
 service each time) and sleeps between looks; ``wait_until_finish()`` is called once, when
-the job is terminal, to collect the runner's own verdict. A portable runner's
+the job is DONE, to collect the runner's own verdict. A portable runner's
 ``wait_until_finish(duration)`` cannot be called twice (its second call fails with
 "generator already executing" while the first call's stream readers still run), so it is
 used only for results without a ``state``.
@@ -123,8 +123,8 @@ def _poll(result: Any, slice_s: float) -> str:
     if state not in TERMINAL_OK and state not in TERMINAL_BAD:
         time.sleep(slice_s)
         state = _state_name(result.state)
-    if state in TERMINAL_OK or state in TERMINAL_BAD:
-        # Once, when terminal: the runner's verdict (raises on failure) and its cleanup.
+    if state in TERMINAL_OK:
+        # Once, when done: the runner's own verdict (raises on failure) and its cleanup.
         state = _state_name(result.wait_until_finish() or state)
     return state
 
