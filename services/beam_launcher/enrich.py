@@ -18,13 +18,25 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.common.ipmeta import Enricher, IpMetadata, ReferenceCatalog
 from services.common.mmdb import MmdbOrgSource
 
 _EMPTY = IpMetadata(status="unconfigured")
 MEMO_SIZE = 200_000
+#: The server metadata columns, in the order of :meth:`IpMetadata.as_columns`.
+SERVER_COLUMNS: tuple[str, ...] = tuple(_EMPTY.as_columns("server"))
+
+
+class _ServerHit(NamedTuple):
+    """What one (date, server_ip) adds to its rows."""
+
+    values: tuple[Any, ...]  # one per SERVER_COLUMNS
+    sources: tuple[str, ...]
+    counter: str  # ip_metadata.server.<status>
+    has_asn: bool
+    has_country: bool
 
 
 class RowEnricher:
@@ -40,9 +52,7 @@ class RowEnricher:
         )
         self._enrichers: dict[str, tuple[Enricher, Any]] = {}
         self._memo: OrderedDict[tuple[str, str], IpMetadata] = OrderedDict()
-        self._server_columns: dict[
-            tuple[Any, Any], tuple[dict[str, Any], tuple[str, ...], str]
-        ] = {}
+        self._server_columns: dict[tuple[Any, Any], _ServerHit] = {}
         self._lock = threading.Lock()
         self.stale_dates: dict[str, str] = {}
 
@@ -79,22 +89,31 @@ class RowEnricher:
         name = f"ip_metadata.{what}.{md.status}"
         stats[name] = stats.get(name, 0) + 1
 
-    def enrich_hyperquack(self, row: dict[str, Any], stats: dict[str, int]) -> None:
-        date, ip = row.get("date"), row.get("server_ip")
-        # Rows of one server and day share everything added here: the columns, sources and
-        # counter name are built once per (date, ip), not once per row.
+    def _server_hit(self, date: Any, ip: Any) -> _ServerHit:
+        """The server columns of one (date, ip), built once and memoised."""
         hit = self._server_columns.get((date, ip))
         if hit is None:
             md = self.lookup(date, ip)
-            hit = (md.as_columns("server"), md.sources, f"ip_metadata.server.{md.status}")
+            hit = _ServerHit(
+                tuple(md.as_columns("server").values()),
+                md.sources,
+                f"ip_metadata.server.{md.status}",
+                md.asn is not None,
+                md.country is not None,
+            )
             with self._lock:
                 if len(self._server_columns) >= MEMO_SIZE:
                     self._server_columns.clear()
                 self._server_columns[(date, ip)] = hit
-        columns, sources, counter = hit
-        stats[counter] = stats.get(counter, 0) + 1
-        row.update(columns)
-        row["ip_metadata_sources"] = list(sources)
+        return hit
+
+    def enrich_hyperquack(self, row: dict[str, Any], stats: dict[str, int]) -> None:
+        # Rows of one server and day share everything added here: the columns, sources and
+        # counter name are built once per (date, ip), not once per row.
+        hit = self._server_hit(row.get("date"), row.get("server_ip"))
+        stats[hit.counter] = stats.get(hit.counter, 0) + 1
+        row.update(zip(SERVER_COLUMNS, hit.values, strict=True))
+        row["ip_metadata_sources"] = list(hit.sources)
 
     def enrich_hyperquack_columns(
         self, columns: dict[str, list[Any]], n_rows: int, stats: dict[str, int]
@@ -102,21 +121,41 @@ class RowEnricher:
         """:meth:`enrich_hyperquack` for a batch held as columns (``date``, ``server_ip``
         → the server metadata columns and ``ip_metadata_sources``, replaced in place).
 
-        Also counts ``rows_with_asn`` and ``rows_with_country`` into ``stats``.
+        Each distinct (date, server_ip) of the batch is looked up once; the columns are
+        then built per row from an index into the distinct results. Every row gets its
+        own ``ip_metadata_sources`` list (rows never share a mutable value). Also counts
+        ``rows_with_asn`` and ``rows_with_country`` into ``stats``; all counts equal
+        those of :meth:`enrich_hyperquack` called row by row.
         """
-        filled: dict[str, list[Any]] = {}
-        dates, ips = columns["date"], columns["server_ip"]
-        for i in range(n_rows):
-            row: dict[str, Any] = {"date": dates[i], "server_ip": ips[i]}
-            self.enrich_hyperquack(row, stats)
-            for name, value in row.items():
-                if name not in ("date", "server_ip"):
-                    filled.setdefault(name, [None] * n_rows)[i] = value
-            if row.get("server_asn") is not None:
-                stats["rows_with_asn"] = stats.get("rows_with_asn", 0) + 1
-            if row.get("server_country") is not None:
-                stats["rows_with_country"] = stats.get("rows_with_country", 0) + 1
-        columns.update(filled)
+        keys = list(zip(columns["date"], columns["server_ip"], strict=True))
+        if len(keys) != n_rows:
+            raise ValueError(f"batch has {len(keys)} date/server_ip values, n_rows={n_rows}")
+        slot: dict[tuple[Any, Any], int] = {}
+        index = [slot.setdefault(k, len(slot)) for k in keys]
+        hits = [self._server_hit(date, ip) for date, ip in slot]
+        counts = [0] * len(hits)
+        for j in index:
+            counts[j] += 1
+        for hit, count in zip(hits, counts, strict=True):
+            if not count:  # pragma: no cover - every slot comes from a row
+                continue
+            stats[hit.counter] = stats.get(hit.counter, 0) + count
+            if hit.has_asn:
+                stats["rows_with_asn"] = stats.get("rows_with_asn", 0) + count
+            if hit.has_country:
+                stats["rows_with_country"] = stats.get("rows_with_country", 0) + count
+        if len(hits) == 1:  # one server (or no metadata at all): constant columns
+            (hit,) = hits
+            for name, value in zip(SERVER_COLUMNS, hit.values, strict=True):
+                columns[name] = [value] * n_rows
+            sources = hit.sources
+            columns["ip_metadata_sources"] = [list(sources) for _ in range(n_rows)]
+            return
+        for k, name in enumerate(SERVER_COLUMNS):
+            distinct = [hit.values[k] for hit in hits]
+            columns[name] = [distinct[j] for j in index]
+        all_sources = [hit.sources for hit in hits]
+        columns["ip_metadata_sources"] = [list(all_sources[j]) for j in index]
 
     def enrich_satellite(self, row: dict[str, Any], stats: dict[str, int]) -> None:
         """Resolver and answers; non-empty CAIDA values override tag values (as the seed)."""
