@@ -73,6 +73,32 @@ def _checked_native(module: Any) -> Any:
 
 
 _native = _checked_native(_native)
+#: Columns every row of a file holds the same value in, filled by the Python side of the
+#: native columnar path (the C code writes them only into row dicts).
+_BATCH_CONSTANT_COLUMNS = ("source", "source_file", "pipeline_version", "outcome_rules_version")
+
+
+def _columnar_entry(module: Any) -> Any:
+    """``module.process_batch_columns`` when its COLUMNS can key a batch's columns, else None.
+
+    The lists it returns are named by ``module.COLUMNS`` (checked against the schema by
+    :func:`_checked_native`): a name twice, or a batch-constant column among them, would
+    drop a column's values, so such a module keeps to the row path (logged).
+    """
+    entry = getattr(module, "process_batch_columns", None)
+    if module is None or entry is None:
+        return None
+    names = tuple(module.COLUMNS)
+    if len(set(names)) != len(names) or set(names) & set(_BATCH_CONSTANT_COLUMNS):
+        get_logger("beam_launcher").warning(
+            "native_columns_disabled", reason="COLUMNS repeat a name or hold a constant column"
+        )
+        return None
+    return entry
+
+
+#: The native columnar entry point (None when the module predates it, or is not used).
+_native_columns: Any = _columnar_entry(_native)
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,11 +438,20 @@ class HyperquackProcessor:
     def process_columns(
         self, task: FileTask, first_line_no: int, lines: list[bytes]
     ) -> ColumnOutput:
-        """:meth:`process_lines`, with the rows returned as columns (:class:`ColumnOutput`)."""
-        out = self.process_lines(task, first_line_no, lines)
-        return ColumnOutput(
-            rows_to_columns(out.rows, _HQ_COLUMNS), len(out.rows), out.dead_letters, out.stats
-        )
+        """:meth:`process_lines`, with the rows returned as columns (:class:`ColumnOutput`).
+
+        The native parser writes the columns itself (no row dicts); without it, the rows of
+        the Python path are transposed. A native error redoes the batch in Python, counted
+        as ``native_fallback_batches``, as :meth:`process_lines` does.
+        """
+        if self._native_ctx is not None and _native_columns is not None:
+            try:
+                return self._process_native_columns(task, first_line_no, lines)
+            except Exception:  # a native bug must not lose rows: redo the batch in Python
+                out = self._process_python(task, first_line_no, lines)
+                out.stats["native_fallback_batches"] += 1
+                return _transposed(out)
+        return _transposed(self.process_lines(task, first_line_no, lines))
 
     def _process_python(
         self, task: FileTask, first_line_no: int, lines: list[bytes]
@@ -504,3 +539,68 @@ class HyperquackProcessor:
             self.native_slow_lines += len(slow)
         out.rows = rows
         return out
+
+    def _process_native_columns(
+        self, task: FileTask, first_line_no: int, lines: list[bytes]
+    ) -> ColumnOutput:
+        """The native columnar path: ``_hqfast.process_batch_columns`` + the slow lines."""
+        assert _native_columns is not None
+        written, slow, slow_at, counts = _native_columns(
+            lines, first_line_no, self._native_context(task)
+        )
+        n_lines, n_rows, n_blank, n_ok, n_empty, n_cert_errors = counts
+        out = BatchOutput()  # stats and dead letters (the rows go straight to columns)
+        stats = out.stats
+        if n_blank:
+            stats["blank_lines"] += n_blank
+        if n_lines:
+            stats["lines"] += n_lines
+        if n_cert_errors:
+            stats["cert_parse_errors"] += n_cert_errors
+        if n_empty:
+            stats["records_without_roundtrips"] += n_empty
+        if n_ok:
+            stats["rows"] += n_rows
+        if slow:  # the reference's rows for these lines go in at their row positions
+            ctx = task.context()
+            spliced: list[tuple[int, list[Row]]] = []
+            for index, at in zip(slow, slow_at, strict=True):
+                rows: list[Row] = []
+                self._process_line(task, ctx, first_line_no + index, lines[index], out, rows)
+                if rows:
+                    spliced.append((at, rows))
+            for at, rows in reversed(spliced):  # from the end: earlier positions stay valid
+                for name, column in zip(_native.COLUMNS, written, strict=True):
+                    column[at:at] = [row.get(name) for row in rows]
+                n_rows += len(rows)
+            self.native_slow_lines += len(slow)
+        columns = dict(zip(_native.COLUMNS, written, strict=True))
+        constant = dict(
+            zip(
+                _BATCH_CONSTANT_COLUMNS,
+                (task.source, task.source_file, task.pipeline_version, self.rules.version),
+                strict=True,
+            )
+        )
+        # Column order of the schema; provenance is the same on every row of a file, and
+        # the columns the parser does not write (enrichment) are None until enriched.
+        return ColumnOutput(
+            {
+                name: columns[name]
+                if name in columns
+                else [constant[name]] * n_rows
+                if name in constant
+                else [None] * n_rows
+                for name in _HQ_COLUMNS
+            },
+            n_rows,
+            out.dead_letters,
+            stats,
+        )
+
+
+def _transposed(out: BatchOutput) -> ColumnOutput:
+    """A row batch as a :class:`ColumnOutput` (the reference columnar form)."""
+    return ColumnOutput(
+        rows_to_columns(out.rows, _HQ_COLUMNS), len(out.rows), out.dead_letters, out.stats
+    )

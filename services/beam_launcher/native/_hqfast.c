@@ -1,7 +1,10 @@
 /*
  * _hqfast: the Hyperquack parse + classify path in C (plain CPython C-API).
  *
- * One call per batch: process_batch(lines, first_line_no, ctx) -> (rows, slow, counts).
+ * One call per batch: process_batch(lines, first_line_no, ctx) -> (rows, slow, counts),
+ * or its columnar twin process_batch_columns(lines, first_line_no, ctx) -> (columns, slow,
+ * slow_at, counts), which writes each value straight into a list per column of COLUMNS
+ * (no row dict is built; see the end of this file).
  *
  * Each line is decoded with the orjson.loads given in ctx. A record of the ordinary,
  * well-formed shape is flattened and annotated here; the rows are exactly the dicts
@@ -102,6 +105,8 @@ typedef struct {
     PyObject *batch_tpl;    /* owned: template + the columns equal for the whole batch */
     PyObject *prev_row[2];  /* owned: the previous test [0] / control [1] row, or NULL ... */
     PyObject *prev[2][NCOL]; /* ... its column values (borrowed from it, or batch_tpl) */
+    PyObject *tplv[NCOL];   /* borrowed from batch_tpl: its values of the COLUMNS */
+    PyObject **cols;        /* columnar mode: NCOL lists (borrowed), else NULL (rows) */
     PyObject *ring_key[RING]; /* owned: recent outcome feature keys ... */
     PyObject *ring_res[RING]; /* owned: ... and their (outcome, rule id) */
     int ring_n, ring_pos;
@@ -1171,9 +1176,35 @@ batch_template(Ctx *c)
             return NULL;
         }
         /* a column missing from the template: never equal, so always stored */
-        c->prev[0][i] = c->prev[1][i] = v;
+        c->prev[0][i] = c->prev[1][i] = c->tplv[i] = v;
     }
     return tpl;
+}
+
+/*
+ * Columnar mode: append each value to its column list. A str equal to the previous row's
+ * (same kind) is stored as that row's object, as commit_row does (equal values, shared:
+ * retries of one measurement often repeat a page). The previous values are borrowed from
+ * the column lists; run_batch resets them when it truncates the lists (slow line).
+ */
+static int
+commit_columns(Ctx *c, PyObject **w, int is_control)
+{
+    PyObject **prev = c->prev[is_control];
+    PyObject *now[NCOL];
+    for (int i = 0; i < NCOL; i++) {
+        PyObject *v = w[i] != NULL ? w[i] : Py_None;
+        PyObject *p = prev[i];
+        if (p != NULL && p != v && same_value(v, p)) {
+            v = p;
+        }
+        if (PyList_Append(c->cols[i], v) < 0) {
+            return HQ_ERR; /* the caller truncates every column back to the line's start */
+        }
+        now[i] = v;
+    }
+    memcpy(prev, now, sizeof now);
+    return HQ_OK;
 }
 
 /*
@@ -1183,6 +1214,9 @@ batch_template(Ctx *c)
 static int
 commit_row(Ctx *c, PyObject *rows, PyObject **w, int is_control)
 {
+    if (c->cols != NULL) {
+        return commit_columns(c, w, is_control);
+    }
     PyObject *base = c->prev_row[is_control] != NULL ? c->prev_row[is_control] : c->batch_tpl;
     PyObject **prev = c->prev[is_control];
     PyObject *row = PyDict_Copy(base);
@@ -1440,6 +1474,7 @@ parse_ctx(PyObject *t, Ctx *c)
     c->cert_errors = 0;
     c->last_date = NULL;
     c->prev_row[0] = c->prev_row[1] = NULL;
+    c->cols = NULL;
     c->ring_n = c->ring_pos = 0;
     c->sent_dom = c->cat_dom = c->cat_val = c->pg_text = c->pg_match = NULL;
     c->sent_dom_ctl = c->cat_ctl = 0;
@@ -1517,11 +1552,20 @@ do_line(Ctx *c, PyObject *raw, long long line_no, PyObject *rows)
     return r;
 }
 
+/*
+ * The batch loop shared by both entry points. Row mode (columnar == 0): rows get one dict
+ * per row and a None placeholder per slow line; returns (rows, slow, counts). Columnar
+ * mode: the NCOL column lists get one value per row (nothing for a slow line); returns
+ * (columns, slow, slow_at, counts) where slow_at[k] is the row position at which the
+ * rows of the slow line slow[k] belong (rows of the lines before it).
+ */
 static PyObject *
-process_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+run_batch(PyObject *const *args, Py_ssize_t nargs, int columnar)
 {
     if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "process_batch(lines, first_line_no, ctx)");
+        PyErr_SetString(PyExc_TypeError,
+                        columnar ? "process_batch_columns(lines, first_line_no, ctx)"
+                                 : "process_batch(lines, first_line_no, ctx)");
         return NULL;
     }
     PyObject *lines = args[0];
@@ -1537,16 +1581,34 @@ process_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (parse_ctx(args[2], &c) < 0) {
         return NULL;
     }
-    PyObject *rows = PyList_New(0), *slow = PyList_New(0), *result = NULL;
+    PyObject *rows = NULL, *columns = NULL, *slow_at = NULL, *result = NULL;
+    PyObject *colv[NCOL] = {NULL};
+    PyObject *slow = PyList_New(0);
     Py_ssize_t n_lines = 0, n_blank = 0, n_ok = 0, n_empty = 0, n_cert = 0, n_slow = 0;
-    if (rows == NULL || slow == NULL) {
+    Py_ssize_t n_rows = 0; /* columnar: the length of every column list between lines */
+    if (slow == NULL) {
+        goto fail;
+    }
+    if (columnar) {
+        if ((columns = PyTuple_New(NCOL)) == NULL || (slow_at = PyList_New(0)) == NULL) {
+            goto fail;
+        }
+        for (int i = 0; i < NCOL; i++) {
+            if ((colv[i] = PyList_New(0)) == NULL) {
+                goto fail;
+            }
+            PyTuple_SET_ITEM(columns, i, colv[i]); /* the tuple owns the lists */
+        }
+        c.cols = colv;
+    }
+    else if ((rows = PyList_New(0)) == NULL) {
         goto fail;
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(lines); i++) {
         PyObject *raw = PyList_GET_ITEM(lines, i);
         Py_INCREF(raw);
         int r;
-        Py_ssize_t mark = PyList_GET_SIZE(rows);
+        Py_ssize_t mark = columnar ? n_rows : PyList_GET_SIZE(rows);
         if (!PyBytes_CheckExact(raw)) {
             r = HQ_SLOW;
         }
@@ -1580,9 +1642,32 @@ process_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             PyErr_Clear(); /* the reference will report it (dead letter) */
             r = HQ_SLOW;
         }
+        Py_ssize_t now = columnar ? PyList_GET_SIZE(colv[0]) : PyList_GET_SIZE(rows);
         if (r == HQ_SLOW) {
-            if (PyList_SetSlice(rows, mark, PyList_GET_SIZE(rows), NULL) < 0 ||
-                PyList_Append(rows, Py_None) < 0) {
+            if (columnar) {
+                /* drop the line's partial rows (an error may leave the lists ragged) */
+                int dropped = 0;
+                for (int j = 0; j < NCOL; j++) {
+                    if (PyList_GET_SIZE(colv[j]) > mark) {
+                        dropped = 1;
+                        if (PyList_SetSlice(colv[j], mark, PyList_GET_SIZE(colv[j]), NULL) < 0) {
+                            goto fail;
+                        }
+                    }
+                }
+                if (dropped) { /* the previous values may have been among them */
+                    memcpy(c.prev[0], c.tplv, sizeof c.tplv);
+                    memcpy(c.prev[1], c.tplv, sizeof c.tplv);
+                }
+                PyObject *at = PyLong_FromSsize_t(mark);
+                if (at == NULL || PyList_Append(slow_at, at) < 0) {
+                    Py_XDECREF(at);
+                    goto fail;
+                }
+                Py_DECREF(at);
+            }
+            else if (PyList_SetSlice(rows, mark, now, NULL) < 0 ||
+                     PyList_Append(rows, Py_None) < 0) {
                 goto fail;
             }
             PyObject *index = PyLong_FromSsize_t(i);
@@ -1597,14 +1682,23 @@ process_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         n_lines++;
         n_ok++;
         n_cert += c.cert_errors;
-        if (PyList_GET_SIZE(rows) == mark) {
+        if (now == mark) {
             n_empty++;
         }
+        n_rows = now;
     }
-    result = Py_BuildValue("(OO(nnnnnn))", rows, slow, n_lines, PyList_GET_SIZE(rows) - n_slow,
-                           n_blank, n_ok, n_empty, n_cert);
+    if (columnar) {
+        result = Py_BuildValue("(OOO(nnnnnn))", columns, slow, slow_at, n_lines, n_rows, n_blank,
+                               n_ok, n_empty, n_cert);
+    }
+    else {
+        result = Py_BuildValue("(OO(nnnnnn))", rows, slow, n_lines,
+                               PyList_GET_SIZE(rows) - n_slow, n_blank, n_ok, n_empty, n_cert);
+    }
 fail:
     Py_XDECREF(rows);
+    Py_XDECREF(columns);
+    Py_XDECREF(slow_at);
     Py_XDECREF(slow);
     Py_XDECREF(c.last_date);
     Py_XDECREF(c.batch_tpl);
@@ -1622,10 +1716,26 @@ fail:
     return result;
 }
 
+static PyObject *
+process_batch(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return run_batch(args, nargs, 0);
+}
+
+static PyObject *
+process_batch_columns(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return run_batch(args, nargs, 1);
+}
+
 static PyMethodDef methods[] = {
     {"process_batch", (PyCFunction)(void (*)(void))process_batch, METH_FASTCALL,
      "process_batch(lines, first_line_no, ctx) -> (rows, slow, counts)\n\n"
      "Parse and annotate a batch of Hyperquack lines; see _hqfast.c for ctx."},
+    {"process_batch_columns", (PyCFunction)(void (*)(void))process_batch_columns, METH_FASTCALL,
+     "process_batch_columns(lines, first_line_no, ctx) -> (columns, slow, slow_at, counts)\n\n"
+     "process_batch writing one list per column of COLUMNS (in that order) instead of row\n"
+     "dicts; the rows of the slow line slow[k] belong at row position slow_at[k]."},
     {NULL, NULL, 0, NULL},
 };
 
