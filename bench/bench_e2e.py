@@ -1,0 +1,536 @@
+"""End-to-end benchmark of the launcher on generated HTTP v2 scans (issue 13's targets).
+
+Usage: ``uv run python bench/bench_e2e.py [--lines 100000,1000000] [--big] [--keep DIR]
+[--ip-metadata-prefixes 1000000] [--resources DIR] [--launcher-arg=--flag ...]``
+
+For each N in ``--lines`` (``--big`` adds 10,000,000):
+
+1. A scan of N lines (``CP_Quack-http-2021-05-30-05-02-33/results.json.gz``, gzip level 1)
+   is generated once into the cache folder (``--keep DIR``, reused by later runs; else a
+   temporary folder). Up to 1M lines it is generated directly (the generator holds ~3x
+   the raw size in memory); a multiple of 1M above that is the 1M file's gzip stream
+   repeated as concatenated gzip members, with a one-byte ``\\n`` member between copies
+   (v2 results end without a newline, so copies would otherwise join two lines).
+2. Parse-only: ``HyperquackProcessor.process_columns`` (native path when built, the same
+   resources) over the first ``--parse-lines`` lines held in memory, in a child process:
+   lines per CPU-second of one core. Measured once per run, on the first scan that has
+   that many lines (else the largest).
+3. End to end: ``python -m services.beam_launcher --input … --warehouse <fresh> --runner
+   FnApiRunner`` as a subprocess. Wall time; CPU seconds of the whole process tree (the
+   launcher's ``wait4`` rusage, which includes every descendant it reaped, and the sum
+   of the last ``/proc`` sample of each process in the tree as a cross-check; the larger
+   is used); peak RSS of the tree (RSS summed over its processes, sampled every 0.1 s;
+   shared pages of forked workers count once per process) and of the biggest single
+   process (the larger of the samples and ``wait4``'s ``ru_maxrss``).
+4. With ``--ip-metadata-prefixes P``: a synthetic CAIDA site folder with ~P prefixes
+   (every server /24 of the scan plus filler prefixes and ASes) is written once, mirrored
+   with ``python -m services.routeviews sync``, and each N runs twice, without and with
+   ``--ip-metadata``; the enrichment share is (wall with - wall without) / wall with.
+
+Targets (issue 13): 1M lines in <= 30 s wall; end-to-end lines per CPU-second >= 50% of
+parse-only; peak RSS of the biggest process <= 1 GB and flat across N (within 25% of the
+smallest N's); 10M lines in <= 5 min; enrichment <= 10% of the run. Each is printed
+PASS/FAIL; the exit status is 0 either way (a benchmark, not a test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MILLION = 1_000_000
+SCAN_TYPE, VERSION = "http", 2
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICKS = os.sysconf("SC_CLK_TCK")
+GB = 1024**3
+MB = 1024**2
+
+# Targets of issue 13.
+WALL_1M_S = 30.0
+WALL_10M_S = 300.0
+CPU_RATIO_MIN = 0.50
+RSS_MAX = 1 * GB
+RSS_FLAT = 1.25  # biggest process at the largest N <= this x the smallest N's
+ENRICH_SHARE_MAX = 0.10
+
+
+def in_child(func: Any, *args: Any) -> Any:
+    """Run ``func(*args)`` in a fresh spawned process (its memory is returned on exit)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(func, *args).result()
+
+
+# --- scans ----------------------------------------------------------------------------------
+
+
+def scan_spec() -> Any:
+    from services.common.sample_scans import HYPERQUACK_SCANS
+
+    return next(s for s in HYPERQUACK_SCANS if s.scan_type == SCAN_TYPE and s.version == VERSION)
+
+
+def scan_file(cache: Path, n: int) -> Path:
+    from services.common.sample_scans import source_name
+
+    spec = scan_spec()
+    folder = cache / f"http-v2-{n}" / "scans" / source_name(spec.scan_type, spec.start)
+    return folder / "results.json.gz"
+
+
+def generate_child(path: str, n: int) -> dict[str, Any]:
+    """Write an n-line scan to ``path`` (via a temporary file)."""
+    from services.common.sample_scans import build_scan_files
+
+    start = time.perf_counter()
+    members, records, _ = build_scan_files(scan_spec(), n, seed=0)
+    data = gzip.compress(members.pop("results.json"), compresslevel=1, mtime=0)
+    del members
+    tmp = Path(path + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return {"records": records, "seconds": time.perf_counter() - start}
+
+
+def ensure_scan(cache: Path, n: int) -> Path:
+    """The cached n-line scan, generated (or, above 1M, concatenated) when absent."""
+    path = scan_file(cache, n)
+    if path.exists():
+        return path
+    start = time.perf_counter()
+    if n <= MILLION or n % MILLION:
+        info = in_child(generate_child, str(path), n)
+        how = f"generated ({info['records']:,} records)"
+    else:
+        base = ensure_scan(cache, MILLION)
+        copies = n // MILLION
+        separator = gzip.compress(b"\n", mtime=0)  # v2 files end without a newline
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as out:
+            for i in range(copies):
+                if i:
+                    out.write(separator)
+                with base.open("rb") as src:
+                    shutil.copyfileobj(src, out, 16 * MB)
+        tmp.replace(path)
+        how = f"{copies} gzip members of the 1M file"
+    size = path.stat().st_size
+    print(
+        f"scan {n:,} lines: {how} in {time.perf_counter() - start:.0f} s, "
+        f"{size / MB:,.0f} MB gz -> {path}",
+        flush=True,
+    )
+    return path
+
+
+# --- synthetic IP metadata --------------------------------------------------------------------
+
+
+def caida_child(out: str, n_lines: int, prefixes: int, seed: int) -> dict[str, Any]:
+    """A CAIDA site folder (sample_caida layout) for the scan's date with ~``prefixes``
+    prefixes: the scan's server /24s (as the sample gives them) plus filler prefixes
+    (/16–/24, outside those /24s) routed by ~70k filler ASes."""
+    from services.common import sample_caida as sc
+
+    spec = scan_spec()
+    sample = sc.build_caida([spec], n_lines, 0)
+    covered = {int(p.split(".")[0]) << 16 | int(p.split(".")[1]) << 8 | int(p.split(".")[2])
+               for p in sample.prefixes}  # fmt: skip
+    rng = random.Random(seed)
+    n_ases = 70_000
+    base_asn = 100_000
+    for i in range(n_ases):
+        asn = base_asn + i
+        cc = chr(65 + i % 26) + chr(65 + (i // 26) % 26)
+        sample.ases[asn] = sc.SampleAs(
+            asn, f"FILLER-{asn}", f"FILLER-{asn}-ORG", f"Filler network {asn} (synthetic)", cc,
+            ("Transit/Access", "Content", "Enterprise")[i % 3],
+        )  # fmt: skip
+    lines = [sc.pfx2as_text(sample)]  # the scan's prefixes, in address order
+    seen: set[tuple[int, int]] = set()
+    extra: list[tuple[int, int, int]] = []
+    while len(extra) < max(0, prefixes - len(sample.prefixes)):
+        length = rng.choice((24, 24, 24, 24, 24, 24, 23, 22, 22, 21, 20, 19, 18, 17, 16))
+        net24 = rng.randrange(1 << 16, 224 << 16)  # 1.0.0.0 – 223.255.255.0
+        if net24 in covered or (net24 >> 16) in (10, 127):
+            continue
+        net = (net24 << 8) & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF
+        if (net, length) in seen:
+            continue
+        seen.add((net, length))
+        extra.append((net, length, base_asn + rng.randrange(n_ases)))
+    lines += [
+        f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}\t{length}\t{asn}\n"
+        for n, length, asn in sorted(extra)
+    ]
+    date = sc.scan_dates([spec])[0]
+    root = Path(out)
+    rel = f"{date:%Y}/{date:%m}/routeviews-rv2-{date:%Y%m%d}-{sc.RIB_TIME}.pfx2as.gz"
+    files = {
+        f"{sc.PFX2AS_DIR}/{rel}": "".join(lines),
+        f"{sc.AS2ORG_DIR}/{date:%Y%m%d}.as-org2info.txt.gz": sc.as2org_text(sample, date),
+        f"{sc.AS2TYPES_DIR}/{date:%Y%m%d}.as2types.txt.gz": sc.as2types_text(sample, date),
+    }
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(gzip.compress(text.encode(), compresslevel=1, mtime=0))
+    created = int(dt.datetime(date.year, date.month, date.day, 14, tzinfo=dt.UTC).timestamp())
+    (root / sc.PFX2AS_DIR / "pfx2as-creation.log").write_text(
+        f"# synthetic benchmark data: seq\tunix_time\tpath\n1\t{created}\t{rel}\n"
+    )
+    return {"prefixes": len(sample.prefixes) + len(extra), "ases": len(sample.ases)}
+
+
+def ensure_ip_metadata(cache: Path, n_lines: int, prefixes: int) -> Path:
+    """Mirrored IP metadata (``services.routeviews sync`` of a synthetic CAIDA folder)."""
+    dest = cache / f"ipmeta-{prefixes}-{n_lines}"
+    done = dest / ".bench-complete"
+    if done.exists():
+        return dest / "mirror"
+    shutil.rmtree(dest, ignore_errors=True)
+    start = time.perf_counter()
+    info = in_child(caida_child, str(dest / "caida"), n_lines, prefixes, 0)
+    cmd = [sys.executable, "-m", "services.routeviews", "sync", "--base-url",
+           str(dest / "caida"), "--dest", str(dest / "mirror"), "--snapshot-days", "36500",
+           "--log-level", "ERROR"]  # fmt: skip
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    done.write_text(json.dumps(info))
+    print(
+        f"IP metadata: {info['prefixes']:,} prefixes, {info['ases']:,} ASes "
+        f"in {time.perf_counter() - start:.0f} s -> {dest / 'mirror'}",
+        flush=True,
+    )
+    return dest / "mirror"
+
+
+# --- parse-only -----------------------------------------------------------------------------
+
+
+def parse_only_child(path: str, max_lines: int, resources: str, batch: int) -> dict[str, Any]:
+    """Lines per CPU-second of ``process_columns`` over lines already in memory."""
+    from services.beam_launcher.processing import FileTask, HyperquackProcessor
+    from services.beam_launcher.resources import load_resources
+    from services.common.scans import parse_scan_name
+
+    lines: list[bytes] = []
+    with gzip.open(path, "rb") as fh:
+        for line in fh:
+            lines.append(line)
+            if len(lines) >= max_lines:
+                break
+    source = Path(path).parent.name
+    scan = parse_scan_name(source)
+    task = FileTask(path, source, "results.json", scan.scan_type, scan.date.isoformat(),
+                    0, None, "bench")  # fmt: skip
+    proc = HyperquackProcessor(load_resources(resources))
+    proc.process_columns(task, 1, lines[:batch])  # warm the caches' code paths, not timed
+    proc.clear_caches()
+    rows = 0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    for i in range(0, len(lines), batch):
+        rows += proc.process_columns(task, i + 1, lines[i : i + batch]).n_rows
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return {"lines": len(lines), "rows": rows, "cpu": cpu, "wall": wall, "native": proc.native}
+
+
+# --- one launcher run, measured -------------------------------------------------------------
+
+
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def _tree(root: int) -> list[int]:
+    kids = _children_map()
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(kids.get(pid, ()))
+    return out
+
+
+def _proc_sample(pid: int) -> tuple[int, float] | None:
+    """(RSS bytes, own CPU seconds) of one process, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as fh:
+            rss = int(fh.read().split()[1]) * PAGE
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except (OSError, IndexError, ValueError):
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return rss, (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+@dataclass
+class Sampler:
+    """Samples a process tree every ``interval`` seconds until stopped."""
+
+    root: int
+    interval: float = 0.1
+    peak_tree_rss: int = 0
+    peak_proc_rss: int = 0
+    max_procs: int = 0
+    cpu_by_pid: dict[int, float] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            pids = _tree(self.root)
+            for pid in pids:
+                got = _proc_sample(pid)
+                if got is None:
+                    continue
+                rss, cpu = got
+                total += rss
+                self.peak_proc_rss = max(self.peak_proc_rss, rss)
+                self.cpu_by_pid[pid] = max(cpu, self.cpu_by_pid.get(pid, 0.0))
+            self.peak_tree_rss = max(self.peak_tree_rss, total)
+            self.max_procs = max(self.max_procs, len(pids))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def run_launcher(
+    scans: Path, work: Path, resources: str | None, ip_metadata: Path | None, extra: list[str]
+) -> dict[str, Any]:
+    """One launcher run into a fresh warehouse under ``work``; measured."""
+    wh = work / "warehouse"
+    shutil.rmtree(wh, ignore_errors=True)
+    cmd = [sys.executable, "-m", "services.beam_launcher", "--input", str(scans),
+           "--warehouse", str(wh), "--runner", "FnApiRunner"]  # fmt: skip
+    if resources:
+        cmd += ["--resources", resources]
+    if ip_metadata is not None:
+        cmd += ["--ip-metadata", str(ip_metadata)]
+    cmd += extra
+    env = {**os.environ, "LOG_LEVEL": "WARNING", "CP_PROGRESS": "0"}
+    with (work / "stdout.txt").open("wb") as out, (work / "stderr.txt").open("wb") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, env=env)
+        sampler = Sampler(proc.pid)
+        thread = threading.Thread(target=sampler.run, daemon=True)
+        thread.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        sampler.stop()
+        thread.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    cpu_wait4 = usage.ru_utime + usage.ru_stime
+    cpu_sampled = sum(sampler.cpu_by_pid.values())
+    summary: dict[str, Any] = {}
+    text = (work / "stdout.txt").read_text(errors="replace")
+    starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+    for pos in reversed(starts):  # the last JSON document (the run summary)
+        if text.startswith("{", pos):
+            try:
+                summary = json.loads(text[pos:])
+                break
+            except ValueError:
+                continue
+    return {
+        "rc": proc.returncode,
+        "wall": wall,
+        "cpu": max(cpu_wait4, cpu_sampled),
+        "cpu_wait4": cpu_wait4,
+        "cpu_sampled": cpu_sampled,
+        "peak_tree_rss": sampler.peak_tree_rss,
+        "peak_proc_rss": max(sampler.peak_proc_rss, usage.ru_maxrss * 1024),
+        "max_procs": sampler.max_procs,
+        "lines": int((summary.get("stats") or {}).get("lines", 0)),
+        "rows": int((summary.get("stats") or {}).get("rows", 0)),
+        "dead_letters": int((summary.get("stats") or {}).get("dead_letters", 0)),
+        "rejected": len(summary.get("rejected") or []),
+        "enriched_rows": int((summary.get("stats") or {}).get("rows_with_asn", 0)),
+        "stderr_tail": (work / "stderr.txt").read_text(errors="replace")[-2000:],
+    }
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def print_run(n: int, label: str, res: dict[str, Any], parse_rate: float) -> float:
+    """Print one run; returns its lines per CPU-second."""
+    rate = res["lines"] / res["cpu"] if res["cpu"] else 0.0
+    print(
+        f"{n:>11,} {label:<8} wall {res['wall']:7.1f} s  cpu {res['cpu']:7.1f} s "
+        f"({res['cpu'] / res['wall']:.2f} cores; wait4 {res['cpu_wait4']:.1f}, "
+        f"/proc {res['cpu_sampled']:.1f})  {res['lines'] / res['wall']:>9,.0f} lines/s  "
+        f"{rate:>8,.0f} lines/cpu-s = {rate / parse_rate:.0%} of parse-only  "
+        f"peak RSS tree {res['peak_tree_rss'] / MB:,.0f} MB, biggest process "
+        f"{res['peak_proc_rss'] / MB:,.0f} MB ({res['max_procs']} processes)",
+        flush=True,
+    )
+    problems = []
+    if res["rc"] != 0:
+        problems.append(f"exit status {res['rc']}")
+    if res["lines"] != n:
+        problems.append(f"launcher counted {res['lines']:,} lines, expected {n:,}")
+    if res["rejected"] or res["dead_letters"]:
+        problems.append(f"{res['rejected']} rejected files, {res['dead_letters']} dead letters")
+    if problems:
+        print(f"{'':>11} PROBLEM: {'; '.join(problems)}\n{res['stderr_tail']}", flush=True)
+    return rate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--lines", default="100000,1000000", help="comma-separated scan sizes in lines"
+    )
+    parser.add_argument("--big", action="store_true", help="also 10,000,000 lines")
+    parser.add_argument("--keep", type=Path, help="cache folder for scans (kept and reused)")
+    parser.add_argument(
+        "--ip-metadata-prefixes",
+        type=int,
+        default=0,
+        help="also run with synthetic IP metadata of this many prefixes (enrichment share)",
+    )
+    parser.add_argument("--resources", default="", help="resources (default: the launcher's)")
+    parser.add_argument("--parse-lines", type=int, default=200_000, help="parse-only lines")
+    parser.add_argument("--parse-batch", type=int, default=500, help="parse-only batch lines")
+    parser.add_argument(
+        "--launcher-arg",
+        action="append",
+        default=[],
+        help="extra launcher argument (repeat; e.g. --launcher-arg=--batch-lines=2000)",
+    )
+    args = parser.parse_args()
+    sizes = sorted({int(x) for x in args.lines.split(",") if x.strip()})
+    if args.big:
+        sizes = sorted({*sizes, 10 * MILLION})
+    cache = args.keep or Path(tempfile.mkdtemp(prefix="bench_e2e_"))
+    cache.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(
+        f"bench_e2e: commit {commit}; {os.cpu_count()} CPUs, load {load}; sizes "
+        f"{', '.join(f'{n:,}' for n in sizes)}; cache {cache}",
+        flush=True,
+    )
+    from services.beam_launcher.resources import SAMPLE_RESOURCES
+
+    resources = args.resources or str(SAMPLE_RESOURCES)
+    paths = {n: ensure_scan(cache, n) for n in sizes}
+    parse_src = next((n for n in sizes if n >= args.parse_lines), sizes[-1])
+    po = in_child(
+        parse_only_child, str(paths[parse_src]), args.parse_lines, resources, args.parse_batch
+    )
+    parse_rate = po["lines"] / po["cpu"]
+    print(
+        f"parse-only ({'native' if po['native'] else 'PYTHON'} path, process_columns, "
+        f"{po['lines']:,} lines in memory, {po['rows']:,} rows, batches of "
+        f"{args.parse_batch}): {parse_rate:,.0f} lines/cpu-s ({po['cpu']:.2f} cpu-s, "
+        f"{po['wall']:.2f} s wall)",
+        flush=True,
+    )
+    results: dict[int, dict[str, Any]] = {}
+    enriched: dict[int, dict[str, Any]] = {}
+    rates: dict[int, float] = {}
+    for n in sizes:
+        work = cache / "runs" / str(n)
+        work.mkdir(parents=True, exist_ok=True)
+        scans = paths[n].parent.parent
+        res = run_launcher(scans, work, args.resources or None, None, args.launcher_arg)
+        results[n] = res
+        rates[n] = print_run(n, "plain", res, parse_rate)
+        if args.ip_metadata_prefixes:
+            meta = ensure_ip_metadata(cache, n, args.ip_metadata_prefixes)
+            res = run_launcher(scans, work, args.resources or None, meta, args.launcher_arg)
+            enriched[n] = res
+            print_run(n, "ip-meta", res, parse_rate)
+            share = (res["wall"] - results[n]["wall"]) / res["wall"]
+            cpu_share = (res["cpu"] - results[n]["cpu"]) / res["cpu"]
+            print(
+                f"{'':>11} enrichment: {share:.1%} of the wall time, {cpu_share:.1%} of the "
+                f"CPU time; rows with an ASN {res['enriched_rows']:,} of {res['rows']:,}",
+                flush=True,
+            )
+        shutil.rmtree(work / "warehouse", ignore_errors=True)
+
+    print("targets (issue 13):")
+    if MILLION in results:
+        r = results[MILLION]
+        ok = r["wall"] <= WALL_1M_S and r["cpu"] / r["wall"] >= 1.5
+        print(
+            f"  {verdict(ok)} 1M lines in {r['wall']:.1f} s wall (<= {WALL_1M_S:.0f} s) "
+            f"on {r['cpu'] / r['wall']:.2f} cores (both cores: >= 1.5)"
+        )
+    if 10 * MILLION in results:
+        r = results[10 * MILLION]
+        print(f"  {verdict(r['wall'] <= WALL_10M_S)} 10M lines in {r['wall']:.0f} s (<= 300 s)")
+    for n in sizes:
+        ratio = rates[n] / parse_rate
+        print(
+            f"  {verdict(ratio >= CPU_RATIO_MIN)} {n:,} lines: {rates[n]:,.0f} lines/cpu-s = "
+            f"{ratio:.0%} of parse-only {parse_rate:,.0f} (>= {CPU_RATIO_MIN:.0%})"
+        )
+    peaks = {n: r["peak_proc_rss"] for n, r in results.items()}
+    for n in sizes:
+        print(
+            f"  {verdict(peaks[n] <= RSS_MAX)} {n:,} lines: biggest process "
+            f"{peaks[n] / MB:,.0f} MB (<= 1,024 MB); "
+            f"tree {results[n]['peak_tree_rss'] / MB:,.0f} MB"
+        )
+    if len(sizes) > 1:
+        flat = peaks[sizes[-1]] <= RSS_FLAT * peaks[sizes[0]]
+        print(
+            f"  {verdict(flat)} RSS flat: {peaks[sizes[-1]] / MB:,.0f} MB at {sizes[-1]:,} vs "
+            f"{peaks[sizes[0]] / MB:,.0f} MB at {sizes[0]:,} (<= {RSS_FLAT:.2f}x)"
+        )
+    for n, res in enriched.items():
+        share = (res["wall"] - results[n]["wall"]) / res["wall"]
+        print(
+            f"  {verdict(share <= ENRICH_SHARE_MAX)} {n:,} lines: enrichment with "
+            f"{args.ip_metadata_prefixes:,} prefixes {share:.1%} of the run (<= 10%)"
+        )
+    if not args.keep:
+        shutil.rmtree(cache, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
