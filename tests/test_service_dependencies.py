@@ -27,6 +27,7 @@ IMPORT_NAMES = {
     "kubernetes": {"kubernetes"},
     "maxminddb": {"maxminddb"},
     "pytz": {"pytz"},
+    "isal": {"isal"},
 }
 SERVICE_GROUPS = {
     "beam_launcher": ["beam"],

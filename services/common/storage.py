@@ -606,10 +606,17 @@ def md5_of(url: str, storage: Storage | None = None, chunk_size: int = COPY_CHUN
 
 
 def open_text_lines(url: str) -> IO[bytes]:
-    """Open an input file for reading bytes, transparently gunzipping ``*.gz``."""
+    """Open an input file for reading bytes, transparently gunzipping ``*.gz``.
+
+    Gunzips with ISA-L (``isal.igzip``, a ``gzip.GzipFile`` subclass): 0.41 s of CPU
+    instead of 0.95 s for a 259 MB scan. Same lines; a corrupt or truncated file raises
+    as with ``gzip`` (the error may come some lines earlier, a few messages differ).
+    """
     raw = storage_for(url).open_read(url)
     if url.endswith(".gz"):
-        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+        from isal import igzip  # here, not at import: --help stays light
+
+        return igzip.IGzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     return raw
 
 

@@ -1,0 +1,310 @@
+"""Slices of one input file: together they give exactly the file's numbered lines.
+
+The reference is :func:`services.common.storage.open_text_lines` (and the standard
+library's :class:`gzip.GzipFile`, to check the ISA-L reader behind it). Boundaries are
+made to fall everywhere by shrinking ``READ_CHUNK``/``OUT_CHUNK`` to a few bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.beam_launcher import slices
+from services.beam_launcher.processing import FileTask
+from services.beam_launcher.slices import FileSlice, iter_slice_batches, plan_slices
+from services.common import storage
+from tests.gcs_server import GcsBucket
+
+pytest_plugins = ["tests.gcs_server"]
+
+SCAN = "CP_Quack-http-2021-05-30-05-02-33"
+Numbered = list[tuple[int, bytes]]
+
+
+def task_for(url: str, size: int) -> FileTask:
+    name = "results.json.gz" if url.endswith(".gz") else "results.json"
+    return dataclasses.replace(FileTask.for_test(SCAN, name), url=url, size=size)
+
+
+def reference(url: str) -> Numbered:
+    with storage.open_text_lines(url) as fh:
+        return list(enumerate(fh, start=1))
+
+
+def read_slices(task: FileTask, count: int, batch_lines: int) -> list[Numbered]:
+    """Each slice's numbered lines; checks the batch shape on the way."""
+    out = []
+    for index in range(count):
+        got: Numbered = []
+        batches = list(iter_slice_batches(FileSlice(task, index, count), batch_lines))
+        for n, (first, lines) in enumerate(batches):
+            assert lines and (len(lines) == batch_lines or n == len(batches) - 1)
+            got.extend(enumerate(lines, start=first))
+        out.append(got)
+    return out
+
+
+def slice_errors(task: FileTask, count: int) -> tuple[list[Numbered], list[Exception | None]]:
+    """What each slice yielded and what it raised (None: it ended normally)."""
+    got: list[Numbered] = []
+    errors: list[Exception | None] = []
+    for index in range(count):
+        lines: Numbered = []
+        try:
+            for first, batch in iter_slice_batches(FileSlice(task, index, count), 3):
+                lines.extend(enumerate(batch, start=first))
+        except Exception as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+        got.append(lines)
+    return got, errors
+
+
+def gzip_members(text: bytes, cuts: list[int], levels: list[int], pads: list[int]) -> bytes:
+    """``text`` as concatenated gzip members cut at ``cuts``, zero padding after some."""
+    bounds = sorted({min(c, len(text)) for c in cuts} | {0, len(text)})
+    out = b""
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:] or [len(text)], strict=False)):
+        out += gzip.compress(text[a:b], compresslevel=levels[i % len(levels)], mtime=0)
+        out += b"\0" * pads[i % len(pads)]
+    return out
+
+
+line_st = st.one_of(
+    st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")),
+    st.sampled_from([b"", b"\r", b'{"a": 1}\r', b"\x00\xff"]),
+    st.integers(40, 300).map(lambda n: b"L" * n),  # longer than many chunks
+)
+text_st = st.builds(
+    lambda lines, end, crlf: (b"\r\n" if crlf else b"\n").join(lines) + end,
+    st.lists(line_st, max_size=40),
+    st.sampled_from([b"", b"\n", b"\r\n", b"\n\n"]),
+    st.booleans(),
+)
+SMALL = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@SMALL
+@given(
+    text=text_st,
+    gz=st.booleans(),
+    cuts=st.lists(st.integers(0, 2000), max_size=3),
+    levels=st.lists(st.integers(0, 9), min_size=1, max_size=3),
+    pads=st.lists(st.sampled_from([0, 0, 1, 5]), min_size=1, max_size=3),
+    read_chunk=st.integers(1, 64),
+    out_chunk=st.integers(1, 64),
+    batch_lines=st.integers(1, 7),
+)
+def test_slices_together_give_exactly_the_files_numbered_lines(
+    tmp_path: Path,
+    text: bytes,
+    gz: bool,
+    cuts: list[int],
+    levels: list[int],
+    pads: list[int],
+    read_chunk: int,
+    out_chunk: int,
+    batch_lines: int,
+) -> None:
+    with tempfile.TemporaryDirectory(dir=tmp_path) as folder:
+        path = Path(folder) / ("results.json.gz" if gz else "results.json")
+        path.write_bytes(gzip_members(text, cuts, levels, pads) if gz else text)
+        url = str(path)
+        want = reference(url)
+        assert [line for _, line in want] == io.BytesIO(text).readlines()
+        if gz:  # the ISA-L reader behind open_text_lines reads what the gzip module reads
+            with gzip.open(path, "rb") as fh:
+                assert list(enumerate(fh, start=1)) == want
+        task = task_for(url, path.stat().st_size)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(slices, "READ_CHUNK", read_chunk)
+            mp.setattr(slices, "OUT_CHUNK", out_chunk)
+            for count in range(1, 7):
+                parts = read_slices(task, count, batch_lines)
+                assert [pair for part in parts for pair in part] == want, count
+                # Contiguous ranges, in slice order.
+                numbers = [n for part in parts for n, _ in part]
+                assert numbers == list(range(1, len(want) + 1))
+
+
+def test_a_line_longer_than_many_chunks_is_read_whole_by_one_slice(tmp_path: Path) -> None:
+    long_line = os.urandom(300_000).replace(b"\n", b"n") + b"\n"
+    text = b"a\n" + long_line + b"b\n" * 5 + long_line + b"end"
+    path = tmp_path / "results.json.gz"
+    path.write_bytes(gzip.compress(text, compresslevel=1, mtime=0))
+    task = task_for(str(path), path.stat().st_size)
+    want = reference(str(path))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(slices, "READ_CHUNK", 4096)
+        mp.setattr(slices, "OUT_CHUNK", 1000)
+        parts = read_slices(task, 6, 2)
+    assert [pair for part in parts for pair in part] == want
+    owners = [i for i, part in enumerate(parts) for _, line in part if line == long_line]
+    assert len(owners) == 2  # each long line once, in one slice
+    assert sum(1 for part in parts if not part) >= 1  # slices inside a long line are empty
+
+
+def test_slices_of_a_large_file_split_the_work(tmp_path: Path) -> None:
+    """Real chunk sizes: each of 3 slices gets about a third of a ~4.5 MB gzip file's lines."""
+    lines = [os.urandom(n % 900 + 1).hex().encode() + b"\n" for n in range(9000)]
+    path = tmp_path / "results.json.gz"
+    path.write_bytes(gzip.compress(b"".join(lines), compresslevel=1, mtime=0))
+    task = task_for(str(path), path.stat().st_size)
+    assert task.size > 3 * slices.READ_CHUNK
+    parts = read_slices(task, 3, 1000)
+    assert [line for part in parts for _, line in part] == lines
+    assert all(len(part) > len(lines) / 6 for part in parts)
+
+
+@SMALL
+@given(text=text_st, cut=st.floats(0.0, 1.0, exclude_max=True), read_chunk=st.integers(1, 32))
+def test_truncated_gzip_fails_in_the_last_slice_and_earlier_lines_are_right(
+    tmp_path: Path, text: bytes, cut: float, read_chunk: int
+) -> None:
+    """A truncated file raises (EOFError) in the last slice, and in any slice that reads
+    past the cut; every line a slice yielded is the file's line with that number."""
+    full = gzip.compress(text, mtime=0)
+    with tempfile.TemporaryDirectory(dir=tmp_path) as folder:
+        path = Path(folder) / "results.json.gz"
+        path.write_bytes(full[: max(1, int(len(full) * cut))])
+        with pytest.raises(EOFError):
+            reference(str(path))
+        task = task_for(str(path), path.stat().st_size)
+        good = dict(enumerate(io.BytesIO(text).readlines(), start=1))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(slices, "READ_CHUNK", read_chunk)
+            for count in range(1, 7):
+                got, errors = slice_errors(task, count)
+                assert isinstance(errors[-1], EOFError), (count, errors)
+                for part, error in zip(got, errors, strict=True):
+                    assert all(good.get(n) == line for n, line in part)
+                    assert error is None or isinstance(error, EOFError)
+                # Slices are contiguous up to the first failure.
+                numbers = [n for part in got for n, _ in part]
+                assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_corrupt_gzip_fails_in_its_slice_and_every_later_one(tmp_path: Path) -> None:
+    """Garbage in the middle of the deflate data: the slices before it read their lines,
+    the slice holding it and all later slices (they inflate from the start) raise."""
+    lines = [b"%d " % i + os.urandom(200).hex().encode() + b"\n" for i in range(4000)]
+    data = bytearray(gzip.compress(b"".join(lines), compresslevel=1, mtime=0))
+    at = len(data) * 6 // 10  # inside slice 2 of 4
+    data[at : at + 64] = b"\xff" * 64
+    path = tmp_path / "results.json.gz"
+    path.write_bytes(bytes(data))
+    task = task_for(str(path), len(data))
+    with pytest.raises(Exception):  # noqa: B017 - zlib/isal error types differ
+        reference(str(path))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(slices, "READ_CHUNK", 4096)
+        got, errors = slice_errors(task, 4)
+    assert errors[0] is None and errors[1] is None
+    assert all(isinstance(e, gzip.BadGzipFile) for e in errors[2:]), errors
+    assert "corrupt gzip data" in str(errors[2])
+    assert [line for part in got[:2] for _, line in part] == lines[: len(got[0]) + len(got[1])]
+    assert len(got[0]) > 500 and len(got[1]) > 500
+
+
+def test_bad_crc_fails_in_the_last_slice_only(tmp_path: Path) -> None:
+    """The trailer is read only by the last slice: it raises, the others read their lines."""
+    lines = [b"line %d\n" % i for i in range(3000)]
+    data = bytearray(gzip.compress(b"".join(lines), mtime=0))
+    data[-8] ^= 1
+    path = tmp_path / "results.json.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(gzip.BadGzipFile, match="CRC"):
+        reference(str(path))
+    task = task_for(str(path), len(data))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(slices, "READ_CHUNK", 512)
+        got, errors = slice_errors(task, 3)
+    assert errors[:2] == [None, None]
+    assert isinstance(errors[2], gzip.BadGzipFile)
+    assert [line for part in got[:2] for _, line in part] == lines[: len(got[0]) + len(got[1])]
+
+
+def test_unreadable_file_raises_in_every_slice(tmp_path: Path) -> None:
+    task = task_for(str(tmp_path / "gone" / "results.json.gz"), 50 << 20)
+    for piece in plan_slices(task, 2):
+        with pytest.raises(FileNotFoundError):
+            list(iter_slice_batches(piece, 10))
+
+
+def test_a_file_shorter_than_planned_is_read_whole_by_the_first_slices(tmp_path: Path) -> None:
+    """Boundaries come from the planned size; a file that shrank since planning is still
+    read once: slices whose start lies past its end are empty."""
+    text = b"".join(b"row %d\n" % i for i in range(100))
+    path = tmp_path / "results.json"
+    path.write_bytes(text)
+    task = task_for(str(path), 4 * len(text))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(slices, "READ_CHUNK", 16)
+        parts = read_slices(task, 4, 8)
+    assert [pair for part in parts for pair in part] == reference(str(path))
+    assert parts[2] == parts[3] == []
+
+
+def test_plan_slices_gives_small_files_one_slice() -> None:
+    base = task_for("/x/results.json.gz", 0)
+    mib = slices.MIN_SLICE_BYTES
+    for size, count, want in [
+        (0, 4, 1),
+        (mib - 1, 4, 1),
+        (2 * mib - 1, 4, 1),
+        (2 * mib, 4, 2),
+        (10 * mib, 4, 4),
+        (10 * mib, 1, 1),
+        (10 * mib, 0, 1),
+    ]:
+        task = dataclasses.replace(base, size=size)
+        plan = plan_slices(task, count)
+        assert [(s.task, s.index, s.count) for s in plan] == [
+            (task, i, want) for i in range(want)
+        ], (size, count)
+
+
+def test_invalid_slice_and_batch_size_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_bytes(b"a\n")
+    task = task_for(str(path), 2)
+    with pytest.raises(ValueError):
+        list(iter_slice_batches(FileSlice(task, 2, 2), 10))
+    with pytest.raises(ValueError):
+        list(iter_slice_batches(FileSlice(task, 0, 1), 0))
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_gs_objects_are_sliced_like_local_files(gcs_bucket: GcsBucket, gz: bool) -> None:
+    lines = [
+        b'{"n": %d, "pad": "%s"}\r\n' % (i, os.urandom(i % 300).hex().encode()) for i in range(5000)
+    ]
+    text = b"".join(lines) + b"no newline at the end"
+    half = len(text) // 2
+    data = gzip.compress(text[:half], mtime=0) + gzip.compress(text[half:], mtime=0) if gz else text
+    key = f"scans/{SCAN}/results.json" + (".gz" if gz else "")
+    gcs_bucket.put(key, data)
+    url = gcs_bucket.url(key)
+    info = storage.storage_for(url).stat(url)
+    assert info is not None
+    task = task_for(url, info.size)
+    want = reference(url)
+    assert len(want) == 5001
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(slices, "READ_CHUNK", 64 << 10)
+        for count in (1, 2, 3, 5):
+            parts = read_slices(task, count, 700)
+            assert [pair for part in parts for pair in part] == want, count
+            assert all(parts), count  # every slice got lines
