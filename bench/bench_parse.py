@@ -1,6 +1,7 @@
 """Benchmark the parse → classify path (``HyperquackProcessor.process_lines``) on one core.
 
-Usage: ``uv run python bench/bench_parse.py [--size 20000] [--check] [--cold-caches]``
+Usage: ``uv run python bench/bench_parse.py [--size 20000] [--check] [--cold-caches]
+[--api rows|columns|both]``
 
 No Beam: batches of ``--batch`` lines (500, as in the pipeline) go straight through
 ``process_lines`` in this process, pinned to one CPU when the OS allows it. The path is the
@@ -20,6 +21,10 @@ not ``0``, else pure Python; the first lines printed say which. Two data sets:
   resources when present, else ``resources/sample``. Every cache and memo is emptied
   before every repeat, so each repeat is one cold pass over one scan file (many distinct
   domains and pages: each distinct page costs one signature pass).
+
+``--api columns`` times ``process_columns`` instead (rows as column lists, written by the
+C code without row dicts: what the local pipeline uses); ``--api both`` prints both, and
+for ``rows`` also what transposing the rows to columns (``rows_to_columns``) adds.
 
 Each figure is the best of ``--repeats`` timed repeats after one warm-up
 (``time.perf_counter``). The ratio is against the seed system's per-core lines/s; the
@@ -44,7 +49,12 @@ REAL_RESOURCES = REAL / "resources"
 sys.path.insert(0, str(REPO))
 
 from services.beam_launcher import certs, processing  # noqa: E402
-from services.beam_launcher.processing import FileTask, HyperquackProcessor  # noqa: E402
+from services.beam_launcher.processing import (  # noqa: E402
+    BatchOutput,
+    ColumnOutput,
+    FileTask,
+    HyperquackProcessor,
+)
 from services.beam_launcher.resources import (  # noqa: E402
     SAMPLE_RESOURCES,
     load_resources,
@@ -94,6 +104,7 @@ class Figure:
     dead_letters: int
     seconds: float  # best repeat
     note: str = ""
+    api: str = "rows"  # process_lines ("rows") or process_columns ("columns")
 
     @property
     def lines_per_s(self) -> float:
@@ -131,12 +142,22 @@ def batches_of(lines: list[bytes], size: int) -> list[tuple[int, list[bytes]]]:
     return [(i + 1, lines[i : i + size]) for i in range(0, len(lines), size)]
 
 
+#: The API timed: ``process_lines`` or ``process_columns`` (set from ``--api``).
+API: dict[
+    str, Callable[[HyperquackProcessor, FileTask, int, list[bytes]], BatchOutput | ColumnOutput]
+] = {"rows": HyperquackProcessor.process_lines, "columns": HyperquackProcessor.process_columns}
+
+
 def run_batches(
-    proc: HyperquackProcessor, task: FileTask, batches: list[tuple[int, list[bytes]]]
+    proc: HyperquackProcessor,
+    task: FileTask,
+    batches: list[tuple[int, list[bytes]]],
+    api: str = "rows",
 ) -> tuple[int, int, int]:
     lines = rows = dead = 0
+    process = API[api]
     for first, batch in batches:
-        stats = proc.process_lines(task, first, batch).stats
+        stats = process(proc, task, first, batch).stats
         lines += stats["lines"]
         rows += stats["rows"]
         dead += stats["dead_letters"]
@@ -167,11 +188,25 @@ def read_real_lines(scan_type: str, version: str) -> list[bytes] | None:
     return lines
 
 
+def transpose_seconds(
+    proc: HyperquackProcessor, task: FileTask, batches: list[tuple[int, list[bytes]]]
+) -> float:
+    """Time of ``rows_to_columns`` over the rows of ``batches`` (what columns save)."""
+    total = 0.0
+    for first, batch in batches:
+        rows = proc.process_lines(task, first, batch).rows
+        start = time.perf_counter()
+        processing.rows_to_columns(rows, processing.HYPERQUACK_SCAN.column_names)
+        total += time.perf_counter() - start
+    return total
+
+
 def bench_real(
     proc: HyperquackProcessor,
     scan_type: str,
     version: str,
     args: argparse.Namespace,
+    api: str = "rows",
 ) -> Figure | str:
     records = read_real_lines(scan_type, version)
     if not records:
@@ -181,7 +216,7 @@ def bench_real(
 
     def one_batch_pass(n_batches: int) -> tuple[int, int, int]:
         # Distinct line numbers per batch, as in a long file (distinct measurement ids).
-        return run_batches(proc, task, [(1 + i * args.batch, batch) for i in range(n_batches)])
+        return run_batches(proc, task, [(1 + i * args.batch, batch) for i in range(n_batches)], api)
 
     one_batch_pass(1)  # warm-up: caches, RE2 DFA states
     start = time.perf_counter()
@@ -192,24 +227,32 @@ def bench_real(
         args.repeats, lambda: None, lambda: one_batch_pass(n_batches)
     )
     note = f"{len(records)} records x{lines // len(records):,}"
+    if api == "rows" and args.api == "both":
+        tr = transpose_seconds(proc, task, [(1 + i * args.batch, batch) for i in range(n_batches)])
+        note += f"; + rows_to_columns {tr:.2f} s = {lines / (seconds + tr):,.0f} lines/s"
     if args.cold_caches:
         cold, _ = best_of(
             args.repeats,
             lambda: None,
-            lambda: _cold_pass(proc, task, batch, n_batches, args.batch),
+            lambda: _cold_pass(proc, task, batch, n_batches, args.batch, api),
         )
         note += f"; cold caches {lines / cold:,.0f} lines/s"
-    return Figure("real", scan_type, version, lines, rows, dead, seconds, note)
+    return Figure("real", scan_type, version, lines, rows, dead, seconds, note, api)
 
 
 def _cold_pass(
-    proc: HyperquackProcessor, task: FileTask, batch: list[bytes], n_batches: int, size: int
+    proc: HyperquackProcessor,
+    task: FileTask,
+    batch: list[bytes],
+    n_batches: int,
+    size: int,
+    api: str,
 ) -> tuple[int, int, int]:
     """Like the timed pass, but with empty caches before every batch (includes clearing)."""
     totals = [0, 0, 0]
     for i in range(n_batches):
         clear_caches(proc)
-        stats = proc.process_lines(task, 1 + i * size, batch).stats
+        stats = API[api](proc, task, 1 + i * size, batch).stats
         totals[0] += stats["lines"]
         totals[1] += stats["rows"]
         totals[2] += stats["dead_letters"]
@@ -221,6 +264,7 @@ def bench_generated(
     scan_type: str,
     version: str,
     args: argparse.Namespace,
+    api: str = "rows",
 ) -> Figure:
     spec = next(s for s in DEFAULT_SCANS if s.scan_type == scan_type and f"v{s.version}" == version)
     t0 = time.perf_counter()
@@ -231,15 +275,18 @@ def bench_generated(
     gen_seconds = time.perf_counter() - t0
     task = replace(FileTask.for_test(source_name(scan_type, spec.start)), pipeline_version="bench")
     batches = batches_of(lines, args.batch)
-    run_batches(proc, task, batches[:1])  # warm-up: imports, RE2 DFA states
+    run_batches(proc, task, batches[:1], api)  # warm-up: imports, RE2 DFA states
     seconds, (n_lines, rows, dead) = best_of(
         args.repeats,
         lambda: clear_caches(proc),
-        lambda: run_batches(proc, task, batches),
+        lambda: run_batches(proc, task, batches, api),
     )
     mb = sum(len(line) + 1 for line in lines) / 1e6
     note = f"{mb:.0f} MB, {mb / seconds:.1f} MB/s; generated in {gen_seconds:.1f} s"
-    return Figure("generated", scan_type, version, n_lines, rows, dead, seconds, note)
+    if api == "rows" and args.api == "both":
+        tr = transpose_seconds(proc, task, batches)
+        note += f"; + rows_to_columns {tr:.2f} s = {n_lines / (seconds + tr):,.0f} lines/s"
+    return Figure("generated", scan_type, version, n_lines, rows, dead, seconds, note, api)
 
 
 def verdict(fig: Figure, target: float) -> tuple[str, str]:
@@ -254,7 +301,7 @@ def print_figure(fig: Figure, target: float) -> None:
     seed = f"{fig.seed:,.0f}" if fig.seed else "n/a"
     dead = f" DEAD LETTERS {fig.dead_letters:,}" if fig.dead_letters else ""
     print(
-        f"{fig.dataset:<9} {fig.scan_type:<7} {fig.version}  "
+        f"{fig.dataset:<9} {fig.scan_type:<7} {fig.version} {fig.api:<7}  "
         f"{fig.lines_per_s:>9,.0f} lines/s  {fig.rows_per_s:>9,.0f} rows/s  "
         f"{1e6 / fig.lines_per_s:>7.1f} us/line  {fig.rows / fig.lines:4.2f} rows/line  "
         f"seed {seed:>5}  {ratio:>6}  {status:<5}  ({fig.note}){dead}",
@@ -279,6 +326,12 @@ def main() -> int:
         help="also time the real records with the caches emptied before every batch",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 if a real line is BELOW")
+    parser.add_argument(
+        "--api",
+        choices=("rows", "columns", "both"),
+        default="rows",
+        help="time process_lines (rows), process_columns (columns) or both",
+    )
     args = parser.parse_args()
 
     wanted = [(t, v) for t in SCAN_TYPES for v in VERSIONS]
@@ -303,25 +356,27 @@ def main() -> int:
     path = "native (C extension services/beam_launcher/native/_hqfast.c)"
     if not HyperquackProcessor(gen_res).native:
         path = "python (native module not built, or $CP_NATIVE_PARSER=0)"
-    print(f"parse path: {path}")
+    print(f"parse path: {path}; timed: {args.api}")
     print(
         f"batch {args.batch} lines; best of {args.repeats} after one warm-up; "
         f"target {args.target:g}x the seed's per-core lines/s"
     )
 
     figures: list[Figure] = []
+    apis = ("rows", "columns") if args.api == "both" else (args.api,)
     if not args.skip_real:
         if real_res is None:
             print(f"real: skipped, real fixtures not found at {REAL}")
         else:
             proc = HyperquackProcessor(real_res)
             for scan_type, version in wanted:
-                fig = bench_real(proc, scan_type, version, args)
-                if isinstance(fig, str):
-                    print(f"real      {scan_type:<7} {version}  skipped: {fig}")
-                    continue
-                figures.append(fig)
-                print_figure(fig, args.target)
+                for api in apis:
+                    fig = bench_real(proc, scan_type, version, args, api)
+                    if isinstance(fig, str):
+                        print(f"real      {scan_type:<7} {version}  skipped: {fig}")
+                        break
+                    figures.append(fig)
+                    print_figure(fig, args.target)
             info = processing._leaf_cert_columns.cache_info()  # private; bench only
             print(
                 f"real: certificate cache after the real runs: {info.currsize} distinct "
@@ -331,9 +386,10 @@ def main() -> int:
     if not args.skip_generated:
         proc = HyperquackProcessor(gen_res)
         for scan_type, version in wanted:
-            fig = bench_generated(proc, scan_type, version, args)
-            figures.append(fig)
-            print_figure(fig, args.target)
+            for api in apis:
+                fig = bench_generated(proc, scan_type, version, args, api)
+                figures.append(fig)
+                print_figure(fig, args.target)
 
     below = [f for f in figures if f.dataset == "real" and verdict(f, args.target)[1] == "BELOW"]
     comparable = [f for f in figures if f.dataset == "real" and f.seed is not None]
