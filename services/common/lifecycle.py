@@ -19,6 +19,15 @@ checked, so it counts as abandoned only when older than an age threshold. A stag
 folder with no lease belongs to no run (claims write the lease first, releases remove it
 last) and is removed.
 
+Temp folders. :func:`run_main` gives each stage process its own temp folder,
+``<TMPDIR>/cp-run-tmp/<stage>-<pid>-<start ticks>/`` (a leased staging folder), and points
+``TMPDIR`` and :data:`tempfile.tempdir` at it, so everything the process and its child
+processes put in the temp folder (Beam's ``beam-pipeline-temp*``, worker subprocesses of
+Beam's multi-process mode) lives there. It is removed when the process ends, and a
+starting stage removes the folders of processes that died without cleaning up (SIGKILL),
+unless a live process still has that folder as its ``TMPDIR`` (a worker subprocess that
+outlived its launcher).
+
 Example:
     >>> import tempfile, os
     >>> root = tempfile.mkdtemp()
@@ -41,6 +50,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -165,7 +175,9 @@ def run_main(stage: str, main: Callable[[], int]) -> int:
     for s in HANDLED:
         signal.signal(s, _GUARD.handler)
     _GUARD.active = True
+    run_tmp = RunTemp(stage)
     try:
+        run_tmp.enter()
         return main()
     except BaseException as exc:
         abort = _as_abort(exc)
@@ -173,6 +185,7 @@ def run_main(stage: str, main: Callable[[], int]) -> int:
             raise
         _GUARD.raised = True  # further signals are ignored while cleaning up
         code = _finish_abort(stage, abort, exc)
+        run_tmp.exit()
         # Library threads interrupted mid-work (Beam's bundle workers) may never finish,
         # and the interpreter would wait for them forever: leave now, output flushed.
         for stream in (sys.stdout, sys.stderr):
@@ -185,6 +198,7 @@ def run_main(stage: str, main: Callable[[], int]) -> int:
         # (death by signal) while exiting, but leaves ignored signals ignored.
         for s in HANDLED:
             signal.signal(s, signal.SIG_IGN)
+        run_tmp.exit()
 
 
 def _as_abort(exc: BaseException) -> Aborted | None:
@@ -423,10 +437,17 @@ class StagingArea:
     ``root`` is a local folder or a ``gs://`` prefix.
     """
 
-    def __init__(self, root: str, stage: str, max_age_s: float = 24 * 3600.0) -> None:
+    def __init__(
+        self,
+        root: str,
+        stage: str,
+        max_age_s: float = 24 * 3600.0,
+        in_use: Callable[[Path], bool] | None = None,
+    ) -> None:
         self.root = root.rstrip("/") if storage.is_gcs(root) else root
         self.stage = stage
         self.max_age_s = max_age_s
+        self.in_use = in_use  # local folders: a live process other than the owner uses it
         self.held: list[str] = []
         self.log: Any = get_logger(stage)
 
@@ -495,7 +516,11 @@ class StagingArea:
         if not root.is_dir():
             return report
         entries = sorted(root.iterdir())
-        leases = {p.name[: -len(LEASE_SUFFIX)]: p for p in entries if p.name.endswith(".lease")}
+        leases = {
+            p.name[: -len(LEASE_SUFFIX)]: p
+            for p in entries
+            if p.name.endswith(LEASE_SUFFIX) and not p.name.startswith(storage.TMP_PREFIX)
+        }
         for p in entries:
             if p.name.endswith(LEASE_SUFFIX) or p.name.startswith(storage.TMP_PREFIX):
                 continue
@@ -508,6 +533,9 @@ class StagingArea:
                 continue
             if state == "unknown":
                 report.kept_unknown += 1
+                continue
+            if self.in_use is not None and self.in_use(p):
+                report.kept_live += 1
                 continue
             files, size = _local_size(p)
             if p.is_dir():
@@ -559,6 +587,119 @@ class StagingArea:
                 report.removed_bytes += sum(o.size for o in objs)
             st.delete(lease)
         return report
+
+
+# -- per-process temp folders ----------------------------------------------------------
+
+RUN_TMP_ROOT = "cp-run-tmp"  # under the system temp folder: one leased folder per process
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Live processes (readable ``/proc/<pid>/environ``) started with ``name=value``."""
+    needle = f"{name}={value}".encode() + b"\0"
+    found = []
+    with contextlib.suppress(OSError), os.scandir("/proc") as entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                env = Path(entry.path, "environ").read_bytes()
+            except OSError:  # gone, or another user's process (not one of ours)
+                continue
+            if env.startswith(needle) or b"\0" + needle in env:
+                found.append(int(entry.name))
+    return found
+
+
+def tmp_in_use(folder: Path) -> bool:
+    """A live process has ``folder`` as its ``TMPDIR`` (a child of a run that died)."""
+    return bool(processes_with_env("TMPDIR", str(folder)))
+
+
+def _sweep_half_written_leases(root: Path, min_age_s: float = 60.0) -> None:
+    """Remove ``.tmp-<stage>-<pid>-<ticks>.lease`` files of processes that died between
+    writing and renaming their lease (older than ``min_age_s``: a write takes far less,
+    so a writer on another host sharing this folder is never raced)."""
+    now = time.time()
+    for part in root.glob(f"{storage.TMP_PREFIX}*{LEASE_SUFFIX}"):
+        name = part.name[len(storage.TMP_PREFIX) : -len(LEASE_SUFFIX)]
+        try:
+            pid, ticks = (int(x) for x in name.rsplit("-", 2)[1:])
+            old = now - part.stat().st_mtime > min_age_s
+        except (ValueError, OSError):
+            continue
+        owner = {"host": socket.gethostname(), "boot_id": _boot_id(), "pid": pid}
+        if old and lease_state({**owner, "start_ticks": ticks}) == "dead":
+            part.unlink(missing_ok=True)
+
+
+class RunTemp:
+    """This process's own temp folder under ``<TMPDIR>/cp-run-tmp/`` (see module doc).
+
+    :meth:`enter` sweeps dead processes' folders, claims this one and points ``TMPDIR``
+    and :data:`tempfile.tempdir` at it; :meth:`exit` removes it and restores both. A temp
+    location that cannot hold the folder is left as it is (nothing to sweep there).
+    """
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.path: str | None = None
+        self.area: StagingArea | None = None
+        self.report = SweepReport()
+        self._saved: tuple[str | None, str | None] = (None, None)
+
+    def enter(self) -> str | None:
+        base = tempfile.gettempdir()
+        root = Path(base, RUN_TMP_ROOT)
+        area = StagingArea(str(root), self.stage, in_use=tmp_in_use)
+        name = f"{self.stage}-{os.getpid()}-{process_start_ticks(os.getpid())}"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            _sweep_half_written_leases(root)
+            self.report = area._sweep_local()  # logged below, and only when it found some
+            # The lease first (written whole: a sweep never reads half of it), then the
+            # folder. Not through storage's .tmp-* writer, which the sweep never judges.
+            part = root / f"{storage.TMP_PREFIX}{name}{LEASE_SUFFIX}"
+            part.write_bytes(orjson.dumps(lease_doc(self.stage)))
+            os.replace(part, root / f"{name}{LEASE_SUFFIX}")
+            area.held.append(name)
+            path = str(root / name)
+            os.mkdir(path)
+        except OSError:
+            return None
+        self.area, self.path = area, path
+        self._saved = (os.environ.get("TMPDIR"), tempfile.tempdir)
+        os.environ["TMPDIR"] = path
+        tempfile.tempdir = path
+        r = self.report
+        if r.removed_dirs or r.kept_live or r.kept_unknown:
+            # Logging is configured by the stage's main, which has not run yet.
+            logsetup.write_event(
+                "run_tmp_swept",
+                "INFO",
+                stage=self.stage,
+                location=str(root),
+                removed_dirs=r.removed_dirs,
+                removed_files=r.removed_files,
+                removed_bytes=r.removed_bytes,
+                kept_live=r.kept_live,
+                kept_unknown_owner=r.kept_unknown,
+                owner_check="pid and start time of the folder's process; kept while a live "
+                "process has it as TMPDIR",
+            )
+        return path
+
+    def exit(self) -> None:
+        if self.area is None or self.path is None:
+            return
+        env, tempdir = self._saved
+        if env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = env
+        tempfile.tempdir = tempdir
+        self.area.release(os.path.basename(self.path))
+        self.area = self.path = None
 
 
 class TempLease:
