@@ -15,6 +15,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ErrorLevel
 
+from services.queries import netfuncs
 from services.queries.backends import (
     Array,
     BigQueryBackend,
@@ -23,7 +24,7 @@ from services.queries.backends import (
     valid_identifier,
 )
 from services.queries.countries import CountryNamesError, load_country_names, parse_country_names
-from services.queries.dialect import DUCKDB_MACROS, UnsupportedSql, parse_bigquery, to_duckdb
+from services.queries.dialect import UnsupportedSql, parse_bigquery, to_duckdb
 from services.queries.metrics import QueriesMetrics
 from services.queries.run import (
     SOURCE_ROW_FIELDS,
@@ -168,8 +169,7 @@ def test_backends_refuse_bad_names(tmp_path: Path) -> None:
 @pytest.fixture
 def duck() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    for macro in DUCKDB_MACROS:
-        con.execute(macro)
+    netfuncs.install(con)
     return con
 
 
@@ -203,6 +203,17 @@ def test_date_trunc_on_a_date_is_a_date(duck: duckdb.DuckDBPyConnection) -> None
         ("192.0.2.1", None, None),
         ("a..b.com", None, None),
         (None, None, None),
+        # The Public Suffix List, ICANN section (as BigQuery): multi-label suffixes,
+        # wildcard and exception rules; private entries (github.io) are not suffixes.
+        ("www.shop.com.br", "shop.com.br", "com.br"),
+        ("a.b.github.io", "github.io", "io"),
+        ("x.y.kawasaki.jp", "x.y.kawasaki.jp", "y.kawasaki.jp"),
+        ("www.city.kawasaki.jp", "city.kawasaki.jp", "kawasaki.jp"),
+        ("ns1.example.gov.uk", "example.gov.uk", "gov.uk"),
+        ("https://user@www.example.co.uk:8080/a?b", "example.co.uk", "co.uk"),
+        ("host.invalidtld", None, None),
+        ("[::1]", None, None),
+        (".leading.example.org", "example.org", "org"),
     ],
 )
 def test_net_functions(duck: duckdb.DuckDBPyConnection, host: str | None, reg: Any, suffix: Any):

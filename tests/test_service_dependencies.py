@@ -28,6 +28,7 @@ IMPORT_NAMES = {
     "maxminddb": {"maxminddb"},
     "pytz": {"pytz"},
     "isal": {"isal"},
+    "publicsuffixlist": {"publicsuffixlist"},
 }
 SERVICE_GROUPS = {
     "beam_launcher": ["beam"],

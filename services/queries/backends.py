@@ -30,7 +30,8 @@ from sqlglot import exp
 
 from services.common import lifecycle
 from services.common.rowschema import TableSpec
-from services.queries.dialect import DUCKDB_MACROS, to_bigquery, to_duckdb
+from services.queries import netfuncs
+from services.queries.dialect import to_bigquery, to_duckdb
 from services.queries.sqlfiles import parameters
 
 __all__ = [
@@ -146,8 +147,7 @@ class DuckDBBackend:
         except BaseException:
             self._lock.close()
             raise
-        for macro in DUCKDB_MACROS:
-            self.con.execute(macro)
+        netfuncs.install(self.con)
         self.stats = JobStats()
 
     def table_ref(self, dataset: str, name: str) -> exp.Table:

@@ -6,20 +6,16 @@ error, never a silently wrong query) after rewriting, in the AST, the constructs
 sqlglot gets wrong or refuses (toolchain-notes §8):
 
 * ``NET.REG_DOMAIN`` / ``NET.PUBLIC_SUFFIX`` / ``NET.HOST`` become calls of DuckDB
-  macros (:data:`DUCKDB_MACROS`, created per connection). Any other ``NET.*`` function
-  is refused with :class:`UnsupportedSql`.
+  functions ``net_reg_domain`` / ``net_public_suffix`` / ``net_host``, registered per
+  connection by :func:`services.queries.netfuncs.install` (the Public Suffix List, ICANN
+  section, as BigQuery). Any other ``NET.*`` function is refused with
+  :class:`UnsupportedSql`.
 * ``UNNEST(a) WITH OFFSET AS o`` becomes ``WITH ORDINALITY``, which counts from 1: every
   reference to ``o`` in that SELECT is rewritten to ``(o - 1)`` so that the offset stays
   0-based.
 * ``ARRAY_AGG(x ORDER BY y LIMIT n)`` becomes ``list_slice(array_agg(x ORDER BY y), 1, n)``.
 * ``DATE_TRUNC(d, part)`` (BigQuery: DATE in, DATE out) is cast back to DATE, because
   DuckDB returns a TIMESTAMP.
-
-The public-suffix macros are an approximation (no suffix list is bundled): the suffix is
-the last label, or the last two labels when the TLD has two letters and the second-level
-label is one of :data:`SECOND_LEVEL_LABELS` (``co.uk``, ``com.cn``, ``gov.tw``, ...).
-BigQuery uses the full Public Suffix List; the difference only matters for the
-``reg_hostname`` of resolvers under rarer suffixes.
 
 Example:
     >>> import sqlglot
@@ -39,8 +35,6 @@ from sqlglot import exp
 from sqlglot.errors import ErrorLevel, UnsupportedError
 
 __all__ = [
-    "DUCKDB_MACROS",
-    "SECOND_LEVEL_LABELS",
     "UnsupportedSql",
     "parse_bigquery",
     "to_bigquery",
@@ -52,55 +46,7 @@ class UnsupportedSql(ValueError):
     """The SQL uses a BigQuery feature the DuckDB backend cannot run faithfully."""
 
 
-# Second-level labels that are public suffixes under most two-letter ccTLDs.
-SECOND_LEVEL_LABELS = (
-    "ac",
-    "co",
-    "com",
-    "edu",
-    "gob",
-    "gouv",
-    "gov",
-    "govt",
-    "go",
-    "mil",
-    "ne",
-    "net",
-    "nic",
-    "or",
-    "org",
-    "sch",
-)
-
-_LABELS = "string_split(rtrim(trim(h), '.'), '.')"
-_SLD = "[" + ", ".join(f"'{label}'" for label in SECOND_LEVEL_LABELS) + "]"
-
-# DuckDB macros standing in for BigQuery's NET functions (TEMP: nothing is stored in the
-# warehouse file). Inputs are host names, as in our tables; an IP address has no suffix.
-DUCKDB_MACROS = (
-    f"""CREATE OR REPLACE TEMP MACRO net_labels(h) AS
-        CASE WHEN h IS NULL OR trim(h) = '' OR regexp_matches(trim(h), '^[0-9.]+$')
-                  OR contains(trim(h), ':') OR contains(rtrim(trim(h), '.'), '..')
-             THEN NULL ELSE {_LABELS} END""",
-    f"""CREATE OR REPLACE TEMP MACRO net_suffix_labels(l) AS
-        CASE WHEN l IS NULL OR len(l) < 2 THEN NULL
-             WHEN length(l[-1]) = 2 AND list_contains({_SLD}, lower(l[-2]))
-             THEN 2 ELSE 1 END""",
-    """CREATE OR REPLACE TEMP MACRO net_public_suffix(h) AS
-        CASE WHEN net_suffix_labels(net_labels(h)) IS NULL THEN NULL
-             ELSE array_to_string(
-                 net_labels(h)[-net_suffix_labels(net_labels(h)):], '.') END""",
-    """CREATE OR REPLACE TEMP MACRO net_reg_domain(h) AS
-        CASE WHEN net_suffix_labels(net_labels(h)) IS NULL
-                  OR len(net_labels(h)) <= net_suffix_labels(net_labels(h)) THEN NULL
-             ELSE array_to_string(
-                 net_labels(h)[-(net_suffix_labels(net_labels(h)) + 1):], '.') END""",
-    """CREATE OR REPLACE TEMP MACRO net_host(u) AS
-        nullif(regexp_extract(trim(u),
-            '^(?:[A-Za-z][A-Za-z0-9+.-]*:)?(?://)?(?:[^@/]*@)?(\\[[^\\]]*\\]|[^:/?#]*)', 1), '')""",
-)
-
-_NET_MACROS: dict[type[exp.Expression], str] = {
+_NET_FUNCTIONS: dict[type[exp.Expression], str] = {
     exp.RegDomain: "net_reg_domain",
     exp.Host: "net_host",
 }
@@ -118,7 +64,7 @@ def to_bigquery(tree: exp.Expression) -> str:
 
 def _net_function(node: exp.Expression) -> exp.Expression:
     inner = node.this
-    name = _NET_MACROS.get(type(inner))
+    name = _NET_FUNCTIONS.get(type(inner))
     args: list[exp.Expression]
     if name is not None:
         args = [inner.this]
