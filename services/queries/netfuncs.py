@@ -25,6 +25,7 @@ import functools
 import re
 
 import duckdb
+from duckdb.func import FunctionNullHandling
 from publicsuffixlist import PublicSuffixList
 
 _PSL = PublicSuffixList(only_icann=True)
@@ -93,6 +94,7 @@ def install(con: duckdb.DuckDBPyConnection) -> None:
     for name, fn in FUNCTIONS.items():
         with contextlib.suppress(duckdb.InvalidInputException):  # not registered yet
             con.remove_function(name)
-        varchar = duckdb.sqltype("VARCHAR")
-        # "special": the functions see NULL inputs and may return NULL themselves.
-        con.create_function(name, fn, [varchar], varchar, null_handling="special")
+        # SPECIAL: the functions see NULL inputs and may return NULL themselves.
+        con.create_function(
+            name, fn, ["varchar"], "varchar", null_handling=FunctionNullHandling.SPECIAL
+        )
