@@ -1803,7 +1803,8 @@ PyInit__hqfast(void)
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     /* COLUMNS: the row columns this module writes, checked against the row schema by the
-     * Python side before the module is used (a renamed column must not go unnoticed). */
+     * Python side before the module is used (a renamed column must not go unnoticed);
+     * process_batch_columns returns its column lists in this order. */
     PyObject *names = PyTuple_New(NCOL);
     if (names == NULL) {
         Py_DECREF(m);
