@@ -31,7 +31,12 @@ from services.common.httpfetch import Backoff
 from services.common.logsetup import configure_logging, scan_types_label
 from services.common.metrics_export import export_metrics
 from services.common.scans import SCAN_TYPES
-from services.mirror.archives import DEFAULT_TMP_MAX_AGE_S, MirrorConfig, mirror_archives
+from services.mirror.archives import (
+    DEFAULT_TMP_MAX_AGE_S,
+    MirrorConfig,
+    MirrorSummary,
+    mirror_archives,
+)
 from services.mirror.metrics import MirrorMetrics
 from services.mirror.resources import sync_resources
 
@@ -119,6 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def failure_reason(summary: MirrorSummary) -> str | None:
+    """One line when the run failed: failed archives, or why it stopped early."""
+    failed = summary.failed
+    if summary.stopped:
+        left = len(summary.names("not_attempted"))
+        return (
+            f"{summary.stopped}: {len(summary.names('copied'))} archive(s) copied, "
+            f"{len(failed)} failed, {left} not attempted"
+        )
+    if not failed:
+        return None
+    return (
+        f"{len(failed)} of {summary.found} archive(s) failed: "
+        + "; ".join(f"{o.name}: {o.reason}" for o in failed[:3])
+        + (" ..." if len(failed) > 3 else "")
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -160,14 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with progress.shown(args.quiet):  # a terminal only; see common/progress.py
                 summary = mirror_archives(cfg, metrics=metrics)
             out = summary.to_dict()
-            failed = summary.failed
-            reason = (
-                f"{len(failed)} of {summary.found} archive(s) failed: "
-                + "; ".join(f"{o.name}: {o.reason}" for o in failed[:3])
-                + (" ..." if len(failed) > 3 else "")
-                if failed
-                else None
-            )
+            reason = failure_reason(summary)
         else:
             result = sync_resources(args.url, args.dest, metrics=metrics, backoff=backoff)
             out, reason = result.to_dict(), None

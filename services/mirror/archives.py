@@ -14,6 +14,12 @@ date window and scan-type filter:
    backoff, the whole archive again.
 3. Record the copy in the manifest (``manifest.py``).
 
+A full destination (``ENOSPC``, or ``EDQUOT`` for a quota) stops the run: the archive
+being copied is not published and its temp file is removed, the manifest keeps what was
+published before, no further archive is attempted (they are listed as
+``not_attempted``), and the run fails with the reason. A copy published just before its
+manifest record no longer fitted is recorded by the next run (``_adopt``).
+
 A rerun therefore resumes where a crashed run stopped: completed archives are skipped,
 the interrupted one is copied again from the start.
 
@@ -27,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,11 +43,30 @@ from services.common import lifecycle, progress, storage
 from services.common.httpfetch import Backoff, is_transient
 from services.common.logsetup import get_logger
 from services.common.scans import ScanName, UnknownScanName, parse_scan_name
-from services.mirror.manifest import CopyRecord, Manifest, load_manifest, save_manifest
+from services.mirror.manifest import (
+    CopyRecord,
+    Manifest,
+    load_manifest,
+    manifest_url,
+    save_manifest,
+)
 from services.mirror.metrics import MirrorMetrics
 from services.mirror.sources import Candidate, Source, SourceEntry, open_source
 
 DEFAULT_TMP_MAX_AGE_S = 6 * 3600.0
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space(exc: BaseException) -> OSError | None:
+    """The ``ENOSPC``/``EDQUOT`` error behind ``exc`` (itself, its cause or context)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 @dataclass
@@ -66,7 +92,7 @@ class Decision:
 @dataclass
 class Outcome:
     name: str
-    result: str  # copied | skipped | failed | unknown_name | would_copy
+    result: str  # copied | skipped | failed | unknown_name | would_copy | not_attempted
     reason: str
     bytes: int = 0
 
@@ -79,6 +105,7 @@ class MirrorSummary:
     filtered_out: int = 0
     outcomes: list[Outcome] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: str | None = None  # why the run stopped early (a full destination)
 
     def names(self, result: str) -> list[str]:
         return [o.name for o in self.outcomes if o.result == result]
@@ -106,6 +133,8 @@ class MirrorSummary:
             "seconds": round(self.seconds, 3),
             "failures": {o.name: o.reason for o in self.failed},
             "unknown_names": self.names("unknown_name"),
+            "not_attempted": self.names("not_attempted"),
+            "stopped": self.stopped,
         }
 
 
@@ -299,8 +328,27 @@ class _Run:
             self.manifest.remember_md5(url, dest_version, result.md5)
         if entry.md5 is None and entry.etag is not None:  # source content under this version
             self.manifest.remember_md5(entry.url, entry.etag, result.md5)
-        save_manifest(self.cfg.dest, self.manifest)
         return Outcome(entry.name, "copied", decision.reason, result.size)
+
+    def save(self) -> str | None:
+        """Write the manifest; None, or why it could not be written (the manifest on
+        disk then stays the last complete one; a published archive it lacks is recorded
+        by the next run)."""
+        try:
+            save_manifest(self.cfg.dest, self.manifest)
+        except Exception as exc:
+            lifecycle.reraise_if_aborted(exc)
+            full = no_space(exc)
+            cause = full_reason(self.cfg.dest, full) if full else f"{type(exc).__name__}: {exc}"
+            self.log.error("manifest_not_saved", url=manifest_url(self.cfg.dest), reason=cause)
+            return f"the manifest could not be saved: {cause}"
+        return None
+
+
+def full_reason(dest: str, exc: OSError) -> str:
+    """One line: the destination is full, and what to do."""
+    what = exc.strerror or errno.errorcode.get(exc.errno or 0, "no space")
+    return f"destination {dest} is full ({what}); free space there and rerun"
 
 
 def _is_transient_gcs(exc: BaseException) -> bool:
@@ -332,7 +380,7 @@ def mirror_archives(
         temps.release()
     summary.seconds = time.monotonic() - started
     metrics.duration.set(summary.seconds)
-    if not summary.failed:
+    if not summary.failed and not summary.stopped:
         metrics.last_success.set_to_current_time()
     run.log.info("run_done", **{k: v for k, v in summary.to_dict().items() if k != "failures"})
     return summary
@@ -367,12 +415,19 @@ def _mirror_selected(
     shown = progress.task("mirror", unit="archives")
     shown.add_total(files=len(sel.selected), size=sum(sizes.values()))
     for name, _scan in sorted(sel.selected, key=lambda s: (s[1].started, s[0])):
+        if summary.stopped:  # a full destination fits no further archive
+            summary.outcomes.append(Outcome(name, "not_attempted", summary.stopped))
+            continue
         lifecycle.check()  # after a stop signal no new archive starts
         try:
             outcome = run.handle(candidates[name])
         except Exception as exc:
             lifecycle.reraise_if_aborted(exc)
+            full = no_space(exc)
             outcome = Outcome(name, "failed", f"{type(exc).__name__}: {exc}")
+            if full is not None:
+                summary.stopped = full_reason(cfg.dest, full)
+                outcome.reason = f"{summary.stopped} (nothing of it was published)"
             run.log.error("archive_failed", archive=name, reason=outcome.reason)
         else:
             event = {"copied": "archive_copied", "would_copy": "archive_would_copy"}
@@ -382,11 +437,20 @@ def _mirror_selected(
                 )
             else:
                 run.log.debug("archive_skipped", archive=name, why=outcome.reason)
+            if outcome.result == "copied":  # published: record it before the next one
+                summary.stopped = run.save()
         summary.outcomes.append(outcome)
         metrics.bytes.inc(outcome.bytes)
         shown.advance(files=1, size=sizes.get(name, 0))
-    if not cfg.dry_run:
-        save_manifest(cfg.dest, run.manifest)  # hashes learnt while skipping
+    if not cfg.dry_run:  # hashes learnt while skipping (and records of adopted archives)
+        unsaved = run.save()
+        summary.stopped = summary.stopped or unsaved
+    if summary.stopped:
+        run.log.error(
+            "run_stopped",
+            reason=summary.stopped,
+            not_attempted=len(summary.names("not_attempted")),
+        )
 
     for outcome in summary.outcomes:
         if outcome.result in ("copied", "skipped", "failed", "unknown_name"):
