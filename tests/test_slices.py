@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -308,3 +309,17 @@ def test_gs_objects_are_sliced_like_local_files(gcs_bucket: GcsBucket, gz: bool)
             parts = read_slices(task, count, 700)
             assert [pair for part in parts for pair in part] == want, count
             assert all(parts), count  # every slice got lines
+
+
+def test_later_slices_are_shorter_by_the_prefix_they_inflate() -> None:
+    """Each slice's modelled work (its own chunks + SKIP_COST x the chunks before it)
+    is the same to within a chunk; without a skip cost the file is cut evenly."""
+    chunks = 10_000
+    for n in range(1, 9):
+        starts = [slices._edge(k, n, chunks) for k in range(n)] + [chunks]
+        assert starts[0] == 0 and starts == sorted(starts)
+        work = [b - a + slices.SKIP_COST * a for a, b in itertools.pairwise(starts)]
+        assert max(work) - min(work) <= 2, (n, work)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(slices, "SKIP_COST", 0.0)
+        assert [slices._edge(k, 4, 1000) for k in range(4)] == [0, 250, 500, 750]
