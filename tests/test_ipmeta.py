@@ -686,3 +686,207 @@ def test_catalog_ipv6_files_feed_ipv6_lookups(catalog_root: Path) -> None:
     assert (m.netblock, m.asn, m.as_name) == ("2001:4860::/32", 15169, "GOOGLE")
     assert m.sources[0] == "routeviews-rv6-20210529-1200"
     assert e.lookup("8.8.8.8").sources[0] == "routeviews-rv2-20210530-1200"
+
+
+# ---------------------------------------------------------------------------------------
+# The inlined parse path and the compact (cached) forms
+
+
+def _parse_with_add(lines: list[str]) -> PrefixTable:
+    """The reference: every line through PrefixTable.add (the general path)."""
+    table = PrefixTable()
+    for text in (line.strip() for line in lines):
+        if not text or text[0] == "#":
+            continue
+        parts = text.split("\t")
+        if len(parts) != 3:
+            parts = text.split()
+        try:
+            prefix, length, origin = parts
+            table.add(prefix, int(length), origin)
+        except (ValueError, OSError):
+            table.bad_lines += 1
+    return table.freeze()
+
+
+def _same_table(a: PrefixTable, b: PrefixTable) -> None:
+    assert (a._v4, a._v6, a._raw) == (b._v4, b._v6, b._raw)
+    assert (a.count, a.bad_lines, a.lengths(4), a.lengths(6)) == (
+        b.count,
+        b.bad_lines,
+        b.lengths(4),
+        b.lengths(6),
+    )
+    assert (a._deep4, a._deep6) == (b._deep4, b._deep6)
+
+
+_PREFIXES = hs.sampled_from(
+    ["1.2.3.0", "8.8.8.8", "01.2.3.4", "255.255.255.255", "0.0.0.0", "2001:db8::", "::", "x"]
+)
+_LENGTHS = hs.one_of(
+    hs.integers(0, 40).map(str), hs.sampled_from(["024", " 24", "2_4", "+8", "", "x", "٢"])
+)
+_ORIGINS = hs.one_of(
+    hs.integers(0, 2**32 + 5).map(str),
+    hs.sampled_from(["015169", "00", "1_2", "3,4_5", "1.10", "", "AS1", "١٢", "4294967296"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hs.lists(hs.tuples(_PREFIXES, _LENGTHS, _ORIGINS, hs.sampled_from(["\t", " "])), max_size=30)
+)
+def test_inlined_parse_equals_the_general_path(parts: list[tuple[str, str, str, str]]) -> None:
+    lines = [sep.join(p) for *p, sep in parts]
+    _same_table(parse_pfx2as(lines), _parse_with_add(lines))
+
+
+def test_inlined_parse_equals_the_general_path_on_the_real_excerpt() -> None:
+    lines = _real_lines(PFX2AS)
+    _same_table(parse_pfx2as(lines), _parse_with_add(lines))
+
+
+def test_compact_prefix_table_round_trip() -> None:
+    lines = [*_real_lines(PFX2AS), "2001:4860::\t32\t15169", "2001:4860:4860::8888\t128\t1_2"]
+    lines += ["2c0f:fb50::\t32\t015169", "bad line"]
+    table = parse_pfx2as(lines)
+    back = PrefixTable.from_bytes(table.to_bytes())
+    _same_table(back, table)
+    for ip in ("8.8.8.8", "146.112.62.39", "2001:4860:4860::8888", "2c0f:fb50::1", "9.9.9.9"):
+        assert back.lookup(ip) == table.lookup(ip)
+    assert back.lookup("2c0f:fb50::1") == ("2c0f:fb50::/32", 15169, "015169")
+    blob = table.to_bytes()
+    for bad in (b"", blob[:-3], blob + b"x", b"\x05" + blob[1:]):
+        with pytest.raises(ValueError):
+            PrefixTable.from_bytes(bad)
+
+
+def test_compact_as_tables_round_trip() -> None:
+    from services.common.ipmeta import (
+        as2org_from_bytes,
+        as2org_to_bytes,
+        as2types_from_bytes,
+        as2types_to_bytes,
+    )
+
+    orgs = parse_as2org(_real_lines(AS2ORG))
+    orgs[7] = AsOrg("NAME-ONLY", None, None)
+    assert as2org_from_bytes(as2org_to_bytes(orgs)) == orgs
+    types = parse_as2types(_real_lines(AS2TYPES))
+    assert as2types_from_bytes(as2types_to_bytes(types)) == types
+    for bad in (b"", b"{}", b"[1]", b'{"asn": [1], "org": []}'):
+        with pytest.raises(ValueError):
+            as2org_from_bytes(bad)
+        with pytest.raises(ValueError):
+            as2types_from_bytes(bad)
+
+
+def _loaded(cat: ReferenceCatalog, day: dt.date) -> tuple[Any, Any, Any]:
+    sel = cat.choose(day)
+    assert sel.routeviews and sel.as2org and sel.as2class
+    return (
+        cat.load_pfx2as(sel.routeviews),
+        cat.load_as2org(sel.as2org),
+        cat.load_as2types(sel.as2class),
+    )
+
+
+def test_catalog_cache_is_written_once_then_read(catalog_root: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    day = dt.date(2021, 5, 31)
+    plain = _loaded(ReferenceCatalog(str(catalog_root)), day)
+    first = ReferenceCatalog(str(catalog_root), cache_dir=cache)
+    got = _loaded(first, day)
+    assert (first.cache_hits, first.cache_writes) == (0, 3)
+    names = sorted(p.name for p in cache.iterdir())
+    assert len(names) == 3 and all(n.endswith(".cpmeta") for n in names)
+    assert names[0].startswith("20210401.as-org2info.as2org.")
+    second = ReferenceCatalog(str(catalog_root), cache_dir=cache)
+    again = _loaded(second, day)
+    assert (second.cache_hits, second.cache_writes) == (3, 0)
+    for a, b, c in zip(plain, got, again, strict=True):
+        if isinstance(a, PrefixTable):
+            _same_table(a, b)
+            _same_table(a, c)
+        else:
+            assert a == b == c
+    e, _ = second.enricher_for(day)
+    assert e.lookup("8.8.8.8").as_full_name == "Google LLC (jsonl)"
+
+
+def test_catalog_cache_follows_the_file_bytes(catalog_root: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    day = dt.date(2021, 5, 31)
+    _loaded(ReferenceCatalog(str(catalog_root), cache_dir=cache), day)
+    # The same file name with other contents (a re-mirrored file) is parsed anew.
+    _put(
+        catalog_root,
+        "routeviews/2021/05/routeviews-rv2-20210530-1200.pfx2as.gz",
+        _gz(["8.8.8.0\t24\t64500"]),
+    )
+    cat = ReferenceCatalog(str(catalog_root), cache_dir=cache)
+    table, _, _ = _loaded(cat, day)
+    assert table.lookup("8.8.8.8").asn == 64500
+    assert (cat.cache_hits, cat.cache_writes) == (2, 1)
+
+
+def test_catalog_cache_damage_is_logged_and_repaired(
+    catalog_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "cache"
+    day = dt.date(2021, 5, 31)
+    _loaded(ReferenceCatalog(str(catalog_root), cache_dir=cache), day)
+    (entry,) = cache.glob("routeviews-*.cpmeta")
+    blob = bytearray(entry.read_bytes())
+    blob[-1] ^= 0xFF
+    entry.write_bytes(bytes(blob))
+    cat = ReferenceCatalog(str(catalog_root), cache_dir=cache)
+    table, _, _ = _loaded(cat, day)
+    assert table.lookup("8.8.8.8").asn == 15169
+    assert (cat.cache_hits, cat.cache_writes) == (2, 1)
+    err = capsys.readouterr().err
+    assert "ipmeta_cache_damaged" in err and "checksum mismatch" in err
+    cat2 = ReferenceCatalog(str(catalog_root), cache_dir=cache)
+    _loaded(cat2, day)
+    assert cat2.cache_hits == 3  # rewritten whole
+
+
+def test_catalog_cache_folder_that_cannot_be_written(
+    catalog_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    cat = ReferenceCatalog(str(catalog_root), cache_dir=blocker / "sub")
+    table, orgs, _ = _loaded(cat, dt.date(2021, 5, 31))
+    assert table.lookup("8.8.8.8").asn == 15169 and orgs[15169].as_name == "GOOGLE"
+    assert (cat.cache_hits, cat.cache_writes) == (0, 0)
+    err = capsys.readouterr().err
+    assert err.count("ipmeta_cache_not_written") == 1  # said once, not per file
+
+
+def test_catalog_cache_keeps_the_most_recently_used(
+    catalog_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import services.common.ipmeta as ipmeta
+
+    monkeypatch.setattr(ipmeta, "CACHE_KEEP", 2)
+    cache = tmp_path / "cache"
+    (cache / "keep-me.txt").parent.mkdir()
+    (cache / "keep-me.txt").write_text("not ours")
+    cat = ReferenceCatalog(str(catalog_root), cache_dir=cache)
+    _loaded(cat, dt.date(2021, 5, 31))
+    assert len(list(cache.glob("*.cpmeta"))) == 2
+    assert (cache / "keep-me.txt").exists()
+
+
+def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from services.common.ipmeta import CACHE_ENV, default_cache_dir
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    for off in ("off", "", "0"):
+        monkeypatch.setenv(CACHE_ENV, off)
+        assert default_cache_dir() is None
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "cp-pipeline" / "ipmeta"

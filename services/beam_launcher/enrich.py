@@ -3,8 +3,11 @@
 Each worker keeps one :class:`RowEnricher`; every distinct (date, ip) is looked up once
 per worker (memoised) with the reference files of that date chosen by
 :class:`services.common.ipmeta.ReferenceCatalog` (routeviews at or before the date within
-the staleness limit; nearest AS-organisation / AS-class snapshots). Missing or stale
-reference data never fails a run: the row keeps empty metadata and the stats say why.
+the staleness limit; nearest AS-organisation / AS-class snapshots). Parsed tables are
+cached in :func:`services.common.ipmeta.default_cache_dir` (``$CP_IPMETA_CACHE``), so
+each worker process after the first on a machine loads them in a fraction of a second.
+Missing or stale reference data never fails a run: the row keeps empty metadata and the
+stats say why.
 
 Example:
     >>> e = RowEnricher(None)
@@ -17,10 +20,10 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any, NamedTuple
 
-from services.common.ipmeta import Enricher, IpMetadata, ReferenceCatalog
+from services.common.ipmeta import Enricher, IpMetadata, ReferenceCatalog, default_cache_dir
 from services.common.mmdb import MmdbOrgSource
 
 _EMPTY = IpMetadata(status="unconfigured")
@@ -48,7 +51,11 @@ class RowEnricher:
         self.location = location
         self.org_source = MmdbOrgSource(org_mmdb) if org_mmdb and location else None
         self.catalog = (
-            ReferenceCatalog(location, max_staleness_days=max_staleness_days) if location else None
+            ReferenceCatalog(
+                location, max_staleness_days=max_staleness_days, cache_dir=default_cache_dir()
+            )
+            if location
+            else None
         )
         self._enrichers: dict[str, tuple[Enricher, Any]] = {}
         self._memo: OrderedDict[tuple[str, str], IpMetadata] = OrderedDict()
@@ -127,18 +134,24 @@ class RowEnricher:
         ``rows_with_asn`` and ``rows_with_country`` into ``stats``; all counts equal
         those of :meth:`enrich_hyperquack` called row by row.
         """
-        keys = list(zip(columns["date"], columns["server_ip"], strict=True))
-        if len(keys) != n_rows:
-            raise ValueError(f"batch has {len(keys)} date/server_ip values, n_rows={n_rows}")
-        slot: dict[tuple[Any, Any], int] = {}
-        index = [slot.setdefault(k, len(slot)) for k in keys]
-        hits = [self._server_hit(date, ip) for date, ip in slot]
-        counts = [0] * len(hits)
-        for j in index:
-            counts[j] += 1
-        for hit, count in zip(hits, counts, strict=True):
-            if not count:  # pragma: no cover - every slot comes from a row
-                continue
+        dates, ips = columns["date"], columns["server_ip"]
+        if len(dates) != n_rows or len(ips) != n_rows:
+            raise ValueError(
+                f"batch has {len(dates)} dates and {len(ips)} server IPs, n_rows={n_rows}"
+            )
+        one_day = set(dates)
+        if len(one_day) == 1:  # the usual batch: key by IP alone (no tuple per row)
+            (day,) = one_day
+            keys: list[Any] = ips
+            slot = {k: i for i, k in enumerate(dict.fromkeys(ips))}
+            hits = [self._server_hit(day, ip) for ip in slot]
+        else:
+            keys = list(zip(dates, ips, strict=True))
+            slot = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+            hits = [self._server_hit(d, ip) for d, ip in slot]
+        index = list(map(slot.__getitem__, keys))
+        for j, count in Counter(index).items():
+            hit = hits[j]
             stats[hit.counter] = stats.get(hit.counter, 0) + count
             if hit.has_asn:
                 stats["rows_with_asn"] = stats.get("rows_with_asn", 0) + count
@@ -153,9 +166,9 @@ class RowEnricher:
             return
         for k, name in enumerate(SERVER_COLUMNS):
             distinct = [hit.values[k] for hit in hits]
-            columns[name] = [distinct[j] for j in index]
+            columns[name] = list(map(distinct.__getitem__, index))
         all_sources = [hit.sources for hit in hits]
-        columns["ip_metadata_sources"] = [list(all_sources[j]) for j in index]
+        columns["ip_metadata_sources"] = list(map(list, map(all_sources.__getitem__, index)))
 
     def enrich_satellite(self, row: dict[str, Any], stats: dict[str, int]) -> None:
         """Resolver and answers; non-empty CAIDA values override tag values (as the seed)."""
