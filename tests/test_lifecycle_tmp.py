@@ -134,7 +134,7 @@ def wait_file(folder: Path, prefix: str) -> None:
         time.sleep(0.02)
 
 
-def sweep_by_a_new_start(tmp: Path) -> lifecycle.SweepReport:
+def sweep_by_a_new_start(tmp: Path) -> lifecycle.RunTemp:
     """What a starting stage does (in this process: TMPDIR is the test's ``tmp``)."""
     old = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = str(tmp)
@@ -145,7 +145,6 @@ def sweep_by_a_new_start(tmp: Path) -> lifecycle.SweepReport:
     try:
         run = lifecycle.RunTemp("probe")
         assert run.enter() is not None
-        report = run.report
         run.exit()
     finally:
         tempfile.tempdir = saved
@@ -153,7 +152,7 @@ def sweep_by_a_new_start(tmp: Path) -> lifecycle.SweepReport:
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = old
-    return report
+    return run
 
 
 def test_start_sweeps_dead_processes_folders_only(tmp_path: Path) -> None:
@@ -176,7 +175,9 @@ def test_start_sweeps_dead_processes_folders_only(tmp_path: Path) -> None:
             p.wait()
         assert os.path.exists(f"/proc/{child_pid}")  # the child outlived its parent
 
-        report = sweep_by_a_new_start(tmp)
+        run = sweep_by_a_new_start(tmp)
+        report = run.report
+        assert run.users == {orphan_dir.name: [child_pid]}  # named in run_tmp_swept
         kept = [live_dir, orphan_dir]
         leases = [d.with_name(d.name + lifecycle.LEASE_SUFFIX) for d in kept]
         assert sorted(run_root(tmp).iterdir()) == sorted(kept + leases)
@@ -187,7 +188,7 @@ def test_start_sweeps_dead_processes_folders_only(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while os.path.exists(f"/proc/{child_pid}") and time.monotonic() < deadline:
             time.sleep(0.02)  # reaped by init (it was re-parented when its parent died)
-        report = sweep_by_a_new_start(tmp)
+        report = sweep_by_a_new_start(tmp).report
         assert (report.removed_dirs, report.kept_live) == (1, 1)
         assert not orphan_dir.exists() and live_dir.exists()
     finally:
@@ -289,7 +290,7 @@ sys.exit(lifecycle.run_main("mp", main))
     deadline = time.monotonic() + 30
     while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    report = sweep_by_a_new_start(tmp)
+    report = sweep_by_a_new_start(tmp).report
     assert report.removed_dirs == 1 and report.removed_files >= len(paths)
     assert list(run_root(tmp).iterdir()) == []
     assert sorted(p.name for p in tmp.iterdir()) == [lifecycle.RUN_TMP_ROOT]

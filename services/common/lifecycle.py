@@ -611,11 +611,6 @@ def processes_with_env(name: str, value: str) -> list[int]:
     return found
 
 
-def tmp_in_use(folder: Path) -> bool:
-    """A live process has ``folder`` as its ``TMPDIR`` (a child of a run that died)."""
-    return bool(processes_with_env("TMPDIR", str(folder)))
-
-
 def _sweep_half_written_leases(root: Path, min_age_s: float = 60.0) -> None:
     """Remove ``.tmp-<stage>-<pid>-<ticks>.lease`` files of processes that died between
     writing and renaming their lease (older than ``min_age_s``: a write takes far less,
@@ -646,12 +641,19 @@ class RunTemp:
         self.path: str | None = None
         self.area: StagingArea | None = None
         self.report = SweepReport()
+        self.users: dict[str, list[int]] = {}  # dead runs' folders kept: live users' pids
         self._saved: tuple[str | None, str | None] = (None, None)
+
+    def _in_use(self, folder: Path) -> bool:
+        pids = processes_with_env("TMPDIR", str(folder))
+        if pids:
+            self.users[folder.name] = pids
+        return bool(pids)
 
     def enter(self) -> str | None:
         base = tempfile.gettempdir()
         root = Path(base, RUN_TMP_ROOT)
-        area = StagingArea(str(root), self.stage, in_use=tmp_in_use)
+        area = StagingArea(str(root), self.stage, in_use=self._in_use)
         name = f"{self.stage}-{os.getpid()}-{process_start_ticks(os.getpid())}"
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -684,6 +686,7 @@ class RunTemp:
                 removed_bytes=r.removed_bytes,
                 kept_live=r.kept_live,
                 kept_unknown_owner=r.kept_unknown,
+                kept_in_use_by=self.users,
                 owner_check="pid and start time of the folder's process; kept while a live "
                 "process has it as TMPDIR",
             )
