@@ -444,7 +444,7 @@ def main() -> int:
         ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
         capture_output=True,
         text=True,
-    ).stdout.strip()
+    ).stdout.strip() or os.environ.get("BENCH_COMMIT", "unknown (not a git checkout)")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"bench_e2e: commit {commit}; {os.cpu_count()} CPUs, load {load}; sizes "

@@ -3,22 +3,24 @@
 A generated HTTP + HTTPS scan (v1 and v2, with some bad lines) big enough to span many
 line batches is run through the launcher (``run`` with a ``RunConfig``, the synthetic
 CAIDA reference data of ``sample_caida`` mirrored by ``services.routeviews sync``) into a
-fresh warehouse. The test computes the same tables itself from the pure-Python row path:
+fresh warehouse; where the launcher has worker processes and file slices, with two workers
+and ~1 MiB slices (the files are stored uncompressed in gzip, several MiB each, one of
+them as two gzip members split mid-line, the second one deflated). The test computes the
+same tables itself from the pure-Python row path:
 ``HyperquackProcessor(use_native=False).process_lines`` over each whole file, then
 ``RowEnricher.enrich_hyperquack`` per row, converted with the table's own schema. The
 DuckDB tables and the published Parquet files must have the reference's fingerprint: the
-rows sorted by a stable key (provenance, then the roundtrip's identity, then the whole
-row), each column's values hashed in that order. Any single value that differs, any row
-lost or duplicated changes a column hash or the row count; the test shows that with
-mutations of the launcher's rows.
+row count and, per column, the sum over the rows of a hash of (row key, value), the key
+being provenance plus the roundtrip's identity (unique per row). Any single value that
+differs, moves to another row, or any row lost or duplicated changes a column sum or the
+row count; the test shows that with mutations of the launcher's rows.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gzip
-import hashlib
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,8 @@ pytestmark = pytest.mark.slow
 SIZE = 2_500  # measurements (lines) per scan: ~29k rows over four scans
 BATCH_LINES = 200  # the launcher cuts each file into 13 batches
 BAD_LINE_RATIO = 0.01
+WORKERS = 2
+SLICE_BYTES = 1 << 20
 SCANS = tuple(s for s in HYPERQUACK_SCANS if s.scan_type in ("http", "https"))
 #: Sort key: provenance, then what identifies a roundtrip within its measurement.
 KEY_COLUMNS = (
@@ -62,61 +66,48 @@ DEAD_KEY = ("source", "source_file", "source_line", "stage", "error_class")
 Fingerprint = tuple[int, dict[str, str]]
 
 
-# --- canonical values and fingerprints ------------------------------------------------------
+# --- fingerprints ---------------------------------------------------------------------------
 
 
-def canonical(value: Any) -> str:
-    """One text form per value, whichever Arrow type (DuckDB's or the schema's) held it."""
-    if value is None:
-        return "\x00null"
-    if isinstance(value, bool):
-        return f"b:{value}"
-    if isinstance(value, int | float):
-        return f"n:{value!r}"
-    if isinstance(value, str):
-        return f"s:{value}"
-    if isinstance(value, bytes):
-        return f"x:{value.hex()}"
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.UTC)
-        return f"t:{value.astimezone(dt.UTC).isoformat()}"
-    if isinstance(value, dt.date):
-        return f"d:{value.isoformat()}"
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(canonical(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ",".join(f"{k}={canonical(v)}" for k, v in sorted(value.items())) + "}"
-    raise TypeError(f"no canonical form for {type(value).__name__}: {value!r}")
+def fingerprint(table: pa.Table, spec: TableSpec, key: tuple[str, ...]) -> Fingerprint:
+    """(row count, column → sum over the rows of hash(row key, value)).
 
-
-def canonical_rows(table: pa.Table, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """The table's rows as tuples of canonical values, in ``columns`` order."""
+    The table is first cast to the spec's Arrow schema, so DuckDB's and the schema's own
+    types give the same values. A column's hash is a sum, so row order does not matter;
+    each term names its row by ``key``, so a value moved to another row counts too.
+    """
+    columns = spec.column_names
     assert sorted(table.column_names) == sorted(columns), set(table.column_names) ^ set(columns)
-    data = [table.column(c).to_pylist() for c in columns]
-    return [tuple(canonical(col[i]) for col in data) for i in range(table.num_rows)]
+    table = table.select(list(columns)).cast(spec.arrow_schema())
+    keys = ", ".join(f'"{k}"' for k in key)
+    sums = ", ".join(f'sum(hash({keys}, "{c}"))::VARCHAR' for c in columns)
+    with duckdb.connect() as con:
+        con.register("t", table)
+        n, *hashes = con.execute(f"SELECT count(*), {sums} FROM t").fetchone() or ()
+    return n, dict(zip(columns, hashes, strict=True))
 
 
-def fingerprint(
-    rows: list[tuple[str, ...]], columns: tuple[str, ...], key: tuple[str, ...]
-) -> Fingerprint:
-    """(row count, column → hash of its values with the rows in key order)."""
-    index = [columns.index(k) for k in key]
-    ordered = sorted(rows, key=lambda r: (tuple(r[i] for i in index), r))
-    hashes = {}
-    for i, name in enumerate(columns):
-        h = hashlib.sha256()
-        for row in ordered:
-            h.update(row[i].encode())
-            h.update(b"\x1f")
-        hashes[name] = h.hexdigest()
-    return len(rows), hashes
+def distinct_keys(table: pa.Table, key: tuple[str, ...]) -> int:
+    """Distinct values of ``key`` in ``table`` (equal to its rows when the key is unique)."""
+    with duckdb.connect() as con:
+        con.register("t", table)
+        keys = ", ".join(f'"{k}"' for k in key)
+        row = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM t)").fetchone()
+    return int(row[0]) if row else 0
 
 
 def differences(got: Fingerprint, want: Fingerprint) -> list[str]:
     """What differs between two fingerprints ([] when equal)."""
     out = [] if got[0] == want[0] else [f"rows: {got[0]} != {want[0]}"]
     return out + [f"column {c}" for c in want[1] if got[1].get(c) != want[1][c]]
+
+
+def with_value(table: pa.Table, column: str, row: int, value: Any) -> pa.Table:
+    """``table`` with one value replaced."""
+    i = table.column_names.index(column)
+    values = table.column(column).to_pylist()
+    values[row] = value
+    return table.set_column(i, table.field(i), pa.array(values, table.field(i).type))
 
 
 # --- reading what the launcher wrote --------------------------------------------------------
@@ -173,13 +164,32 @@ def reference(
 # --- the test -------------------------------------------------------------------------------
 
 
+def parallel_options() -> dict[str, Any]:
+    """Two worker processes and files cut into slices of ~1 MiB, where the launcher has
+    these options (``RunConfig.workers`` / ``slice_bytes`` of the multi-process graph);
+    a launcher without them runs the files in one process."""
+    names = {f.name for f in dataclasses.fields(RunConfig)}
+    wanted = {"workers": WORKERS, "slice_bytes": SLICE_BYTES}
+    return {k: v for k, v in wanted.items() if k in names}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("fingerprint")
+    # Level 0 (stored deflate blocks): files of several MiB, so slices of a file start at
+    # different byte offsets; one file is rewritten as two gzip members split mid-line
+    # (the second one deflated).
     written = write_scan_archives(
-        root / "sample", SCANS, size=SIZE, bad_line_ratio=BAD_LINE_RATIO, compresslevel=1
+        root / "sample", SCANS, size=SIZE, bad_line_ratio=BAD_LINE_RATIO, compresslevel=0
     )
     assert written.bad_lines > 0
+    two_members = next((root / "sample" / "scans").glob("CP_Quack-https-2021-*/results.json.gz"))
+    text = gzip.decompress(two_members.read_bytes())
+    cut = text.index(b"\n", len(text) // 2) - 10
+    two_members.write_bytes(
+        gzip.compress(text[:cut], compresslevel=0, mtime=0)
+        + gzip.compress(text[cut:], compresslevel=1, mtime=0)
+    )
     write_caida(root / "caida", SCANS, SIZE, 0)
     meta = root / "ipmeta"
     sync = ["sync", "--base-url", str(root / "caida"), "--dest", str(meta)]
@@ -191,10 +201,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             warehouse=str(wh),
             ip_metadata=str(meta),
             batch_lines=BATCH_LINES,
+            **parallel_options(),
         )
     )
     tables, dead, stats = reference(root / "sample" / "scans", meta)
-    return {"wh": wh, "summary": summary, "tables": tables, "dead": dead, "stats": stats}
+    return {
+        "wh": wh,
+        "scans": root / "sample" / "scans",
+        "summary": summary,
+        "tables": tables,
+        "dead": dead,
+        "stats": stats,
+    }
 
 
 def test_reference_is_enriched_and_spans_many_batches(runs: dict[str, Any]) -> None:
@@ -208,33 +226,35 @@ def test_reference_is_enriched_and_spans_many_batches(runs: dict[str, Any]) -> N
     assert lines >= len(SCANS) * SIZE * 0.99
     assert runs["summary"].stats["lines"] == lines
     assert SIZE / BATCH_LINES >= 10
+    sizes = [p.stat().st_size for p in runs["scans"].glob("*/results.json.gz")]
+    assert len(sizes) == len(SCANS) and min(sizes) > 3 * SLICE_BYTES
 
 
 @pytest.mark.parametrize("scan_type", ["http", "https"])
 def test_scan_tables_equal_the_row_path(runs: dict[str, Any], scan_type: str) -> None:
     spec = HYPERQUACK_TABLES[scan_type]
-    columns = spec.column_names
-    want = fingerprint(
-        canonical_rows(spec.to_arrow(runs["tables"][spec.name]), columns), columns, KEY_COLUMNS
-    )
+    reference = spec.to_arrow(runs["tables"][spec.name])
+    assert reference.num_rows > 10_000
+    assert distinct_keys(reference, KEY_COLUMNS) == reference.num_rows  # the key names a row
+    want = fingerprint(reference, spec, KEY_COLUMNS)
     for where, table in (
         ("duckdb", duckdb_table(runs["wh"], spec)),
         ("parquet", parquet_table(runs["wh"], spec)),
     ):
-        got = fingerprint(canonical_rows(table, columns), columns, KEY_COLUMNS)
+        got = fingerprint(table, spec, KEY_COLUMNS)
         assert not differences(got, want), f"{spec.name} in {where}: {differences(got, want)}"
 
 
 def test_dead_letters_equal_the_row_path(runs: dict[str, Any]) -> None:
-    columns = DEAD_LETTER.column_names
-    want = fingerprint(
-        canonical_rows(DEAD_LETTER.to_arrow(runs["dead"]), columns), columns, DEAD_KEY
-    )
+    reference = DEAD_LETTER.to_arrow(runs["dead"])
+    assert reference.num_rows > 0
+    assert distinct_keys(reference, DEAD_KEY) == reference.num_rows
+    want = fingerprint(reference, DEAD_LETTER, DEAD_KEY)
     for where, table in (
         ("duckdb", duckdb_table(runs["wh"], DEAD_LETTER)),
         ("parquet", parquet_table(runs["wh"], DEAD_LETTER)),
     ):
-        got = fingerprint(canonical_rows(table, columns), columns, DEAD_KEY)
+        got = fingerprint(table, DEAD_LETTER, DEAD_KEY)
         assert not differences(got, want), f"dead_letter in {where}: {differences(got, want)}"
 
 
@@ -255,39 +275,48 @@ def test_processed_files_count_what_the_row_path_counts(runs: dict[str, Any]) ->
 def test_fingerprint_catches_one_changed_value_and_lost_or_extra_rows(
     runs: dict[str, Any],
 ) -> None:
-    """Mutations of the launcher's own rows: each one is seen, and named precisely."""
+    """Mutations of the launcher's own table: each one is seen, and named precisely."""
     spec = HYPERQUACK_TABLES["https"]
-    columns = spec.column_names
-    rows = canonical_rows(duckdb_table(runs["wh"], spec), columns)
-    base = fingerprint(rows, columns, KEY_COLUMNS)
-    middle = len(rows) // 2
-    for column in ("received_tls_cert_issuer", "server_asn", "outcome", "received_body"):
-        i = columns.index(column)
-        target = next(j for j in range(middle, len(rows)) if rows[j][i] != "\x00null")
-        changed = list(rows)
-        value = changed[target][i]
-        new = value[:-1] + ("0" if value[-1] != "0" else "1")  # one character differs
-        changed[target] = (*rows[target][:i], new, *rows[target][i + 1 :])
-        assert differences(fingerprint(changed, columns, KEY_COLUMNS), base) == [f"column {column}"]
-    # A value moved to another row of the same column: same multiset, still caught.
-    i = columns.index("received_status")
-    a = next(j for j in range(len(rows)) if rows[j][i] != "\x00null")
-    b = next(j for j in range(a + 1, len(rows)) if rows[j][i] not in (rows[a][i], "\x00null"))
-    swapped = list(rows)
-    swapped[a] = (*rows[a][:i], rows[b][i], *rows[a][i + 1 :])
-    swapped[b] = (*rows[b][:i], rows[a][i], *rows[b][i + 1 :])
-    assert "column received_status" in differences(fingerprint(swapped, columns, KEY_COLUMNS), base)
-    lost = fingerprint(rows[:middle] + rows[middle + 1 :], columns, KEY_COLUMNS)
-    assert differences(lost, base)[0] == f"rows: {len(rows) - 1} != {len(rows)}"
-    extra = fingerprint([*rows, rows[middle]], columns, KEY_COLUMNS)
-    assert differences(extra, base)[0] == f"rows: {len(rows) + 1} != {len(rows)}"
+    table = duckdb_table(runs["wh"], spec).select(list(spec.column_names))
+    table = table.cast(spec.arrow_schema())
+    base = fingerprint(table, spec, KEY_COLUMNS)
+    middle = table.num_rows // 2
+    for column, change in (
+        ("received_tls_cert_issuer", lambda v: v[:-1] + ("0" if v[-1] != "0" else "1")),
+        ("server_asn", lambda v: v + 1),
+        ("received_body", lambda v: v[:-1] + ("0" if v[-1] != "0" else "1")),
+        ("received_tls_cert", lambda v: v[:-1] + bytes([v[-1] ^ 1])),
+        ("start_time", lambda v: v + dt.timedelta(microseconds=1)),
+        ("received_headers", lambda v: [*v[:-1], v[-1] + " "]),
+        ("matches_template", lambda v: not v),
+    ):
+        values = table.column(column).to_pylist()
+        row = next(j for j in range(middle, table.num_rows) if values[j])
+        changed = with_value(table, column, row, change(values[row]))
+        found = differences(fingerprint(changed, spec, KEY_COLUMNS), base)
+        if column in KEY_COLUMNS:  # the row's key changed: every column's term for it
+            assert len(found) == len(spec.column_names)
+        else:
+            assert found == [f"column {column}"]
+        # A value that becomes NULL, and "" where NULL was: seen too.
+        if column == "received_tls_cert_issuer":
+            nulled = with_value(table, column, row, None)
+            assert differences(fingerprint(nulled, spec, KEY_COLUMNS), base) == [f"column {column}"]
+            empty_at = values.index(None)
+            emptied = with_value(table, column, empty_at, "")
+            assert differences(fingerprint(emptied, spec, KEY_COLUMNS), base)
+    # Two rows' values of one column swapped: the same multiset, still caught.
+    status = table.column("received_status").to_pylist()
+    a = next(j for j, v in enumerate(status) if v is not None)
+    b = next(j for j in range(a + 1, len(status)) if status[j] not in (status[a], None))
+    swapped = with_value(
+        with_value(table, "received_status", a, status[b]), "received_status", b, status[a]
+    )
+    assert "column received_status" in differences(fingerprint(swapped, spec, KEY_COLUMNS), base)
+    lost = pa.concat_tables([table.slice(0, middle), table.slice(middle + 1)])
+    assert differences(fingerprint(lost, spec, KEY_COLUMNS), base)[0].startswith("rows: ")
+    extra = pa.concat_tables([table, table.slice(middle, 1)])
+    assert differences(fingerprint(extra, spec, KEY_COLUMNS), base)[0].startswith("rows: ")
     # Row order does not matter.
-    assert fingerprint(rows[::-1], columns, KEY_COLUMNS) == base
-
-
-def test_canonical_forms_are_distinct_per_type() -> None:
-    values = [None, "", "None", True, 1, 1.0, "1", b"1", [1], ["1"], dt.date(2021, 5, 30)]
-    assert len({canonical(v) for v in values}) == len(values)
-    aware = dt.datetime(2021, 5, 30, 9, 2, 33, tzinfo=dt.timezone(dt.timedelta(hours=-4)))
-    assert canonical(aware) == canonical(dt.datetime(2021, 5, 30, 13, 2, 33))
-    assert json.loads(json.dumps(canonical(b"\x00\xff"))) == "x:00ff"
+    reordered = table.take(pa.array(range(table.num_rows - 1, -1, -1)))
+    assert fingerprint(reordered, spec, KEY_COLUMNS) == base
