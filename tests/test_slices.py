@@ -12,6 +12,7 @@ import gzip
 import io
 import itertools
 import os
+import random
 import tempfile
 from pathlib import Path
 
@@ -200,10 +201,13 @@ def test_truncated_gzip_fails_in_the_last_slice_and_earlier_lines_are_right(
 def test_corrupt_gzip_fails_in_its_slice_and_every_later_one(tmp_path: Path) -> None:
     """Garbage in the middle of the deflate data: the slices before it read their lines,
     the slice holding it and all later slices (they inflate from the start) raise."""
-    lines = [b"%d " % i + os.urandom(200).hex().encode() + b"\n" for i in range(4000)]
-    data = bytearray(gzip.compress(b"".join(lines), compresslevel=1, mtime=0))
+    rng = random.Random(7)
+    lines = [b"%d " % i + rng.randbytes(200).hex().encode() + b"\n" for i in range(4000)]
+    # Stored blocks (level 0): 70 kB of 0xff always overwrite a block header, which then
+    # names the reserved block type (deflate data would maybe decode as other data).
+    data = bytearray(gzip.compress(b"".join(lines), compresslevel=0, mtime=0))
     at = len(data) * 6 // 10  # inside slice 2 of 4
-    data[at : at + 64] = b"\xff" * 64
+    data[at : at + 70_000] = b"\xff" * 70_000
     path = tmp_path / "results.json.gz"
     path.write_bytes(bytes(data))
     task = task_for(str(path), len(data))
@@ -323,3 +327,25 @@ def test_later_slices_are_shorter_by_the_prefix_they_inflate() -> None:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(slices, "SKIP_COST", 0.0)
         assert [slices._edge(k, 4, 1000) for k in range(4)] == [0, 250, 500, 750]
+
+
+def test_a_file_replaced_after_planning_fails_its_slices(tmp_path: Path) -> None:
+    """Slices of one file must all read the planned version; one slice reads any."""
+    path = tmp_path / "results.json"
+    path.write_bytes(b"".join(b"old %d\n" % i for i in range(50)))
+    info = storage.storage_for(str(path)).stat(str(path))
+    assert info is not None
+    task = dataclasses.replace(task_for(str(path), info.size), version=info.version)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(slices, "READ_CHUNK", 16)
+        assert all(read_slices(task, 2, 10))  # unchanged: fine
+    replacement = tmp_path / "new.json"
+    # Another size: the local version is size:mtime_ns, and mtimes come from a coarse clock.
+    replacement.write_bytes(b"".join(b"new! %d\n" % i for i in range(50)))
+    os.replace(replacement, path)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(slices, "READ_CHUNK", 16)  # both slices have lines to read
+        for index in range(2):
+            with pytest.raises(slices.FileChanged, match="changed since its slices were planned"):
+                list(iter_slice_batches(FileSlice(task, index, 2), 10))
+    assert read_slices(task, 1, 10)[0][0] == (1, b"new! 0\n")

@@ -170,9 +170,25 @@ def _gzip_stream(raw: IO[bytes], url: str) -> Iterator[bytes | None]:
         raise EOFError(f"{url}: compressed file ended before the end-of-stream marker")
 
 
-def _text_stream(url: str) -> Generator[bytes | None, None, None]:
-    """The file's text (gunzipped ``*.gz``) in blocks, with ``_EDGE`` after each chunk."""
-    with storage.storage_for(url).open_read(url) as raw:
+class FileChanged(OSError):
+    """The file is not the version its slices were planned on."""
+
+
+def _text_stream(piece: FileSlice) -> Generator[bytes | None, None, None]:
+    """The file's text (gunzipped ``*.gz``) in blocks, with ``_EDGE`` after each chunk.
+
+    A file cut into several slices must be the planned version (``task.version``) in
+    each of them, or the slices would cut two different files: checked once opened (a
+    change after that point fails the read, or is caught as a false alarm).
+    """
+    url, want = piece.task.url, piece.task.version
+    st = storage.storage_for(url)
+    with st.open_read(url) as raw:
+        if piece.count > 1 and want is not None:
+            info = st.stat(url)
+            have = None if info is None else info.version
+            if have != want:
+                raise FileChanged(f"{url} changed since its slices were planned: {want} -> {have}")
         if url.endswith(".gz"):
             yield from _gzip_stream(raw, url)
         else:
@@ -269,15 +285,15 @@ def iter_slice_batches(piece: FileSlice, batch_lines: int) -> Iterator[tuple[int
 
     Batches hold ``batch_lines`` lines (the last one fewer). Raises what reading the file
     raises (storage errors; :class:`gzip.BadGzipFile` or :class:`EOFError` for a corrupt
-    or truncated gzip file) once the batches of the complete lines read before that
-    point have been yielded.
+    or truncated gzip file; :class:`FileChanged`) once the batches of the complete lines
+    read before that point have been yielded.
     """
     if batch_lines < 1:
         raise ValueError(f"batch_lines must be positive, not {batch_lines}")
     batch: list[bytes] = []
     first = 1
     try:
-        with contextlib.closing(_text_stream(piece.task.url)) as stream:
+        with contextlib.closing(_text_stream(piece)) as stream:
             for line_no, lines in _slice_lines(piece, stream):
                 if not batch:
                     first = line_no
