@@ -69,6 +69,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
     )
     p.add_argument("--batch-lines", type=int, default=500, help="lines per Beam element")
     p.add_argument(
+        "--workers",
+        type=workers_arg,
+        default=env_or("CP_WORKERS", "auto"),
+        help="worker processes of the local runner ($CP_WORKERS): a number, or auto "
+        "(default): 1 for inputs under 64 MiB stored, else one per CPU",
+    )
+    p.add_argument(
         "--keep-satellite-bodies",
         action="store_true",
         default=env_or("CP_KEEP_SATELLITE_BODIES", "") in ("1", "true", "yes"),
@@ -162,10 +169,29 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         start_date=_as_date(args.start_date),
         end_date=_as_date(args.end_date),
         pipeline_args=beam_args,
+        workers=workers_arg(args.workers),
     )
     if args.resources:
         cfg.resources = args.resources
     return cfg, args
+
+
+def workers_arg(value: object) -> int | None:
+    """``--workers``: a positive number, or ``auto`` (None).
+
+    >>> workers_arg("auto"), workers_arg("3")
+    (None, 3)
+    """
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1 or auto, got {text!r}")
+    return int(text)
 
 
 def _as_date(value: object) -> dt.date | None:

@@ -1,17 +1,28 @@
-"""The Beam graph: scan files → line batches → rows / dead letters / per-file stats.
+"""The Beam graphs of Hyperquack files: scan files → rows / dead letters / per-file stats.
 
-Elements are *batches* of lines (Beam costs ~8 µs per element, so one element per line
-would dominate the parse cost). Rows leave the parse step as batches too, keyed by
-``(table, file_key)``; the sink decides how to write them.
+Two graphs share the parse and enrichment code:
+
+* :func:`build_graph` (Dataflow / BigQuery sink): files → line batches (Beam costs ~8 µs
+  per element, so one element per line would dominate the parse cost) → reshuffled over
+  the workers → parsed into row dicts keyed by ``(table, file_key)`` → the sink.
+* :func:`build_local_graph` (local warehouse): one element per *slice* of a file
+  (``slices.py``); one DoFn reads its slice in batches, parses them to columns, enriches
+  them, converts them to Arrow and streams them into one Parquet file per (table, date)
+  of that slice. Rows never leave the DoFn: nothing is shuffled, merged or held by the
+  runner, so memory stays flat and the worker processes share nothing but the plan.
 
 Example (graph construction only):
     >>> import apache_beam as beam
     >>> p = beam.Pipeline(runner="FnApiRunner")
     >>> _ = build_graph(p, [], "resources/sample", LocalStagingSink("/tmp/x"), "/tmp/x/_stats")
+    >>> _ = build_local_graph(beam.Pipeline(runner="FnApiRunner"), [], "resources/sample",
+    ...                       "/tmp/x", "/tmp/x/_stats")
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import os
 import threading
 import uuid
@@ -21,6 +32,8 @@ from typing import Any
 
 import apache_beam as beam
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
@@ -36,11 +49,17 @@ from services.beam_launcher.processing import (
 )
 from services.beam_launcher.resources import Resources, load_resources
 from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES, SATELLITE_SCAN
+from services.beam_launcher.slices import FileSlice, iter_slice_batches, plan_slices
 from services.common import progress, storage
 from services.common.rowschema import Row, TableSpec
 
 NAMESPACE = "censoredplanet"
 DEFAULT_BATCH_LINES = 500
+# Parquet row groups of the local graph: written when this many rows (or bytes of Arrow
+# data) of one (table, date) have accumulated; bounds each worker's memory.
+ROW_GROUP_ROWS = 65_536
+ROW_GROUP_BYTES = 64 << 20
+PARQUET_COMPRESSION = "zstd"
 TABLE_SPECS: dict[str, TableSpec] = {
     **{s.name: s for s in HYPERQUACK_TABLES.values()},
     DEAD_LETTER.name: DEAD_LETTER,
@@ -369,3 +388,318 @@ def build_graph(
         | "WriteStats" >> beam.ParDo(WriteStats(stats_dir))
     )
     return written, stats
+
+
+# -- the local graph: slices streamed straight into Parquet ---------------------------
+
+
+def slice_suffix(piece: FileSlice) -> str:
+    """Name part of a slice's files: ``""`` for a whole file, else e.g. ``".02-of-12"``.
+
+    >>> from services.beam_launcher.processing import FileTask
+    >>> t = FileTask.for_test("CP_Quack-echo-2021-05-30-01-01-01")
+    >>> slice_suffix(FileSlice(t, 0, 1)), slice_suffix(FileSlice(t, 1, 12))
+    ('', '.02-of-12')
+    """
+    if piece.count == 1:
+        return ""
+    return f".{piece.index + 1:0{len(str(piece.count))}d}-of-{piece.count}"
+
+
+class DateWriters:
+    """Streams Arrow batches of one table of one slice into one Parquet file per date.
+
+    Files: ``<folder>/date=<YYYY-MM-DD><suffix>.parquet``, written under a
+    ``.inprogress`` name and renamed by :meth:`finish`; :meth:`abort` deletes them, so a
+    failed slice leaves nothing the commit would load. Batches accumulate per date up
+    to ``row_group_rows`` rows (or :data:`ROW_GROUP_BYTES`) and go out as one row group.
+    """
+
+    def __init__(
+        self, spec: TableSpec, folder: str, suffix: str, row_group_rows: int = ROW_GROUP_ROWS
+    ) -> None:
+        self.spec = spec
+        self.schema = spec.arrow_schema()
+        self.folder = folder
+        self.suffix = suffix
+        self.row_group_rows = row_group_rows
+        self.writers: dict[str, pq.ParquetWriter] = {}
+        self.pending: dict[str, list[pa.Table]] = {}
+        self.pending_rows: dict[str, int] = {}
+        self.pending_bytes: dict[str, int] = {}
+        self.paths: dict[str, str] = {}
+
+    def add(self, table: pa.Table, dates: list[Any]) -> None:
+        """Add ``table`` whose rows have the ``date`` values ``dates`` (JSON shape)."""
+        n = table.num_rows
+        if not n:
+            return
+        if dates.count(dates[0]) == n:
+            self._add(str(dates[0]), table)
+            return
+        column = table["date"]
+        for date in dict.fromkeys(dates):  # first-seen order: rows keep their line order
+            if date is None:
+                mask = pc.is_null(column)
+            else:
+                mask = pc.equal(column, pa.scalar(date).cast(column.type))
+            self._add(str(date), table.filter(mask))
+
+    def _add(self, date: str, table: pa.Table) -> None:
+        self.pending.setdefault(date, []).append(table)
+        self.pending_rows[date] = self.pending_rows.get(date, 0) + table.num_rows
+        self.pending_bytes[date] = self.pending_bytes.get(date, 0) + table.nbytes
+        if self.pending_rows[date] >= self.row_group_rows or (
+            self.pending_bytes[date] >= ROW_GROUP_BYTES
+        ):
+            self._flush(date)
+
+    def _flush(self, date: str) -> None:
+        chunks = self.pending.pop(date, [])
+        rows = self.pending_rows.pop(date, 0)
+        self.pending_bytes.pop(date, None)
+        if not rows:
+            return
+        writer = self.writers.get(date)
+        if writer is None:
+            os.makedirs(self.folder, exist_ok=True)
+            path = storage.join(self.folder, f"date={date}{self.suffix}.parquet")
+            self.paths[date] = path
+            writer = self.writers[date] = pq.ParquetWriter(
+                path + ".inprogress", self.schema, compression=PARQUET_COMPRESSION
+            )
+        writer.write_table(pa.concat_tables(chunks), row_group_size=rows)
+
+    def finish(self) -> list[str]:
+        """Write what is pending, close the files and give them their final names."""
+        for date in list(self.pending):
+            self._flush(date)
+        for writer in self.writers.values():
+            writer.close()
+        for path in self.paths.values():
+            os.replace(path + ".inprogress", path)
+        done = sorted(self.paths.values())
+        self.writers.clear()
+        self.paths.clear()
+        return done
+
+    def abort(self) -> None:
+        """Close and delete this slice's files (nothing half-written stays behind)."""
+        for writer in self.writers.values():
+            with contextlib.suppress(Exception):  # already broken (disk full): deleted anyway
+                writer.close()
+        for path in self.paths.values():
+            for name in (path + ".inprogress", path):
+                if os.path.exists(name):
+                    os.remove(name)
+        self.writers.clear()
+        self.paths.clear()
+        self.pending.clear()
+
+
+class ProcessSlices(beam.DoFn):
+    """Read, parse, enrich and write one slice of a Hyperquack file; yield its stats.
+
+    Rows go straight from the parser's columns to Arrow to Parquet
+    (:class:`DateWriters`, staged under ``<staging>/<table>/<safe file key>/``); only the
+    slice's stats, keyed by file, leave the DoFn. A file that cannot be read to the end
+    gives a ``read`` dead letter and a ``read_errors`` stat per slice that hit the error
+    (the committer then rejects the file). Any other error deletes the slice's files and
+    fails the run.
+
+    Counters: ``bytes_read`` (lines of the slice, so slices of a file sum to the file),
+    ``files_read`` (by a file's last slice, which reads the file to its end) and the
+    per-batch stats as ``<scan type>.<stat>``, summed by Beam over all worker processes.
+    """
+
+    def __init__(
+        self,
+        staging_dir: str,
+        resources_location: str,
+        ip_metadata: str | None = None,
+        max_staleness_days: int = 30,
+        batch_lines: int = DEFAULT_BATCH_LINES,
+        row_group_rows: int = ROW_GROUP_ROWS,
+    ) -> None:
+        self.staging_dir = staging_dir
+        self.resources_location = resources_location
+        self.ip_metadata = ip_metadata
+        self.max_staleness_days = max_staleness_days
+        self.batch_lines = batch_lines
+        self.row_group_rows = row_group_rows
+        self.processor: HyperquackProcessor | None = None
+        self.enricher: RowEnricher | None = None
+        self.counters: dict[str, Any] = {}
+        self.bytes_read = Metrics.counter(NAMESPACE, "bytes_read")
+        self.files_read = Metrics.counter(NAMESPACE, "files_read")
+
+    def setup(self) -> None:
+        """Once per worker: the compiled resources and the IP-metadata enricher."""
+        self.processor = HyperquackProcessor(shared_resources(self.resources_location))
+        self.enricher = shared_enricher(self.ip_metadata, self.max_staleness_days)
+
+    def _count(self, name: str, value: int) -> None:
+        counter = self.counters.get(name)
+        if counter is None:
+            counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
+        counter.inc(value)
+
+    def _writers(self, spec: TableSpec, piece: FileSlice) -> DateWriters:
+        folder = storage.join(self.staging_dir, spec.name, safe_key(piece.task.file_key))
+        return DateWriters(spec, folder, slice_suffix(piece), self.row_group_rows)
+
+    def process(self, piece: FileSlice) -> Iterator[tuple[str, dict[str, Any]]]:
+        task = piece.task
+        rows_out = self._writers(HYPERQUACK_TABLES[task.scan_type], piece)
+        dead_out = self._writers(DEAD_LETTER, piece)
+        stats: Counter[str] = Counter()
+        samples: Samples = {}
+        shown = progress_task(task.scan_type)
+        nbytes = last_line = 0
+        try:
+            batches = iter_slice_batches(piece, self.batch_lines)
+            while True:
+                try:
+                    first, lines = next(batches)
+                except StopIteration:
+                    if piece.index == piece.count - 1:
+                        self.files_read.inc()
+                    break
+                except Exception as exc:  # the file, not our code: a read dead letter
+                    where = (
+                        f" (slice {piece.index + 1} of {piece.count})" if piece.count > 1 else ""
+                    )
+                    msg = (
+                        f"file unreadable after line {last_line}{where}: "
+                        f"{type(exc).__name__}: {exc}"
+                    )
+                    row = dead_letter(task, None, "read", "unreadable_file", msg, b"")
+                    dead_out.add(DEAD_LETTER.to_arrow([row]), [row["date"]])
+                    stats.update({"read_errors": 1, "dead_letters": 1})
+                    break
+                nbytes += sum(map(len, lines))
+                last_line = first + len(lines) - 1
+                samples = self._batch(task, first, lines, rows_out, dead_out, stats, samples)
+                shown.advance(lines=len(lines))
+            rows_out.finish()
+            dead_out.finish()
+        except BaseException:
+            rows_out.abort()
+            dead_out.abort()
+            raise
+        if piece.index == piece.count - 1:
+            shown.advance(files=1, size=task.size)
+        self.bytes_read.inc(nbytes)
+        out: dict[str, Any] = dict(stats)
+        if samples:
+            out[SAMPLES_KEY] = samples
+        yield (task.file_key, out)
+
+    def _batch(
+        self,
+        task: FileTask,
+        first: int,
+        lines: list[bytes],
+        rows_out: DateWriters,
+        dead_out: DateWriters,
+        stats: Counter[str],
+        samples: Samples,
+    ) -> Samples:
+        assert self.processor is not None and self.enricher is not None
+        out = self.processor.process_columns(task, first, lines)
+        ip_stats: dict[str, int] = {}
+        self.enricher.enrich_hyperquack_columns(out.columns, out.n_rows, ip_stats)
+        out.stats.update(ip_stats)
+        if out.n_rows:
+            spec = HYPERQUACK_TABLES[task.scan_type]
+            rows_out.add(spec.columns_to_arrow(out.columns, out.n_rows), out.columns["date"])
+        if out.dead_letters:
+            dates = [r["date"] for r in out.dead_letters]
+            dead_out.add(DEAD_LETTER.to_arrow(out.dead_letters), dates)
+            samples = merge_samples(samples, dead_letter_samples(out.dead_letters))
+        for name, value in out.stats.items():
+            self._count(f"{task.scan_type}.{name}", value)
+        stats.update(out.stats)
+        return samples
+
+
+def plan_work(
+    tasks: list[FileTask], workers: int, slice_bytes: int | None = None
+) -> list[list[FileSlice]]:
+    """The slices of ``tasks`` dealt into up to ``workers`` lists of similar size (bytes).
+
+    Largest first, each to the least loaded list (the local runner gives list ``i`` to
+    worker process ``i``); empty lists are dropped. Slices: :func:`slices.plan_slices`,
+    or with ``slice_bytes`` one per that many stored bytes, at most ``workers`` (tests
+    use it to slice small files).
+
+    >>> from services.beam_launcher.processing import FileTask
+    >>> ts = [FileTask.for_test(f"CP_Quack-echo-2021-05-30-01-01-0{i}") for i in range(3)]
+    >>> [len(b) for b in plan_work(ts, 2)]
+    [2, 1]
+    """
+    workers = max(1, workers)
+    pieces: list[FileSlice] = []
+    for task in tasks:
+        if slice_bytes is None:
+            pieces += plan_slices(task, workers)
+        else:
+            n = max(1, min(workers, task.size // max(1, slice_bytes)))
+            pieces += [FileSlice(task, i, n) for i in range(n)]
+    pieces.sort(key=lambda s: (-(s.task.size or 0) / s.count, s.task.file_key, s.index))
+    bins: list[list[FileSlice]] = [[] for _ in range(workers)]
+    heap = [(0.0, i) for i in range(workers)]
+    for piece in pieces:
+        load, i = heapq.heappop(heap)
+        bins[i].append(piece)
+        heapq.heappush(heap, (load + (piece.task.size or 0) / piece.count + 1, i))
+    return [b for b in bins if b]
+
+
+def build_local_graph(
+    p: beam.Pipeline,
+    tasks: list[FileTask],
+    resources_location: str,
+    staging_dir: str,
+    stats_dir: str,
+    batch_lines: int = DEFAULT_BATCH_LINES,
+    ip_metadata: str | None = None,
+    max_staleness_days: int = 30,
+    workers: int = 1,
+    row_group_rows: int = ROW_GROUP_ROWS,
+    work: list[list[FileSlice]] | None = None,
+) -> Any:
+    """Add the local graph for ``tasks`` to ``p`` (see the module docstring).
+
+    The slices are dealt into one list per worker (:func:`plan_work`) and grouped by
+    list number: the local runner hands each group of a ``GroupByKey`` to one worker
+    process in turn, so every process gets its share (a plain ``Create`` shuffles with
+    random keys and may give both halves of one file to the same process). Only slice
+    descriptions are grouped, never rows. ``work``: the plan, when the caller made it
+    (to size the runner's worker pool); else planned here for ``workers``.
+    """
+    plan_progress(tasks)
+    bins = plan_work(tasks, workers) if work is None else work
+    keyed = [(i, piece) for i, pieces in enumerate(bins) for piece in pieces]
+    pieces: Any = p | "Slices" >> beam.Create(keyed, reshuffle=False)
+    if len(bins) > 1:
+        pieces = pieces | "DealToWorkers" >> beam.GroupByKey()
+        pieces = pieces | "Unpack" >> beam.FlatMap(lambda kv: kv[1])
+    else:
+        pieces = pieces | "Unpack" >> beam.Map(lambda kv: kv[1])
+    return (
+        pieces
+        | "ProcessSlices"
+        >> beam.ParDo(
+            ProcessSlices(
+                staging_dir,
+                resources_location,
+                ip_metadata,
+                max_staleness_days,
+                batch_lines,
+                row_group_rows,
+            )
+        )
+        | "SumPerFile" >> beam.CombinePerKey(SumStats())
+        | "WriteStats" >> beam.ParDo(WriteStats(stats_dir))
+    )

@@ -17,7 +17,11 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 import secrets
+import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +41,8 @@ from services.beam_launcher.processing import SAMPLES_KEY, FileTask, Samples, me
 from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
 from services.beam_launcher.rows import DEAD_LETTER, SCAN_TABLES
 from services.beam_launcher.warehouse_local import FileVerdict, LocalTarget, judge
+from services.beam_launcher.worker import command as worker_command
+from services.beam_launcher.worker import stop_workers
 from services.common import lifecycle, storage
 from services.common.config import pipeline_version
 from services.common.logsetup import get_logger
@@ -80,6 +86,8 @@ class RunConfig:
     bq_location: str | None = None
     temp_location: str | None = None
     pipeline_args: list[str] = field(default_factory=list)
+    workers: int | None = None  # local worker processes; None: auto (see resolve_workers)
+    slice_bytes: int | None = None  # tests: slice files per this many bytes (plan_work)
 
 
 @dataclass
@@ -161,9 +169,99 @@ def beam_counters(result: Any) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _pipeline_options(cfg: RunConfig, run_id: str) -> PipelineOptions:
+# --workers auto: below this much stored input a run stays in one process (starting a
+# worker process costs ~2.7 s, more than a second process saves on a small input; see
+# the launcher README for the measurement).
+AUTO_WORKERS_MIN_BYTES = 64 << 20
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_workers(workers: int | None, tasks: list[FileTask]) -> int:
+    """Worker processes of a local run: ``workers``, or auto (None): 1 for an input below
+    :data:`AUTO_WORKERS_MIN_BYTES` stored bytes, else one per CPU.
+
+    >>> resolve_workers(3, [])
+    3
+    >>> resolve_workers(None, [])
+    1
+    """
+    if workers is not None:
+        return max(1, workers)
+    total = sum(t.size for t in tasks)
+    return 1 if total < AUTO_WORKERS_MIN_BYTES else cpu_count()
+
+
+class _NoModeWarning(logging.Filter):
+    """Drops FnApiRunner's advice to set ``direct_running_mode`` when several workers run
+    in the subprocess environment given to it directly (:func:`local_runner`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("If direct_num_workers is not equal to 1")
+
+
+def local_runner(workers: int) -> Any:
+    """The local runner: FnApiRunner in this process, or with ``workers`` > 1 in worker
+    processes (``services/beam_launcher/worker.py``: JSON output, stopped with us)."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    if workers <= 1:
+        return FnApiRunner()
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+
+    mode_logger = logging.getLogger(fn_runner.__name__)
+    if not any(isinstance(f, _NoModeWarning) for f in mode_logger.filters):
+        mode_logger.addFilter(_NoModeWarning())
+    env = SubprocessSDKEnvironment.from_command_string(worker_command(sys.executable, os.getpid()))
+    return FnApiRunner(default_environment=env)
+
+
+def run_beam(p: beam.Pipeline, workers: int) -> Any:
+    """``p.run()``; with worker processes it runs in a thread while this (main) thread
+    waits, so a stop signal lands here: the workers are killed (and waited for) before
+    the abort removes the staging they write into. Beam itself would wait for each worker
+    to finish its slice first."""
+    if workers <= 1:
+        return p.run()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = p.run()
+        except BaseException as exc:  # handed to the main thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="beam-pipeline", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except BaseException:
+        threading.excepthook = _quiet_threads
+        stop_workers()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _quiet_threads(_args: Any) -> None:
+    """``threading.excepthook`` once the run is stopping: Beam's threads that talk to the
+    killed workers (gRPC streams, worker watchers) fail as a consequence; not news."""
+
+
+def _pipeline_options(cfg: RunConfig, run_id: str, workers: int = 1) -> PipelineOptions:
     runner = LOCAL_RUNNERS.get(cfg.runner, cfg.runner)
     args = [f"--runner={runner}", f"--job_name=cp-hq-{run_id}"]
+    if runner == "FnApiRunner" and workers > 1:
+        args.append(f"--direct_num_workers={workers}")
     if cfg.bq_project:
         args.append(f"--project={cfg.bq_project}")
     if cfg.temp_location:
@@ -228,7 +326,32 @@ def _skip_reasons(skipped: list[Any], sources: set[str]) -> list[tuple[FileTask,
 def build_pipeline(
     cfg: RunConfig, todo: list[FileTask], target: Any, run_id: str, family: str = "hyperquack"
 ) -> beam.Pipeline:
-    """The Beam pipeline of a run (also used for offline Dataflow dry runs)."""
+    """The Beam pipeline of a run (also used for offline Dataflow dry runs).
+
+    Hyperquack files into the local warehouse take the local graph
+    (:func:`graph.build_local_graph`: slices streamed into Parquet, ``cfg.workers``
+    processes); everything else the sink graph.
+    """
+    if family == "hyperquack" and isinstance(target, LocalTarget):
+        work = graph.plan_work(todo, resolve_workers(cfg.workers, todo), cfg.slice_bytes)
+        options = _pipeline_options(cfg, run_id, len(work))
+        if LOCAL_RUNNERS.get(cfg.runner) == "FnApiRunner":
+            p = beam.Pipeline(runner=local_runner(len(work)), options=options)
+        else:
+            p = beam.Pipeline(options=options)
+        p.cp_workers = len(work)  # type: ignore[attr-defined]  # read by _process
+        graph.build_local_graph(
+            p,
+            todo,
+            cfg.resources,
+            target.staging_dir(run_id),
+            target.stats_dir(run_id),
+            cfg.batch_lines,
+            cfg.ip_metadata,
+            cfg.max_staleness_days,
+            work=work,
+        )
+        return p
     p = beam.Pipeline(options=_pipeline_options(cfg, run_id))
     sink = target.sink(run_id, tables_for(todo))
     # The local runner gains nothing from reshuffling and would hold every line.
@@ -422,7 +545,11 @@ def _process(
         fam_run = f"{run_id}-{family[:3]}"
         staging.claim(fam_run)
         try:
-            result = build_pipeline(cfg, tasks, warehouse, fam_run, family).run()
+            pipeline = build_pipeline(cfg, tasks, warehouse, fam_run, family)
+            workers = getattr(pipeline, "cp_workers", 1)
+            if workers > 1:
+                log.info("worker_processes", family=family, workers=workers)
+            result = run_beam(pipeline, workers)
             wait_for_job(result, cfg.job_deadline_s, log)
             counters = beam_counters(result)
             for name, value in counters.items():  # summed over the families of the run

@@ -4,11 +4,14 @@ Layout under ``<warehouse>``::
 
     warehouse.duckdb
     parquet/<table>/date=YYYY-MM-DD/<source>__<file>.parquet
+    parquet/<table>/date=YYYY-MM-DD/<source>__<file>.<k>-of-<n>.parquet
 
-Each input file owns exactly one Parquet file per (table, date), so re-processing a file
-replaces what it wrote before: no duplicates, nothing lost. DuckDB tables are updated in
-one transaction per run (delete the files' old rows, insert the new ones, update the
-ledger).
+Each input file owns its Parquet files per (table, date): one, or one per slice when
+the run split the file into ``n`` slices processed side by side (slice ``k``, numbered
+from 1 and zero-padded). Re-processing a file replaces all it wrote before, whatever
+its earlier slicing: no duplicates, nothing lost. Readers glob ``date=*/*.parquet``.
+DuckDB tables are updated in one transaction per run (delete the files' old rows,
+insert the new ones, update the ledger).
 
 The Parquet export follows the commit, never precedes it: under the exclusive lock the
 staged files move to ``publishing/<run>/`` with a ``manifest.json``, the transaction
@@ -36,7 +39,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import glob
 import os
+import re
 import shutil
 import signal
 from collections.abc import Iterable, Iterator, Mapping
@@ -65,6 +70,7 @@ PUBLISHING_DIR = "publishing"  # committed-or-not Parquet between staging and pa
 MANIFEST_NAME = "manifest.json"
 LEASE_DIR = "leases"
 LEASE_MAX_AGE_S = 24 * 3600.0  # a lease of another host counts as abandoned after this
+DUCKDB_MEMORY_LIMIT = "512MB"  # per connection; more spills to <warehouse>.duckdb.tmp/
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,18 @@ def dead_letter_classes(
     return (text + (" ..." if len(classes) > top else "")) or "unknown"
 
 
+def memory_limit() -> str:
+    """DuckDB's memory limit for writers: ``$CP_DUCKDB_MEMORY_LIMIT`` or the default.
+
+    >>> memory_limit()
+    '512MB'
+    """
+    limit = (os.environ.get("CP_DUCKDB_MEMORY_LIMIT") or DUCKDB_MEMORY_LIMIT).strip()
+    if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", limit, re.IGNORECASE):
+        raise ValueError(f"CP_DUCKDB_MEMORY_LIMIT={limit!r}: expected e.g. 512MB or 2GiB")
+    return limit
+
+
 class WarehouseUnusable(RuntimeError):
     """The warehouse folder cannot be created or written; the message says why."""
 
@@ -190,11 +208,18 @@ class LocalWarehouse:
     def connect(
         self, read_only: bool = False, purpose: str = "write"
     ) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The database under the warehouse lock; writing creates the folder and file."""
+        """The database under the warehouse lock; writing creates the folder and file.
+
+        A writer caps DuckDB's memory (:data:`DUCKDB_MEMORY_LIMIT`, or
+        ``$CP_DUCKDB_MEMORY_LIMIT``) so loading a big run spills to disk instead of
+        growing the process.
+        """
         if not read_only:
             create_folder(self.root, "warehouse")
         with lifecycle.flocked(self.root / LOCK_NAME, not read_only, purpose, "beam_launcher"):
             con = duckdb.connect(str(self.db_path), read_only=read_only)
+            if not read_only:
+                con.execute(f"SET memory_limit = '{memory_limit()}'")
             try:
                 yield con
             finally:
@@ -252,7 +277,14 @@ class LocalWarehouse:
                 path.unlink()
 
     def _final_files(self, table: str, key: str) -> list[Path]:
-        return sorted((self.parquet_root / table).glob(f"date=*/{key}.parquet"))
+        """Every published file of input ``key`` in ``table``: ``<key>.parquet`` and the
+        slices ``<key>.<k>-of-<n>.parquet`` (of any earlier slicing)."""
+        sliced = re.compile(re.escape(key) + r"\.\d+-of-\d+\.parquet")
+        return sorted(
+            path
+            for path in (self.parquet_root / table).glob(f"date=*/{glob.escape(key)}.*parquet")
+            if path.name == f"{key}.parquet" or sliced.fullmatch(path.name)
+        )
 
     def _stage_for_publish(
         self, staging: Path, folder: Path, table: str, key: str, manifest: dict[str, Any]
@@ -264,7 +296,9 @@ class LocalWarehouse:
         for staged in sorted((staging / table / key).glob("date=*.parquet")):
             name = f"{len(manifest['files']):06d}.parquet"
             shutil.move(str(staged), folder / name)
-            manifest["files"].append([name, f"{table}/{staged.stem}/{key}.parquet"])
+            # date=<d>.parquet, or date=<d>.<k>-of-<n>.parquet for slice k of n
+            date, dot, part = staged.stem.partition(".")
+            manifest["files"].append([name, f"{table}/{date}/{key}{dot}{part}.parquet"])
             moved.append(folder / name)
         return moved
 

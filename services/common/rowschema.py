@@ -168,6 +168,34 @@ class TableSpec:
         arrays = [_column_array(c, [r.get(c.name) for r in rows]) for c in self.columns]
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema())
 
+    def columns_to_arrow(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> pa.Table:
+        """:meth:`to_arrow` for rows held as columns (name → ``n_rows`` JSON-shaped values).
+
+        Same table as ``to_arrow`` on the equivalent row dicts; a column missing from
+        ``columns`` is all null. A column holding one value in every row (the file's
+        provenance, a batch's date) is converted once and repeated by Arrow.
+        """
+        arrays = []
+        for c in self.columns:
+            values = columns.get(c.name)
+            if values is None:
+                arrays.append(pa.nulls(n_rows, c.arrow_type()))
+                continue
+            if len(values) != n_rows:
+                raise ValueError(f"column {c.name}: {len(values)} values for {n_rows} rows")
+            arrays.append(_column_array_of(c, values, n_rows))
+        return pa.Table.from_arrays(arrays, schema=self.arrow_schema())
+
+
+def _column_array_of(col: Column, values: Sequence[Any], n_rows: int) -> pa.Array:
+    """One column's values as an Arrow array; constant columns are converted once."""
+    if n_rows and values.count(values[0]) == n_rows:  # identity makes this a fast C loop
+        first = _column_array(col, [values[0]])
+        if first.null_count:
+            return pa.nulls(n_rows, col.arrow_type())
+        return pa.repeat(first[0], n_rows)
+    return _column_array(col, values if isinstance(values, list) else list(values))
+
 
 def _column_array(col: Column, values: list[Any]) -> pa.Array:
     target = col.arrow_type()

@@ -1,0 +1,170 @@
+"""TableSpec.columns_to_arrow: rows held as columns give the same Arrow table as to_arrow."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from services.beam_launcher.processing import FileTask, HyperquackProcessor, rows_to_columns
+from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
+from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES
+from services.common.rowschema import (
+    BOOLEAN,
+    BYTES,
+    DATE,
+    FLOAT,
+    INTEGER,
+    RECORD,
+    REPEATED,
+    REQUIRED,
+    STRING,
+    TIMESTAMP,
+    Column,
+    TableSpec,
+)
+from services.common.sample_scans import generate_hyperquack_records, go_json_line
+
+ALL_TYPES = TableSpec(
+    "all_types",
+    (
+        Column("id", STRING, "Id", REQUIRED),
+        Column("n", INTEGER, "Count"),
+        Column("x", FLOAT, "Score"),
+        Column("ok", BOOLEAN, "Flag"),
+        Column("day", DATE, "Day"),
+        Column("at", TIMESTAMP, "When"),
+        Column("raw", BYTES, "Raw"),
+        Column("tags", STRING, "Tags", REPEATED),
+        Column("days", DATE, "Days", REPEATED),
+        Column(
+            "answer",
+            RECORD,
+            "One answer",
+            fields=(
+                Column("ip", STRING, "IP"),
+                Column("seen", TIMESTAMP, "When"),
+                Column("blobs", BYTES, "Blobs", REPEATED),
+            ),
+        ),
+        Column(
+            "answers",
+            RECORD,
+            "All answers",
+            REPEATED,
+            fields=(Column("raw", BYTES, "Raw"), Column("day", DATE, "Day")),
+        ),
+    ),
+)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def varied_row(i: int) -> dict[str, Any]:
+    """Row ``i``: every column varies between rows, with nulls and empty lists."""
+    return {
+        "id": f"r{i}",
+        "n": None if i % 3 == 0 else i,
+        "x": i / 4,
+        "ok": None if i % 4 == 0 else bool(i % 2),
+        "day": None if i % 5 == 0 else f"2021-05-{1 + i % 28:02d}",
+        "at": None if i % 6 == 0 else f"2021-05-30T01:02:{i % 60:02d}.5-04:00",
+        "raw": None if i % 2 else b64(bytes([i % 256, 0, 255])),
+        "tags": None if i % 7 == 0 else [f"t{j}" for j in range(i % 3)],
+        "days": ["2021-05-30", None] if i % 2 else [],
+        "answer": None
+        if i % 5 == 1
+        else {"ip": f"10.0.0.{i}", "seen": "2021-05-30T00:00:00Z", "blobs": [b64(b"\x01")]},
+        "answers": [{"raw": b64(bytes([i % 256])), "day": None}] if i % 2 else None,
+    }
+
+
+CONSTANT = {
+    "id": "same",
+    "n": 0,
+    "x": 0.0,
+    "ok": False,
+    "day": "2021-05-30",
+    "at": "2021-05-30T23:59:59.999999+05:30",
+    "raw": b64(b"\x00\xff"),
+    "tags": [],
+    "days": ["2021-05-30"],
+    "answer": {"ip": "1.1.1.1", "seen": None, "blobs": []},
+    "answers": [{"raw": None, "day": "2021-05-31"}],
+}
+
+
+def check_equal(spec: TableSpec, rows: list[dict[str, Any]]) -> pa.Table:
+    """columns_to_arrow of the transposed rows equals to_arrow of the rows, value and type."""
+    want = spec.to_arrow(rows)
+    got = spec.columns_to_arrow(rows_to_columns(rows, spec.column_names), len(rows))
+    assert got.schema == want.schema == spec.arrow_schema()
+    assert got.equals(want), (got.to_pylist()[:2], want.to_pylist()[:2])
+    assert got.to_pylist() == want.to_pylist()
+    return got
+
+
+def test_varied_columns_of_every_type() -> None:
+    check_equal(ALL_TYPES, [varied_row(i) for i in range(50)])
+
+
+def test_constant_columns_of_every_type() -> None:
+    rows = [dict(CONSTANT, id=f"r{i}") for i in range(40)]
+    got = check_equal(ALL_TYPES, rows)
+    assert got.column("at")[0].as_py() == dt.datetime(2021, 5, 30, 18, 29, 59, 999999, dt.UTC)
+    assert got.column("raw").to_pylist() == [b"\x00\xff"] * 40
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("answer", None),
+        ("answer", {"ip": None, "seen": None, "blobs": None}),
+        ("answers", []),
+        ("tags", []),
+        ("days", [None]),
+        ("raw", None),
+    ],
+)
+def test_constant_null_and_empty_values(column: str, value: Any) -> None:
+    check_equal(ALL_TYPES, [{"id": "a", column: value}] * 5)
+
+
+def test_missing_column_is_null_and_wrong_length_is_an_error() -> None:
+    table = ALL_TYPES.columns_to_arrow({"id": ["a", "b"]}, 2)
+    assert table.column("answers").to_pylist() == [None, None]
+    assert table.equals(ALL_TYPES.to_arrow([{"id": "a"}, {"id": "b"}]))
+    with pytest.raises(ValueError, match="column n: 1 values for 2 rows"):
+        ALL_TYPES.columns_to_arrow({"id": ["a", "b"], "n": [1]}, 2)
+
+
+def test_empty_batch() -> None:
+    got = DEAD_LETTER.columns_to_arrow({name: [] for name in DEAD_LETTER.column_names}, 0)
+    assert got.equals(DEAD_LETTER.to_arrow([]))
+
+
+def test_bad_timestamp_still_raises() -> None:
+    with pytest.raises(pa.ArrowInvalid):
+        ALL_TYPES.columns_to_arrow({"id": ["a"], "at": ["2021-05-30T01:01:03"]}, 1)
+
+
+@pytest.mark.parametrize("scan_type", ["echo", "http", "https"])
+def test_processed_hyperquack_batches(scan_type: str) -> None:
+    """Real parser output (generated v2 scans: bodies, headers, certificates, outcomes)."""
+    start = dt.datetime(2021, 5, 30, 23, 50, tzinfo=dt.timezone(dt.timedelta(hours=-4)))
+    lines = [
+        go_json_line(r) + b"\n" for r in generate_hyperquack_records(scan_type, 2, 60, 3, start)
+    ]
+    task = FileTask.for_test(f"CP_Quack-{scan_type}-2021-05-30-23-50-00")
+    proc = HyperquackProcessor(load_resources(str(SAMPLE_RESOURCES)))
+    rows = proc.process_lines(task, 1, lines).rows
+    assert len(rows) > 60
+    spec = HYPERQUACK_TABLES[scan_type]
+    check_equal(spec, rows)
+    out = proc.process_columns(task, 1, lines)
+    assert spec.columns_to_arrow(out.columns, out.n_rows).equals(spec.to_arrow(rows))
