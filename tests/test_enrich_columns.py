@@ -67,11 +67,32 @@ def per_row(
     columns.update(filled)
 
 
+def from_lookups(
+    enricher: RowEnricher, columns: dict[str, list[Any]], n_rows: int, stats: dict[str, int]
+) -> None:
+    """A second reference that shares no code with either path beyond ``lookup``: each
+    row's IpMetadata turned into columns with ``IpMetadata.as_columns``."""
+    for i in range(n_rows):
+        md = enricher.lookup(columns["date"][i], columns["server_ip"][i])
+        for name, value in md.as_columns("server").items():
+            columns[name][i] = value
+        columns["ip_metadata_sources"][i] = list(md.sources)
+        name = f"ip_metadata.server.{md.status}"
+        stats[name] = stats.get(name, 0) + 1
+        for flag, value in (("rows_with_asn", md.asn), ("rows_with_country", md.country)):
+            if value is not None:
+                stats[flag] = stats.get(flag, 0) + 1
+
+
 def check_same(location: str | None, columns: dict[str, list[Any]], n_rows: int) -> None:
     """Both paths on fresh enrichers, then the vectorised one again on a warm enricher."""
     ref_cols = {k: list(v) for k, v in columns.items()}
     ref_stats: dict[str, int] = {"other": 1}
     per_row(RowEnricher(location), ref_cols, n_rows, ref_stats)
+    plain_cols = {k: list(v) for k, v in columns.items()}
+    plain_stats: dict[str, int] = {"other": 1}
+    from_lookups(RowEnricher(location), plain_cols, n_rows, plain_stats)
+    assert (plain_cols, plain_stats) == (ref_cols, ref_stats)
 
     warm = RowEnricher(location)
     for _ in range(2):  # cold, then every (date, ip) memoised

@@ -102,7 +102,15 @@ class RowEnricher:
         if hit is None:
             md = self.lookup(date, ip)
             hit = _ServerHit(
-                tuple(md.as_columns("server").values()),
+                (  # SERVER_COLUMNS order
+                    md.netblock,
+                    md.asn,
+                    md.as_name,
+                    md.as_full_name,
+                    md.as_class,
+                    md.country,
+                    md.organization,
+                ),
                 md.sources,
                 f"ip_metadata.server.{md.status}",
                 md.asn is not None,

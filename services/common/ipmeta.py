@@ -349,19 +349,12 @@ class PrefixTable:
                 return arr.tolist()
 
             table = cls()
-            # One int object per distinct ASN (~75k), not one per prefix (~1M): -27 MiB.
-            asn_pool: dict[int, int] = {}
-            intern = asn_pool.setdefault
-
-            def asns(k: int) -> list[int]:
-                return [intern(a, a) for a in take("I", k)]
-
             for n, k in header["v4"]:
-                table._v4[int(n)] = dict(zip(take("I", k), asns(k), strict=True))
+                table._v4[int(n)] = dict(zip(take("I", k), take("I", k), strict=True))
             for n, k in header["v6"]:
                 hi, lo = take("Q", k), take("Q", k)
                 keys = [h << 64 | low for h, low in zip(hi, lo, strict=True)]
-                table._v6[int(n)] = dict(zip(keys, asns(k), strict=True))
+                table._v6[int(n)] = dict(zip(keys, take("I", k), strict=True))
             if pos != len(view):
                 raise ValueError("trailing bytes")
             table._raw = {(int(f), int(n), int(k)): str(r) for f, n, k, r in header["raw"]}
@@ -386,8 +379,6 @@ def parse_pfx2as(lines: Iterable[str | bytes]) -> PrefixTable:
     pton = socket.inet_pton
     af_inet = socket.AF_INET
     from_bytes = int.from_bytes
-    asn_pool: dict[int, int] = {}
-    intern = asn_pool.setdefault  # one int object per distinct ASN
     count = 0
     for line in lines:
         text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
@@ -406,7 +397,6 @@ def parse_pfx2as(lines: Iterable[str | bytes]) -> PrefixTable:
                 and len(length_s) < 3
             ):
                 asn = int(origin)
-                asn = intern(asn, asn)
                 length = int(length_s)
                 try:
                     addr = from_bytes(pton(af_inet, prefix), "big")
