@@ -5,7 +5,9 @@ Real stage processes (``python -m services.<stage>``) on the small generated inp
 The delays come from a seeded generator (the seed is printed and set with
 ``CP_CRASH_SEED``) and are drawn from each stage's measured run time. After each kill a
 rerun must exit 0, leave nothing in ``staging/``, ``publishing/``, ``leases/``, no
-``.tmp-*`` file and no Beam temp folder in ``TMPDIR``, and hold exactly the data of the
+``.tmp-*`` file and nothing in ``TMPDIR`` (stage processes keep their temp files, such as Beam's
+``beam-pipeline-temp*`` folders, in a leased per-process folder that the next start
+removes when its process was killed), and hold exactly the data of the
 uninterrupted reference run (tables, ledger, Parquet, mirrored bytes and manifest,
 unpacked files and markers).
 
@@ -46,9 +48,7 @@ pytestmark = pytest.mark.slow
 SEED = int(os.environ.get("CP_CRASH_SEED") or time.time_ns() % 1_000_000)
 WAREHOUSE_STAGES = {"beam_launcher", "queries"}
 DEAD_LEASES: set[str] = set()  # leases/ files of killed runs found after a rerun
-EMPTY_BEAM_TEMPS: set[str] = set()  # empty Beam temp folders left by killed launchers
 LEASE_TMP = re.compile(r"\.lease\.(\d+)\.tmp$")
-BEAM_TEMP_PREFIXES = ("beam-pipeline-temp", "beam-temp")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,17 +66,17 @@ def signals_base(by_name: dict[str, Stage]) -> Path:
     return Path(source).parents[1]
 
 
-def beam_temps(tmp: Path) -> list[str]:
-    """Beam temp folders in ``tmp`` that hold a file.
+def temp_leftovers(tmp: Path) -> list[str]:
+    """What stage processes left in ``TMPDIR``: anything but the (empty) per-process root.
 
-    A killed launcher leaves an empty ``beam-pipeline-temp*`` folder that no later run
-    removes (known, reported); those are counted in ``EMPTY_BEAM_TEMPS``."""
+    Each stage process keeps its temp files (Beam's ``beam-pipeline-temp*``) in its own
+    leased folder ``<TMPDIR>/cp-run-tmp/<stage>-<pid>-<ticks>/``, removed when it ends;
+    a killed process's folder is removed by the next stage that starts. Nothing else may
+    appear in ``TMPDIR``."""
     out = []
     for p in sorted(tmp.iterdir()):
-        if not p.name.startswith(BEAM_TEMP_PREFIXES):
-            continue
-        if p.is_dir() and not any(q.is_file() for q in p.rglob("*")):
-            EMPTY_BEAM_TEMPS.add(p.name)
+        if p.name == lifecycle.RUN_TMP_ROOT and p.is_dir():
+            out += [f"{p.name}/{q.name}" for q in sorted(p.iterdir())]
         else:
             out.append(p.name)
     return out
@@ -143,7 +143,7 @@ def kill_and_rerun(stage: Stage, out: Path, rng: random.Random, tmp: Path) -> Ou
     rerun = StageProcess(command(stage, out), stage.start_message)
     assert rerun.wait() == 0, f"{where}: rerun failed\n{rerun.stderr[-3000:]}"
     assert leftovers(stage, out) == [], f"{where}: left after the rerun"
-    assert beam_temps(tmp) == [], f"{where}: Beam temp folders left in TMPDIR"
+    assert temp_leftovers(tmp) == [], f"{where}: left in TMPDIR after the rerun"
     got = stage.snapshot(out)
     assert got.keys() == stage.reference.keys(), where
     for key, value in stage.reference.items():
@@ -160,8 +160,7 @@ def test_random_kills_rerun_to_the_uninterrupted_result(
     base = signals_base(stages)
     for name, stage in stages.items():  # the reference runs leave nothing either
         assert leftovers(stage, base / f"ref_{name}") == [], name
-    assert beam_temps(own_tmpdir) == [], "an uninterrupted run left Beam temp folders"
-    assert not EMPTY_BEAM_TEMPS, "an uninterrupted run left an empty Beam temp folder"
+    assert temp_leftovers(own_tmpdir) == [], "an uninterrupted run left temp files"
     rng = random.Random(SEED)
     plan = ["mirror"] * 5 + ["untar"] * 5 + ["beam_launcher"] * 6 + ["queries"] * 5
     rng.shuffle(plan)
@@ -174,7 +173,6 @@ def test_random_kills_rerun_to_the_uninterrupted_result(
         print(f"{o.stage:14} delay={o.delay:6.3f}s exit={o.rc}")
     hits = sum(o.hit for o in outcomes)
     print(f"dead per-file leases left in leases/ after reruns: {len(DEAD_LEASES)}")
-    print(f"empty Beam temp folders left in TMPDIR: {len(EMPTY_BEAM_TEMPS)}")
     assert len(outcomes) >= 20
     assert hits >= 0.5 * len(outcomes), f"seed={SEED}: only {hits} of {len(outcomes)} kills hit"
     for name in stages:
@@ -248,7 +246,7 @@ def test_full_disk_fails_cleanly_and_rerun_with_room_matches(
     rerun = StageProcess(command(stage, moved), stage.start_message)
     assert rerun.wait() == 0, rerun.stderr[-3000:]
     assert warehouse_leftovers(moved) == []
-    assert beam_temps(own_tmpdir) == []
+    assert temp_leftovers(own_tmpdir) == []
     got = stage.snapshot(moved)
     assert got.keys() == stage.reference.keys()
     for key, value in stage.reference.items():
