@@ -23,16 +23,29 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from sqlglot import exp
 
 from services.common import storage
+from services.queries.backends import Backend
+from services.queries.metrics import QueriesMetrics
 from services.queries.tables import MERGED_REDUCED_SCANS, SCAN_TABLE_NAMES
 
-if TYPE_CHECKING:
-    from services.queries.run import Service
+
+class ExportSource(Protocol):
+    """What the export needs of a run (``services.queries.run.Service`` is one)."""
+
+    backend: Backend
+    metrics: QueriesMetrics
+    run_id: str
+    now: dt.datetime
+
+    def render(self, stmt: exp.Expression) -> exp.Expression: ...
+
+    def query(self, name: str, params: Mapping[str, Any]) -> list[dict[str, Any]]: ...
+
 
 MANIFEST = "_manifest.json"
 BASE_EXPORT_TABLES = {table: scan_type for scan_type, table in SCAN_TABLE_NAMES.items()}
@@ -47,7 +60,7 @@ def _fingerprint(parts: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()[:32]
 
 
-def current_partitions(svc: Service) -> dict[str, dict[str, str]]:
+def current_partitions(svc: ExportSource) -> dict[str, dict[str, str]]:
     """table → date → fingerprint of its content, from the service's state tables."""
     out: dict[str, dict[str, str]] = {}
     parts: dict[tuple[str, str], list[str]] = {}
@@ -88,7 +101,7 @@ def _select_partition(table: str, dataset: str) -> exp.Expression:
     )
 
 
-def export(svc: Service, root: str, full: bool = False) -> dict[str, int]:
+def export(svc: ExportSource, root: str, full: bool = False) -> dict[str, int]:
     """Export changed partitions to ``root``; returns files written per table."""
     manifest = load_manifest(root)
     tables: dict[str, Any] = manifest["tables"]
