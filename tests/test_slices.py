@@ -304,7 +304,7 @@ def test_gs_objects_are_sliced_like_local_files(gcs_bucket: GcsBucket, gz: bool)
     url = gcs_bucket.url(key)
     info = storage.storage_for(url).stat(url)
     assert info is not None
-    task = task_for(url, info.size)
+    task = dataclasses.replace(task_for(url, info.size), version=info.version)
     want = reference(url)
     assert len(want) == 5001
     with pytest.MonkeyPatch.context() as mp:
@@ -349,3 +349,18 @@ def test_a_file_replaced_after_planning_fails_its_slices(tmp_path: Path) -> None
             with pytest.raises(slices.FileChanged, match="changed since its slices were planned"):
                 list(iter_slice_batches(FileSlice(task, index, 2), 10))
     assert read_slices(task, 1, 10)[0][0] == (1, b"new! 0\n")
+
+
+def test_a_gs_object_rewritten_after_planning_fails_its_slices(gcs_bucket: GcsBucket) -> None:
+    key = f"scans/{SCAN}/results.json.gz"
+    gcs_bucket.put(key, gzip.compress(b"".join(b"a %d\n" % i for i in range(500)), mtime=0))
+    url = gcs_bucket.url(key)
+    info = storage.storage_for(url).stat(url)
+    assert info is not None
+    task = dataclasses.replace(task_for(url, info.size), version=info.version)
+    gcs_bucket.put(key, gzip.compress(b"".join(b"b %d\n" % i for i in range(500)), mtime=0))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(slices, "READ_CHUNK", 64)
+        for index in range(2):
+            with pytest.raises(slices.FileChanged):
+                list(iter_slice_batches(FileSlice(task, index, 2), 100))
