@@ -25,7 +25,10 @@ For each N in ``--lines`` (``--big`` adds 10,000,000):
 4. With ``--ip-metadata-prefixes P``: a synthetic CAIDA site folder with ~P prefixes
    (every server /24 of the scan plus filler prefixes and ASes) is written once, mirrored
    with ``python -m services.routeviews sync``, and each N runs twice, without and with
-   ``--ip-metadata``; the enrichment share is (wall with - wall without) / wall with.
+   ``--ip-metadata`` (with a new, empty ``$CP_IPMETA_CACHE`` folder: the reference
+   files are parsed, as on a run's first day with them); the enrichment share is
+   (CPU with - CPU without) / CPU with, judged on CPU time because the wall time of a
+   shared machine varies more than that share (the wall-time share is printed too).
 
 Targets (issue 13): 1M lines in <= 30 s wall; end-to-end lines per CPU-second >= 50% of
 parse-only; peak RSS of the biggest process <= 1 GB and flat across N (within 25% of the
@@ -70,6 +73,7 @@ CPU_RATIO_MIN = 0.50
 RSS_MAX = 1 * GB
 RSS_FLAT = 1.25  # biggest process at the largest N <= this x the smallest N's
 ENRICH_SHARE_MAX = 0.10
+IPMETA_CACHE_ENV = "CP_IPMETA_CACHE"  # launchers' cache of parsed CAIDA tables
 
 
 def in_child(func: Any, *args: Any) -> Any:
@@ -339,7 +343,16 @@ def run_launcher(
     if ip_metadata is not None:
         cmd += ["--ip-metadata", str(ip_metadata)]
     cmd += extra
-    env = {**os.environ, "LOG_LEVEL": "WARNING", "CP_PROGRESS": "0"}
+    # A new IP-metadata cache folder per run: every enriched run parses the reference
+    # files (the cost of the first run on a new routeviews date).
+    cache_dir = work / "ipmeta-cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    env = {
+        **os.environ,
+        "LOG_LEVEL": "WARNING",
+        "CP_PROGRESS": "0",
+        IPMETA_CACHE_ENV: str(cache_dir),
+    }
     with (work / "stdout.txt").open("wb") as out, (work / "stderr.txt").open("wb") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=err, env=env)
@@ -510,10 +523,12 @@ def main() -> int:
         )
     peaks = {n: r["peak_proc_rss"] for n, r in results.items()}
     for n in sizes:
+        tree = results[n]["peak_tree_rss"]
         print(
             f"  {verdict(peaks[n] <= RSS_MAX)} {n:,} lines: biggest process "
-            f"{peaks[n] / MB:,.0f} MB (<= 1,024 MB); "
-            f"tree {results[n]['peak_tree_rss'] / MB:,.0f} MB"
+            f"{peaks[n] / MB:,.0f} MB (<= 1,024 MB)\n"
+            f"  {verdict(tree <= RSS_MAX)} {n:,} lines: whole tree {tree / MB:,.0f} MB "
+            "(<= 1,024 MB; RSS summed, shared pages counted per process)"
         )
     if len(sizes) > 1:
         flat = peaks[sizes[-1]] <= RSS_FLAT * peaks[sizes[0]]
@@ -523,9 +538,11 @@ def main() -> int:
         )
     for n, res in enriched.items():
         share = (res["wall"] - results[n]["wall"]) / res["wall"]
+        cpu_share = (res["cpu"] - results[n]["cpu"]) / res["cpu"]
         print(
-            f"  {verdict(share <= ENRICH_SHARE_MAX)} {n:,} lines: enrichment with "
-            f"{args.ip_metadata_prefixes:,} prefixes {share:.1%} of the run (<= 10%)"
+            f"  {verdict(cpu_share <= ENRICH_SHARE_MAX)} {n:,} lines: enrichment with "
+            f"{args.ip_metadata_prefixes:,} prefixes {cpu_share:.1%} of the run's CPU time "
+            f"(<= 10%; wall: {share:.1%})"
         )
     if not args.keep:
         shutil.rmtree(cache, ignore_errors=True)

@@ -18,10 +18,13 @@ row count; the test shows that with mutations of the launcher's rows.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import gzip
+import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,7 @@ BATCH_LINES = 200  # the launcher cuts each file into 13 batches
 BAD_LINE_RATIO = 0.01
 WORKERS = 2
 SLICE_BYTES = 1 << 20
+IPMETA_CACHE_ENV = "CP_IPMETA_CACHE"  # parsed CAIDA tables' cache folder, "off": none
 SCANS = tuple(s for s in HYPERQUACK_SCANS if s.scan_type in ("http", "https"))
 #: Sort key: provenance, then what identifies a roundtrip within its measurement.
 KEY_COLUMNS = (
@@ -164,6 +168,20 @@ def reference(
 # --- the test -------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def environ(name: str, value: str) -> Iterator[None]:
+    """``$name`` set to ``value`` for the block (worker processes inherit it)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
 def parallel_options() -> dict[str, Any]:
     """Two worker processes and files cut into slices of ~1 MiB, where the launcher has
     these options (``RunConfig.workers`` / ``slice_bytes`` of the multi-process graph);
@@ -195,16 +213,20 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     sync = ["sync", "--base-url", str(root / "caida"), "--dest", str(meta)]
     assert routeviews_main([*sync, "--snapshot-days", "36500", "--log-level", "ERROR"]) == 0
     wh = root / "warehouse"
-    summary = run(
-        RunConfig(
-            input=str(root / "sample" / "scans"),
-            warehouse=str(wh),
-            ip_metadata=str(meta),
-            batch_lines=BATCH_LINES,
-            **parallel_options(),
+    # The launcher parses the reference files into its own (new) cache folder; the
+    # reference reads them with the cache off, so a cache fault cannot agree with itself.
+    with environ(IPMETA_CACHE_ENV, str(root / "ipmeta-cache")):
+        summary = run(
+            RunConfig(
+                input=str(root / "sample" / "scans"),
+                warehouse=str(wh),
+                ip_metadata=str(meta),
+                batch_lines=BATCH_LINES,
+                **parallel_options(),
+            )
         )
-    )
-    tables, dead, stats = reference(root / "sample" / "scans", meta)
+    with environ(IPMETA_CACHE_ENV, "off"):
+        tables, dead, stats = reference(root / "sample" / "scans", meta)
     return {
         "wh": wh,
         "scans": root / "sample" / "scans",
