@@ -711,13 +711,15 @@ def _parse_with_add(lines: list[str]) -> PrefixTable:
 
 def _same_table(a: PrefixTable, b: PrefixTable) -> None:
     assert (a._v4, a._v6, a._raw) == (b._v4, b._v6, b._raw)
+    arrays = ("_p_start", "_p_len", "_p_asn", "_p_parent")
+    assert [getattr(a, n) for n in arrays] == [getattr(b, n) for n in arrays]
     assert (a.count, a.bad_lines, a.lengths(4), a.lengths(6)) == (
         b.count,
         b.bad_lines,
         b.lengths(4),
         b.lengths(6),
     )
-    assert (a._deep4, a._deep6) == (b._deep4, b._deep6)
+    assert a._deep6 == b._deep6
 
 
 _PREFIXES = hs.sampled_from(
@@ -798,7 +800,7 @@ def test_catalog_cache_is_written_once_then_read(catalog_root: Path, tmp_path: P
     first = ReferenceCatalog(str(catalog_root), cache_dir=cache)
     got = _loaded(first, day)
     assert (first.cache_hits, first.cache_writes) == (0, 3)
-    names = sorted(p.name for p in cache.iterdir())
+    names = sorted(p.name for p in cache.iterdir() if p.name != ".lock")
     assert len(names) == 3 and all(n.endswith(".cpmeta") for n in names)
     assert names[0].startswith("20210401.as-org2info.as2org.")
     second = ReferenceCatalog(str(catalog_root), cache_dir=cache)
@@ -890,3 +892,81 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.delenv(CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "cp-pipeline" / "ipmeta"
+
+
+_BASES = [0x08080800, 0x08000000, 0xC0A80000, 0x0A000000, 0xFFFFFFFF, 0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hs.lists(
+        hs.tuples(hs.sampled_from(_BASES), hs.integers(0, 2**12), hs.integers(0, 32)),
+        max_size=40,
+    ),
+    hs.lists(hs.tuples(hs.sampled_from(_BASES), hs.integers(-(2**12), 2**12)), max_size=30),
+)
+def test_nested_v4_prefixes_match_brute_force(
+    prefixes: list[tuple[int, int, int]], probes: list[tuple[int, int]]
+) -> None:
+    """Clustered prefixes (deep nesting, shared starts, /0 and /32) against brute force."""
+    nets: dict[ipaddress.IPv4Network, int] = {}
+    lines = []
+    for i, (base, offset, length) in enumerate(prefixes):
+        net = ipaddress.IPv4Network(((base + offset * 37) % 2**32, length), strict=False)
+        lines.append(f"{net.network_address}\t{length}\t{i + 1}")
+        nets.setdefault(net, i + 1)
+    table = parse_pfx2as(lines)
+    half = len(lines) // 2  # also: added after a freeze (thawed, then frozen again)
+    grown = parse_pfx2as(lines[:half])
+    for line in lines[half:]:
+        prefix, length, origin = line.split("\t")
+        grown.add(prefix, int(length), origin)
+    grown.freeze()
+    _same_table(grown, table)
+    addrs = [(base + delta) % 2**32 for base, delta in probes]
+    addrs += [int(n.network_address) for n in nets] + [int(n.broadcast_address) for n in nets]
+    for addr in addrs:
+        ip = ipaddress.IPv4Address(addr)
+        covering = [(n, asn) for n, asn in nets.items() if ip in n]
+        want = max(covering, key=lambda c: c[0].prefixlen, default=None)
+        got = table.lookup(str(ip))
+        if want is None:
+            assert got is None
+        else:
+            assert got is not None and (got.netblock, got.asn) == (str(want[0]), want[1])
+
+
+def test_catalog_cache_one_parse_when_processes_start_together(
+    catalog_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two catalogs (as two worker processes) loading at once: the folder lock makes one
+    parse and write each file while the other waits and reads its entry."""
+    import threading
+    import time
+
+    import services.common.ipmeta as ipmeta
+
+    real_parse = ipmeta.parse_pfx2as
+
+    def slow_parse(lines: Any) -> PrefixTable:
+        time.sleep(0.5)
+        return real_parse(lines)
+
+    monkeypatch.setattr(ipmeta, "parse_pfx2as", slow_parse)
+    cache = tmp_path / "cache"
+    cats = [ReferenceCatalog(str(catalog_root), cache_dir=cache) for _ in range(2)]
+    start = threading.Barrier(2)
+    results: list[Any] = []
+
+    def work(cat: ReferenceCatalog) -> None:
+        start.wait()
+        results.append(_loaded(cat, dt.date(2021, 5, 31))[0].lookup("8.8.8.8"))
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in cats]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.asn for r in results] == [15169, 15169]
+    assert sum(c.cache_writes for c in cats) == 3
+    assert sum(c.cache_hits for c in cats) == 3

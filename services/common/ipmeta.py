@@ -67,8 +67,10 @@ Example:
 from __future__ import annotations
 
 import array
+import bisect
 import contextlib
 import datetime as dt
+import fcntl
 import gzip
 import hashlib
 import ipaddress
@@ -168,10 +170,12 @@ class PrefixTable:
     """
 
     __slots__ = (
-        "_deep4",
         "_deep6",
-        "_probes4",
-        "_probes4_short",
+        "_lengths4",
+        "_p_asn",
+        "_p_len",
+        "_p_parent",
+        "_p_start",
         "_probes6",
         "_probes6_short",
         "_raw",
@@ -181,22 +185,26 @@ class PrefixTable:
         "count",
     )
 
-    # Most prefixes are at most /24 (IPv4) or /48 (IPv6). Addresses whose /24 (/48)
-    # holds no longer prefix start probing at that length, skipping the empty probes
-    # of the longer lengths.
-    SPLIT4 = 24
+    # Most IPv6 prefixes are at most /48. Addresses whose /48 holds no longer prefix
+    # start probing at that length, skipping the empty probes of the longer lengths.
     SPLIT6 = 48
 
     def __init__(self) -> None:
-        self._v4: dict[int, dict[int, int]] = {}  # length → {network bits: asn}
+        # While building: length → {network bits: asn}. ``freeze`` turns the IPv4 part
+        # into the flat arrays below and empties ``_v4``.
+        self._v4: dict[int, dict[int, int]] = {}
         self._v6: dict[int, dict[int, int]] = {}
         # Raw origin strings only where they differ from str(asn) (MOAS / AS sets: <1 %).
         self._raw: dict[tuple[int, int, int], str] = {}  # (family, length, key) → raw
-        self._probes4: tuple[tuple[int, int, dict[int, int]], ...] = ()
+        # Frozen IPv4 prefixes sorted by (start address, length): start, length, ASN and
+        # the index of the innermost prefix enclosing it (-1: none).
+        self._p_start = array.array("I")
+        self._p_len = array.array("B")
+        self._p_asn = array.array("I")
+        self._p_parent = array.array("i")
+        self._lengths4: tuple[int, ...] = ()
         self._probes6: tuple[tuple[int, int, dict[int, int]], ...] = ()
-        self._probes4_short: tuple[tuple[int, int, dict[int, int]], ...] = ()
         self._probes6_short: tuple[tuple[int, int, dict[int, int]], ...] = ()
-        self._deep4: frozenset[int] = frozenset()
         self._deep6: frozenset[int] = frozenset()
         self.count = 0
         self.bad_lines = 0
@@ -210,6 +218,8 @@ class PrefixTable:
             family, width, by_len = 6, 128, self._v6
             addr = int.from_bytes(socket.inet_pton(socket.AF_INET6, prefix), "big")
         else:
+            if self._p_start:  # frozen: back to dicts until the next freeze
+                self._thaw4()
             family, width, by_len = 4, 32, self._v4
             addr = int.from_bytes(socket.inet_pton(socket.AF_INET, prefix), "big")
         if not 0 <= length <= width:
@@ -226,14 +236,63 @@ class PrefixTable:
         self.count += 1
 
     def freeze(self) -> PrefixTable:
-        """Fix the probe order (longest first). Called by ``parse_pfx2as``; idempotent."""
-        self._probes4 = tuple((n, 32 - n, self._v4[n]) for n in sorted(self._v4, reverse=True))
+        """Build the IPv4 arrays and fix the IPv6 probe order (longest first). Called by
+        ``parse_pfx2as``; idempotent."""
+        if self._v4:
+            self._build4()
         self._probes6 = tuple((n, 128 - n, self._v6[n]) for n in sorted(self._v6, reverse=True))
-        self._probes4_short = tuple(p for p in self._probes4 if p[0] <= self.SPLIT4)
         self._probes6_short = tuple(p for p in self._probes6 if p[0] <= self.SPLIT6)
-        self._deep4 = self._deep_keys(self._v4, self.SPLIT4)
         self._deep6 = self._deep_keys(self._v6, self.SPLIT6)
         return self
+
+    def _build4(self) -> None:
+        """IPv4 dicts → arrays sorted by (start, length), each with its enclosing prefix.
+
+        Prefixes are nested or disjoint, so one pass with a stack of open prefixes finds
+        each one's innermost encloser.
+        """
+        enc: list[int] = []
+        for n, bucket in self._v4.items():
+            shift = 32 - n
+            enc += [(key << shift) << 6 | n for key in bucket]
+        enc.sort()
+        starts = [e >> 6 for e in enc]
+        lens = [e & 63 for e in enc]
+        v4 = self._v4
+        asns = [v4[n][start >> (32 - n)] for start, n in zip(starts, lens, strict=True)]
+        parents: list[int] = []
+        open_ends: list[int] = []
+        open_idx: list[int] = []
+        for i, (start, n) in enumerate(zip(starts, lens, strict=True)):
+            while open_ends and open_ends[-1] < start:
+                open_ends.pop()
+                open_idx.pop()
+            parents.append(open_idx[-1] if open_idx else -1)
+            open_ends.append(start | ((1 << (32 - n)) - 1))
+            open_idx.append(i)
+        self._set4(
+            array.array("I", starts),
+            array.array("B", lens),
+            array.array("I", asns),
+            array.array("i", parents),
+        )
+        self._v4 = {}
+
+    def _set4(
+        self,
+        starts: array.array[int],
+        lens: array.array[int],
+        asns: array.array[int],
+        parents: array.array[int],
+    ) -> None:
+        self._p_start, self._p_len, self._p_asn, self._p_parent = starts, lens, asns, parents
+        self._lengths4 = tuple(sorted(set(lens), reverse=True))
+
+    def _thaw4(self) -> None:
+        """The frozen IPv4 arrays back into per-length dicts (to add more prefixes)."""
+        for start, n, asn in zip(self._p_start, self._p_len, self._p_asn, strict=True):
+            self._v4.setdefault(n, {})[start >> (32 - n)] = asn
+        self._set4(array.array("I"), array.array("B"), array.array("I"), array.array("i"))
 
     @staticmethod
     def _deep_keys(by_len: dict[int, dict[int, int]], split: int) -> frozenset[int]:
@@ -249,27 +308,38 @@ class PrefixTable:
 
     @property
     def has_ipv4(self) -> bool:
-        return bool(self._v4)
+        return bool(self._p_start) or bool(self._v4)
 
     @property
     def has_ipv6(self) -> bool:
         return bool(self._v6)
 
     def lengths(self, family: int = 4) -> tuple[int, ...]:
-        """The prefix lengths present, longest first (the probe order)."""
-        probes = self._probes4 if family == 4 else self._probes6
-        return tuple(p[0] for p in probes)
+        """The prefix lengths present, longest first."""
+        if family == 4:
+            return self._lengths4
+        return tuple(p[0] for p in self._probes6)
 
     def match_v4(self, addr: int) -> PrefixMatch | None:
-        """Longest match for an IPv4 address given as a 32-bit int."""
-        probes = self._probes4 if addr >> 8 in self._deep4 else self._probes4_short
-        for length, shift, bucket in probes:
-            key = addr >> shift
-            asn = bucket.get(key)
-            if asn is not None:
-                net = socket.inet_ntop(socket.AF_INET, (key << shift).to_bytes(4, "big"))
-                raw = self._raw.get((4, length, key)) if self._raw else None
+        """Longest match for an IPv4 address given as a 32-bit int.
+
+        The last prefix starting at or before ``addr`` (binary search), then up its chain
+        of enclosing prefixes to the first that holds ``addr``: that is the longest match
+        (any prefix between the match and the candidate in sort order lies inside the
+        match, so the candidate descends from it).
+        """
+        starts = self._p_start
+        i = bisect.bisect_right(starts, addr) - 1
+        while i >= 0:
+            start = starts[i]
+            length = self._p_len[i]
+            shift = 32 - length
+            if addr >> shift == start >> shift:
+                asn = self._p_asn[i]
+                net = socket.inet_ntop(socket.AF_INET, start.to_bytes(4, "big"))
+                raw = self._raw.get((4, length, start >> shift)) if self._raw else None
                 return PrefixMatch(f"{net}/{length}", asn, raw or str(asn))
+            i = self._p_parent[i]
         return None
 
     def match_v6(self, addr: int) -> PrefixMatch | None:
@@ -300,23 +370,21 @@ class PrefixTable:
     def to_bytes(self) -> bytes:
         """The table as flat arrays: a JSON header, then per length the keys and ASNs.
 
-        IPv4 keys are uint32; IPv6 keys are two uint64 arrays (high, low 64 bits).
+        IPv4: the frozen arrays as they are; IPv6: per length the keys as two uint64
+        arrays (high, low 64 bits) and the ASNs.
         Native byte order (the cache is local to a machine). :meth:`from_bytes` reads it.
         """
         header: dict[str, Any] = {
             "count": self.count,
             "bad_lines": self.bad_lines,
             "byteorder": sys.byteorder,
-            "v4": [[n, len(b)] for n, b in self._v4.items()],
+            "v4": len(self._p_start),
             "v6": [[n, len(b)] for n, b in self._v6.items()],
             "raw": [[f, n, str(k), r] for (f, n, k), r in self._raw.items()],
         }
-        chunks: list[bytes] = []
-        for bucket in self._v4.values():
-            chunks += [
-                array.array("I", bucket).tobytes(),
-                array.array("I", bucket.values()).tobytes(),
-            ]
+        if self._v4:
+            raise ValueError("freeze() the table first")
+        chunks = [a.tobytes() for a in (self._p_start, self._p_len, self._p_asn, self._p_parent)]
         mask = (1 << 64) - 1
         for bucket in self._v6.values():
             chunks += [
@@ -338,7 +406,7 @@ class PrefixTable:
             view = memoryview(data)[8 + size :]
             pos = 0
 
-            def take(code: str, n: int) -> list[int]:
+            def take_array(code: str, n: int) -> array.array[int]:
                 nonlocal pos
                 arr = array.array(code)
                 end = pos + n * arr.itemsize
@@ -346,11 +414,16 @@ class PrefixTable:
                     raise ValueError("truncated")
                 arr.frombytes(view[pos:end])
                 pos = end
-                return arr.tolist()
+                return arr
+
+            def take(code: str, n: int) -> list[int]:
+                return take_array(code, n).tolist()
 
             table = cls()
-            for n, k in header["v4"]:
-                table._v4[int(n)] = dict(zip(take("I", k), take("I", k), strict=True))
+            n4 = int(header["v4"])
+            table._set4(
+                take_array("I", n4), take_array("B", n4), take_array("I", n4), take_array("i", n4)
+            )
             for n, k in header["v6"]:
                 hi, lo = take("Q", k), take("Q", k)
                 keys = [h << 64 | low for h, low in zip(hi, lo, strict=True)]
@@ -1098,36 +1171,64 @@ class ReferenceCatalog:
         digest = hashlib.sha256(data).hexdigest()[:32]
         name = f"{ref.file_id}.{codec.name}.{digest}.v{CACHE_VERSION}{CACHE_SUFFIX}"
         path = self.cache_dir / name
+        value = self._cache_read(codec, path)
+        if value is not None:
+            return value
+        # Worker processes start together: one parses while the others wait for its entry.
+        with self._cache_lock():
+            value = self._cache_read(codec, path, report=False)
+            if value is not None:
+                return value
+            value = codec.parse(data)
+            tmp = path.with_name(f"{name}.tmp-{os.getpid()}-{threading.get_ident()}")
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(_seal(codec.encode(value)))
+                os.replace(tmp, path)
+                self.cache_writes += 1
+                self._prune()
+            except OSError as exc:
+                self._warn("ipmeta_cache_not_written", path, exc)
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        return value
+
+    def _cache_read(self, codec: _Codec, path: Path, report: bool = True) -> Any:
+        """The decoded entry at ``path``, or None (absent, unreadable or damaged)."""
         try:
             blob = path.read_bytes()
         except (FileNotFoundError, NotADirectoryError):  # no entry (or no folder) yet
-            blob = None
+            return None
         except OSError as exc:
-            self._warn("ipmeta_cache_unreadable", path, exc)
-            blob = None
-        if blob is not None:
-            try:
-                value = codec.decode(_unseal(blob))
-            except ValueError as exc:
+            if report:
+                self._warn("ipmeta_cache_unreadable", path, exc)
+            return None
+        try:
+            value = codec.decode(_unseal(blob))
+        except ValueError as exc:
+            if report:
                 self._warn("ipmeta_cache_damaged", path, exc, always=True)
-            else:
-                self.cache_hits += 1
-                with contextlib.suppress(OSError):
-                    os.utime(path)  # recently used: kept by the pruning
-                return value
-        value = codec.parse(data)
-        tmp = path.with_name(f"{name}.tmp-{os.getpid()}-{threading.get_ident()}")
+            return None
+        self.cache_hits += 1
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recently used: kept by the pruning
+        return value
+
+    @contextlib.contextmanager
+    def _cache_lock(self) -> Iterator[None]:
+        """An exclusive lock on the cache folder across processes (none if unavailable)."""
+        assert self.cache_dir is not None
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(_seal(codec.encode(value)))
-            os.replace(tmp, path)
-            self.cache_writes += 1
-            self._prune()
-        except OSError as exc:
-            self._warn("ipmeta_cache_not_written", path, exc)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        return value
+            fd = os.open(self.cache_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def _prune(self) -> None:
         """Keep the :data:`CACHE_KEEP` most recently used entries of the cache folder."""
