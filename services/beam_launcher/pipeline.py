@@ -58,7 +58,7 @@ DEFAULT_BATCH_LINES = 500
 # Parquet row groups of the local graph: written when this many rows (or bytes of Arrow
 # data) of one (table, date) have accumulated; bounds each worker's memory.
 ROW_GROUP_ROWS = 65_536
-ROW_GROUP_BYTES = 64 << 20
+ROW_GROUP_BYTES = 32 << 20
 PARQUET_COMPRESSION = "zstd"
 TABLE_SPECS: dict[str, TableSpec] = {
     **{s.name: s for s in HYPERQUACK_TABLES.values()},
@@ -446,13 +446,16 @@ class DateWriters:
             self._add(str(date), table.filter(mask))
 
     def _add(self, date: str, table: pa.Table) -> None:
-        self.pending.setdefault(date, []).append(table)
-        self.pending_rows[date] = self.pending_rows.get(date, 0) + table.num_rows
-        self.pending_bytes[date] = self.pending_bytes.get(date, 0) + table.nbytes
-        if self.pending_rows[date] >= self.row_group_rows or (
-            self.pending_bytes[date] >= ROW_GROUP_BYTES
-        ):
-            self._flush(date)
+        while table.num_rows:
+            room = self.row_group_rows - self.pending_rows.get(date, 0)
+            part, table = table.slice(0, room), table.slice(room)
+            self.pending.setdefault(date, []).append(part)
+            self.pending_rows[date] = self.pending_rows.get(date, 0) + part.num_rows
+            self.pending_bytes[date] = self.pending_bytes.get(date, 0) + part.nbytes
+            if self.pending_rows[date] >= self.row_group_rows or (
+                self.pending_bytes[date] >= ROW_GROUP_BYTES
+            ):
+                self._flush(date)
 
     def _flush(self, date: str) -> None:
         chunks = self.pending.pop(date, [])

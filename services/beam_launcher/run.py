@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -176,11 +177,19 @@ AUTO_WORKERS_MIN_BYTES = 64 << 20
 
 
 def cpu_count() -> int:
-    """CPUs this process may run on."""
+    """CPUs this process may use: its CPU affinity, capped by a cgroup v2 CPU quota
+    (``cpu.max`` of a container limited to e.g. 2 CPUs on a bigger host)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 def resolve_workers(workers: int | None, tasks: list[FileTask]) -> int:

@@ -70,7 +70,7 @@ PUBLISHING_DIR = "publishing"  # committed-or-not Parquet between staging and pa
 MANIFEST_NAME = "manifest.json"
 LEASE_DIR = "leases"
 LEASE_MAX_AGE_S = 24 * 3600.0  # a lease of another host counts as abandoned after this
-DUCKDB_MEMORY_LIMIT = "512MB"  # per connection; more spills to <warehouse>.duckdb.tmp/
+DUCKDB_MEMORY_LIMIT = "256MB"  # per connection; more spills to <warehouse>.duckdb.tmp/
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def memory_limit() -> str:
     """DuckDB's memory limit for writers: ``$CP_DUCKDB_MEMORY_LIMIT`` or the default.
 
     >>> memory_limit()
-    '512MB'
+    '256MB'
     """
     limit = (os.environ.get("CP_DUCKDB_MEMORY_LIMIT") or DUCKDB_MEMORY_LIMIT).strip()
     if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", limit, re.IGNORECASE):
