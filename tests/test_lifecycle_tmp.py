@@ -323,3 +323,30 @@ def test_half_written_lease_of_a_dead_process_is_removed(tmp_path: Path) -> None
     assert sorted(p.name for p in root.iterdir()) == sorted(
         [parts["dead-fresh"].name, parts["live-old"].name]
     )
+
+
+def test_sweep_line_comes_after_logging_is_set_up(tmp_path: Path) -> None:
+    """``--help`` (no logging set up) still sweeps but writes nothing on stderr; a real run
+    writes the ``run_tmp_swept`` line through the stage's logging (JSON, labelled)."""
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    for argv in (["--help"], ["archives", "--source", str(tmp_path), "--dest", str(tmp_path)]):
+        dead, dead_dir, _ = start_holder(tmp, "alone")
+        wait_file(dead_dir, "work-")
+        dead.kill()
+        dead.wait()
+        done = subprocess.run(
+            [sys.executable, "-m", "services.mirror", *argv],
+            cwd=REPO,
+            env=env_with_tmp(tmp),
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert not dead_dir.exists(), argv
+        swept = [orjson.loads(x) for x in done.stderr.splitlines() if '"run_tmp_swept"' in x]
+        if argv == ["--help"]:
+            assert done.stderr == ""
+        else:
+            assert len(swept) == 1 and swept[0]["removed_dirs"] == 1, done.stderr
+            assert swept[0]["logging.googleapis.com/labels"]["stage"] == "mirror"

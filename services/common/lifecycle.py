@@ -93,6 +93,7 @@ class _Guard:
         self.deferred = 0
         self.areas: list[_Holder] = []
         self.on_abort: list[Callable[[], None]] = []
+        self.run_tmp: RunTemp | None = None  # this process's temp folder (run_main)
 
     def handler(self, signum: int, _frame: FrameType | None) -> None:
         if self.signum is None:
@@ -106,6 +107,7 @@ class _Guard:
         self.signum, self.raised, self.deferred = None, False, 0
         self.areas.clear()
         self.on_abort.clear()
+        self.run_tmp = None
 
 
 _GUARD = _Guard()
@@ -151,9 +153,14 @@ def critical() -> Iterator[None]:
 
 
 def on_abort(callback: Callable[[], None]) -> None:
-    """Run ``callback`` (e.g. push failure metrics) when the stage is stopped by a signal."""
+    """Run ``callback`` (e.g. push failure metrics) when the stage is stopped by a signal.
+
+    Stages register it right after setting up logging: the line of the start-up sweep of
+    temp folders (:class:`RunTemp`), if it found anything, is written then."""
     if _GUARD.active:
         _GUARD.on_abort.append(callback)
+    if _GUARD.run_tmp is not None:
+        _GUARD.run_tmp.log_sweep()
 
 
 def hold(holder: _Holder) -> None:
@@ -175,7 +182,7 @@ def run_main(stage: str, main: Callable[[], int]) -> int:
     for s in HANDLED:
         signal.signal(s, _GUARD.handler)
     _GUARD.active = True
-    run_tmp = RunTemp(stage)
+    run_tmp = _GUARD.run_tmp = RunTemp(stage)
     try:
         run_tmp.enter()
         return main()
@@ -642,6 +649,7 @@ class RunTemp:
         self.area: StagingArea | None = None
         self.report = SweepReport()
         self.users: dict[str, list[int]] = {}  # dead runs' folders kept: live users' pids
+        self._unlogged = False
         self._saved: tuple[str | None, str | None] = (None, None)
 
     def _in_use(self, folder: Path) -> bool:
@@ -674,23 +682,29 @@ class RunTemp:
         os.environ["TMPDIR"] = path
         tempfile.tempdir = path
         r = self.report
-        if r.removed_dirs or r.kept_live or r.kept_unknown:
-            # Logging is configured by the stage's main, which has not run yet.
-            logsetup.write_event(
-                "run_tmp_swept",
-                "INFO",
-                stage=self.stage,
-                location=str(root),
-                removed_dirs=r.removed_dirs,
-                removed_files=r.removed_files,
-                removed_bytes=r.removed_bytes,
-                kept_live=r.kept_live,
-                kept_unknown_owner=r.kept_unknown,
-                kept_in_use_by=self.users,
-                owner_check="pid and start time of the folder's process; kept while a live "
-                "process has it as TMPDIR",
-            )
+        self._unlogged = bool(r.removed_dirs or r.kept_live or r.kept_unknown)
         return path
+
+    def log_sweep(self) -> None:
+        """One ``run_tmp_swept`` line, when the start-up sweep found anything (once; the
+        stage's main sets up logging after :meth:`enter`, see :func:`on_abort`)."""
+        if not self._unlogged or self.path is None:
+            return
+        self._unlogged = False
+        r = self.report
+        log: Any = get_logger(self.stage)
+        log.info(
+            "run_tmp_swept",
+            location=str(Path(self.path).parent),
+            removed_dirs=r.removed_dirs,
+            removed_files=r.removed_files,
+            removed_bytes=r.removed_bytes,
+            kept_live=r.kept_live,
+            kept_unknown_owner=r.kept_unknown,
+            kept_in_use_by=self.users,
+            owner_check="pid and start time of the folder's process; kept while a live "
+            "process has it as TMPDIR",
+        )
 
     def exit(self) -> None:
         if self.area is None or self.path is None:
