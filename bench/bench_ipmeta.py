@@ -3,11 +3,12 @@
 Usage: ``uv run python bench/bench_ipmeta.py [--prefixes 1000000] [--scan FILE.json.gz]``
 
 Writes a synthetic reference set shaped like the real one into ``--workdir`` (default: a
-temporary folder): a RouteViews IPv4 pfx2as file of ``--prefixes`` lines (886,068 in the
-2020 file: mostly /24, every length /8–/32, ~0.8 % longer than /24, ~0.7 % MOAS, a few AS
-sets; ~75,000 origin ASes), an as-org2info file (~115,000 ASes, ~100,000 organisations) and
-an as2types file, in the mirrored layout ``ReferenceCatalog`` reads. The servers of the
-measured batch get /24 prefixes of their own, as real servers are routed. Then it prints:
+temporary folder): a RouteViews IPv4 pfx2as file of ``--prefixes`` lines in address order
+(886,068 in the 2020 file: mostly /24, every length /8–/32, ~0.8 % longer than /24,
+~0.7 % MOAS, a few AS sets; ~75,000 origin ASes), an as-org2info file (~115,000 ASes,
+~100,000 organisations) and an as2types file, in the mirrored layout ``ReferenceCatalog``
+reads. The servers of the measured batch get /24 prefixes of their own, as real servers
+are routed. Then it prints:
 
 * load per process (each in a fresh subprocess, as every local worker loads its own
   copy): parse without the cache, parse + write the cache (first process on a machine),
@@ -16,10 +17,15 @@ measured batch get /24 prefixes of their own, as real servers are routed. Then i
 * ``PrefixTable.lookup`` on addresses inside table prefixes and on uniformly random
   IPv4 addresses, and ``Enricher.lookup`` on the hits (lookups/s);
 * ``RowEnricher.enrich_hyperquack_columns`` on a batch of ``--batch-lines`` lines of an
-  HTTP scan parsed with ``HyperquackProcessor.process_columns`` (default: the first
-  lines of ``--scan``; without one, a synthetic batch with the same IP reuse): µs per row
-  for a fresh enricher (every server looked up) and a warm one (memoised), next to the
-  µs per row of ``process_columns`` itself.
+  HTTP scan parsed with ``HyperquackProcessor.process_columns`` (the first lines of
+  ``--scan``; skipped with a message when the file is absent): µs per row for a fresh
+  enricher (every server looked up) and a warm one (memoised), next to the µs per row
+  of ``process_columns`` itself;
+* the first ``--file-lines`` lines of ``--scan`` as one worker runs them: the tables
+  loaded from the cache, then per batch ``process_columns`` and
+  ``enrich_hyperquack_columns``; enrichment's CPU seconds (load included) as a share of
+  ``process_columns``'s (the whole run costs more than parsing, so its share of the run
+  is smaller).
 
 Timings are CPU seconds of the measuring process (``time.process_time``; the
 development machine is shared, so wall time would measure the neighbours), best of
@@ -133,7 +139,12 @@ def synthetic_lines(
         net = addr >> (32 - length) << (32 - length)
         if (net, length) not in seen:
             emit(net, length)
-    return lines
+
+    def order(line: str) -> tuple[bytes, int]:  # CAIDA's files are in address order
+        prefix, length, _ = line.split("\t", 2)
+        return socket.inet_aton(prefix), int(length)
+
+    return sorted(lines, key=order)
 
 
 def write_catalog(root: Path, lines: list[str], asns: list[int]) -> None:
@@ -236,11 +247,11 @@ def measure_loads(root: Path, cache: Path) -> None:
 
 
 def scan_batch(scan: Path | None, n_lines: int) -> tuple[list[bytes], bool]:
-    """The first lines of a real-format scan, or synthetic server IPs with that reuse."""
+    """The first lines of a scan file; ([], False) with a message when it is absent."""
     if scan is not None and scan.is_file():
         with gzip.open(scan, "rb") as fh:
             return [line.rstrip(b"\n") for line in itertools.islice(fh, n_lines)], True
-    print(f"scan {scan} not found: using a synthetic batch (no parse figure)")
+    print(f"scan {scan} not found: no per-row enrichment figures (pass --scan)")
     return [], False
 
 
@@ -302,6 +313,48 @@ def measure_enrich(root: Path, cache: Path, lines: list[bytes], repeats: int) ->
     print(f"enrich_hyperquack row by row (warm, for comparison): {row_s / n * 1e6:.2f} µs/row")
 
 
+def measure_file(root: Path, cache: Path, scan: Path, batch_lines: int, max_lines: int) -> None:
+    """A whole scan file as one worker sees it: load (from the cache), then per batch
+    process_columns and enrich_hyperquack_columns; CPU seconds of each."""
+    from services.beam_launcher.enrich import RowEnricher
+    from services.beam_launcher.processing import FileTask, HyperquackProcessor
+    from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
+
+    proc = HyperquackProcessor(load_resources(str(SAMPLE_RESOURCES)))
+    task = FileTask.for_test(HTTP_SCAN)
+    os.environ["CP_IPMETA_CACHE"] = str(cache)
+    t0 = time.process_time()
+    enricher = RowEnricher(str(root))
+    enricher.lookup(SCAN_DATE, "1.1.1.1")
+    load_s = time.process_time() - t0
+    parse_s = enrich_s = 0.0
+    rows = lines_done = 0
+    stats: dict[str, int] = {}
+    with gzip.open(scan, "rb") as fh:
+        while lines_done < max_lines:
+            lines = [b.rstrip(b"\n") for b in itertools.islice(fh, batch_lines)]
+            if not lines:
+                break
+            t0 = time.process_time()
+            out = proc.process_columns(task, lines_done + 1, lines)
+            t1 = time.process_time()
+            enricher.enrich_hyperquack_columns(out.columns, out.n_rows, stats)
+            t2 = time.process_time()
+            parse_s += t1 - t0
+            enrich_s += t2 - t1
+            rows += out.n_rows
+            lines_done += len(lines)
+    lookups = len(enricher._server_columns)
+    total = load_s + enrich_s
+    print(
+        f"whole file ({lines_done:,} lines, {rows:,} rows, {lookups:,} distinct servers, "
+        f"batches of {batch_lines:,} lines): process_columns {parse_s:.2f} CPU s; "
+        f"enrichment {total:.2f} CPU s = load {load_s:.2f} (cache) + batches {enrich_s:.2f} "
+        f"({enrich_s / rows * 1e6:.2f} µs/row incl. lookups) = {total / parse_s:.1%} of "
+        f"process_columns"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--prefixes", type=int, default=1_000_000)
@@ -309,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--scan", type=Path, default=DEFAULT_SCAN, help="an HTTP v2 .json.gz")
     p.add_argument("--batch-lines", type=int, default=5_000, help="≈16k rows of HTTP v2")
+    p.add_argument(
+        "--file-lines", type=int, default=100_000, help="lines of --scan for the whole-file run"
+    )
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--child-load", nargs=2, metavar=("ROOT", "CACHE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -339,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         measure_lookups(table, lines, args.lookups, args.repeats)
         if real:
             measure_enrich(root, cache, lines_batch, args.repeats)
+            if args.file_lines:
+                measure_file(root, cache, args.scan, args.batch_lines, args.file_lines)
     finally:
         if tmp:
             tmp.cleanup()

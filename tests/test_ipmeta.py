@@ -773,7 +773,14 @@ def test_compact_as_tables_round_trip() -> None:
 
     orgs = parse_as2org(_real_lines(AS2ORG))
     orgs[7] = AsOrg("NAME-ONLY", None, None)
-    assert as2org_from_bytes(as2org_to_bytes(orgs)) == orgs
+    back = as2org_from_bytes(as2org_to_bytes(orgs))
+    assert dict(back) == orgs and len(back) == len(orgs)
+    absent = next(a for a in range(1, 2**16) if a not in orgs)
+    assert back[7] == AsOrg("NAME-ONLY", None, None)
+    assert back.get(absent) is None and absent not in back
+    assert back.get(-1) is None and back.get("15169") is None  # type: ignore[arg-type]
+    with pytest.raises(KeyError):
+        back[2**40]
     types = parse_as2types(_real_lines(AS2TYPES))
     assert as2types_from_bytes(as2types_to_bytes(types)) == types
     for bad in (b"", b"{}", b"[1]", b'{"asn": [1], "org": []}'):
@@ -811,7 +818,7 @@ def test_catalog_cache_is_written_once_then_read(catalog_root: Path, tmp_path: P
             _same_table(a, b)
             _same_table(a, c)
         else:
-            assert a == b == c
+            assert dict(a) == dict(b) == dict(c)
     e, _ = second.enricher_for(day)
     assert e.lookup("8.8.8.8").as_full_name == "Google LLC (jsonl)"
 
