@@ -1,6 +1,7 @@
 """RowEnricher.enrich_hyperquack_columns (one lookup per distinct (date, server_ip) of a
-batch) gives exactly what enrich_hyperquack gives row by row: the same column values,
-the same stats, and a list of its own per row for ``ip_metadata_sources``.
+batch) gives exactly what enrich_hyperquack gives row by row: the same column values and
+the same stats. ``ip_metadata_sources`` lists are shared only by rows of one (date,
+server_ip) within one batch, and the downstream Arrow conversion only reads them.
 
 Reference data: the real CAIDA excerpts (``shared/fixtures/real/caida``, skipped with the
 reason when absent) and the project's synthetic sample CAIDA
@@ -10,6 +11,7 @@ stale or missing, plus an IPv6 table.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import gzip
 import shutil
@@ -23,6 +25,7 @@ from hypothesis import strategies as hs
 from services.beam_launcher.enrich import SERVER_COLUMNS, RowEnricher
 from services.beam_launcher.processing import FileTask, HyperquackProcessor
 from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
+from services.beam_launcher.rows import HYPERQUACK_SCAN
 from services.common.ipmeta import IpMetadata, parse_pfx2as
 from services.common.sample_caida import write_caida
 from services.common.sample_scans import DEFAULT_SCANS, HYPERQUACK_SCANS, scan_hosts
@@ -95,6 +98,7 @@ def check_same(location: str | None, columns: dict[str, list[Any]], n_rows: int)
     assert (plain_cols, plain_stats) == (ref_cols, ref_stats)
 
     warm = RowEnricher(location)
+    outputs = []
     for _ in range(2):  # cold, then every (date, ip) memoised
         cols = {k: list(v) for k, v in columns.items()}
         stats: dict[str, int] = {"other": 1}
@@ -106,14 +110,44 @@ def check_same(location: str | None, columns: dict[str, list[Any]], n_rows: int)
             assert len(cols[name]) == n_rows, name
         sources = cols["ip_metadata_sources"]
         assert all(type(s) is list for s in sources)
-        assert len({id(s) for s in sources}) == n_rows  # a list of its own per row
+        # Rows share a sources list only with rows of the same (date, server_ip).
+        keys_of: dict[int, set[Any]] = {}
+        for s, d, ip in zip(sources, cols["date"], cols["server_ip"], strict=True):
+            keys_of.setdefault(id(s), set()).add((d, ip))
+        assert all(len(keys) == 1 for keys in keys_of.values())
+        outputs.append(sources)
+        check_arrow_reads_only(cols, ref_cols, n_rows)
+    # Never the same list in two batches' output.
+    assert not {id(s) for s in outputs[0]} & {id(s) for s in outputs[1]}
     if n_rows:
-        # Mutating one row's list touches no other row, nor the next batch's values.
+        # Mutating one batch's list touches no row of another (date, ip), nor the next
+        # batch's values.
+        first = (cols["date"][0], cols["server_ip"][0])
         sources[0].append("mutated")
+        for s, d, ip, want in zip(
+            sources, cols["date"], cols["server_ip"], ref_cols["ip_metadata_sources"], strict=True
+        ):
+            if (d, ip) != first:
+                assert s == want
         again = {k: list(v) for k, v in columns.items()}
         warm.enrich_hyperquack_columns(again, n_rows, {})
         assert again["ip_metadata_sources"] == ref_cols["ip_metadata_sources"]
-        assert sources[1:] == ref_cols["ip_metadata_sources"][1:]
+
+
+def check_arrow_reads_only(
+    cols: dict[str, list[Any]], ref_cols: dict[str, list[Any]], n_rows: int
+) -> None:
+    """The downstream conversion (TableSpec.columns_to_arrow) leaves the shared sources
+    lists as they were, and gives the table fresh per-row lists give."""
+    # Dates are left out: some batches here carry "" dates, which no parser produces.
+    subset = {k: v for k, v in cols.items() if k != "date"}
+    sources = cols["ip_metadata_sources"]
+    objects, before = list(sources), copy.deepcopy(sources)
+    table = HYPERQUACK_SCAN.columns_to_arrow(subset, n_rows)
+    assert sources == before and all(a is b for a, b in zip(sources, objects, strict=True))
+    fresh = {k: v for k, v in ref_cols.items() if k != "date"}
+    fresh["ip_metadata_sources"] = [list(s) for s in ref_cols["ip_metadata_sources"]]
+    assert table.equals(HYPERQUACK_SCAN.columns_to_arrow(fresh, n_rows))
 
 
 def batch(pairs: list[tuple[Any, Any]]) -> tuple[dict[str, list[Any]], int]:
@@ -250,13 +284,16 @@ def test_sample_caida_scan_hosts_enrich_the_same(sample_root: Path) -> None:
     assert stats["ip_metadata.server.no_table"] == 2 * len(pairs) // 3
 
 
-def test_no_location_gives_empty_columns_and_fresh_lists() -> None:
+def test_no_location_gives_empty_columns_and_one_shared_list() -> None:
     cols, n = batch([("2021-05-30", "8.8.8.8")] * 50 + [(None, None)] * 3)
     check_same(None, cols, n)
     stats: dict[str, int] = {}
     RowEnricher(None).enrich_hyperquack_columns(cols, n, stats)
     assert stats == {"ip_metadata.server.unconfigured": 53}
     assert cols["server_asn"] == [None] * 53 and cols["ip_metadata_sources"] == [[]] * 53
+    one, *_ = batch([("2021-05-30", "8.8.8.8")] * 5)
+    RowEnricher(None).enrich_hyperquack_columns(one, 5, {})  # one server: one shared list
+    assert len({id(s) for s in one["ip_metadata_sources"]}) == 1
 
 
 def test_empty_batch() -> None:

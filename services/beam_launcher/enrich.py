@@ -137,10 +137,16 @@ class RowEnricher:
         → the server metadata columns and ``ip_metadata_sources``, replaced in place).
 
         Each distinct (date, server_ip) of the batch is looked up once; the columns are
-        then built per row from an index into the distinct results. Every row gets its
-        own ``ip_metadata_sources`` list (rows never share a mutable value). Also counts
-        ``rows_with_asn`` and ``rows_with_country`` into ``stats``; all counts equal
-        those of :meth:`enrich_hyperquack` called row by row.
+        then built per row from an index into the distinct results. Also counts
+        ``rows_with_asn`` and ``rows_with_country`` into ``stats``; values and counts
+        equal those of :meth:`enrich_hyperquack` called row by row.
+
+        The rows of one (date, server_ip) in a batch share one ``ip_metadata_sources``
+        list, made for this batch (never a list a memo keeps or another batch got): a
+        list per row made a third of this method's cost, through allocation and the
+        garbage collector. Consumers must not mutate the values; the only one,
+        ``TableSpec.columns_to_arrow``, only reads them (``tests/test_enrich_columns.py``
+        checks that it leaves them unchanged).
         """
         dates, ips = columns["date"], columns["server_ip"]
         if len(dates) != n_rows or len(ips) != n_rows:
@@ -169,14 +175,13 @@ class RowEnricher:
             (hit,) = hits
             for name, value in zip(SERVER_COLUMNS, hit.values, strict=True):
                 columns[name] = [value] * n_rows
-            sources = hit.sources
-            columns["ip_metadata_sources"] = [list(sources) for _ in range(n_rows)]
+            columns["ip_metadata_sources"] = [list(hit.sources)] * n_rows
             return
         for k, name in enumerate(SERVER_COLUMNS):
             distinct = [hit.values[k] for hit in hits]
             columns[name] = list(map(distinct.__getitem__, index))
-        all_sources = [hit.sources for hit in hits]
-        columns["ip_metadata_sources"] = list(map(list, map(all_sources.__getitem__, index)))
+        sources = [list(hit.sources) for hit in hits]
+        columns["ip_metadata_sources"] = list(map(sources.__getitem__, index))
 
     def enrich_satellite(self, row: dict[str, Any], stats: dict[str, int]) -> None:
         """Resolver and answers; non-empty CAIDA values override tag values (as the seed)."""
