@@ -141,13 +141,33 @@ class RowEnricher:
         ``rows_with_asn`` and ``rows_with_country`` into ``stats``; values and counts
         equal those of :meth:`enrich_hyperquack` called row by row.
 
-        The rows of one (date, server_ip) in a batch share one ``ip_metadata_sources``
-        list, made for this batch (never a list a memo keeps or another batch got): a
-        list per row made a third of this method's cost, through allocation and the
-        garbage collector. Consumers must not mutate the values; the only one,
-        ``TableSpec.columns_to_arrow``, only reads them (``tests/test_enrich_columns.py``
-        checks that it leaves them unchanged).
+        The rows of a batch with equal sources share one ``ip_metadata_sources`` list,
+        made for this batch (never a list a memo keeps or another batch got; a batch
+        holds a handful of distinct values). A list per row made a third of this
+        method's cost, and a list per server most of the rest, through allocation and
+        the garbage collector walking the new columns. Consumers must not mutate the
+        values; the only one, ``TableSpec.columns_to_arrow``, only reads them
+        (``tests/test_enrich_columns.py`` checks that it leaves them unchanged).
         """
+        hits, index = self._batch_hits(columns, n_rows, stats)
+        if len(hits) == 1:  # one server (or no metadata at all): constant columns
+            (hit,) = hits
+            for name, value in zip(SERVER_COLUMNS, hit.values, strict=True):
+                columns[name] = [value] * n_rows
+            columns["ip_metadata_sources"] = [list(hit.sources)] * n_rows
+            return
+        for k, name in enumerate(SERVER_COLUMNS):
+            distinct = [hit.values[k] for hit in hits]
+            columns[name] = list(map(distinct.__getitem__, index))
+        shared = {value: list(value) for value in {hit.sources for hit in hits}}
+        sources = [shared[hit.sources] for hit in hits]
+        columns["ip_metadata_sources"] = list(map(sources.__getitem__, index))
+
+    def _batch_hits(
+        self, columns: dict[str, list[Any]], n_rows: int, stats: dict[str, int]
+    ) -> tuple[list[_ServerHit], list[int]]:
+        """The distinct (date, server_ip) results of a batch and each row's index into
+        them; counts the stats."""
         dates, ips = columns["date"], columns["server_ip"]
         if len(dates) != n_rows or len(ips) != n_rows:
             raise ValueError(
@@ -171,17 +191,7 @@ class RowEnricher:
                 stats["rows_with_asn"] = stats.get("rows_with_asn", 0) + count
             if hit.has_country:
                 stats["rows_with_country"] = stats.get("rows_with_country", 0) + count
-        if len(hits) == 1:  # one server (or no metadata at all): constant columns
-            (hit,) = hits
-            for name, value in zip(SERVER_COLUMNS, hit.values, strict=True):
-                columns[name] = [value] * n_rows
-            columns["ip_metadata_sources"] = [list(hit.sources)] * n_rows
-            return
-        for k, name in enumerate(SERVER_COLUMNS):
-            distinct = [hit.values[k] for hit in hits]
-            columns[name] = list(map(distinct.__getitem__, index))
-        sources = [list(hit.sources) for hit in hits]
-        columns["ip_metadata_sources"] = list(map(sources.__getitem__, index))
+        return hits, index
 
     def enrich_satellite(self, row: dict[str, Any], stats: dict[str, int]) -> None:
         """Resolver and answers; non-empty CAIDA values override tag values (as the seed)."""
