@@ -54,7 +54,7 @@ WORKERS = 2
 SLICE_BYTES = 1 << 20
 IPMETA_CACHE_ENV = "CP_IPMETA_CACHE"  # parsed CAIDA tables' cache folder, "off": none
 SCANS = tuple(s for s in HYPERQUACK_SCANS if s.scan_type in ("http", "https"))
-#: Sort key: provenance, then what identifies a roundtrip within its measurement.
+#: Row key: provenance, then what identifies a roundtrip within its measurement.
 KEY_COLUMNS = (
     "source",
     "source_file",
@@ -155,7 +155,10 @@ def reference(
             version=None,
             pipeline_version=version,
         )
-        out = processor.process_lines(task, 1, gzip.decompress(path.read_bytes()).splitlines())
+        lines = gzip.decompress(path.read_bytes()).split(b"\n")  # lines end at \n only
+        if lines and not lines[-1]:
+            lines.pop()  # the file ended with a newline
+        out = processor.process_lines(task, 1, lines)
         ip_stats: dict[str, int] = {}
         for row in out.rows:
             enricher.enrich_hyperquack(row, ip_stats)
