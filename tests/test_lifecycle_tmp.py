@@ -325,28 +325,38 @@ def test_half_written_lease_of_a_dead_process_is_removed(tmp_path: Path) -> None
     )
 
 
-def test_sweep_line_comes_after_logging_is_set_up(tmp_path: Path) -> None:
-    """``--help`` (no logging set up) still sweeps but writes nothing on stderr; a real run
-    writes the ``run_tmp_swept`` line through the stage's logging (JSON, labelled)."""
+def test_sweep_line_comes_with_the_stages_own_sweep(tmp_path: Path) -> None:
+    """``--help`` and a usage error (no work begun) still sweep but their stderr stays as
+    it was (empty; one ``usage_error`` line); a real run writes one ``run_tmp_swept``
+    line through the stage's logging (JSON, labelled) beside its own start-up sweep."""
     tmp = tmp_path / "tmpdir"
     tmp.mkdir()
-    for argv in (["--help"], ["archives", "--source", str(tmp_path), "--dest", str(tmp_path)]):
+    missing = str(tmp_path / "warehuose")
+    cases = [
+        (["services.mirror", "--help"], 0),
+        (["services.queries", "--warehouse", missing], 2),
+        (["services.mirror", "archives", "--source", str(tmp_path), "--dest", str(tmp_path)], 0),
+    ]
+    for argv, code in cases:
         dead, dead_dir, _ = start_holder(tmp, "alone")
         wait_file(dead_dir, "work-")
         dead.kill()
         dead.wait()
         done = subprocess.run(
-            [sys.executable, "-m", "services.mirror", *argv],
+            [sys.executable, "-m", *argv],
             cwd=REPO,
             env=env_with_tmp(tmp),
             capture_output=True,
             text=True,
         )
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == code, done.stderr[-3000:]
         assert not dead_dir.exists(), argv
-        swept = [orjson.loads(x) for x in done.stderr.splitlines() if '"run_tmp_swept"' in x]
-        if argv == ["--help"]:
+        lines = [orjson.loads(x) for x in done.stderr.splitlines()]
+        swept = [r for r in lines if r.get("message") == "run_tmp_swept"]
+        if argv[-1] == "--help":
             assert done.stderr == ""
+        elif code == 2:  # the one line naming the missing warehouse, nothing else
+            assert len(lines) == 1 and not swept, done.stderr
         else:
             assert len(swept) == 1 and swept[0]["removed_dirs"] == 1, done.stderr
             assert swept[0]["logging.googleapis.com/labels"]["stage"] == "mirror"

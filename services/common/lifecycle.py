@@ -153,12 +153,14 @@ def critical() -> Iterator[None]:
 
 
 def on_abort(callback: Callable[[], None]) -> None:
-    """Run ``callback`` (e.g. push failure metrics) when the stage is stopped by a signal.
-
-    Stages register it right after setting up logging: the line of the start-up sweep of
-    temp folders (:class:`RunTemp`), if it found anything, is written then."""
+    """Run ``callback`` (e.g. push failure metrics) when the stage is stopped by a signal."""
     if _GUARD.active:
         _GUARD.on_abort.append(callback)
+
+
+def _log_run_tmp_sweep() -> None:
+    """Write the line of this process's temp-folder sweep next to the stage's own first
+    sweep or lock (logging is set up by then, and a usage error stays one line)."""
     if _GUARD.run_tmp is not None:
         _GUARD.run_tmp.log_sweep()
 
@@ -299,6 +301,7 @@ def flocked(
     a stop signal ends the wait). Yields False when a shared lock's file cannot be opened
     (a read-only folder without it: nothing can write there)."""
     log: Any = get_logger(stage)
+    _log_run_tmp_sweep()
     fh: IO[bytes] | None = None
     if not exclusive:  # a reader writes nothing when the lock file is there
         with contextlib.suppress(OSError):
@@ -502,6 +505,7 @@ class StagingArea:
 
     def sweep(self) -> SweepReport:
         """Remove staging of runs that are no longer alive; log one line."""
+        _log_run_tmp_sweep()
         if storage.is_gcs(self.root):
             report = self._sweep_gcs()
             how = (
@@ -687,7 +691,7 @@ class RunTemp:
 
     def log_sweep(self) -> None:
         """One ``run_tmp_swept`` line, when the start-up sweep found anything (once; the
-        stage's main sets up logging after :meth:`enter`, see :func:`on_abort`)."""
+        stage's main sets up logging after :meth:`enter`, see :func:`_log_run_tmp_sweep`)."""
         if not self._unlogged or self.path is None:
             return
         self._unlogged = False
@@ -741,6 +745,7 @@ class TempLease:
 
     def claim_and_sweep(self) -> SweepReport | None:
         """Write this run's lease, sweep, log one line; None for ``gs://`` destinations."""
+        _log_run_tmp_sweep()
         if storage.is_gcs(self.dest):
             return None
         root = Path(self.dest)
