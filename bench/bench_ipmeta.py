@@ -31,8 +31,8 @@ Timings are CPU seconds of the measuring process (``time.process_time``; the
 development machine is shared, so wall time would measure the neighbours), best of
 ``--repeats``. The script always exits 0.
 
-Measured on the 2-core development machine (loaded by other jobs; 11:10 UTC, 2026-12-03),
-1,000,000 prefixes: see ``services/common/ipmeta.py`` (module docstring) for the figures.
+Figures measured with it (1,000,000 prefixes) are in the module docstring of
+``services/common/ipmeta.py``.
 """
 
 from __future__ import annotations

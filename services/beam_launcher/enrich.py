@@ -156,8 +156,12 @@ class RowEnricher:
                 columns[name] = [value] * n_rows
             columns["ip_metadata_sources"] = [list(hit.sources)] * n_rows
             return
-        for k, name in enumerate(SERVER_COLUMNS):
-            distinct = [hit.values[k] for hit in hits]
+        # One pass over the distinct results (scattered in memory), then per column a
+        # C-level map over the row index.
+        per_column = list(zip(*(hit.values for hit in hits), strict=True))
+        if not per_column:  # an empty batch
+            per_column = [()] * len(SERVER_COLUMNS)
+        for name, distinct in zip(SERVER_COLUMNS, per_column, strict=True):
             columns[name] = list(map(distinct.__getitem__, index))
         shared = {value: list(value) for value in {hit.sources for hit in hits}}
         sources = [shared[hit.sources] for hit in hits]

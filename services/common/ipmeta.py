@@ -21,24 +21,25 @@ seed gets from pyasn (which parses the field with ``atol``). The raw origin stri
 kept in the table (``PrefixMatch.origin``) for anyone who needs all origins.
 
 Longest-prefix match is pure Python (no pyasn: checked 2026-12-03, pyasn 1.6.2 has no
-usable wheel for CPython 3.11, and the runtime images have no compiler): one dict per
-prefix length, ``{address >> (width - length): asn}``, probed from the longest length
-present to the shortest. A lookup costs one ``inet_pton`` plus at most one dict probe per
-distinct length (≤ 25 for a real IPv4 table, usually a handful before the hit).
+usable wheel for CPython 3.11, and the runtime images have no compiler). IPv4 prefixes
+are frozen into flat sorted arrays (start, length, ASN, index of the enclosing prefix):
+a lookup is one binary search, then a walk up the enclosing prefixes to the first that
+holds the address. IPv6 keeps one dict per prefix length, probed longest first.
 
 Loading cost and the cache. Every worker process loads its own tables, so
-``ReferenceCatalog(cache_dir=…)`` keeps each parsed table in a compact form (flat
-integer arrays for pfx2as, JSON for the AS tables, with a SHA-256 checksum) named by the
-SHA-256 of the source file's bytes: the first process on a machine parses and writes it,
-later ones read it. ``RowEnricher`` uses :func:`default_cache_dir` (``$CP_IPMETA_CACHE``;
-``off`` disables). Measured with ``bench/bench_ipmeta.py`` (1,000,000 synthetic IPv4
-prefixes, 115,000 ASes; CPU seconds, the 2-core development machine shared with other
-jobs, 2026-12-03): parse 3.2 s (pfx2as 2.2, as2org 0.9, as2types 0.1) and +210 MiB
-resident; from the cache 0.46 s (pfx2as 0.25, as2org 0.18, as2types 0.03) and +172 MiB;
-cache files 17 MiB. Lookups on that table: ~150,000/s for addresses inside table
-prefixes (``PrefixTable.lookup``), ~70,000/s through ``Enricher.lookup``; they are
-bound by memory latency (one probe of a 1M-entry dict cost 360 ns on that machine, a
-small dict 60 ns), so a lookup costs about as many cache misses as lengths it probes.
+``ReferenceCatalog(cache_dir=…)`` keeps each parsed table in a compact form (the flat
+arrays; AS tables as arrays plus one text; a SHA-256 checksum) named by the SHA-256 of
+the source file's bytes: the first process on a machine parses and writes it (others
+starting at the same time wait on a folder lock, then read it), later ones read it.
+``RowEnricher`` uses :func:`default_cache_dir` (``$CP_IPMETA_CACHE``; ``off`` disables).
+Measured with ``bench/bench_ipmeta.py`` (1,000,000 synthetic IPv4 prefixes in address
+order, 115,000 ASes; CPU seconds of a fresh process on the 2-core development machine
+while other jobs ran, 2026-12-03): parse 5.2 s (pfx2as 3.3, as2org 1.7, as2types 0.2),
++159 MiB resident (peak +224); from the cache 0.18 s (pfx2as 0.08, as2org 0.05, as2types
+0.05), +43 MiB; cache files 22 MiB. Before (one dict per length, dicts of tuples, no
+cache): 3.2 s and +210 MiB in every process. ``PrefixTable.lookup``: ~150,000/s
+(memory-latency bound on that machine: one probe of a 1M-entry dict cost 360 ns, of a
+small one 60 ns; the old per-length dicts gave the same rate).
 
 Example:
     >>> table = parse_pfx2as(["8.0.0.0\\t9\\t3356", "8.8.8.0\\t24\\t15169"])
@@ -164,11 +165,12 @@ class PrefixMatch(NamedTuple):
 
 
 class PrefixTable:
-    """Longest-prefix match over IPv4 and IPv6 prefixes (one dict per prefix length).
+    """Longest-prefix match over IPv4 and IPv6 prefixes.
 
-    Keys are ``address >> (width - length)``: the network bits only, so no mask is
-    needed at lookup and host bits set in an input prefix are ignored. A prefix given
-    twice keeps its first line (CAIDA files have no duplicates).
+    While building, one dict per prefix length keyed by ``address >> (width - length)``:
+    the network bits only, so host bits set in an input prefix are ignored. A prefix
+    given twice keeps its first line (CAIDA files have no duplicates). ``freeze`` turns
+    the IPv4 part into sorted arrays (see ``match_v4``).
     """
 
     __slots__ = (
