@@ -151,3 +151,23 @@ def test_manifest_that_no_longer_fits_stops_the_run_and_rerun_records_it(
     assert {p.name for p in dest.iterdir()} == {NAMES[0]}  # no manifest could be written
     assert (dest / NAMES[0]).read_bytes() == data[NAMES[0]]
     check_rerun(tmp_path / "src", dest, small_disk, data)
+
+
+def test_destination_already_full_fails_in_one_line(small_disk: Path, tmp_path: Path) -> None:
+    """Not even the run's lease fits: one run_failed line naming the destination, nothing
+    left behind; with room the rerun copies everything."""
+    data = write_sources(tmp_path / "src", [PAGE, PAGE, PAGE, PAGE])
+    dest = small_disk / "raw"
+    dest.mkdir()
+    filler = small_disk / "filler"
+    with filler.open("wb", buffering=0) as fh:  # fill the disk to the last page
+        try:
+            while True:
+                fh.write(b"f" * PAGE)
+        except OSError:
+            pass
+    rc, _summary, lines = mirror(tmp_path / "src", dest)
+    check_failed_run(rc, lines, dest)
+    assert sorted(p.name for p in dest.iterdir()) == []
+    filler.unlink()
+    check_rerun(tmp_path / "src", dest, small_disk, data)

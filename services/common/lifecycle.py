@@ -753,7 +753,12 @@ class TempLease:
         doc = lease_doc(self.stage)
         self.lease = root / f"{TEMP_LEASE_PREFIX}{doc['pid']}-{doc['start_ticks']}{LEASE_SUFFIX}"
         self.claimed_at = claimed_at = time.time()
-        self.lease.write_bytes(orjson.dumps(doc))
+        try:
+            self.lease.write_bytes(orjson.dumps(doc))
+        except BaseException:  # e.g. a full disk: no empty lease file stays behind
+            self.lease.unlink(missing_ok=True)
+            self.lease = None
+            raise
         if _GUARD.active and self not in _GUARD.areas:
             _GUARD.areas.append(self)
         report = self._others(SweepReport())

@@ -35,7 +35,9 @@ from services.mirror.archives import (
     DEFAULT_TMP_MAX_AGE_S,
     MirrorConfig,
     MirrorSummary,
+    full_reason,
     mirror_archives,
+    no_space,
 )
 from services.mirror.metrics import MirrorMetrics
 from services.mirror.resources import sync_resources
@@ -190,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one line for the operator; details are in the logs
         lifecycle.reraise_if_aborted(exc)
         push(False)
-        code = fail("mirror", exception_reason(exc))
+        full = no_space(exc)  # e.g. not even the run's lease fits
+        code = fail("mirror", full_reason(args.dest, full) if full else exception_reason(exc))
         if os.environ.get("CP_DEBUG"):
             raise
         return code
