@@ -344,7 +344,7 @@ def measure_file(root: Path, cache: Path, scan: Path, batch_lines: int, max_line
             enrich_s += t2 - t1
             rows += out.n_rows
             lines_done += len(lines)
-    lookups = len(enricher._server_columns)
+    lookups = enricher._server_count
     total = load_s + enrich_s
     print(
         f"whole file ({lines_done:,} lines, {rows:,} rows, {lookups:,} distinct servers, "

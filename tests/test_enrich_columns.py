@@ -315,9 +315,9 @@ class CountingEnricher(RowEnricher):
         super().__init__(location)
         self.calls: list[tuple[str | None, str | None]] = []
 
-    def lookup(self, date: str | None, ip: str | None) -> IpMetadata:
+    def lookup(self, date: str | None, ip: str | None, memo: bool = True) -> IpMetadata:
         self.calls.append((date, ip))
-        return super().lookup(date, ip)
+        return super().lookup(date, ip, memo)
 
 
 def test_each_distinct_pair_is_looked_up_once(sample_root: Path) -> None:

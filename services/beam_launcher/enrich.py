@@ -33,13 +33,27 @@ SERVER_COLUMNS: tuple[str, ...] = tuple(_EMPTY.as_columns("server"))
 
 
 class _ServerHit(NamedTuple):
-    """What one (date, server_ip) adds to its rows."""
+    """What one (date, server_ip) adds to its rows: the SERVER_COLUMNS values first.
 
-    values: tuple[Any, ...]  # one per SERVER_COLUMNS
+    One flat tuple per server (it lives in the memo): every object that survives a
+    batch counts towards the garbage collector's next full pass.
+    """
+
+    netblock: str | None
+    asn: int | None
+    as_name: str | None
+    as_full_name: str | None
+    as_class: str | None
+    country: str | None
+    organization: str | None
     sources: tuple[str, ...]
     counter: str  # ip_metadata.server.<status>
     has_asn: bool
     has_country: bool
+
+    @property
+    def values(self) -> tuple[Any, ...]:
+        return self[: len(SERVER_COLUMNS)]
 
 
 class RowEnricher:
@@ -59,7 +73,10 @@ class RowEnricher:
         )
         self._enrichers: dict[str, tuple[Enricher, Any]] = {}
         self._memo: OrderedDict[tuple[str, str], IpMetadata] = OrderedDict()
-        self._server_columns: dict[tuple[Any, Any], _ServerHit] = {}
+        # date → server IP → hit (no key tuple per server), and the distinct sources.
+        self._server_columns: dict[Any, dict[Any, _ServerHit]] = {}
+        self._server_count = 0
+        self._sources: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._lock = threading.Lock()
         self.stale_dates: dict[str, str] = {}
 
@@ -77,18 +94,21 @@ class RowEnricher:
             got = self._enrichers[date] = (enricher, selection)
         return got[0]
 
-    def lookup(self, date: str | None, ip: str | None) -> IpMetadata:
+    def lookup(self, date: str | None, ip: str | None, memo: bool = True) -> IpMetadata:
+        """The metadata of ``ip`` on ``date``; memoised unless ``memo`` is False (the
+        Hyperquack path keeps its own smaller memo of what rows need)."""
         if self.catalog is None or not date or not ip:
             return _EMPTY
         key = (date, ip)
         with self._lock:
-            md = self._memo.get(key)
+            md = self._memo.get(key) if memo else None
             if md is None:
                 enricher = self._enricher(date)
                 md = enricher.lookup(ip) if enricher is not None else _EMPTY
-                self._memo[key] = md
-                if len(self._memo) > MEMO_SIZE:
-                    self._memo.popitem(last=False)
+                if memo:
+                    self._memo[key] = md
+                    if len(self._memo) > MEMO_SIZE:
+                        self._memo.popitem(last=False)
             return md
 
     @staticmethod
@@ -98,11 +118,13 @@ class RowEnricher:
 
     def _server_hit(self, date: Any, ip: Any) -> _ServerHit:
         """The server columns of one (date, ip), built once and memoised."""
-        hit = self._server_columns.get((date, ip))
+        by_ip = self._server_columns.get(date)
+        hit = by_ip.get(ip) if by_ip is not None else None
         if hit is None:
-            md = self.lookup(date, ip)
-            hit = _ServerHit(
-                (  # SERVER_COLUMNS order
+            md = self.lookup(date, ip, memo=False)
+            with self._lock:
+                sources = self._sources.setdefault(md.sources, md.sources)
+                hit = _ServerHit(
                     md.netblock,
                     md.asn,
                     md.as_name,
@@ -110,16 +132,17 @@ class RowEnricher:
                     md.as_class,
                     md.country,
                     md.organization,
-                ),
-                md.sources,
-                f"ip_metadata.server.{md.status}",
-                md.asn is not None,
-                md.country is not None,
-            )
-            with self._lock:
-                if len(self._server_columns) >= MEMO_SIZE:
+                    sources,
+                    f"ip_metadata.server.{md.status}",
+                    md.asn is not None,
+                    md.country is not None,
+                )
+                if self._server_count >= MEMO_SIZE:
                     self._server_columns.clear()
-                self._server_columns[(date, ip)] = hit
+                    self._sources.clear()
+                    self._server_count = 0
+                self._server_columns.setdefault(date, {})[ip] = hit
+                self._server_count += 1
         return hit
 
     def enrich_hyperquack(self, row: dict[str, Any], stats: dict[str, int]) -> None:
@@ -158,7 +181,7 @@ class RowEnricher:
             return
         # One pass over the distinct results (scattered in memory), then per column a
         # C-level map over the row index.
-        per_column = list(zip(*(hit.values for hit in hits), strict=True))
+        per_column = list(zip(*hits, strict=True))[: len(SERVER_COLUMNS)]
         if not per_column:  # an empty batch
             per_column = [()] * len(SERVER_COLUMNS)
         for name, distinct in zip(SERVER_COLUMNS, per_column, strict=True):
