@@ -130,3 +130,24 @@ def test_unreadable_file_gives_a_read_dead_letter(tmp_path: Path) -> None:
     assert rows[0]["message"].startswith(f"file unreadable after line {stats['lines']}: ")
     scan = [p for p in (tmp_path / "staging" / HYPERQUACK_TABLES["http"].name).rglob("*.parquet")]
     assert scan and pq.read_table(scan[0]).num_rows == stats["rows"]
+
+
+def test_pending_rows_of_all_dates_stay_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slice spanning many days holds at most about one row group's bytes pending."""
+    from services.beam_launcher import pipeline
+
+    limit = DEAD_LETTER.to_arrow(dl_rows(300, "2021-05-30", 0)).nbytes
+    monkeypatch.setattr(pipeline, "ROW_GROUP_BYTES", limit)
+    w = DateWriters(DEAD_LETTER, str(tmp_path / "f"), "", row_group_rows=10_000)
+    batch = DEAD_LETTER.to_arrow(dl_rows(100, "2021-05-30", 0)).nbytes
+    line = 0
+    for day in range(1, 12):
+        for _ in range(2):
+            add(w, dl_rows(100, f"2021-06-{day:02d}", line))
+            line += 100
+            assert sum(w.pending_bytes.values()) < limit + batch
+    done = w.finish()
+    assert len(done) == 11
+    assert sum(pq.ParquetFile(p).metadata.num_rows for p in done) == 2200

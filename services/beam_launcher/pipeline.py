@@ -412,7 +412,8 @@ class DateWriters:
     Files: ``<folder>/date=<YYYY-MM-DD><suffix>.parquet``, written under a
     ``.inprogress`` name and renamed by :meth:`finish`; :meth:`abort` deletes them, so a
     failed slice leaves nothing the commit would load. Batches accumulate per date up
-    to ``row_group_rows`` rows (or :data:`ROW_GROUP_BYTES`) and go out as one row group.
+    to ``row_group_rows`` rows (or :data:`ROW_GROUP_BYTES`) and go out as one row group;
+    all dates together hold at most about :data:`ROW_GROUP_BYTES` pending.
     """
 
     def __init__(
@@ -456,6 +457,13 @@ class DateWriters:
                 self.pending_bytes[date] >= ROW_GROUP_BYTES
             ):
                 self._flush(date)
+        # A scan spans several days: what is pending of the other dates (oldest first)
+        # goes out too once all together reach the limit, so memory does not grow with
+        # the number of dates.
+        for other in list(self.pending):
+            if sum(self.pending_bytes.values()) < ROW_GROUP_BYTES:
+                break
+            self._flush(other)
 
     def _flush(self, date: str) -> None:
         chunks = self.pending.pop(date, [])
