@@ -269,12 +269,6 @@ def test_full_disk_fails_cleanly_and_rerun_with_room_matches(
 # -- a kill after the last commit -----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="services/beam_launcher/run.py sweeps staging only when the run has files to "
-    "do; a rerun that finds nothing new returns before the sweep. Remove this marker "
-    "when the sweep runs before those returns.",
-)
 def test_kill_after_the_last_commit_leaves_nothing_after_a_rerun_with_nothing_new(
     tmp_path: Path,
 ) -> None:

@@ -435,6 +435,11 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
     finish = getattr(warehouse, "finish_publishes", None)
     for done in finish() if finish is not None else []:
         log.warning("interrupted_publish_finished", what=done)
+    # Staging of runs that died (SIGKILL, node loss) goes before this run stages anything,
+    # also when this run finds nothing new to do (a kill after the last commit).
+    staging = lifecycle.StagingArea(warehouse.staging_root(), "beam_launcher")
+    warehouse.sweep_staging()
+    staging.sweep()
     plan = discover(
         cfg.input, cfg.scan_types, version, cfg.require_markers, cfg.start_date, cfg.end_date
     )
@@ -465,10 +470,6 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
             "services.routeviews sync --dest fills",
         )
 
-    # Staging of runs that died (SIGKILL, node loss) goes before this run stages anything.
-    staging = lifecycle.StagingArea(warehouse.staging_root(), "beam_launcher")
-    warehouse.sweep_staging()
-    staging.sweep()
     warehouse.ensure_tables()
     units = sorted({lease_unit(t) for t in todo})
     claim = warehouse.claim(units, run_id)
