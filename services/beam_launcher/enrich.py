@@ -175,7 +175,7 @@ class RowEnricher:
         if self.catalog is None:  # nothing configured: every row gets the same empty result
             if len(columns["date"]) != n_rows or len(columns["server_ip"]) != n_rows:
                 raise ValueError(f"batch columns are not {n_rows} rows long")
-            hits, index = [self._server_hit(None, None)], []
+            hits, index = [self._server_hit(None, None)], list[int]()
             if n_rows:
                 stats[hits[0].counter] = stats.get(hits[0].counter, 0) + n_rows
         else:
