@@ -38,6 +38,7 @@ from services.common.ipmeta import (
     parse_origin,
     parse_pfx2as,
 )
+from services.common.logsetup import configure_logging
 from tests.conftest import REAL
 
 CAIDA = REAL / "caida"
@@ -842,6 +843,7 @@ def test_catalog_cache_follows_the_file_bytes(catalog_root: Path, tmp_path: Path
 def test_catalog_cache_damage_is_logged_and_repaired(
     catalog_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    configure_logging("INFO")  # an earlier test may have left a higher level
     cache = tmp_path / "cache"
     day = dt.date(2021, 5, 31)
     _loaded(ReferenceCatalog(str(catalog_root), cache_dir=cache), day)
@@ -863,6 +865,7 @@ def test_catalog_cache_damage_is_logged_and_repaired(
 def test_catalog_cache_folder_that_cannot_be_written(
     catalog_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    configure_logging("INFO")  # an earlier test may have left a higher level
     blocker = tmp_path / "cache"
     blocker.write_text("a file where the cache folder should be")
     cat = ReferenceCatalog(str(catalog_root), cache_dir=blocker / "sub")
