@@ -29,6 +29,7 @@ IMPORT_NAMES = {
     "pytz": {"pytz"},
     "isal": {"isal"},
     "publicsuffixlist": {"publicsuffixlist"},
+    "numpy": {"numpy"},
 }
 SERVICE_GROUPS = {
     "beam_launcher": ["beam"],
