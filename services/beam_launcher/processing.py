@@ -323,6 +323,28 @@ def _leaf_cert_columns(leaf: str, domain: str) -> CertColumns:
     return (b64, True, info.common_name, info.issuer, info.alternative_names, info.matches_domain)
 
 
+def _native_output(counts: tuple[int, int, int, int, int, int]) -> BatchOutput:
+    """A batch output holding the native parser's counts as stats (no rows yet).
+
+    ``counts`` = (lines, rows, blank lines, lines with rows, records without roundtrips,
+    certificate parse errors), as both native entry points return them.
+    """
+    n_lines, n_rows, n_blank, n_ok, n_empty, n_cert_errors = counts
+    out = BatchOutput()
+    stats = out.stats
+    if n_blank:
+        stats["blank_lines"] += n_blank
+    if n_lines:
+        stats["lines"] += n_lines
+    if n_cert_errors:
+        stats["cert_parse_errors"] += n_cert_errors
+    if n_empty:
+        stats["records_without_roundtrips"] += n_empty
+    if n_ok:
+        stats["rows"] += n_rows
+    return out
+
+
 class HyperquackProcessor:
     """Turns batches of raw lines into rows; one instance per worker (holds resources)."""
 
@@ -512,19 +534,7 @@ class HyperquackProcessor:
     ) -> BatchOutput:
         assert _native is not None
         rows, slow, counts = _native.process_batch(lines, first_line_no, self._native_context(task))
-        n_lines, n_rows, n_blank, n_ok, n_empty, n_cert_errors = counts
-        out = BatchOutput()
-        stats = out.stats
-        if n_blank:
-            stats["blank_lines"] += n_blank
-        if n_lines:
-            stats["lines"] += n_lines
-        if n_cert_errors:
-            stats["cert_parse_errors"] += n_cert_errors
-        if n_empty:
-            stats["records_without_roundtrips"] += n_empty
-        if n_ok:
-            stats["rows"] += n_rows
+        out = _native_output(counts)
         if slow:  # placeholders (None) mark where the slow lines' rows belong
             ctx = task.context()
             spliced: list[Row] = []
@@ -548,19 +558,8 @@ class HyperquackProcessor:
         written, slow, slow_at, counts = _native_columns(
             lines, first_line_no, self._native_context(task)
         )
-        n_lines, n_rows, n_blank, n_ok, n_empty, n_cert_errors = counts
-        out = BatchOutput()  # stats and dead letters (the rows go straight to columns)
-        stats = out.stats
-        if n_blank:
-            stats["blank_lines"] += n_blank
-        if n_lines:
-            stats["lines"] += n_lines
-        if n_cert_errors:
-            stats["cert_parse_errors"] += n_cert_errors
-        if n_empty:
-            stats["records_without_roundtrips"] += n_empty
-        if n_ok:
-            stats["rows"] += n_rows
+        out = _native_output(counts)  # stats and dead letters (rows go to columns)
+        n_rows = counts[1]
         if slow:  # the reference's rows for these lines go in at their row positions
             ctx = task.context()
             spliced: list[tuple[int, list[Row]]] = []
@@ -595,7 +594,7 @@ class HyperquackProcessor:
             },
             n_rows,
             out.dead_letters,
-            stats,
+            out.stats,
         )
 
 
