@@ -171,8 +171,9 @@ def shared_resources(location: str) -> Resources:
         return res
 
 
-class ProcessBatches(beam.DoFn):
-    """Parse + annotate a batch; rows keyed by (table, file_key), stats per file."""
+class _HyperquackDoFn(beam.DoFn):
+    """What the Hyperquack parse steps share: the per-worker processor and enricher
+    (built in ``setup``) and Beam counters by name."""
 
     def __init__(
         self, resources_location: str, ip_metadata: str | None = None, max_staleness_days: int = 30
@@ -185,6 +186,7 @@ class ProcessBatches(beam.DoFn):
         self.counters: dict[str, Any] = {}
 
     def setup(self) -> None:
+        """Once per worker: the compiled resources and the IP-metadata enricher."""
         self.processor = HyperquackProcessor(shared_resources(self.resources_location))
         self.enricher = shared_enricher(self.ip_metadata, self.max_staleness_days)
 
@@ -193,6 +195,10 @@ class ProcessBatches(beam.DoFn):
         if counter is None:
             counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
         counter.inc(value)
+
+
+class ProcessBatches(_HyperquackDoFn):
+    """Parse + annotate a batch; rows keyed by (table, file_key), stats per file."""
 
     def process(self, batch: Batch) -> Iterator[Any]:
         task, first, lines = batch
@@ -508,7 +514,7 @@ class DateWriters:
         self.pending.clear()
 
 
-class ProcessSlices(beam.DoFn):
+class ProcessSlices(_HyperquackDoFn):
     """Read, parse, enrich and write one slice of a Hyperquack file; yield its stats.
 
     Rows go straight from the parser's columns to Arrow to Parquet
@@ -532,28 +538,12 @@ class ProcessSlices(beam.DoFn):
         batch_lines: int = DEFAULT_BATCH_LINES,
         row_group_rows: int = ROW_GROUP_ROWS,
     ) -> None:
+        super().__init__(resources_location, ip_metadata, max_staleness_days)
         self.staging_dir = staging_dir
-        self.resources_location = resources_location
-        self.ip_metadata = ip_metadata
-        self.max_staleness_days = max_staleness_days
         self.batch_lines = batch_lines
         self.row_group_rows = row_group_rows
-        self.processor: HyperquackProcessor | None = None
-        self.enricher: RowEnricher | None = None
-        self.counters: dict[str, Any] = {}
         self.bytes_read = Metrics.counter(NAMESPACE, "bytes_read")
         self.files_read = Metrics.counter(NAMESPACE, "files_read")
-
-    def setup(self) -> None:
-        """Once per worker: the compiled resources and the IP-metadata enricher."""
-        self.processor = HyperquackProcessor(shared_resources(self.resources_location))
-        self.enricher = shared_enricher(self.ip_metadata, self.max_staleness_days)
-
-    def _count(self, name: str, value: int) -> None:
-        counter = self.counters.get(name)
-        if counter is None:
-            counter = self.counters[name] = Metrics.counter(NAMESPACE, name)
-        counter.inc(value)
 
     def _writers(self, spec: TableSpec, piece: FileSlice) -> DateWriters:
         folder = storage.join(self.staging_dir, spec.name, safe_key(piece.task.file_key))
