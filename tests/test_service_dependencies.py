@@ -30,6 +30,7 @@ IMPORT_NAMES = {
     "isal": {"isal"},
     "publicsuffixlist": {"publicsuffixlist"},
     "numpy": {"numpy"},
+    "pycountry": {"pycountry"},
 }
 SERVICE_GROUPS = {
     "beam_launcher": ["beam"],
