@@ -28,6 +28,9 @@ Lookup ignores case, accents (``"Curacao"`` = ``"Curaçao"``), ``&`` vs ``and``,
 ``St``/``St.`` vs ``Saint``, a leading ``The`` and punctuation (``"Guinea Bissau"`` =
 ``"Guinea-Bissau"``). An upper-case known code is accepted as is.
 
+pycountry is imported and the lookup table built on first use (60 ms or more, almost all
+of it pycountry's own import), so a run that meets no country name does not pay for it.
+
 Example:
     >>> country_code("DR Congo"), country_code("St Vincent and Grenadines")
     (('CD', True), ('VC', True))
@@ -46,8 +49,10 @@ import sys
 import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pycountry
+if TYPE_CHECKING:
+    from pycountry.db import Country
 
 #: Codes outside ISO 3166-1's assigned set that IP metadata uses: code → (name, status).
 EXTRA_CODES: dict[str, tuple[str, str]] = {
@@ -154,9 +159,16 @@ def _key(name: str) -> str:
     return " ".join(words)
 
 
+def _iso_countries() -> list[Country]:
+    """pycountry's ISO 3166-1 countries (the officially assigned codes), by code."""
+    import pycountry
+
+    return sorted(pycountry.countries, key=lambda c: str(c.alpha_2))
+
+
 def _names() -> Iterable[tuple[str, str]]:
     """Every (code, name) the lookup accepts."""
-    for c in pycountry.countries:
+    for c in _iso_countries():
         for attr in ("name", "official_name", "common_name"):
             name = getattr(c, attr, None)
             if name:
@@ -175,13 +187,20 @@ def _build() -> tuple[dict[str, str], frozenset[str]]:
         key = _key(name)
         if by_key.setdefault(key, code) != code:
             raise ValueError(f"country name {name!r} maps to {by_key[key]} and {code}")
-    codes = {c.alpha_2 for c in pycountry.countries} | set(EXTRA_CODES)
+    codes = {c.alpha_2 for c in _iso_countries()} | set(EXTRA_CODES)
     codes |= set(ALIASES)  # AN
     return by_key, frozenset(codes)
 
 
-#: normalised name → code, and every code the lookup knows (built once, at import).
-COUNTRY_CODES_BY_NAME, COUNTRY_CODES = _build()
+@functools.cache
+def _tables() -> tuple[dict[str, str], frozenset[str]]:
+    """Normalised name → code, and every code the lookup knows (built once, on first use)."""
+    return _build()
+
+
+def known_codes() -> frozenset[str]:
+    """Every code :func:`country_code` accepts as is: ISO 3166-1, EXTRA_CODES and AN."""
+    return _tables()[1]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -191,10 +210,11 @@ def country_code(name: str) -> tuple[str, bool]:
     >>> country_code("Ireland"), country_code("the bahamas"), country_code("IE")
     (('IE', True), ('BS', True), ('IE', True))
     """
+    by_key, codes = _tables()
     stripped = name.strip()
-    if len(stripped) == 2 and stripped.isupper() and stripped in COUNTRY_CODES:
+    if len(stripped) == 2 and stripped.isupper() and stripped in codes:
         return stripped, True
-    code = COUNTRY_CODES_BY_NAME.get(_key(stripped))
+    code = by_key.get(_key(stripped))
     if code is None:
         return name, False
     return code, True
@@ -208,7 +228,7 @@ def country_rows() -> list[dict[str, str]]:
             "country_name": ISO_SHORT_NAMES.get(c.alpha_2, c.name),
             "status": "official",
         }
-        for c in sorted(pycountry.countries, key=lambda c: c.alpha_2)
+        for c in _iso_countries()
     ]
     for code, (name, status) in sorted(EXTRA_CODES.items()):
         rows.append({"country_code": code, "country_name": name, "status": status})
