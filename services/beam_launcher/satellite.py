@@ -54,8 +54,8 @@ from services.beam_launcher.hyperquack import (
 )
 from services.beam_launcher.processing import page_text
 from services.beam_launcher.rows import SATELLITE_SCAN
-from services.beam_launcher.satellite_countries import country_code
 from services.beam_launcher.signatures import SignatureMatcher
+from services.common.countries import country_code
 from services.common.rowschema import REPEATED, Row
 
 __all__ = [
