@@ -1,9 +1,11 @@
-"""The country names file the project maintains (``resources/country_names.csv``).
+"""The country names file (default ``resources/country_names.csv``, or ``--country-names``).
 
 CSV, UTF-8, header ``country_code,country_name,status``: the 249 officially assigned
 ISO 3166-1 alpha-2 codes with their English short names (status ``official``), plus the
 few other codes that IP metadata uses (``XK`` user-assigned, ``EU`` exceptionally
-reserved, ``AP`` the registries' Asia/Pacific region). The loader validates it strictly:
+reserved, ``AP`` the registries' Asia/Pacific region). The default file is generated from
+pycountry by ``python -m services.common.countries`` (see there); this module only reads
+a file, so the queries service does not need pycountry. The loader validates it strictly:
 a broken file fails the run before anything is written.
 
 Example:
