@@ -80,6 +80,7 @@ ISO_SHORT_NAMES: dict[str, str] = {
 #: Other names for a code, as geolocation data writes them; pycountry has none of these.
 ALIASES: dict[str, tuple[str, ...]] = {
     # MaxMind/GeoNames-style short names
+    "AX": ("Åland",),
     "BA": ("Bosnia-Herzegovina", "Bosnia"),
     "BL": ("Saint Barths",),
     "BN": ("Brunei",),
@@ -104,7 +105,6 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "HM": ("Heard and McDonald Islands",),
     "IE": ("Republic of Ireland",),
     "KR": ("Republic of Korea", "Korea"),
-    "AX": ("Åland",),
     "LA": ("Lao PDR",),
     "MF": ("Saint Martin",),
     "MO": ("Macau", "Macao SAR"),
