@@ -400,6 +400,74 @@ def test_duplicate_names_at_the_source_are_reported(tmp_path: Path) -> None:
     assert (tmp_path / "r" / NAMES[0]).stat().st_size == 10  # the first listed wins
 
 
+class FlakySource(StorageSource):
+    """Each open of ``name`` until ``failures`` run out gives a reader that breaks off."""
+
+    def __init__(self, location: str, name: str, failures: int) -> None:
+        super().__init__(location)
+        self.name, self.failures, self.opens = name, failures, 0
+
+    def open(self, entry: SourceEntry) -> IO[bytes]:
+        fh = super().open(entry)
+        if entry.name != self.name:
+            return fh
+        self.opens += 1
+        if self.opens > self.failures:
+            return fh
+        return BreakingReader(fh, 50_000, self.opens)  # type: ignore[return-value]
+
+
+class BreakingReader(CrashingReader):
+    def __init__(self, inner: IO[bytes], limit: int, n: int) -> None:
+        super().__init__(inner, limit)
+        self.n = n
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            raise ConnectionResetError(f"peer reset #{self.n}")
+        return super().read(n)
+
+
+def test_archive_copy_is_retried_on_the_policy_schedule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_archives(tmp_path / "src")
+    waits: list[float] = []
+    policy = Backoff(retries=9, base=1.0, sleep=waits.append)
+    cfg = MirrorConfig(source=str(tmp_path / "src"), dest=str(tmp_path / "raw"), backoff=policy)
+    flaky = FlakySource(str(tmp_path / "src"), NAMES[1], failures=2)
+    capsys.readouterr()
+    summary = mirror_archives(cfg, source=flaky)
+    assert results(summary) == dict.fromkeys(NAMES, "copied")
+    assert (tmp_path / "raw" / NAMES[1]).read_bytes() == data[NAMES[1]]
+    assert flaky.opens == 3  # two broken copies, then a whole one
+    assert len(waits) == 2 and 0.75 <= waits[0] <= 1.25 and 1.5 <= waits[1] <= 2.5
+    lines = [json.loads(x) for x in capsys.readouterr().err.splitlines() if x.startswith("{")]
+    retried = [x for x in lines if x.get("message") == "archive_retry"]
+    assert [(x["archive"], x["attempt"], x["error"]) for x in retried] == [
+        (NAMES[1], 1, "peer reset #1"),
+        (NAMES[1], 2, "peer reset #2"),
+    ]
+
+    # Attempts spent: the archive fails with the last error; the others are unaffected.
+    cfg = MirrorConfig(
+        source=str(tmp_path / "src"), dest=str(tmp_path / "raw2"), attempts=2, backoff=policy
+    )
+    flaky = FlakySource(str(tmp_path / "src"), NAMES[0], failures=5)
+    summary = mirror_archives(cfg, source=flaky)
+    assert results(summary) == {NAMES[0]: "failed", NAMES[1]: "copied", NAMES[2]: "copied"}
+    assert summary.failed[0].reason == "ConnectionResetError: peer reset #2"
+    assert flaky.opens == 2
+    assert not (tmp_path / "raw2" / NAMES[0]).exists()
+
+    # Not transient (a bug, a corrupt reader): one attempt only.
+    crashing = CrashingSource(str(tmp_path / "src"), NAMES[2], after=1000)
+    cfg = MirrorConfig(source=str(tmp_path / "src"), dest=str(tmp_path / "raw3"), backoff=policy)
+    waits.clear()
+    summary = mirror_archives(cfg, source=crashing)
+    assert results(summary)[NAMES[2]] == "failed" and waits == []
+
+
 # --------------------------------------------------------------------------------------
 # HTTP(S) index source
 # --------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class FakeCaida:
     def __init__(self) -> None:
         self.files: dict[str, bytes | Path] = {}
         self.fail_first: dict[str, list[int]] = {}  # path → statuses answered first (GET)
+        self.fail_headers: dict[str, dict[str, str]] = {}  # path → headers of those answers
         self.short_first: dict[str, int] = {}  # path → GETs cut short before a good one
         self.no_index: set[str] = set()  # folders answering 404 instead of an index
         self.requests: list[tuple[str, str]] = []
@@ -80,9 +81,17 @@ def _handler(fake: FakeCaida) -> type[http.server.BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def _send(self, status: int, body: bytes, length: int | None = None) -> None:
+        def _send(
+            self,
+            status: int,
+            body: bytes,
+            length: int | None = None,
+            headers: dict[str, str] | None = None,
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Length", str(len(body) if length is None else length))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Connection", "close")
             self.end_headers()
             if self.command != "HEAD":
@@ -98,7 +107,8 @@ def _handler(fake: FakeCaida) -> type[http.server.BaseHTTPRequestHandler]:
             with fake.lock:
                 fake.requests.append((self.command, path))
                 if self.command == "GET" and fake.fail_first.get(path):
-                    self._send(fake.fail_first[path].pop(0), b"try again later")
+                    status = fake.fail_first[path].pop(0)
+                    self._send(status, b"try again later", headers=fake.fail_headers.get(path))
                     return
                 cut = self.command == "GET" and fake.short_first.get(path, 0) > 0
                 if cut:
@@ -486,6 +496,30 @@ def test_fetcher_retries_then_fails_and_honours_retry_after(fake: FakeCaida) -> 
     fake.fail_first["x.gz"] = [403]
     res = Fetcher(retries=5, sleep=sleeps.append).get(f"{fake.url}/x.gz")
     assert (res.outcome, res.attempts) == ("failed", 1)  # other 4xx: not retried
+
+
+def test_fetcher_honours_retry_after_and_retries_short_bodies_once(fake: FakeCaida) -> None:
+    fake.put("r.gz", b"payload")
+    fake.fail_first["r.gz"] = [503, 429]
+    fake.fail_headers["r.gz"] = {"Retry-After": "9"}
+    sleeps: list[float] = []
+    res = Fetcher(retries=4, backoff=0.01, sleep=sleeps.append).get(f"{fake.url}/r.gz")
+    assert (res.ok, res.data, res.attempts) == (True, b"payload", 3)
+    assert sleeps == [9.0, 9.0]  # the server's wait, not the 10 ms backoff
+    fake.fail_first["r.gz"] = [503]
+    fake.fail_headers["r.gz"] = {"Retry-After": "600"}
+    sleeps.clear()
+    assert Fetcher(retries=1, max_backoff=60, sleep=sleeps.append).get(f"{fake.url}/r.gz").ok
+    assert sleeps == [60.0]  # capped at --max-backoff
+
+    # A body always cut short: one budget of retries (not retries × retries), then failed.
+    fake.put("cut.gz", b"x" * 5000)
+    fake.short_first["cut.gz"] = 100
+    sleeps.clear()
+    res = Fetcher(retries=2, backoff=0.01, sleep=sleeps.append).get(f"{fake.url}/cut.gz")
+    assert (res.outcome, res.attempts, len(sleeps)) == ("failed", 3, 2)
+    assert fake.count("GET", "cut.gz") == 3
+    assert "IncompleteRead" in (res.error or "") and "(after 3 attempts)" in (res.error or "")
 
 
 def test_fetcher_connection_errors_and_limits(fake: FakeCaida) -> None:

@@ -40,8 +40,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common import lifecycle, progress, storage
-from services.common.httpfetch import Backoff, is_transient
+from services.common.httpfetch import is_transient
 from services.common.logsetup import get_logger
+from services.common.retry import RetryPolicy
 from services.common.scans import ScanName, UnknownScanName, parse_scan_name
 from services.mirror.manifest import (
     CopyRecord,
@@ -77,7 +78,7 @@ class MirrorConfig:
     until: dt.date | None = None
     scan_types: tuple[str, ...] | None = None  # None: all
     attempts: int = 3  # per archive, for transient errors
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: RetryPolicy = field(default_factory=RetryPolicy)
     dry_run: bool = False
     tmp_max_age_s: float = DEFAULT_TMP_MAX_AGE_S
     allowed_hosts: tuple[str, ...] = ()  # other hosts an HTTPS index may link archives on
@@ -245,34 +246,27 @@ class _Run:
         )
 
     def copy(self, entry: SourceEntry, if_absent: bool) -> storage.CopyResult:
-        """One archive, retried on transient errors; nothing is published unless complete."""
+        """One archive, tried ``cfg.attempts`` times on transient errors (the shared retry
+        policy's schedule); nothing is published unless complete."""
         url = self.dest_url(entry.name)
-        attempt = 0
-        while True:
-            try:
-                with self.source.open(entry) as src:
-                    return storage.copy_stream(
-                        src,
-                        url,
-                        storage=self.dest_storage,
-                        if_absent=if_absent,
-                        expected_size=entry.size,
-                        expected_md5=entry.md5,
-                    )
-            except storage.ObjectExists:
-                raise
-            except Exception as exc:
-                lifecycle.reraise_if_aborted(exc)
-                retryable = is_transient(exc) or _is_transient_gcs(exc)
-                retryable = retryable or isinstance(exc, storage.ChecksumMismatch)
-                attempt += 1
-                if not retryable or attempt >= self.cfg.attempts:
-                    raise
-                delay = self.cfg.backoff.delay(attempt - 1)
-                self.log.warning(
-                    "archive_retry", archive=entry.name, attempt=attempt, error=str(exc)
+
+        def once() -> storage.CopyResult:
+            with self.source.open(entry) as src:
+                return storage.copy_stream(
+                    src,
+                    url,
+                    storage=self.dest_storage,
+                    if_absent=if_absent,
+                    expected_size=entry.size,
+                    expected_md5=entry.md5,
                 )
-                self.cfg.backoff.sleep(delay)
+
+        def on_retry(error: str, attempt: int, delay: float) -> None:
+            self.log.warning("archive_retry", archive=entry.name, attempt=attempt, error=error)
+
+        return self.cfg.backoff.call(
+            once, attempts=self.cfg.attempts, retry_on=_worth_another_copy, on_retry=on_retry
+        )
 
     def _adopt(self, entry: SourceEntry, info: storage.ObjectInfo, decision: Decision) -> None:
         """Record an identical archive that has no copy record (e.g. a run stopped between
@@ -349,6 +343,13 @@ def full_reason(dest: str, exc: OSError) -> str:
     """One line: the destination is full, and what to do."""
     what = exc.strerror or errno.errorcode.get(exc.errno or 0, "no space")
     return f"destination {dest} is full ({what}); free space there and rerun"
+
+
+def _worth_another_copy(exc: BaseException) -> bool:
+    """Copy the archive again after this error? Not once a stop signal has arrived."""
+    if isinstance(exc, storage.ObjectExists) or lifecycle.requested() is not None:
+        return False
+    return is_transient(exc) or _is_transient_gcs(exc) or isinstance(exc, storage.ChecksumMismatch)
 
 
 def _is_transient_gcs(exc: BaseException) -> bool:

@@ -1,13 +1,15 @@
-"""HTTP GET/HEAD with retries and backoff for routeviews files (on services.common.httpfetch).
+"""HTTP GET/HEAD for routeviews files, on services.common.httpfetch (one retry policy).
 
 Outcomes:
 
 * ``ok``: 2xx and, when the server sent ``Content-Length``, exactly that many bytes.
 * ``missing``: 404 or 410. Not retried: the file is not there.
-* ``failed``: anything else after the retries are spent. Retried: 5xx, 408, 429,
-  connection errors, timeouts and short bodies (fewer bytes than ``Content-Length``).
-  Other 4xx and bodies over ``max_bytes`` fail at once. A numeric ``Retry-After`` is
-  honoured up to ``max_backoff``.
+* ``failed``: anything else after the retries are spent. Retried (by the shared client,
+  under one budget of ``retries``): 5xx, 408, 425, 429, connection errors, timeouts and
+  bodies cut short of their ``Content-Length`` (the body is read inside the retries).
+  Other 4xx fail at once, and so does a body over ``max_bytes`` (by its
+  ``Content-Length``, or once read). Retry ``n`` waits ``backoff``·2^(n-1), ±25 %
+  jitter, at most ``max_backoff``; a ``Retry-After`` replaces that wait (also capped).
 
 Only ``http`` and ``https`` URLs with a host are fetched. :class:`LocalFetcher` reads a
 local folder laid out like CAIDA's site instead (``--base-url`` a path or ``file://`` URL):
@@ -26,15 +28,14 @@ Example:
 from __future__ import annotations
 
 import html
-import http.client
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from services.common.httpfetch import Backoff, HttpError, is_transient, request
+from services.common.httpfetch import FetchFailed, HttpError, request
+from services.common.retry import RetryPolicy
 
 USER_AGENT = "cp-pipeline-routeviews-mirror/1 (+https://censoredplanet.org)"
 MISSING_STATUSES = frozenset({404, 410})
@@ -55,18 +56,9 @@ class FetchResult:
         return self.outcome == "ok"
 
 
-class _Fail(Exception):
-    """A permanent failure (not retried)."""
-
-
-class _Retry(Exception):
-    def __init__(self, message: str, status: int | None = None, wait: float | None = None):
-        super().__init__(message)
-        self.status = status
-        self.wait = wait
-
-
 class Fetcher:
+    """GET/HEAD over HTTP(S) with the shared retry policy built from these settings."""
+
     def __init__(
         self,
         *,
@@ -79,11 +71,10 @@ class Fetcher:
         user_agent: str = USER_AGENT,
     ) -> None:
         self.timeout = timeout
-        self.retries = max(0, retries)
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        self.policy = RetryPolicy(
+            retries=max(0, retries), base=backoff, cap=max_backoff, sleep=sleep
+        )
         self.max_bytes = max_bytes
-        self.sleep = sleep
         self.user_agent = user_agent
 
     def get(self, url: str) -> FetchResult:
@@ -94,82 +85,46 @@ class Fetcher:
         res = self._request("HEAD", url)
         return res.content_length if res.ok else None
 
-    def delay(self, attempt: int, wait: float | None = None) -> float:
-        """Seconds before retry number ``attempt`` (1-based): backoff·2^(n-1), jittered."""
-        if wait is not None:
-            return min(max(wait, 0.0), self.max_backoff)
-        base = min(self.backoff * (2 ** (attempt - 1)), self.max_backoff)
-        return base * (0.75 + random.random() / 2)
-
     def _request(self, method: str, url: str) -> FetchResult:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return FetchResult(url, "failed", error=f"not an http(s) URL with a host: {url}")
-        result = FetchResult(url, "failed")
-        for attempt in range(1, self.retries + 2):
-            result.attempts = attempt
-            try:
-                status, length, data = self._once(method, url)
-            except _Retry as exc:
-                result.status, result.error = exc.status, str(exc)
-                if attempt > self.retries:
-                    break
-                self.sleep(self.delay(attempt, exc.wait))
-                continue
-            except HttpError as exc:
-                result.status, result.error = exc.status, f"HTTP {exc.status}"
-                result.outcome = "missing" if exc.status in MISSING_STATUSES else "failed"
-                return result
-            except (_Fail, ValueError) as exc:  # too large, malformed URL
-                result.error = str(exc)
-                return result
-            result.outcome, result.status, result.data = "ok", status, data
-            result.content_length, result.error = length, None
-            return result
-        result.outcome = "failed"
-        return result
-
-    def _once(self, method: str, url: str) -> tuple[int, int | None, bytes]:
-        """One attempt through the shared client (its own retries off: this loop retries)."""
         try:
             resp = request(
                 url,
                 method,
                 {"User-Agent": self.user_agent},
-                backoff=Backoff(retries=0),
+                backoff=self.policy,
                 timeout=self.timeout,
+                preload=method == "GET",
             )
         except HttpError as exc:
-            if is_transient(exc):
-                raise _Retry(f"HTTP {exc.status}", exc.status, exc.retry_after) from None
-            raise
-        except Exception as exc:
-            if not is_transient(exc) and not isinstance(exc, OSError):
-                raise
-            reason = getattr(exc, "reason", None) or exc
-            raise _Retry(f"{type(exc).__name__}: {reason}") from None
+            outcome = "missing" if exc.status in MISSING_STATUSES else "failed"
+            return FetchResult(
+                url, outcome, status=exc.status, attempts=exc.attempts, error=f"HTTP {exc.status}"
+            )
+        except FetchFailed as exc:
+            return FetchResult(url, "failed", attempts=exc.attempts, error=str(exc))
         with resp:
+            result = FetchResult(url, "failed", status=resp.status, attempts=resp.attempts)
             header = resp.header("Content-Length")
             length = int(header) if header and header.strip().isdigit() else None
-            if length is not None and length > self.max_bytes:
-                raise _Fail(f"too large: {length} bytes > {self.max_bytes}")
-            if method == "HEAD":
-                return resp.status, length, b""
-            assert resp.body is not None
-            chunks: list[bytes] = []
-            total = 0
-            try:
-                while chunk := resp.body.read(1 << 20):
-                    total += len(chunk)
-                    if total > self.max_bytes:
-                        raise _Fail(f"too large: more than {self.max_bytes} bytes")
-                    chunks.append(chunk)
-            except (OSError, ValueError, http.client.HTTPException) as exc:  # dropped mid-body
-                raise _Retry(f"{type(exc).__name__}: {exc}") from None
-            data = b"".join(chunks)
-            if length is not None and len(data) != length:
-                raise _Retry(f"short body: {len(data)} of {length} bytes")
-            return resp.status, length, data
+            data = resp.read()
+        result.error = self._invalid(method, length, data)
+        if result.error is None:
+            result.outcome, result.data, result.content_length = "ok", data, length
+        return result
+
+    def _invalid(self, method: str, length: int | None, data: bytes) -> str | None:
+        """Why a received answer is not usable, or None. The client already retried bodies
+        cut short; this checks what it handed over."""
+        if length is not None and length > self.max_bytes:
+            return f"too large: {length} bytes > {self.max_bytes}"
+        if len(data) > self.max_bytes:
+            return f"too large: more than {self.max_bytes} bytes"
+        if method == "GET" and length is not None and len(data) != length:
+            return f"short body: {len(data)} of {length} bytes"
+        return None
 
 
 def is_local_base(base_url: str) -> bool:
