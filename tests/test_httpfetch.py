@@ -202,6 +202,15 @@ def test_connection_refused_is_retried_then_a_clear_error() -> None:
     assert is_transient(err.value)  # a caller may try the whole operation again later
 
 
+def test_a_bad_url_fails_at_once_and_is_not_transient() -> None:
+    policy, waits = recording()
+    for url in ("ftp://127.0.0.1/x", "http://127.0.0.1:99999/x"):
+        with pytest.raises(FetchFailed) as err:
+            request(url, backoff=policy)
+        assert (err.value.attempts, err.value.transient, waits) == (1, False, [])
+        assert not is_transient(err.value)
+
+
 def test_dropped_connection_before_an_answer_is_retried(server: Server) -> None:
     url = server.answer("/drop", Answer(drop=True), Answer(200, b"fine"))
     policy, waits = recording()

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import MaxRetryError, ProtocolError
+from urllib3.exceptions import LocationValueError, MaxRetryError, ProtocolError
 
 from services.common.logsetup import get_logger
 from services.common.retry import TRANSIENT_STATUSES, OnRetry, RetryPolicy
@@ -72,11 +72,14 @@ class HttpError(OSError):
 class FetchFailed(OSError):
     """No usable answer: the connection failed, timed out or broke off, every attempt."""
 
-    def __init__(self, url: str, cause: BaseException, attempts: int) -> None:
+    def __init__(
+        self, url: str, cause: BaseException, attempts: int, transient: bool = True
+    ) -> None:
         super().__init__(f"{type(cause).__name__}: {cause}{_after(attempts)}")
         self.url = url
         self.cause = cause
         self.attempts = attempts
+        self.transient = transient  # False: trying again later cannot help (a bad URL)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -86,7 +89,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, urllib.error.HTTPError):
         return exc.code in TRANSIENT_STATUSES
     if isinstance(exc, FetchFailed):
-        return True
+        return exc.transient
     return isinstance(
         exc,
         ProtocolError  # a body cut short of its Content-Length, a dropped connection
@@ -201,7 +204,8 @@ def request(
     except MaxRetryError as exc:
         raise FetchFailed(url, exc.reason or exc, retry.done[0] + 1) from exc
     except (Urllib3Error, OSError) as exc:  # not retried by urllib3 (e.g. a bad URL)
-        raise FetchFailed(url, exc, retry.done[0] + 1) from exc
+        transient = not isinstance(exc, LocationValueError) and is_transient(exc)
+        raise FetchFailed(url, exc, retry.done[0] + 1, transient) from exc
     attempts = retry.done[0] + 1
     if resp.status == 304 or 200 <= resp.status < 300:
         body: IO[bytes] | None = None

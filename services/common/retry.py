@@ -15,8 +15,8 @@ Example:
     >>> policy = RetryPolicy(retries=2, base=1.0, sleep=lambda s: None)
     >>> 0.75 <= policy.delay(1) <= 1.25, 1.5 <= policy.delay(2) <= 2.5
     (True, True)
-    >>> policy.delay(3, retry_after=120.0)
-    30.0
+    >>> policy.delay(3, retry_after=120.0), policy.delay(5000)
+    (30.0, 30.0)
     >>> calls = []
     >>> def flaky() -> str:
     ...     calls.append(1)
@@ -64,7 +64,8 @@ class RetryPolicy:
         """Seconds before retry number ``retry`` (1-based); ``Retry-After`` wins, capped."""
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.cap)
-        wait = self.base * 2 ** max(retry - 1, 0) * (0.75 + self.rng.random() / 2)
+        doublings = min(max(retry - 1, 0), 64)  # past the cap anyway; no float overflow
+        wait = self.base * 2**doublings * (0.75 + self.rng.random() / 2)
         return min(wait, self.cap)
 
     def http_retry(self, on_retry: OnRetry | None = None) -> PolicyRetry:
