@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import math
 from typing import Any
 
 import pyarrow as pa
@@ -12,6 +13,7 @@ import pytest
 from services.beam_launcher.processing import FileTask, HyperquackProcessor, rows_to_columns
 from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
 from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES
+from services.common import rowschema
 from services.common.rowschema import (
     BOOLEAN,
     BYTES,
@@ -133,6 +135,41 @@ def test_constant_columns_of_every_type() -> None:
 )
 def test_constant_null_and_empty_values(column: str, value: Any) -> None:
     check_equal(ALL_TYPES, [{"id": "a", column: value}] * 5)
+
+
+def test_constants_of_later_batches_are_their_own() -> None:
+    """A constant converted for one batch is reused only for an equal value of the same
+    type: each batch gets its own value and length; 0.0 and -0.0 stay apart."""
+    spec = TableSpec("t", (Column("s", STRING, "S"), Column("x", FLOAT, "X")))
+    for size, s_value, x_value in [(3, "a", 0.0), (5, "b", -0.0), (2, "a", -0.0), (4, "a", 0.0)]:
+        got = spec.columns_to_arrow({"s": [s_value] * size, "x": [x_value] * size}, size)
+        assert got.column("s").to_pylist() == [s_value] * size
+        assert [math.copysign(1.0, v) for v in got.column("x").to_pylist()] == [
+            math.copysign(1.0, x_value)
+        ] * size
+
+
+@pytest.mark.parametrize("odd_one", [0, 1, 2, 3, 4])
+def test_one_differing_value_anywhere_is_kept(odd_one: int) -> None:
+    """A column equal in all rows but one (first, middle, last or elsewhere) is not
+    taken for a constant."""
+    rows = [dict(CONSTANT, id=f"r{i}") for i in range(5)]
+    rows[odd_one] = dict(rows[odd_one], n=7, tags=["x"], day="2021-06-01", at=None)
+    got = check_equal(ALL_TYPES, rows)
+    assert got.column("n").to_pylist()[odd_one] == 7
+
+
+def test_remembered_constants_are_bounded() -> None:
+    """Distinct constant values (one per batch, e.g. many files' names) are remembered
+    up to a bound, not without limit."""
+    spec = TableSpec("bounded", (Column("s", STRING, "S"),))
+    for i in range(rowschema._MAX_CONSTANTS + 10):
+        value = f"file-{i}"
+        assert spec.columns_to_arrow({"s": [value, value]}, 2).column("s").to_pylist() == [
+            value,
+            value,
+        ]
+    assert 0 < len(spec._arrow["constants"]) <= rowschema._MAX_CONSTANTS
 
 
 def test_missing_column_is_null_and_wrong_length_is_an_error() -> None:

@@ -109,6 +109,8 @@ class TableSpec:
     partition_field: str | None = None
     clustering: tuple[str, ...] = ()
     _by_name: dict[str, Column] = field(default_factory=dict, compare=False, repr=False)
+    # Built once: the Arrow schema, each column's Arrow type, constant values' arrays.
+    _arrow: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.columns]
@@ -132,7 +134,17 @@ class TableSpec:
         return [c.bigquery() for c in self.columns]
 
     def arrow_schema(self) -> pa.Schema:
-        return pa.schema([c.arrow_field() for c in self.columns])
+        """The Arrow schema (built once; Arrow schemas are immutable)."""
+        schema = self._arrow.get("schema")
+        if schema is None:
+            schema = self._arrow["schema"] = pa.schema([c.arrow_field() for c in self.columns])
+        return schema
+
+    def _arrow_columns(self) -> list[tuple[Column, pa.DataType]]:
+        pairs = self._arrow.get("columns")
+        if pairs is None:
+            pairs = self._arrow["columns"] = [(c, c.arrow_type()) for c in self.columns]
+        return pairs
 
     def duckdb_ddl(self, table_name: str | None = None) -> str:
         cols = ",\n  ".join(f'"{c.name}" {c.duckdb_type()}' for c in self.columns)
@@ -165,7 +177,9 @@ class TableSpec:
         Conversion is column-wise: strings for DATE/TIMESTAMP are cast by Arrow in one
         vectorised step; base64 BYTES are decoded per non-null value.
         """
-        arrays = [_column_array(c, [r.get(c.name) for r in rows]) for c in self.columns]
+        arrays = [
+            _column_array(c, [r.get(c.name) for r in rows], t) for c, t in self._arrow_columns()
+        ]
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema())
 
     def columns_to_arrow(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> pa.Table:
@@ -173,34 +187,97 @@ class TableSpec:
 
         Same table as ``to_arrow`` on the equivalent row dicts; a column missing from
         ``columns`` is all null. A column holding one value in every row (the file's
-        provenance, a batch's date) is converted once and repeated by Arrow.
+        provenance, a batch's date, empty IP-metadata lists) is converted once (and
+        remembered across batches when the value is a string, integer or boolean) and repeated by
+        Arrow; lists of strings or numbers go to Arrow in one call, without a Python copy.
         """
         arrays = []
-        for c in self.columns:
+        constants: dict[tuple[str, type, Any], pa.Array] = self._arrow.setdefault("constants", {})
+        for c, target in self._arrow_columns():
             values = columns.get(c.name)
             if values is None:
-                arrays.append(pa.nulls(n_rows, c.arrow_type()))
+                arrays.append(pa.nulls(n_rows, target))
                 continue
             if len(values) != n_rows:
                 raise ValueError(f"column {c.name}: {len(values)} values for {n_rows} rows")
-            arrays.append(_column_array_of(c, values, n_rows))
+            if n_rows and _constant(values, n_rows):
+                arrays.append(_repeat(c, target, values[0], n_rows, constants))
+            else:
+                arrays.append(
+                    _column_array(c, values if isinstance(values, list) else list(values), target)
+                )
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema())
+
+
+# Constant values remembered per table (strings, integers, booleans), bounded: the
+# distinct dates, files and versions one worker process sees.
+_MAX_CONSTANTS = 4096
+_ZEROS: list[pa.Array] = [pa.array([], pa.int32())]
+
+
+def _constant(values: Sequence[Any], n_rows: int) -> bool:
+    """Do all ``n_rows`` values equal the first (as ``list.count`` compares)?
+
+    The last and middle values are checked first, so most varying columns are rejected
+    without a pass over the whole column.
+    """
+    first = values[0]
+    for probe in (values[n_rows - 1], values[n_rows // 2]):
+        if probe is not first and probe != first:
+            return False
+    return values.count(first) == n_rows  # identity makes this a fast C loop
+
+
+def _zeros(n: int) -> pa.Array:
+    """``n`` int32 zeros (indices that repeat element 0), from a cached, growing array."""
+    zeros = _ZEROS[0]
+    if len(zeros) < n:
+        zeros = _ZEROS[0] = pa.repeat(pa.scalar(0, pa.int32()), max(n, 2 * len(zeros)))
+    return zeros.slice(0, n)
+
+
+def _repeat(
+    col: Column,
+    target: pa.DataType,
+    value: Any,
+    n_rows: int,
+    constants: dict[tuple[str, type, Any], pa.Array],
+) -> pa.Array:
+    """``value`` converted once and repeated ``n_rows`` times (``take`` of element 0:
+    ``pa.repeat`` of a list scalar costs ~13x more)."""
+    # Typed keys: True == 1 (and -0.0 == 0.0), so floats are never remembered.
+    key = (col.name, type(value), value) if type(value) in (str, int, bool) else None
+    first = constants.get(key) if key is not None else None
+    if first is None:
+        first = _column_array(col, [value], target)
+        if key is not None:
+            if len(constants) >= _MAX_CONSTANTS:
+                constants.clear()
+            constants[key] = first
+    if first.null_count:
+        return pa.nulls(n_rows, target)
+    return first.take(_zeros(n_rows))
 
 
 def _column_array_of(col: Column, values: Sequence[Any], n_rows: int) -> pa.Array:
     """One column's values as an Arrow array; constant columns are converted once."""
-    if n_rows and values.count(values[0]) == n_rows:  # identity makes this a fast C loop
-        first = _column_array(col, [values[0]])
-        if first.null_count:
-            return pa.nulls(n_rows, col.arrow_type())
-        return pa.repeat(first[0], n_rows)
-    return _column_array(col, values if isinstance(values, list) else list(values))
-
-
-def _column_array(col: Column, values: list[Any]) -> pa.Array:
     target = col.arrow_type()
-    if col.mode == REPEATED or col.type == RECORD:
+    if n_rows and _constant(values, n_rows):
+        return _repeat(col, target, values[0], n_rows, {})
+    return _column_array(col, values if isinstance(values, list) else list(values), target)
+
+
+# Leaf types whose JSON-shaped values are what pyarrow takes as they are.
+_PLAIN = frozenset({STRING, INTEGER, FLOAT, BOOLEAN})
+
+
+def _column_array(col: Column, values: list[Any], target: pa.DataType | None = None) -> pa.Array:
+    if target is None:
+        target = col.arrow_type()
+    if col.type == RECORD or (col.mode == REPEATED and col.type not in _PLAIN):
         return pa.array(_python_values(col, values), type=target)
+    if col.mode == REPEATED:  # lists of strings or numbers: one call, no Python copy
+        return pa.array(values, type=target)
     if col.type in (DATE, TIMESTAMP):
         return pa.array(values, type=pa.string()).cast(target)
     if col.type == BYTES:
