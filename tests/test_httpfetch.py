@@ -267,29 +267,39 @@ def test_bodies_pass_as_sent_and_304_is_returned(server: Server) -> None:
     assert (resp.status, resp.body) == (304, None)
 
 
-def test_a_retry_is_logged_by_default(server: Server) -> None:
-    """Without a hook, each retry is an ``http_retry`` warning line (real process, stderr)."""
+def test_a_retry_is_logged_by_default_once(server: Server) -> None:
+    """Without a hook, each retry is one ``http_retry`` warning line (real process, stderr),
+    and urllib3's own "Retrying" warning for it is not repeated."""
     url = server.answer("/log?token=secret", Answer(503), Answer(200, b"ok"))
     code = (
         "import sys; from services.common.logsetup import configure_logging;"
-        "from services.common.httpfetch import request, Backoff;"
+        "from services.common.httpfetch import request, Backoff, FetchFailed;"
         "configure_logging('INFO');"
-        "print(request(sys.argv[1], backoff=Backoff(retries=2, base=0.0)).read().decode())"
+        "print(request(sys.argv[1], backoff=Backoff(retries=2, base=0.0)).read().decode())\n"
+        "try: request(sys.argv[2], backoff=Backoff(retries=1, base=0.0))\n"
+        "except FetchFailed as exc: print(exc.attempts)"
     )
+    refused = f"http://127.0.0.1:{free_port()}/r"
     proc = subprocess.run(
-        [sys.executable, "-c", code, url], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code, url, refused],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "ok"
+    assert proc.stdout.split() == ["ok", "2"]
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
-    retries = [line for line in lines if line.get("message") == "http_retry"]
-    assert len(retries) == 1, proc.stderr
-    assert (retries[0]["severity"], retries[0]["retry"], retries[0]["error"]) == (
+    assert len(lines) == 2, proc.stderr  # one per retry, nothing else
+    first, second = lines
+    assert (first["message"], first["severity"], first["retry"], first["error"]) == (
+        "http_retry",
         "WARNING",
         1,
         "HTTP 503",
     )
-    assert retries[0]["url"].endswith("/log") and "secret" not in proc.stderr
+    assert first["url"].endswith("/log") and "secret" not in proc.stderr
+    assert second["message"] == "http_retry" and "Connection refused" in second["error"]
 
 
 # --------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import http.client
 import io
+import logging
 import socket
 import threading
 import urllib.error
@@ -38,7 +39,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import LocationValueError, MaxRetryError, ProtocolError
 
 from services.common.logsetup import get_logger
-from services.common.retry import TRANSIENT_STATUSES, OnRetry, RetryPolicy
+from services.common.retry import TRANSIENT_STATUSES, OnRetry, PolicyRetry, RetryPolicy
 
 USER_AGENT = "cp-pipeline/1 (+https://censoredplanet.org)"
 
@@ -133,6 +134,16 @@ class Response:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+class _OwnRetriesLogged(logging.Filter):
+    """Drops urllib3's own "Retrying (...)" warning for our requests: ``http_retry`` says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (args and isinstance(args[0], PolicyRetry))
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_OwnRetriesLogged())
 
 _POOLS: dict[str | None, urllib3.PoolManager] = {}
 _POOLS_LOCK = threading.Lock()
