@@ -34,11 +34,12 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 import orjson
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET
+from msgspec_structs import Record, Response
 
 from services.beam_launcher.categories import CONTROL
 from services.beam_launcher.hyperquack import (
@@ -57,64 +58,6 @@ from services.beam_launcher.processing import (
     cert_columns,
 )
 from services.common.rowschema import Row
-
-Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
-
-
-class Tls(Struct, gc=False):
-    """A v1 ``Received.tls`` block."""
-
-    version: Int64 | None = None
-    cipher_suite: Int64 | None = None
-    cert: Any = None
-
-
-class Response(Struct, gc=False):
-    """A v1 ``Received`` / v2 ``response`` object (v2 TLS fields are flat)."""
-
-    status_line: str | None = None
-    headers: dict[str, list[str]] | None = None
-    body: str | None = None
-    tls: Tls | None = None
-    TlsVersion: Int64 | None = None
-    CipherSuite: Int64 | None = None
-    Certificate: Any = None
-
-
-class Roundtrip(Struct, gc=False):
-    """One element of v1 ``Results`` or v2 ``response`` (each uses its own keys)."""
-
-    Sent: str | None = None
-    Success: bool | None = None
-    Error: str | None = None
-    StartTime: str | None = None
-    EndTime: str | None = None
-    Received: Response | str | None = None
-    control_url: str | None = None
-    matches_template: bool | None = None
-    error: str | None = None
-    start_time: str | None = None
-    end_time: str | None = None
-    response: Response | str | None = None
-
-
-class Record(Struct, gc=False):
-    """A Hyperquack record: v1 when ``Server`` is present, else v2 when ``vp`` is."""
-
-    Server: str | UnsetType | None = UNSET
-    Keyword: str | None = None
-    Results: list[Roundtrip] | None = None
-    Retries: int | None = None
-    Blocked: bool | None = None
-    FailSanity: bool | None = None
-    StatefulBlock: bool | None = None
-    vp: str | None = None
-    test_url: str | None = None
-    response: list[Roundtrip] | None = None
-    anomaly: bool | None = None
-    controls_failed: bool | None = None
-    stateful_block: bool | None = None
-
 
 #: The columns a row tuple holds, in order (every other column is constant per batch).
 COLUMNS = (
@@ -164,9 +107,9 @@ def _received(value: Response | str | None) -> Received:
     if type(value) is str:
         return (value, None, None, None, None, None)
     assert isinstance(value, Response)
-    headers = value.headers
-    if headers is not None:
-        headers = [f"{name}: {v}" for name, values in headers.items() for v in values]
+    headers: list[str] | None = None
+    if value.headers is not None:
+        headers = [f"{name}: {v}" for name, values in value.headers.items() for v in values]
     tls = value.tls
     if tls is not None:
         return (value.status_line, headers, value.body, tls.version, tls.cipher_suite, tls.cert)
@@ -409,15 +352,15 @@ class MsgspecHyperquack:
             server = rec.vp
             if server is None:
                 return None
-            head = (server, f"{digest}{line_no:08x}", line_no, rec.anomaly)
-            head += (rec.controls_failed, rec.stateful_block)
+            mid = f"{digest}{line_no:08x}"
+            head = (server, mid, line_no, rec.anomaly, rec.controls_failed, rec.stateful_block)
             flatten = self._v2
         elif server is None:
             return None
         else:
             assert isinstance(server, str)
-            head = (server, f"{digest}{line_no:08x}", line_no, rec.Blocked)
-            head += (rec.FailSanity, rec.StatefulBlock)
+            mid = f"{digest}{line_no:08x}"
+            head = (server, mid, line_no, rec.Blocked, rec.FailSanity, rec.StatefulBlock)
             flatten = self._v1
         return flatten(rec, head, outcomes, scan_type, cert_errors)
 
