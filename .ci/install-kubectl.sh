@@ -9,15 +9,12 @@ set -euo pipefail
 if command -v kubectl >/dev/null 2>&1; then
     exit 0
 fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq >/dev/null
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+apt_update
 pkg=kubernetes-client
 if apt-cache show kubectl >/dev/null 2>&1; then
     pkg=kubectl
 fi
-$SUDO apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null
+apt_install "$pkg"
 kubectl version --client 2>&1 | head -n 1

@@ -10,13 +10,9 @@ command -v prometheus-pushgateway >/dev/null 2>&1 || need+=(prometheus-pushgatew
 if [ "${#need[@]}" -eq 0 ]; then
     exit 0
 fi
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-    SUDO="sudo"
-fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq >/dev/null
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 # policy-rc.d-free install: services may fail to start without systemd; that is fine.
-$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+apt_install "${need[@]}"
 prometheus --version 2>&1 | head -n 1
 prometheus-pushgateway --version 2>&1 | head -n 1

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Build one image per service (services/<svc>/Dockerfile) from the repository root.
+# Build one image per service from the repository root: each is a target of the one build
+# recipe, docker/Dockerfile (target = the service's folder name).
 #   docker/build-images.sh [TAG]     (default tag: the short git commit, else "dev")
 # Image names match the Helm chart's stages.<stage>.image.repository (cp-<svc with dashes>).
 # Engine: docker when its daemon answers, else podman; skipped with a message (exit 0) when
-# neither is usable. Production builds use the Dockerfiles' default (official) bases; to build
+# neither is usable. Production builds use the Dockerfile's default (official) bases; to build
 # without a registry, override them (CI does, see tests/images.py):
 #   PYTHON_BASE=localhost/debian-py311:bookworm \
 #   BEAM_SDK_IMAGE=localhost/cp-test-beam-sdk-standin:2.77.0 docker/build-images.sh ci
@@ -21,8 +22,7 @@ else
 fi
 build_args=()
 [ -n "${PYTHON_BASE:-}" ] && build_args+=(--build-arg "PYTHON_BASE=${PYTHON_BASE}")
-for dockerfile in services/*/Dockerfile; do
-    svc="$(basename "$(dirname "$dockerfile")")"
+for svc in beam_launcher mirror queries routeviews untar; do
     image="cp-${svc//_/-}:${TAG}"
     [ -n "$REGISTRY" ] && image="${REGISTRY%/}/${image}"
     extra=()
@@ -31,7 +31,8 @@ for dockerfile in services/*/Dockerfile; do
     fi
     echo "images: building ${image} with ${engine}"
     start=$(date +%s)
-    "$engine" build --quiet "${build_args[@]}" "${extra[@]}" -f "$dockerfile" -t "$image" .
+    "$engine" build --quiet "${build_args[@]}" "${extra[@]}" -f docker/Dockerfile \
+        --target "$svc" -t "$image" .
     echo "images: ${image} built in $(( $(date +%s) - start )) s"
 done
 # The untagged builder stages stay as the layer cache of the next build; free them with

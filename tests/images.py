@@ -1,7 +1,8 @@
 """Building and running the service images with podman for tests (not a test module).
 
+Every image is a target of the one build recipe, ``docker/Dockerfile`` (target = service).
 No registry is reachable here, so the official bases are replaced by local images through
-the Dockerfiles' build arguments: ``localhost/debian-py311:bookworm`` (built by
+its build arguments: ``localhost/debian-py311:bookworm`` (built by
 ``.ci/build-local-base.sh``) for ``PYTHON_BASE`` and a TEST-ONLY stand-in for the Beam SDK
 image (``.ci/beam-sdk-standin``, its ``boot`` is a script, not Beam's Go program) for
 ``BEAM_SDK_IMAGE``. When podman or the local base is missing the tests skip with the reason,
@@ -100,7 +101,8 @@ class Builds:
         return image
 
     def build(self, svc: str) -> str:
-        """Build services/<svc>/Dockerfile with the local bases (podman's layer cache applies)."""
+        """Build docker/Dockerfile's target <svc> with the local bases (podman's layer cache
+        applies: the stages the images share are built once)."""
         image = image_name(svc)
         if image in self.seconds:
             return image
@@ -109,7 +111,8 @@ class Builds:
             args += ["--build-arg", f"BEAM_SDK_IMAGE={self.build_standin()}"]
         t0 = time.monotonic()
         podman(
-            "build", "-q", *args, "-f", f"services/{svc}/Dockerfile", "-t", image, str(REPO),
+            "build", "-q", *args, "-f", str(REPO / "docker" / "Dockerfile"), "--target", svc,
+            "-t", image, str(REPO),
             timeout=1800,
         )  # fmt: skip
         self.seconds[image] = round(time.monotonic() - t0, 1)

@@ -3,8 +3,8 @@
 Scans README.md, docs/*.md, services/*/README.md and helm/cp-pipeline/README.md:
 
 * ``cp-…`` image names must be images of the chart (``stages.*.image.repository``), each
-  built from its ``services/<name>/Dockerfile``, or console commands of
-  ``[project.scripts]``; ``cp-pipeline…`` is the chart/release.
+  built from its target of ``docker/Dockerfile`` (``<name>`` with underscores), or console
+  commands of ``[project.scripts]``; ``cp-pipeline…`` is the chart/release.
 * values keys written like ``stages.beam-launcher.args`` or ``image.registry`` must exist
   in values.yaml (``<stage>``/``<key>``/``*`` are placeholders; a stage may set any
   ``jobDefaults`` key).
@@ -181,7 +181,6 @@ def known_env_names() -> frozenset[str]:
         *(CHART / "templates").iterdir(),
         CHART / "values.yaml",
         *(ROOT / "docker").iterdir(),
-        *(ROOT / "services").glob("*/Dockerfile"),
         *(ROOT / ".ci").iterdir(),
         ROOT / "Makefile",
     ]
@@ -279,10 +278,12 @@ def test_the_scanner_finds_what_it_should(tmp_path: Path) -> None:
         assert needle in joined
 
 
-def test_chart_images_are_built_from_our_dockerfiles() -> None:
+def test_chart_images_are_built_from_our_dockerfile() -> None:
+    recipe = (ROOT / "docker" / "Dockerfile").read_text()
     for image in chart_images():
         service = image.removeprefix("cp-").replace("-", "_")
-        assert (ROOT / "services" / service / "Dockerfile").is_file(), image
+        assert (ROOT / "services" / service / "__main__.py").is_file(), image
+        assert re.search(rf"^FROM \S+ AS {service}$", recipe, re.M), image
 
 
 @pytest.mark.parametrize("path", DOCS, ids=doc_id)

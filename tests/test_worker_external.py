@@ -13,7 +13,7 @@ equal those of the usual in-process run.
   UID 10001 on a read-only root), its boot being the TEST-ONLY stand-in of
   ``.ci/beam-sdk-standin`` (Beam's real boot program is not exercised).
 * ``venv``: a venv made with ``uv sync --frozen --no-default-groups --group beam
-  --no-install-project`` plus the files the Dockerfile copies and the compiled C parsers.
+  --no-install-project`` plus the files the image copies and the compiled C parsers.
 * Beam's gRPC servers bind ``[::]``; both sides therefore run in a private network namespace
   that only has a loopback interface (the container's, or one made with ``unshare``).
 """
@@ -188,7 +188,7 @@ def worker_venv(dest: Path) -> tuple[Path, Path]:
         cwd=REPO, check=True, timeout=600,
         env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)},
     )  # fmt: skip
-    # The files services/beam_launcher/Dockerfile copies into /app.
+    # The files docker/Dockerfile's beam_launcher target copies into /app.
     (app / "services").mkdir(parents=True)
     shutil.copy(REPO / "pyproject.toml", app)
     shutil.copy(REPO / "services" / "__init__.py", app / "services")
