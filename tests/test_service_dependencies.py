@@ -31,6 +31,8 @@ IMPORT_NAMES = {
     "publicsuffixlist": {"publicsuffixlist"},
     "numpy": {"numpy"},
     "pycountry": {"pycountry"},
+    "urllib3": {"urllib3"},
+    "tenacity": {"tenacity"},
 }
 SERVICE_GROUPS = {
     "beam_launcher": ["beam"],
