@@ -11,6 +11,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
+from services.beam_launcher.rows import DEAD_LETTER
 from services.queries import __main__ as cli
 from services.queries.backends import DuckDBBackend
 from services.queries.incremental import chunk_ranges, diff, ledger_scans, scan_window
@@ -21,6 +22,7 @@ from tests.test_queries_support import (
     hq_row,
     insert,
     ledger,
+    publish,
     run_queries,
     sql,
     warehouse,
@@ -157,13 +159,10 @@ def test_quality_metrics(wh: Path) -> None:
     insert(wh, "echo", [hq_row(D2, ECHO2, server_asn=None, server_country=None)])
     # The ledger says 3 lines, 1 dead letter, 2 rows written; the table holds 1 row.
     ledger(wh, "echo", ECHO2, rows_written=2, lines=3, dead_letters=1)
-    with duckdb.connect(str(wh / "warehouse.duckdb")) as con:
-        con.execute(
-            "INSERT INTO dead_letter (date, scan_type, source, source_file, source_line, stage, "
-            "error_class, message, pipeline_version) VALUES "
-            "(?, 'echo', ?, 'results.json', 3, 'parse', 'invalid_json', 'bad', 'test')",
-            [D2, ECHO2],
-        )
+    bad = {"date": D2, "scan_type": "echo", "source": ECHO2, "source_file": "results.json"}
+    bad |= {"source_line": 3, "stage": "parse", "error_class": "invalid_json"}
+    bad |= {"message": "bad", "pipeline_version": "test"}
+    publish(wh, DEAD_LETTER, [{c: bad.get(c) for c in DEAD_LETTER.column_names}])
     summary, m = run_queries(wh, quality=True, start=D1, end=D2)
     assert summary.quality_window == [D1.isoformat(), D2.isoformat()]
 

@@ -14,9 +14,11 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from services.beam_launcher.rows import PROCESSED_FILES, SCAN_TABLES
 from services.beam_launcher.warehouse_local import LocalWarehouse
+from services.common.rowschema import TableSpec
 from services.queries.metrics import QueriesMetrics
 from services.queries.run import QueriesConfig, QueriesSummary, run
 
@@ -48,10 +50,23 @@ def insert(root: Path, scan_type: str, rows: Iterable[Mapping[str, Any]]) -> Non
             **r,
         }
         full.append({c: row.get(c) for c in spec.column_names})
-    arrow = pa.Table.from_pylist(full, schema=spec.arrow_schema())
-    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
-        con.register("new_rows", arrow)
-        con.execute(f'INSERT INTO "{spec.name}" BY NAME SELECT * FROM new_rows')
+    publish(root, spec, full)
+
+
+def publish(root: Path, spec: TableSpec, rows: list[dict[str, Any]]) -> None:
+    """Publish rows of ``spec`` as the launcher does: a Parquet file per input file and
+    date under ``parquet/<table>/`` (each call its own slice, so rows add up), then the
+    warehouse's views are refreshed."""
+    groups: dict[tuple[Any, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["date"], row["source"], row["source_file"]), []).append(row)
+    for (date, source, source_file), group in groups.items():
+        _COUNTER["n"] += 1
+        name = f"{source}__{source_file}.{_COUNTER['n']:06d}-of-999999.parquet"
+        folder = root / "parquet" / spec.name / f"date={date}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(group, schema=spec.arrow_schema()), folder / name)
+    LocalWarehouse(root).refresh_views()
 
 
 def ledger(
@@ -96,8 +111,10 @@ def ledger(
 
 
 def delete_source(root: Path, scan_type: str, source: str) -> None:
-    with duckdb.connect(str(root / "warehouse.duckdb")) as con:
-        con.execute(f'DELETE FROM "{SCAN_TABLES[scan_type].name}" WHERE source = ?', [source])
+    """Remove a scan's published rows (its files) from the scan type's table."""
+    for path in (root / "parquet" / SCAN_TABLES[scan_type].name).glob(f"date=*/{source}__*"):
+        path.unlink()
+    LocalWarehouse(root).refresh_views()
 
 
 def run_queries(root: Path, **kw: Any) -> tuple[QueriesSummary, QueriesMetrics]:

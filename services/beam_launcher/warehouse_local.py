@@ -10,15 +10,25 @@ Each input file owns its Parquet files per (table, date): one, or one per slice 
 the run split the file into ``n`` slices processed side by side (slice ``k``, numbered
 from 1 and zero-padded). Re-processing a file replaces all it wrote before, whatever
 its earlier slicing: no duplicates, nothing lost. Readers glob ``date=*/*.parquet``.
-DuckDB tables are updated in one transaction per run (delete the files' old rows,
-insert the new ones, update the ledger).
+
+The Parquet is the data. In ``warehouse.duckdb`` the scan tables and ``dead_letter`` are
+views over it (``CAST`` per column to the table's DuckDB types, over
+``read_parquet('<warehouse>/parquet/<table>/date=*/*.parquet', union_by_name=true)``
+with the warehouse's absolute path), so a commit copies no rows; a table without files
+is an empty view of the same columns. Only the ledger ``processed_files`` is a native
+table. :meth:`LocalWarehouse._refresh_views` re-creates the views whenever files may have
+appeared or gone and on every opening for writing, which also repoints the views of a
+moved warehouse. A warehouse whose tables are native (made by earlier versions) is
+converted on its first opening for writing when each table holds as many rows as its
+Parquet (``warehouse_table_to_view``); otherwise the table stays as it is and a commit
+refuses to write (:class:`WarehouseUnusable`, both counts) until ``--full`` rebuilds it.
 
 The Parquet export follows the commit, never precedes it: under the exclusive lock the
-staged files move to ``publishing/<run>/`` with a ``manifest.json``, the transaction
-inserts from there and writes the ledger, and only after ``COMMIT`` are they renamed into
-``parquet/``. A process killed in between leaves a ``publishing/<run>/`` folder; the next
-opening for a run finishes it when the ledger holds that commit (its rows are in the
-tables) and deletes it otherwise (the tables never saw its rows).
+staged files move to ``publishing/<run>/`` with a ``manifest.json``, one DuckDB
+transaction writes the ledger, and only after ``COMMIT`` are the files renamed into
+``parquet/`` and the views refreshed. A process killed in between leaves a
+``publishing/<run>/`` folder; the next opening for writing finishes it when the ledger
+holds that commit and deletes it otherwise (the ledger never recorded those files).
 
 Runs side by side (a nightly run and a backfill): every opening of ``warehouse.duckdb``
 holds ``.warehouse.lock`` (``flock``: shared to read, exclusive to write), so a second
@@ -44,6 +54,7 @@ import os
 import re
 import shutil
 import signal
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,13 +66,13 @@ import orjson
 from services.beam_launcher.pipeline import safe_key
 from services.beam_launcher.processing import FileTask
 from services.beam_launcher.rows import (
-    ALL_TABLES,
     DEAD_LETTER,
     PROCESSED_FILES,
     SCAN_TABLES,
 )
 from services.common import lifecycle
 from services.common.logsetup import get_logger
+from services.common.rowschema import TableSpec
 from services.common.scans import UnknownScanName, parse_scan_name
 
 DB_NAME = "warehouse.duckdb"
@@ -71,6 +82,8 @@ MANIFEST_NAME = "manifest.json"
 LEASE_DIR = "leases"
 LEASE_MAX_AGE_S = 24 * 3600.0  # a lease of another host counts as abandoned after this
 DUCKDB_MEMORY_LIMIT = "256MB"  # per connection; more spills to <warehouse>.duckdb.tmp/
+# Tables whose rows are the published Parquet: views in warehouse.duckdb (the ledger is not).
+PARQUET_TABLES = (*SCAN_TABLES.values(), DEAD_LETTER)
 
 
 @dataclass(frozen=True)
@@ -168,6 +181,46 @@ def memory_limit() -> str:
     return limit
 
 
+def _ident(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_text(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def view_sql(spec: TableSpec, pattern: str | None, present: Iterable[str] = ()) -> str:
+    """``CREATE OR REPLACE VIEW`` of ``spec`` over the Parquet files ``pattern`` matches
+    (a glob), every column cast to the table's DuckDB type, in the table's order.
+
+    A column none of the files holds (``present`` lists those they hold) is NULL of its
+    type; without ``pattern`` the view is empty (DuckDB refuses a glob matching nothing).
+
+    >>> from services.common.rowschema import Column, TableSpec
+    >>> t = TableSpec("t", (Column("n", "INTEGER", "N"), Column("s", "STRING", "S")))
+    >>> view_sql(t, None).split(" AS SELECT ")[1]
+    'CAST(NULL AS BIGINT) AS "n", CAST(NULL AS VARCHAR) AS "s" WHERE false'
+    >>> print(view_sql(t, "/w/*.parquet", ["n"]).replace(" FROM ", "\\n"))
+    CREATE OR REPLACE VIEW "t" AS SELECT CAST("n" AS BIGINT) AS "n", CAST(NULL AS VARCHAR) AS "s"
+    read_parquet('/w/*.parquet', hive_partitioning=false, union_by_name=true)
+    """
+    have = set(present) if pattern else set()
+    cols = ", ".join(
+        f"CAST({_ident(c.name) if c.name in have else 'NULL'} AS {c.duckdb_type()}) "
+        f"AS {_ident(c.name)}"
+        for c in spec.columns
+    )
+    head = f'CREATE OR REPLACE VIEW "{spec.name}" AS SELECT {cols}'
+    if pattern is None:
+        return head + " WHERE false"
+    return (
+        f"{head} FROM read_parquet({_sql_text(pattern)}, hive_partitioning=false, "
+        "union_by_name=true)"
+    )
+
+
 class WarehouseUnusable(RuntimeError):
     """The warehouse folder cannot be created or written; the message says why."""
 
@@ -226,9 +279,125 @@ class LocalWarehouse:
                 con.close()
 
     def ensure_tables(self) -> None:
+        """Create the ledger and the views (converting tables of earlier versions)."""
         with self.connect(purpose="create tables") as con:
-            for spec in ALL_TABLES:
-                con.execute(spec.duckdb_ddl())
+            self._prepare(con, strict=False)
+
+    def refresh_views(self) -> None:
+        """Re-create every view from the Parquet files present (e.g. after files were
+        added or removed by hand)."""
+        with self.connect(purpose="refresh views") as con:
+            self._prepare(con, strict=False)
+            self._refresh_views(con, strict=False, force=[s.name for s in PARQUET_TABLES])
+
+    def _prepare(self, con: duckdb.DuckDBPyConnection, strict: bool) -> list[str]:
+        """What every opening for writing does first: the ledger table, interrupted
+        publishes finished (see :meth:`_finish_publishes`), views refreshed."""
+        con.execute(PROCESSED_FILES.duckdb_ddl())
+        done = self._finish_publishes(con)
+        self._refresh_views(con, strict, force=[s.name for s in PARQUET_TABLES] if done else [])
+        return done
+
+    def _pattern(self, spec: TableSpec) -> str:
+        """The glob of ``spec``'s published Parquet (absolute)."""
+        return str(self.parquet_root.absolute() / spec.name / "date=*" / "*.parquet")
+
+    def _has_files(self, spec: TableSpec) -> bool:
+        folder = glob.escape(str(self.parquet_root.absolute() / spec.name))
+        return next(glob.iglob(folder + "/date=*/*.parquet"), None) is not None
+
+    def _refresh_views(
+        self, con: duckdb.DuckDBPyConnection, strict: bool, force: Iterable[str] = ()
+    ) -> None:
+        """(Re)create the views of the Parquet-backed tables over the files present, in
+        one transaction: those in ``force`` (their files changed) and those whose view
+        does not have the form the files call for (no view yet, empty while files exist
+        or the reverse, or over another folder: a moved warehouse). Binding a view reads
+        the footer of each of its files (``union_by_name``), so views already right are
+        left alone.
+
+        A native table of an earlier version becomes its view when it holds as many rows
+        as its Parquet (logged ``warehouse_table_to_view``). When it does not, it is left
+        as it is: logged as an error, or with ``strict`` (before a commit) raised as
+        :class:`WarehouseUnusable` naming both counts and the fix (``--full``).
+        """
+        kinds = dict(
+            con.execute(
+                "SELECT table_name, table_type FROM information_schema.tables "
+                "WHERE table_schema = 'main'"
+            ).fetchall()
+        )
+        views = dict(
+            con.execute(
+                "SELECT view_name, sql FROM duckdb_views() "
+                "WHERE schema_name = 'main' AND NOT internal"
+            ).fetchall()
+        )
+        forced = set(force)
+        log = get_logger("beam_launcher")
+        statements: list[str] = []
+        converted: list[tuple[str, int]] = []
+        for spec in PARQUET_TABLES:
+            pattern = self._pattern(spec) if self._has_files(spec) else None
+            current = views.get(spec.name)
+            if spec.name not in forced and current is not None:
+                if pattern is None and "read_parquet" not in current:
+                    continue  # empty, and no file
+                if pattern is not None and f"read_parquet({_sql_text(pattern)}" in current:
+                    continue  # over this warehouse's files
+            try:
+                present: list[str] = []
+                if pattern is not None:
+                    present = [
+                        r[0]
+                        for r in con.execute(
+                            f"DESCRIBE SELECT * FROM read_parquet({_sql_text(pattern)}, "
+                            "hive_partitioning=false, union_by_name=true)"
+                        ).fetchall()
+                    ]
+                if kinds.get(spec.name) == "BASE TABLE":
+                    rows = con.execute(f"SELECT count(*) FROM {_ident(spec.name)}").fetchone()
+                    in_files = (
+                        con.execute(
+                            f"SELECT count(*) FROM read_parquet({_sql_text(pattern)}, "
+                            "hive_partitioning=false, union_by_name=true)"
+                        ).fetchone()
+                        if pattern is not None
+                        else (0,)
+                    )
+                    n_rows, n_files = (rows or (0,))[0], (in_files or (0,))[0]
+                    if n_rows != n_files:
+                        scan_types = [t for t, s in SCAN_TABLES.items() if s is spec]
+                        message = (
+                            f"table {spec.name} of {self.db_path} is a table of an earlier "
+                            f"version holding {n_rows} rows, but its Parquet "
+                            f"({pattern or self.parquet_root / spec.name}) holds {n_files}, "
+                            "so it cannot become a view of that Parquet; rerun the launcher "
+                            f"with --full --scan-type {scan_types[0] if scan_types else 'all'}"
+                            " to rebuild it from the scans"
+                        )
+                        if strict:
+                            raise WarehouseUnusable(message)
+                        log.error("warehouse_table_mismatch", table=spec.name, reason=message)
+                        continue
+                    statements.append(f"DROP TABLE {_ident(spec.name)}")
+                    converted.append((spec.name, n_rows))
+            except duckdb.Error as exc:
+                raise WarehouseUnusable(
+                    f"the Parquet of table {spec.name} ({self._pattern(spec)}) cannot be "
+                    f"read: {' '.join(str(exc).split())}"
+                ) from exc
+            statements.append(view_sql(spec, pattern, present))
+        con.execute("BEGIN")
+        try:
+            for sql in statements:
+                con.execute(sql)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        for table, n in converted:
+            log.info("warehouse_table_to_view", table=table, rows=n, db=str(self.db_path))
 
     def ledger(self, keys: Iterable[str] | None = None) -> dict[str, LedgerEntry]:
         """The ledger (only ``keys`` when given), read-only; empty without a database."""
@@ -254,27 +423,39 @@ class LocalWarehouse:
         """--full: forget everything of these scan types (tables, Parquet, ledger rows)."""
         types = sorted(set(scan_types))
         with self.connect(purpose="--full reset") as con:
+            self._prepare(con, strict=False)
+            kinds = dict(
+                con.execute(
+                    "SELECT table_name, table_type FROM information_schema.tables "
+                    "WHERE table_schema = 'main'"
+                ).fetchall()
+            )
             con.execute("BEGIN")
             for t in types:
-                table = SCAN_TABLES[t].name
-                con.execute(f'DROP TABLE IF EXISTS "{table}"')
-                con.execute(SCAN_TABLES[t].duckdb_ddl())
-            for spec in (DEAD_LETTER, PROCESSED_FILES):
-                con.execute(spec.duckdb_ddl())
+                spec = SCAN_TABLES[t]
+                if kinds.get(spec.name) == "BASE TABLE":  # of an earlier version
+                    con.execute(f"DROP TABLE {_ident(spec.name)}")
+                con.execute(view_sql(spec, None))  # its files go below
+            doomed = [PROCESSED_FILES.name]
+            if kinds.get(DEAD_LETTER.name) == "BASE TABLE":
+                doomed.append(DEAD_LETTER.name)
+            for table in doomed:
                 con.execute(
-                    f'DELETE FROM "{spec.name}" WHERE scan_type IN (SELECT unnest(?::VARCHAR[]))',
+                    f"DELETE FROM {_ident(table)} WHERE scan_type IN (SELECT unnest(?::VARCHAR[]))",
                     [types],
                 )
             con.execute("COMMIT")
-        for t in types:
-            shutil.rmtree(self.parquet_root / SCAN_TABLES[t].name, ignore_errors=True)
-        for path in (self.parquet_root / DEAD_LETTER.name).glob("date=*/*.parquet"):
-            try:
-                scan_type = parse_scan_name(path.stem.split("__", 1)[0]).scan_type
-            except UnknownScanName:
-                continue
-            if scan_type in types:
-                path.unlink()
+            for t in types:
+                shutil.rmtree(self.parquet_root / SCAN_TABLES[t].name, ignore_errors=True)
+            for path in (self.parquet_root / DEAD_LETTER.name).glob("date=*/*.parquet"):
+                try:
+                    scan_type = parse_scan_name(path.stem.split("__", 1)[0]).scan_type
+                except UnknownScanName:
+                    continue
+                if scan_type in types:
+                    path.unlink()
+            reset = [SCAN_TABLES[t].name for t in types]
+            self._refresh_views(con, strict=False, force=[*reset, DEAD_LETTER.name])
 
     def _final_files(self, table: str, key: str) -> list[Path]:
         """Every published file of input ``key`` in ``table``: ``<key>.parquet`` and the
@@ -349,9 +530,7 @@ class LocalWarehouse:
         if not self.exists() or not root.is_dir() or not any(root.iterdir()):
             return []
         with self.connect(purpose="finish interrupted publishes") as con:
-            for spec in ALL_TABLES:
-                con.execute(spec.duckdb_ddl())
-            return self._finish_publishes(con)
+            return self._prepare(con, strict=False)
 
     def commit(
         self,
@@ -359,14 +538,13 @@ class LocalWarehouse:
         verdicts: list[FileVerdict],
         staging_dir: str,
     ) -> CommitReport:
-        """Update DuckDB + ledger atomically from the staged Parquet of judged files, then
-        publish that Parquet (see the module docstring)."""
+        """Record the judged files in the ledger (one transaction), then publish their
+        staged Parquet and refresh the views (see the module docstring)."""
+        started = time.monotonic()
         report = CommitReport(verdicts=verdicts)
         staging = Path(staging_dir)
         with self.connect(purpose="commit") as con:
-            for spec in ALL_TABLES:
-                con.execute(spec.duckdb_ddl())
-            self._finish_publishes(con)
+            self._prepare(con, strict=True)
             folder = self.root / PUBLISHING_DIR / staging.name
             create_folder(folder, "publishing")
             manifest: dict[str, Any] = {
@@ -378,7 +556,17 @@ class LocalWarehouse:
             self._transaction(con, run_id, verdicts, staging, folder, manifest, report)
             _test_kill_point("after_commit")
             self._publish(folder, manifest)
+            _test_kill_point("after_publish")
+            # Killed before this, the folder is still there: the next opening publishes
+            # (idempotent) and refreshes the views.
+            self._refresh_views(con, strict=True, force={t for t, _key in manifest["units"]})
             shutil.rmtree(folder, ignore_errors=True)
+        get_logger("beam_launcher").info(
+            "warehouse_committed",
+            files=len(verdicts),
+            rows_by_table=report.rows_by_table,
+            seconds=round(time.monotonic() - started, 3),
+        )
         return report
 
     def _transaction(
@@ -392,8 +580,7 @@ class LocalWarehouse:
         report: CommitReport,
     ) -> None:
         new_files: dict[str, list[Path]] = {}
-        keys_by_table: dict[str, list[str]] = {}  # rows replaced per input file
-        sources_by_table: dict[str, list[str]] = {}  # rows replaced per scan (Satellite)
+        sat_sources: set[str] = set()  # a Satellite scan's rows are published per scan
         for v in verdicts:
             if v.status == "skipped":
                 continue
@@ -402,15 +589,12 @@ class LocalWarehouse:
             if v.status == "ok" and v.task.scan_type != "satellite":
                 units.append((table, v.task.file_key))
             for t, file_key in units:
-                keys_by_table.setdefault(t, []).append(file_key)
                 new_files.setdefault(t, []).extend(
                     self._stage_for_publish(staging, folder, t, safe_key(file_key), manifest)
                 )
-            sat = (
-                sources_by_table.setdefault(table, []) if v.task.scan_type == "satellite" else None
-            )
-            if sat is not None and v.status == "ok" and v.task.source not in sat:
-                sat.append(v.task.source)
+            sat = v.task.scan_type == "satellite" and v.status == "ok"
+            if sat and v.task.source not in sat_sources:
+                sat_sources.add(v.task.source)
                 staged_key = safe_key(f"{v.task.source}/satellite")
                 new_files.setdefault(table, []).extend(
                     self._stage_for_publish(staging, folder, table, staged_key, manifest)
@@ -418,26 +602,14 @@ class LocalWarehouse:
         manifest_tmp = folder / (MANIFEST_NAME + ".tmp")
         manifest_tmp.write_bytes(orjson.dumps(manifest))
         os.replace(manifest_tmp, folder / MANIFEST_NAME)
-        now = dt.datetime.now(dt.UTC)
-        con.execute("BEGIN")
-        for table in sorted(set(keys_by_table) | set(sources_by_table)):
-            if keys_by_table.get(table):
-                con.execute(
-                    f"DELETE FROM \"{table}\" WHERE source || '/' || source_file "
-                    "IN (SELECT unnest(?::VARCHAR[]))",
-                    [keys_by_table[table]],
-                )
-            if sources_by_table.get(table):
-                con.execute(
-                    f'DELETE FROM "{table}" WHERE source IN (SELECT unnest(?::VARCHAR[]))',
-                    [sources_by_table[table]],
-                )
-            files = [str(f) for f in new_files.get(table, [])]
-            if files:
-                con.execute(f'INSERT INTO "{table}" BY NAME SELECT * FROM read_parquet(?)', [files])
+        for table in sorted(new_files):
+            files = [str(f) for f in new_files[table]]
+            if files:  # from the files' metadata: no row is read
                 report.rows_by_table[table] = con.execute(
                     "SELECT count(*) FROM read_parquet(?)", [files]
                 ).fetchone()[0]  # type: ignore[index]
+        now = dt.datetime.now(dt.UTC)
+        con.execute("BEGIN")
         keys = [v.task.file_key for v in verdicts]
         con.execute(
             "DELETE FROM processed_files WHERE file_key IN (SELECT unnest(?::VARCHAR[]))",
