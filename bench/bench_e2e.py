@@ -21,7 +21,12 @@ For each N in ``--lines`` (``--big`` adds 10,000,000):
    of the last ``/proc`` sample of each process in the tree as a cross-check; the larger
    is used); peak RSS of the tree (RSS summed over its processes, sampled every 0.1 s;
    shared pages of forked workers count once per process) and of the biggest single
-   process (the larger of the samples and ``wait4``'s ``ru_maxrss``).
+   process (the larger of the samples and ``wait4``'s ``ru_maxrss``). Per Beam worker
+   process, per 10 s: how its busiest thread spent the time, from the kernel's
+   scheduler counters (``/proc/<pid>/task/<tid>/schedstat``): on a CPU, runnable but
+   waiting while other processes held the CPUs, or asleep (idle by itself). On a shared
+   machine "less than 100% busy" is mostly the second; only the third is the
+   launcher's own idling.
 4. With ``--ip-metadata-prefixes P``: a synthetic CAIDA site folder with ~P prefixes
    (every server /24 of the scan plus filler prefixes and ASes) is written once, mirrored
    with ``python -m services.routeviews sync``, and each N runs twice, without and with
@@ -299,6 +304,72 @@ def _proc_sample(pid: int) -> tuple[int, float] | None:
     return rss, (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
+def _thread_sched(pid: int) -> dict[int, tuple[int, int]]:
+    """Per thread of ``pid``: (ns on a CPU, ns runnable but waiting for a CPU), from
+    ``/proc/<pid>/task/<tid>/schedstat``; {} when the process is gone."""
+    out: dict[int, tuple[int, int]] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as fh:
+                run_ns, wait_ns = fh.read().split()[:2]
+        except (OSError, ValueError):
+            continue
+        out[int(tid)] = (int(run_ns), int(wait_ns))
+    return out
+
+
+def _is_sdk_worker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            args = fh.read().split(b"\0")
+    except OSError:
+        return False
+    return b"services.beam_launcher.worker" in args and b"--sdk" in args
+
+
+# Width of one window of the workers' scheduler timeline (seconds).
+SCHED_WINDOW_S = 10.0
+
+
+@dataclass
+class WorkerSched:
+    """One Beam SDK worker process: per window of :data:`SCHED_WINDOW_S`, the share of
+    the window its busiest thread spent on a CPU (run), runnable but waiting for a CPU
+    other processes held (wait), and neither (sleep: the worker idle by itself)."""
+
+    pid: int
+    last: dict[int, tuple[int, int, float]] = field(default_factory=dict)
+    windows: dict[int, dict[int, list[float]]] = field(default_factory=dict)
+
+    def sample(self, now: float) -> None:
+        for tid, (run_ns, wait_ns) in _thread_sched(self.pid).items():
+            prev = self.last.get(tid)
+            self.last[tid] = (run_ns, wait_ns, now)
+            if prev is None:
+                continue
+            acc = self.windows.setdefault(int(now // SCHED_WINDOW_S), {}).setdefault(
+                tid, [0.0, 0.0, 0.0]
+            )
+            acc[0] += (run_ns - prev[0]) / 1e9
+            acc[1] += (wait_ns - prev[1]) / 1e9
+            acc[2] += now - prev[2]
+
+    def timeline(self) -> list[tuple[float, float, float, float]]:
+        """(window start s, run, wait, sleep) shares of the busiest thread per window."""
+        out = []
+        for index, threads in sorted(self.windows.items()):
+            run, wait, span = max(threads.values())
+            if span <= 0:
+                continue
+            run, wait = min(1.0, run / span), min(1.0, wait / span)
+            out.append((index * SCHED_WINDOW_S, run, wait, max(0.0, 1.0 - run - wait)))
+        return out
+
+
 @dataclass
 class Sampler:
     """Samples a process tree every ``interval`` seconds until stopped."""
@@ -309,13 +380,24 @@ class Sampler:
     peak_proc_rss: int = 0
     max_procs: int = 0
     cpu_by_pid: dict[int, float] = field(default_factory=dict)
+    workers: dict[int, WorkerSched] = field(default_factory=dict)
+    not_workers: set[int] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
+        start = time.perf_counter()
         while not self._stop.is_set():
             total = 0
             pids = _tree(self.root)
+            now = time.perf_counter() - start
             for pid in pids:
+                if pid not in self.workers and pid not in self.not_workers:
+                    if _is_sdk_worker(pid):
+                        self.workers[pid] = WorkerSched(pid)
+                    else:
+                        self.not_workers.add(pid)
+                if pid in self.workers:
+                    self.workers[pid].sample(now)
                 got = _proc_sample(pid)
                 if got is None:
                     continue
@@ -410,6 +492,7 @@ def run_launcher(
         "rejected": len(summary.get("rejected") or []),
         "enriched_rows": int((summary.get("stats") or {}).get("rows_with_asn", 0)),
         "stderr_tail": (work / "stderr.txt").read_text(errors="replace")[-2000:],
+        "workers": {pid: w.timeline() for pid, w in sorted(sampler.workers.items())},
     }
 
 
@@ -441,7 +524,29 @@ def print_run(n: int, label: str, res: dict[str, Any], parse_rate: float) -> flo
         problems.append(f"{res['rejected']} rejected files, {res['dead_letters']} dead letters")
     if problems:
         print(f"{'':>11} PROBLEM: {'; '.join(problems)}\n{res['stderr_tail']}", flush=True)
+    print_workers(res["workers"])
     return rate
+
+
+def print_workers(workers: dict[int, list[tuple[float, float, float, float]]]) -> None:
+    """Each worker process's busiest thread per window: run / wait for a CPU / sleep %.
+
+    Wait is CPU time other processes held (a loaded machine); sleep is the worker idle
+    by itself. Their sum over the run says which of the two made a worker less than
+    100% busy.
+    """
+    for pid, timeline in workers.items():
+        if not timeline:
+            continue
+        run = sum(r for _, r, _, _ in timeline) / len(timeline)
+        wait = sum(w for _, _, w, _ in timeline) / len(timeline)
+        sleep = sum(s for _, _, _, s in timeline) / len(timeline)
+        cells = " ".join(f"{t:.0f}s:{r:.0%}/{w:.0%}/{s:.0%}" for t, r, w, s in timeline)
+        print(
+            f"{'':>11} worker {pid} busiest thread run/wait/sleep: {run:.0%}/{wait:.0%}/"
+            f"{sleep:.0%} (per {SCHED_WINDOW_S:.0f} s: {cells})",
+            flush=True,
+        )
 
 
 def main() -> int:
