@@ -27,6 +27,14 @@ the script exits 1. Data sets (batches of ``--batch`` lines, as in the pipeline)
 * ``file``: ``--scan-file`` (a ``results.json`` or ``.json.gz`` of a Hyperquack scan, its
   scan name taken from the parent folder), cold like ``generated``.
 
+Satellite (``--skip-satellite`` leaves it out): v2.2 ``results.json`` through
+``satellite_batch.parse_observation_batch`` with the C module (``_satfast.c``) and without
+it, against msgspec *decoding alone* into the Structs of ``bench/msgspec_structs.py``
+(no rows): any msgspec path has to decode every line, so decoding alone is an upper bound
+of its speed; when even that is below the threshold, no msgspec flattener can pass
+("bound FAIL"), else the bound decides nothing ("inconclusive"). Real records (repeated)
+and a generated scan of ``--sat-size`` lines.
+
 Each figure is the best of ``--repeats``, in CPU seconds of this process
 (``time.process_time``): the paths are single-threaded, and on a machine shared with other
 work the wall clock measures the others' load more than the code. The script exits 1 when
@@ -37,6 +45,7 @@ some line; else 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import os
 import platform
@@ -51,6 +60,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+import msgspec  # noqa: E402
 from bench_parse import (  # noqa: E402
     REAL,
     REAL_RESOURCES,
@@ -63,7 +73,9 @@ from bench_parse import (  # noqa: E402
     read_real_lines,
 )
 from msgspec_hyperquack import MsgspecHyperquack, output_difference  # noqa: E402
+from msgspec_structs import SatRecord  # noqa: E402
 
+from services.beam_launcher import satellite_batch  # noqa: E402
 from services.beam_launcher.processing import (  # noqa: E402
     ColumnOutput,
     FileTask,
@@ -76,6 +88,9 @@ from services.beam_launcher.resources import (  # noqa: E402
 )
 from services.common.sample_scans import (  # noqa: E402
     DEFAULT_SCANS,
+    SATELLITE,
+    SATELLITE_SCANS,
+    build_satellite_files,
     go_json_line,
     iter_hyperquack_records,
     source_name,
@@ -256,6 +271,8 @@ def main() -> int:
     parser.add_argument("--skip-real", action="store_true")
     parser.add_argument("--skip-generated", action="store_true")
     parser.add_argument("--scan-file", type=Path, action="append", default=[], help="also time")
+    parser.add_argument("--sat-size", type=int, default=20_000, help="Satellite lines per set")
+    parser.add_argument("--skip-satellite", action="store_true")
     parser.add_argument("--check", action="store_true", help="exit 1 on a FAIL")
     args = parser.parse_args()
 
@@ -309,7 +326,81 @@ def main() -> int:
         record(measure(paths, "file", label, task, b, args, True), str(path))
 
     summarize(results, args.threshold)
+    if not args.skip_satellite:
+        failed += satellite(args)
     return 1 if differ or (args.check and failed) else 0
+
+
+REAL_SAT_SCAN = "CP_Satellite-2021-10-20-14-00-01"  # as tests/conftest.py files it
+
+
+def satellite(args: argparse.Namespace) -> list[str]:
+    """The Satellite v2.2 lines; returns the labels below the threshold."""
+    if satellite_batch.native_module() is None:
+        print("satellite: skipped, the C module _satfast is not built or is disabled")
+        return []
+    sets: list[tuple[str, FileTask, list[bytes]]] = []
+    real = REAL / "satellite_v2.2" / "results.json"
+    if real.is_file():
+        records = [x for x in real.read_bytes().splitlines() if x.strip()]
+        task = replace(FileTask.for_test(REAL_SAT_SCAN), pipeline_version="bench")
+        sets.append(("real", task, [records[i % len(records)] for i in range(args.sat_size)]))
+    else:
+        print(f"satellite real: skipped, {real} not found")
+    spec = SATELLITE_SCANS[0]
+    members, _, _ = build_satellite_files(args.sat_size, args.seed, spec.start)
+    lines = [x for x in members["results.json"].split(b"\n") if x.strip()]
+    task = replace(FileTask.for_test(source_name(SATELLITE, spec.start)), pipeline_version="bench")
+    sets.append(("generated", task, lines))
+    decoder = msgspec.json.Decoder(SatRecord)
+    failed = []
+    for dataset, task, lines in sets:
+        batches = batches_of(lines, args.batch)
+        undecoded = 0
+        for line in lines:
+            try:
+                decoder.decode(line)
+            except msgspec.MsgspecError:
+                undecoded += 1
+
+        def c_path(b: Batches = batches, task: FileTask = task) -> None:
+            for first, batch in b:
+                satellite_batch.parse_observation_batch(task, first, batch, {}, [])
+
+        def python_path(b: Batches = batches, task: FileTask = task) -> None:
+            for first, batch in b:
+                satellite_batch.parse_observation_batch(task, first, batch, {}, [], native=None)
+
+        def decode_only(b: Batches = batches) -> None:
+            decode = decoder.decode
+            for _, batch in b:
+                for line in batch:
+                    with contextlib.suppress(msgspec.MsgspecError):
+                        decode(line)
+
+        runs = {"C": c_path, "python": python_path, "msgspec decode only": decode_only}
+        best = dict.fromkeys(runs, float("inf"))
+        for _ in range(args.repeats):
+            for name, work in runs.items():
+                start = time.process_time()
+                work()
+                best[name] = min(best[name], time.process_time() - start)
+        c = len(lines) / best["C"]
+        for name in runs:
+            lps = len(lines) / best[name]
+            tail = ""
+            if name.startswith("msgspec"):
+                ok = lps / c >= args.threshold
+                tail = "  bound FAIL" if not ok else "  bound inconclusive (>= threshold)"
+                tail += f" (lines the Structs rejected: {undecoded:,})"
+                if not ok:
+                    failed.append(f"satellite {dataset}")
+            print(
+                f"satellite {dataset:<9} results.json {name:<20} {lps:>10,.0f} lines/s "
+                f"{lps / c:6.1%} of C{tail}",
+                flush=True,
+            )
+    return failed
 
 
 def summarize(results: list[Result], threshold: float) -> None:

@@ -71,3 +71,49 @@ class Record(Struct, gc=False):
     anomaly: bool | None = None
     controls_failed: bool | None = None
     stateful_block: bool | None = None
+
+
+class SatAnswer(Struct, gc=False):
+    """One answer IP of a Satellite v2.2 roundtrip (its tags)."""
+
+    http: str | None = None
+    cert: str | None = None
+    asnum: int | None = None
+    asname: str | None = None
+    matched: list[str] | None = None
+
+
+class SatRoundtrip(Struct, gc=False):
+    """One element of a Satellite v2.2 ``response`` list."""
+
+    url: str | None = None
+    has_type_a: bool | None = None
+    response: dict[str, SatAnswer] | None = None
+    error: Any = None
+    rcode: int | None = None
+
+
+class SatConfidence(Struct, gc=False):
+    """Satellite v2.2 ``confidence``."""
+
+    average: float | None = None
+    matches: list[float] | None = None
+    untagged_controls: bool | None = None
+    untagged_response: bool | None = None
+
+
+class SatRecord(Struct, gc=False):
+    """A Satellite v2.2 ``results.json`` record (the keys the pipeline reads)."""
+
+    vp: str | None = None
+    test_url: str | None = None
+    start_time: str | None = None
+    end_time: str | None = None
+    anomaly: bool | None = None
+    passed_liveness: bool | None = None
+    connect_error: bool | None = None
+    in_control_group: bool | None = None
+    excluded: bool | None = None
+    exclude_reason: list[str] | None = None
+    confidence: SatConfidence | None = None
+    response: list[SatRoundtrip] | None = None

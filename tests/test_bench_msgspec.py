@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from services.beam_launcher import native
+from services.beam_launcher import native, satellite_batch
 from services.beam_launcher.processing import FileTask, HyperquackProcessor
 from services.beam_launcher.resources import Resources, load_resources
 from services.common.sample_scans import (
@@ -142,6 +142,8 @@ def test_benchmark_prints_all_three_paths_and_the_verdict() -> None:
             "1",
             "--min-seconds",
             "0.01",
+            "--sat-size",
+            "200",
         ],
         capture_output=True,
         text=True,
@@ -159,5 +161,18 @@ def test_benchmark_prints_all_three_paths_and_the_verdict() -> None:
                 for line in out.splitlines()
             ), (dataset, path, out)
         assert f"summary {dataset}" in out
-    verdicts = [line for line in out.splitlines() if " msgspec " in line]
+    verdicts = [
+        line
+        for line in out.splitlines()
+        if line.split()[:1] in (["real"], ["generated"]) and line.split()[3] == "msgspec"
+    ]
     assert verdicts and all(("PASS" in v) != ("FAIL" in v) for v in verdicts), out
+    if satellite_batch.native_module() is not None:
+        for dataset in ("real", "generated"):
+            sat = [x for x in out.splitlines() if x.startswith(f"satellite {dataset} ")]
+            assert [x.split("results.json")[1].split()[0] for x in sat] == [
+                "C",
+                "python",
+                "msgspec",
+            ]
+            assert "bound" in sat[-1] and "rejected: 0)" in sat[-1], out
