@@ -78,7 +78,7 @@ class SatAnswer(Struct, gc=False):
 
     http: str | None = None
     cert: str | None = None
-    asnum: int | None = None
+    asnum: Int64 | str | None = None
     asname: str | None = None
     matched: list[str] | None = None
 
@@ -89,17 +89,23 @@ class SatRoundtrip(Struct, gc=False):
     url: str | None = None
     has_type_a: bool | None = None
     response: dict[str, SatAnswer] | None = None
-    error: Any = None
-    rcode: int | None = None
+    error: str | None = None
+    rcode: Int64 | str | None = None
 
 
 class SatConfidence(Struct, gc=False):
     """Satellite v2.2 ``confidence``."""
 
     average: float | None = None
-    matches: list[float] | None = None
+    matches: list[float | None] | None = None
     untagged_controls: bool | None = None
     untagged_response: bool | None = None
+
+
+class SatLocation(Struct, gc=False):
+    """Satellite v2 ``location``."""
+
+    country_code: str | None = None
 
 
 class SatRecord(Struct, gc=False):
@@ -110,7 +116,8 @@ class SatRecord(Struct, gc=False):
     start_time: str | None = None
     end_time: str | None = None
     anomaly: bool | None = None
-    passed_liveness: bool | None = None
+    passed_liveness: bool | UnsetType | None = UNSET
+    location: SatLocation | None = None
     connect_error: bool | None = None
     in_control_group: bool | None = None
     excluded: bool | None = None
