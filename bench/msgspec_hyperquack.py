@@ -32,6 +32,7 @@ a line, this path would keep its rows. No real or generated scan holds one.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -126,7 +127,7 @@ def _received(value: Response | str | None) -> Received:
 class MsgspecHyperquack:
     """``process_columns`` for one processor's resources and rules, with msgspec decoding."""
 
-    def __init__(self, proc: HyperquackProcessor) -> None:
+    def __init__(self, proc: HyperquackProcessor, *, pause_gc: bool = True) -> None:
         if not proc.rules.features_exact:
             raise ValueError("the rule set has hand-built predicates: no feature-key memo")
         self.proc = proc
@@ -140,6 +141,7 @@ class MsgspecHyperquack:
         self.outcomes: dict[str, dict[tuple[Any, ...], tuple[str, str]]] = {}
         #: Lines handed to the reference path (the C path's "slow" lines).
         self.slow_lines = 0
+        self.pause_gc = pause_gc
 
     def clear_caches(self) -> None:
         """Empty this path's memos (the shared caches are the processor's and certs')."""
@@ -367,7 +369,22 @@ class MsgspecHyperquack:
     def process_columns(
         self, task: FileTask, first_line_no: int, lines: list[bytes]
     ) -> ColumnOutput:
-        """What ``HyperquackProcessor.process_columns`` returns for these lines."""
+        """What ``HyperquackProcessor.process_columns`` returns for these lines.
+
+        The cyclic GC is paused during the batch when ``pause_gc`` is set (as
+        ``_satfast.c`` does; ``_hqfast.c`` does not).
+        """
+        if not self.pause_gc or not gc.isenabled():
+            return self._process_columns(task, first_line_no, lines)
+        gc.disable()
+        try:
+            return self._process_columns(task, first_line_no, lines)
+        finally:
+            gc.enable()
+
+    def _process_columns(
+        self, task: FileTask, first_line_no: int, lines: list[bytes]
+    ) -> ColumnOutput:
         out = BatchOutput()
         stats = out.stats
         digest = file_digest(task.source, task.source_file)
