@@ -20,6 +20,7 @@ import pytest
 
 from tests.images import (
     BUILDS,
+    LOCAL_BASE,
     REPO,
     SERVICES,
     UID,
@@ -77,6 +78,28 @@ def test_image_builds_and_starts_read_only_as_10001(svc: str) -> None:
     # The runtime images carry no compiler (the launcher's C modules are built in its builder).
     cc = podman(*run_args(), "--entrypoint", "sh", image, "-c", "command -v gcc cc", check=False)
     assert cc.returncode != 0 and cc.stdout == ""
+
+
+def layers(image: str) -> list[str]:
+    """The image's layer digests, the base's first."""
+    return json.loads(podman("image", "inspect", image).stdout)[0]["RootFS"]["Layers"]
+
+
+def test_images_share_the_recipes_common_layers() -> None:
+    """One recipe: every image starts with the same runtime layers (base, user 10001), and the
+    images of the shared dependencies differ only in their service's code, so a node or a
+    registry stores their venv once."""
+    got = {svc: layers(BUILDS.build(svc)) for svc in SERVICES}
+    base = layers(LOCAL_BASE)
+    runtime = got["mirror"][: len(base) + 1]
+    assert runtime[: len(base)] == base
+    assert all(ls[: len(runtime)] == runtime for ls in got.values()), got
+    shared = [got[svc] for svc in ("mirror", "routeviews", "untar")]
+    assert len({tuple(ls[:-1]) for ls in shared}) == 1, shared
+    assert len({ls[-1] for ls in shared}) == 3, shared
+    # Right after those: the launcher's Beam SDK files and the queries' own venv.
+    after = {svc: got[svc][len(runtime)] for svc in ("beam_launcher", "mirror", "queries")}
+    assert len(set(after.values())) == 3, after
 
 
 def test_launcher_image_is_also_the_worker_image() -> None:
