@@ -33,6 +33,7 @@ IMPORT_NAMES = {
     "pycountry": {"pycountry"},
     "urllib3": {"urllib3"},
     "tenacity": {"tenacity"},
+    "packaging": {"packaging"},
 }
 SERVICE_GROUPS = {
     "beam_launcher": ["beam"],
