@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import orjson
 
+from services.beam_launcher.versions import newer_than_code, version_arg
 from services.common import lifecycle, progress
 from services.common.chain import ChainError, chain_after_success
 from services.common.cli import (
@@ -25,7 +26,7 @@ from services.common.cli import (
     fail,
     run_stage,
 )
-from services.common.config import env_or
+from services.common.config import env_or, pipeline_version
 from services.common.logsetup import configure_logging
 from services.common.metrics_export import export_metrics
 from services.common.scans import SCAN_TYPES
@@ -53,6 +54,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
     )
     p.add_argument(
         "--full", action="store_true", help="rebuild: forget the ledger and reprocess all"
+    )
+    p.add_argument(
+        "--reprocess-pipeline-older-than",
+        metavar="VERSION",
+        type=version_arg,
+        default=env_or("CP_REPROCESS_PIPELINE_OLDER_THAN"),
+        help="also reprocess the files whose ok ledger row an older pipeline version wrote "
+        "(PEP 440 order; with the date window and scan types; not with --full) "
+        "($CP_REPROCESS_PIPELINE_OLDER_THAN)",
     )
     p.add_argument(
         "--resources",
@@ -146,6 +156,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         p.error("--warehouse is required for the local sink (or $CP_WAREHOUSE)")
     if args.sink == "bigquery" and not (args.bq_project and args.bq_dataset and args.temp_location):
         p.error("the bigquery sink needs --bq-project, --bq-dataset and --temp-location")
+    if args.reprocess_pipeline_older_than:
+        if args.full:
+            p.error(
+                "--reprocess-pipeline-older-than and --full do not combine: --full already "
+                "reprocesses every file of its scan types (and dates)"
+            )
+        why = newer_than_code(args.reprocess_pipeline_older_than, pipeline_version())
+        if why:
+            p.error(why)
     from services.beam_launcher.run import RunConfig
 
     cfg = RunConfig(
@@ -170,6 +189,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         end_date=_as_date(args.end_date),
         pipeline_args=beam_args,
         workers=workers_arg(args.workers),
+        reprocess_older_than=args.reprocess_pipeline_older_than or None,
     )
     if args.resources:
         cfg.resources = args.resources
@@ -205,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
     configure_logging(args.log_level, stage="beam_launcher", scan_type=args.scan_type)
     from services.beam_launcher.metrics import LauncherMetrics
-    from services.beam_launcher.run import RunFailed, run
+    from services.beam_launcher.run import RunFailed, ledger_shares, run
 
     if args.ip_org_mmdb:  # read by the workers' enrichers (also set on Dataflow workers)
         os.environ["CP_IP_ORG_MMDB"] = args.ip_org_mmdb
@@ -232,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         with progress.shown(args.quiet):  # a terminal only; see common/progress.py
             summary = run(cfg, metrics)
     except RunFailed as exc:
+        ledger_shares(cfg, metrics)
         push_failed()
         if exc.summary is not None:  # what was committed and rejected, as on success
             print_summary(exc.summary.to_dict())
@@ -243,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("CP_DEBUG"):
             raise
         return code
+    ledger_shares(cfg, metrics)
     push(True)
     print_summary(summary.to_dict())
     try:

@@ -67,6 +67,26 @@ class LauncherMetrics:
             ["name"],
             registry=r,
         )
+        self.reprocess_selected = Counter(
+            "cp_launcher_reprocess_selected_files",
+            "Files selected because an older pipeline version wrote their ledger row "
+            "(--reprocess-pipeline-older-than), by that old version",
+            ["scan_type", "pipeline_version"],
+            registry=r,
+        )
+        self.ledger_rows = Gauge(
+            "cp_launcher_ledger_rows",
+            "Base-table rows of ok files in the ledger at the end of the run, by the pipeline "
+            "version that wrote them (share per version: a backfill's progress)",
+            ["scan_type", "pipeline_version"],
+            registry=r,
+        )
+        self.ledger_files = Gauge(
+            "cp_launcher_ledger_files",
+            "Ok files in the ledger at the end of the run, by the pipeline version that wrote them",
+            ["scan_type", "pipeline_version"],
+            registry=r,
+        )
         self.bytes_read = Counter("cp_launcher_bytes_read", "Bytes of scan files read", registry=r)
         self.duration = Gauge(
             "cp_launcher_run_duration_seconds", "Wall time of the last run", registry=r

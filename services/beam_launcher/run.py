@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from services.beam_launcher.metrics import LauncherMetrics
 from services.beam_launcher.processing import SAMPLES_KEY, FileTask, Samples, merge_samples
 from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
 from services.beam_launcher.rows import DEAD_LETTER, SCAN_TABLES
+from services.beam_launcher.versions import OlderThan
 from services.beam_launcher.warehouse_local import FileVerdict, LocalTarget, judge
 from services.beam_launcher.worker import command as worker_command
 from services.beam_launcher.worker import stop_workers
@@ -89,6 +91,8 @@ class RunConfig:
     pipeline_args: list[str] = field(default_factory=list)
     workers: int | None = None  # local worker processes; None: auto (see resolve_workers)
     slice_bytes: int | None = None  # tests: slice files per this many bytes (plan_work)
+    # --reprocess-pipeline-older-than: also take ok files written by an older pipeline
+    reprocess_older_than: str | None = None
 
 
 @dataclass
@@ -110,26 +114,55 @@ class RunSummary:
     left_to_other_run: list[dict[str, str]] = field(default_factory=list)
     # Files this run selected that another run committed before this one started them.
     done_by_other_run: list[str] = field(default_factory=list)
+    # --reprocess-pipeline-older-than: {"version", "files", "by_pipeline_version"} of the
+    # files selected only because an older pipeline version wrote them.
+    reprocess_older_than: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
 
+def needs_processing(
+    task: FileTask, entry: Any, older_than: Callable[[str | None], bool] | None = None
+) -> bool:
+    """New, changed, not yet ok, or (``older_than`` given) written by older code."""
+    if entry is None or entry.status != "ok" or entry.version != task.version:
+        return True
+    return older_than is not None and older_than(entry.pipeline_version)
+
+
+def reprocess_reasons(
+    tasks: list[FileTask], ledger: dict[str, Any], older_than: Callable[[str | None], bool]
+) -> dict[str, str]:
+    """file_key -> old pipeline version, of the files selected only because of it."""
+    out: dict[str, str] = {}
+    for t in tasks:
+        entry = ledger.get(t.file_key)
+        if (
+            entry is not None
+            and not needs_processing(t, entry)
+            and older_than(entry.pipeline_version)
+        ):
+            out[t.file_key] = str(entry.pipeline_version)
+    return out
+
+
 def select_tasks(
-    tasks: list[FileTask], ledger: dict[str, Any], full: bool
+    tasks: list[FileTask],
+    ledger: dict[str, Any],
+    full: bool,
+    older_than: Callable[[str | None], bool] | None = None,
 ) -> tuple[list[FileTask], int]:
-    """Files to process: all with --full; else new, changed, or not yet ok.
+    """Files to process: all with --full; else new, changed, or not yet ok, and with
+    ``older_than`` (--reprocess-pipeline-older-than) those whose ok ledger row that
+    predicate calls older.
 
     A Satellite scan is processed as a whole (its rows join all its files): when any of
     its files needs processing, all of them are taken.
     """
     if full:
         return tasks, 0
-    todo = []
-    for t in tasks:
-        entry = ledger.get(t.file_key)
-        if entry is None or entry.status != "ok" or entry.version != t.version:
-            todo.append(t)
+    todo = [t for t in tasks if needs_processing(t, ledger.get(t.file_key), older_than)]
     sat_sources = {t.source for t in todo if t.scan_type == "satellite"}
     chosen = {t.file_key for t in todo}
     todo += [t for t in tasks if t.source in sat_sources and t.file_key not in chosen]
@@ -300,12 +333,15 @@ def lease_unit(task: FileTask) -> str:
     return task.source if task.scan_type == "satellite" else task.file_key
 
 
-def done_meanwhile(todo: list[FileTask], fresh: dict[str, Any]) -> set[str]:
-    """Units all of whose files the ledger now holds as ok with the version seen here."""
+def done_meanwhile(
+    todo: list[FileTask],
+    fresh: dict[str, Any],
+    older_than: Callable[[str | None], bool] | None = None,
+) -> set[str]:
+    """Units all of whose files the ledger now holds as ok with the version seen here
+    (and, with ``older_than``, written by code that is no longer older)."""
     pending = {
-        lease_unit(t)
-        for t in todo
-        if (e := fresh.get(t.file_key)) is None or e.status != "ok" or e.version != t.version
+        lease_unit(t) for t in todo if needs_processing(t, fresh.get(t.file_key), older_than)
     }
     return {lease_unit(t) for t in todo} - pending
 
@@ -453,7 +489,11 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
         return _nothing_to_do(summary, metrics, started)
     # Read-only until there is something to write: the ledger of a missing warehouse is
     # empty, and nothing is created for a run that ends here.
-    todo, unchanged = select_tasks(plan.tasks, warehouse.ledger(), cfg.full)
+    older_than = OlderThan(cfg.reprocess_older_than) if cfg.reprocess_older_than else None
+    ledger = warehouse.ledger()
+    todo, unchanged = select_tasks(plan.tasks, ledger, cfg.full, older_than)
+    if older_than is not None:
+        _reprocess_selected(plan.tasks, ledger, older_than, summary, metrics, log)
     summary.files_skipped_unchanged = unchanged
     metrics.files_skipped.labels(reason="already_processed").inc(unchanged)
     if not todo:
@@ -495,7 +535,8 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
         mine = set(claim.mine)
         todo = [t for t in todo if lease_unit(t) in mine]
         if todo and not cfg.full:  # committed by another run between our ledger read and now
-            done = done_meanwhile(todo, warehouse.ledger(t.file_key for t in todo))
+            fresh = warehouse.ledger(t.file_key for t in todo)
+            done = done_meanwhile(todo, fresh, older_than)
             if done:
                 summary.done_by_other_run = sorted(done)
                 log.info("done_by_other_run", files=len(done), first=min(done))
@@ -514,6 +555,48 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
         if claim.mine:
             released = warehouse.release(claim.mine, run_id)
             log.info("leases_released", leases=released)
+
+
+def _reprocess_selected(
+    tasks: list[FileTask],
+    ledger: dict[str, Any],
+    older_than: OlderThan,
+    summary: RunSummary,
+    metrics: LauncherMetrics,
+    log: Any,
+) -> None:
+    """Summary, log line and metric of the files selected because of their version."""
+    reasons = reprocess_reasons(tasks, ledger, older_than)
+    by_version = Counter(reasons.values())
+    types = {t.file_key: t.scan_type for t in tasks}
+    for key, old in reasons.items():
+        metrics.reprocess_selected.labels(scan_type=types[key], pipeline_version=old).inc()
+    summary.reprocess_older_than = {
+        "version": older_than.version,
+        "files": len(reasons),
+        "by_pipeline_version": dict(sorted(by_version.items())),
+    }
+    log.info("reprocess_older_than", **summary.reprocess_older_than)
+
+
+def ledger_shares(cfg: RunConfig, metrics: LauncherMetrics) -> None:
+    """Set ``cp_launcher_ledger_rows``/``_files`` per scan type and pipeline version from
+    the ledger (the run's scan types only: they are its push group). A failed read is
+    logged, never fatal: the run's own outcome is already decided."""
+    log = get_logger("beam_launcher")
+    try:
+        found = make_target(cfg).ledger_rows(cfg.scan_types)
+    except Exception as exc:
+        log.warning("ledger_versions_unavailable", error=f"{type(exc).__name__}: {exc}")
+        return
+    for scan_type, version, rows, files in found:
+        metrics.ledger_rows.labels(scan_type=scan_type, pipeline_version=version).set(rows)
+        metrics.ledger_files.labels(scan_type=scan_type, pipeline_version=version).set(files)
+    log.info(
+        "ledger_pipeline_versions",
+        rows={f"{t}/{v}": n for t, v, n, _f in found},
+        files={f"{t}/{v}": f for t, v, _n, f in found},
+    )
 
 
 def _nothing_to_do(summary: RunSummary, metrics: LauncherMetrics, started: float) -> RunSummary:

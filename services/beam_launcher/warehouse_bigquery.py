@@ -387,6 +387,32 @@ class BigQueryWarehouse:
             ),
         )
 
+    def ledger_rows(self, scan_types: Iterable[str]) -> list[tuple[str, str, int, int]]:
+        """(scan type, pipeline version, rows, files) of the ok ledger rows: one query."""
+        from google.api_core.exceptions import NotFound
+        from google.cloud import bigquery
+
+        sql = (
+            "SELECT scan_type, pipeline_version, SUM(rows_written) AS n_rows, "
+            "COUNT(*) AS n_files FROM "
+            f"{table_ref(self.project, self.dataset, PROCESSED_FILES.name)} "
+            "WHERE status = 'ok' AND scan_type IN UNNEST(@types) "
+            "GROUP BY scan_type, pipeline_version ORDER BY scan_type, pipeline_version"
+        )
+        config = bigquery.QueryJobConfig(
+            query_parameters=[
+                bigquery.ArrayQueryParameter("types", "STRING", sorted(set(scan_types)))
+            ]
+        )
+        try:
+            rows = list(self.client.query(sql, job_config=config).result())
+        except NotFound:
+            return []
+        return [
+            (r["scan_type"], r["pipeline_version"], int(r["n_rows"] or 0), int(r["n_files"]))
+            for r in rows
+        ]
+
     def reset(self, scan_types: Iterable[str]) -> None:
         from google.cloud import bigquery
 
@@ -592,6 +618,9 @@ class BigQueryTarget:
             stop.set()
             thread.join(timeout=5)
             self._renewer = None
+
+    def ledger_rows(self, scan_types: Iterable[str]) -> list[tuple[str, str, int, int]]:
+        return self.warehouse.ledger_rows(scan_types)
 
     def reset(self, scan_types: Iterable[str]) -> None:
         self.warehouse.reset(scan_types)

@@ -419,6 +419,25 @@ class LocalWarehouse:
                 ).fetchall()
         return {r[0]: LedgerEntry(r[1], r[2], r[3]) for r in rows}
 
+    def ledger_rows(self, scan_types: Iterable[str]) -> list[tuple[str, str, int, int]]:
+        """(scan type, pipeline version, rows, files) of the ok ledger rows, read-only."""
+        if not self.exists():
+            return []
+        with self.connect(read_only=True, purpose="read the ledger") as con:
+            found = con.execute(
+                "SELECT count(*) FROM information_schema.tables "
+                "WHERE table_schema = 'main' AND table_name = 'processed_files'"
+            ).fetchone()
+            if not found or not found[0]:
+                return []
+            rows = con.execute(
+                "SELECT scan_type, pipeline_version, sum(rows_written), count(*) "
+                "FROM processed_files WHERE status = 'ok' "
+                "AND scan_type IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1, 2 ORDER BY 1, 2",
+                [sorted(set(scan_types))],
+            ).fetchall()
+        return [(r[0], r[1], int(r[2] or 0), int(r[3])) for r in rows]
+
     def reset(self, scan_types: Iterable[str]) -> None:
         """--full: forget everything of these scan types (tables, Parquet, ledger rows)."""
         types = sorted(set(scan_types))
@@ -782,6 +801,9 @@ class LocalTarget:
 
     def release(self, units: list[str], run_id: str) -> int:
         return self.leases.release(units, run_id)
+
+    def ledger_rows(self, scan_types: Iterable[str]) -> list[tuple[str, str, int, int]]:
+        return self.warehouse.ledger_rows(scan_types)
 
     def reset(self, scan_types: Iterable[str]) -> None:
         self.warehouse.reset(scan_types)
