@@ -252,6 +252,56 @@ def pipeline_dashboard() -> gd.Dashboard:
         )
     )
 
+    d = d.with_row(gd.Row("Pipeline versions (backfills)").id(ids()))
+    # Each push group (job [+ scan_type]) holds the ledger as its last run saw it; max
+    # picks one group's value where a scan type was pushed by several groups.
+    ledger_rows = "max by (scan_type, pipeline_version) (cp_launcher_ledger_rows)"
+    d = d.with_panel(
+        ts(
+            ids,
+            "Share of rows per pipeline version, per scan type",
+            "cp_launcher_ledger_rows: base-table rows of ok files in the ledger by the pipeline "
+            "version that wrote them, set at the end of every launcher run. A backfill "
+            "(--reprocess-pipeline-older-than) moves the share from the old version to the new.",
+            "percentunit",
+            (
+                f"{ledger_rows} / ignoring (pipeline_version) group_left "
+                f"sum by (scan_type) ({ledger_rows})",
+                "{{scan_type}} {{pipeline_version}}",
+            ),
+            w=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            ids,
+            "Ok files per pipeline version, per scan type",
+            "cp_launcher_ledger_files of the last run: files whose rows each pipeline version "
+            "wrote; the old version's count falls to 0 when a backfill is complete.",
+            "short",
+            (
+                "max by (scan_type, pipeline_version) (cp_launcher_ledger_files)",
+                "{{scan_type}} {{pipeline_version}}",
+            ),
+            w=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            ids,
+            "Files selected for their old pipeline version, last run",
+            "cp_launcher_reprocess_selected_files_total: files a run with "
+            "--reprocess-pipeline-older-than took because an older version wrote them, by "
+            "that version (0 on a resumed backfill's last run: nothing older left).",
+            "short",
+            (
+                "sum by (scan_type, pipeline_version) (cp_launcher_reprocess_selected_files_total)",
+                "{{scan_type}} {{pipeline_version}}",
+            ),
+            w=8,
+        )
+    )
+
     d = d.with_row(gd.Row("Kubernetes job health").id(ids()))
     d = d.with_panel(
         ts(

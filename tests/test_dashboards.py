@@ -122,13 +122,21 @@ def test_rows_cover_freshness_coverage_throughput_and_kubernetes(
 ) -> None:
     dashboard = dashboards["cp-pipeline.json"]
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Freshness", "Coverage", "Throughput", "Kubernetes job health"]
+    assert rows == [
+        "Freshness",
+        "Coverage",
+        "Throughput",
+        "Pipeline versions (backfills)",
+        "Kubernetes job health",
+    ]
     exprs = " ".join(t["expr"] for p in all_panels(dashboard) for t in p["targets"])
     for needle in (
         "cp_quality_newest_complete_date_seconds",
         "cp_launcher_dead_letters_total",
         "cp_launcher_enrichment_coverage_ratio",
         "cp_launcher_run_duration_seconds",
+        "cp_launcher_ledger_rows",
+        "cp_launcher_reprocess_selected_files_total",
         'kube_job_status_failed{job_name=~"$release-.*"}',
         "kube_cronjob_status_last_successful_time",
     ):

@@ -232,6 +232,12 @@ def test_every_dashboard_query_answers_from_pushed_metrics(stack: dict[str, str]
     launcher.ip_metadata_missing.labels(scan_type="http").set(3)
     launcher.duration.set(120)
     launcher.last_success.set_to_current_time()
+    # A backfill from 1.0 to 1.1 a quarter done: 1,000 of 4,000 http rows by 1.1.
+    launcher.ledger_rows.labels(scan_type="http", pipeline_version="1.0").set(3000)
+    launcher.ledger_rows.labels(scan_type="http", pipeline_version="1.1").set(1000)
+    launcher.ledger_files.labels(scan_type="http", pipeline_version="1.0").set(3)
+    launcher.ledger_files.labels(scan_type="http", pipeline_version="1.1").set(1)
+    launcher.reprocess_selected.labels(scan_type="http", pipeline_version="1.0").inc(1)
     queries = QueriesMetrics()
     queries.rows_written.labels(target="merged_reduced_scans").inc(4900)
     queries.completeness.labels(scan_type="http", date="2024-01-01").set(1.0)
@@ -263,6 +269,12 @@ def test_every_dashboard_query_answers_from_pushed_metrics(stack: dict[str, str]
         rows_per_s = next(expr for title, expr in checks if title.startswith("Rows per second"))
         (rate,) = query(stack["prometheus"], rows_per_s)
         assert float(rate["value"][1]) == pytest.approx(4900 / 120)
+        share_expr = next(e for title, e in checks if title.startswith("Share of rows per"))
+        share = {
+            s["metric"]["pipeline_version"]: float(s["value"][1])
+            for s in query(stack["prometheus"], share_expr)
+        }
+        assert share == {"1.0": pytest.approx(0.75), "1.1": pytest.approx(0.25)}
     finally:
         # Leave the shared stack as found (the other live test expects mirror never pushed).
         for job, _, grouping in pushes:
