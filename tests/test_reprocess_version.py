@@ -409,3 +409,83 @@ def test_backfill_stopped_midway_resumes_with_what_is_still_older(
     assert query(wh, "SELECT count(*), count(DISTINCT file_key) FROM processed_files") == [
         (n_files, n_files)
     ]
+
+
+# -- BigQuery (bqemulator on 127.0.0.1) -------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_backfill_selection_on_bigquery(
+    bq_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same selection, summary and ledger gauges with the BigQuery sink: only the
+    window's files are rewritten by 1.1, their rows otherwise unchanged."""
+    import datetime as dt
+
+    from services.beam_launcher.metrics import LauncherMetrics
+    from services.beam_launcher.rows import SCAN_TABLES as SPECS
+    from services.beam_launcher.run import ledger_shares, run
+    from tests.test_bigquery_emulator import bq_rows, make_pair, normalised
+    from tests.test_bigquery_emulator import write_scan as write_gz_scan
+
+    pair = make_pair(bq_env, tmp_path)
+    specs = (HYPERQUACK_SCANS[0], HYPERQUACK_SCANS[4], HYPERQUACK_SCANS[5])
+    for i, spec in enumerate(specs):
+        write_gz_scan(pair.input, spec, 30, seed=i)
+    tables = [SPECS[s.scan_type] for s in specs]
+
+    def rows_without_version() -> dict[str, list[bytes]]:
+        out = {}
+        for spec in tables:
+            got = bq_rows(pair.client, pair.dataset, spec.name)
+            out[spec.name] = normalised(spec, [{**r, "pipeline_version": None} for r in got])
+        return out
+
+    def versions() -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for spec in [*tables, SPECS["echo"]]:
+            for r in bq_rows(pair.client, pair.dataset, spec.name):
+                out.setdefault(r["source"], set()).add(r["pipeline_version"])
+        for r in bq_rows(pair.client, pair.dataset, "processed_files"):
+            out.setdefault(r["source"], set()).add(r["pipeline_version"])
+        return out
+
+    monkeypatch.setenv("CP_PIPELINE_VERSION", "1.0")
+    first = run(pair.config("bigquery"))
+    assert len(first.committed) == 3
+    before = rows_without_version()
+    assert all(before.values())
+
+    monkeypatch.setenv("CP_PIPELINE_VERSION", "1.1")
+    cfg = pair.config("bigquery")
+    cfg.reprocess_older_than = "1.1"
+    cfg.start_date, cfg.end_date = dt.date(2021, 5, 30), dt.date(2021, 5, 31)
+    summary = run(cfg)
+    assert summary.reprocess_older_than == {
+        "version": "1.1",
+        "files": 2,
+        "by_pipeline_version": {"1.0": 2},
+    }
+    assert len(summary.committed) == 2
+    for source, found in versions().items():
+        assert found == ({"1.1"} if in_window(source) else {"1.0"}), source
+    assert rows_without_version() == before
+
+    metrics = LauncherMetrics()
+    cfg.scan_types = ("echo", "discard")
+    ledger_shares(cfg, metrics)
+    ledger = bq_rows(pair.client, pair.dataset, "processed_files")
+    want: dict[tuple[str, str], float] = {}
+    for r in ledger:
+        key = (r["scan_type"], r["pipeline_version"])
+        want[key] = want.get(key, 0.0) + r["rows_written"]
+    got = {
+        (s.labels["scan_type"], s.labels["pipeline_version"]): s.value
+        for family in metrics.registry.collect()
+        if family.name == "cp_launcher_ledger_rows"
+        for s in family.samples
+    }
+    assert got == want and len(got) == 3  # echo 1.0, echo 1.1, discard 1.1
+
+    again = run(cfg)
+    assert again.files_processed == 0 and again.reprocess_older_than["files"] == 0
