@@ -511,7 +511,10 @@ def test_commit_script_replaces_each_table_in_one_transaction() -> None:
     assert [type(s).__name__ for s in body] == ["Delete", "Insert"] * (len(tables) + 1)
     for i, spec in enumerate(tables):
         delete, insert = body[2 * i], body[2 * i + 1]
-        assert delete.this.name == insert.this.name == spec.name
+        # INSERT INTO t (columns by name): a migration appends columns to the live table
+        assert isinstance(insert.this, exp.Schema)
+        assert delete.this.name == insert.this.this.name == spec.name
+        assert [c.name for c in insert.this.expressions] == list(spec.column_names)
         select = insert.expression
         assert select.find(exp.From).this.name == staging_table(spec, "r-1")
         # the rows removed are exactly the rows put back: same predicate on both sides

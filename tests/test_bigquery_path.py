@@ -11,7 +11,7 @@ from google.cloud.bigquery import SchemaField
 
 from services.beam_launcher import schemas
 from services.beam_launcher.processing import FileTask
-from services.beam_launcher.rows import ALL_TABLES, HYPERQUACK_TABLES
+from services.beam_launcher.rows import ALL_TABLES, DEAD_LETTER, HYPERQUACK_TABLES
 from services.beam_launcher.run import RunConfig, build_pipeline
 from services.beam_launcher.warehouse_bigquery import (
     BigQueryTarget,
@@ -126,9 +126,10 @@ def test_commit_is_one_transaction_with_parameters() -> None:
         "DELETE FROM `proj.base.echo_scan` WHERE CONCAT(source, '/', source_file) "
         "IN UNNEST(@ok_keys);" in sql
     )
+    cols = ", ".join(f"`{c}`" for c in DEAD_LETTER.column_names)  # by name (schema_versions)
     assert (
-        "INSERT INTO `proj.base.dead_letter` SELECT * FROM `proj.base._staging_r_1_dead_letter`"
-        in sql
+        f"INSERT INTO `proj.base.dead_letter` ({cols}) SELECT {cols} "
+        "FROM `proj.base._staging_r_1_dead_letter`" in sql
     )
     params = {p.name: p for p in config.query_parameters}
     assert params["ok_keys"].values == [ok.file_key]

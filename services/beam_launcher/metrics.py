@@ -87,6 +87,13 @@ class LauncherMetrics:
             ["scan_type", "pipeline_version"],
             registry=r,
         )
+        self.schema_version = Gauge(
+            "cp_launcher_schema_version",
+            "Schema version of each warehouse table after the run's schema check (rows.py "
+            "SCHEMA_VERSION; the recorded one when a breaking change refused the run)",
+            ["table"],
+            registry=r,
+        )
         self.bytes_read = Counter("cp_launcher_bytes_read", "Bytes of scan files read", registry=r)
         self.duration = Gauge(
             "cp_launcher_run_duration_seconds", "Wall time of the last run", registry=r

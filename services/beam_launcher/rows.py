@@ -9,6 +9,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+
 from services.common.rowschema import (
     BOOLEAN,
     BYTES,
@@ -293,5 +295,30 @@ PROCESSED_FILES = TableSpec(
     description="Ledger: one row per input file and processing run outcome (latest wins).",
 )
 
+
+def _older_hyperquack_tables(spec: str) -> None:
+    """Tests only (``$CP_TEST_OLDER_SCHEMA``, e.g. ``echo_scan.outcome_rule_id``): write
+    these Hyperquack tables without the named columns, as an older version of the code
+    would (the rows are computed as usual; the writers leave the columns out)."""
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        table, _, column = item.partition(".")
+        for t, s in HYPERQUACK_TABLES.items():
+            if s.name == table:
+                if column not in s.column_names:
+                    raise ValueError(f"CP_TEST_OLDER_SCHEMA: {item}: no such column")
+                cols = tuple(c for c in s.columns if c.name != column)
+                HYPERQUACK_TABLES[t] = TableSpec(
+                    s.name, cols, s.description, s.partition_field, s.clustering
+                )
+
+
+if os.environ.get("CP_TEST_OLDER_SCHEMA"):
+    _older_hyperquack_tables(os.environ["CP_TEST_OLDER_SCHEMA"])
+
 SCAN_TABLES: dict[str, TableSpec] = {**HYPERQUACK_TABLES, "satellite": SATELLITE_SCAN}
 ALL_TABLES: tuple[TableSpec, ...] = (*SCAN_TABLES.values(), DEAD_LETTER, PROCESSED_FILES)
+
+# Human schema version per table, recorded with the columns' hash in the warehouse's
+# schema_versions table (services/beam_launcher/schema_versions.py). Raise a table's
+# number with every change of its columns' names, types, modes or nested fields.
+SCHEMA_VERSION: dict[str, int] = {spec.name: 1 for spec in ALL_TABLES}

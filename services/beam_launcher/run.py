@@ -42,6 +42,13 @@ from services.beam_launcher.metrics import LauncherMetrics
 from services.beam_launcher.processing import SAMPLES_KEY, FileTask, Samples, merge_samples
 from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
 from services.beam_launcher.rows import DEAD_LETTER, SCAN_TABLES
+from services.beam_launcher.schema_versions import (
+    BREAKING,
+    SchemaCheck,
+    check_schemas,
+    rebuilt_by_full,
+    refusal,
+)
 from services.beam_launcher.versions import OlderThan
 from services.beam_launcher.warehouse_local import FileVerdict, LocalTarget, judge
 from services.beam_launcher.worker import command as worker_command
@@ -114,6 +121,9 @@ class RunSummary:
     left_to_other_run: list[dict[str, str]] = field(default_factory=list)
     # Files this run selected that another run committed before this one started them.
     done_by_other_run: list[str] = field(default_factory=list)
+    # Per table: the kind of schema change (none/new_table/additive/breaking) this code
+    # brings to the warehouse, the columns added and the problems (schema_versions.py).
+    schema_check: dict[str, dict[str, Any]] = field(default_factory=dict)
     # --reprocess-pipeline-older-than: {"version", "files", "by_pipeline_version"} of the
     # files selected only because an older pipeline version wrote them.
     reprocess_older_than: dict[str, Any] = field(default_factory=dict)
@@ -476,6 +486,8 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
     staging = lifecycle.StagingArea(warehouse.staging_root(), "beam_launcher")
     warehouse.sweep_staging()
     staging.sweep()
+    # Before any input is read: what the row definitions change in the warehouse.
+    schema = schema_check(cfg, warehouse, summary, metrics, log)
     plan = discover(
         cfg.input, cfg.scan_types, version, cfg.require_markers, cfg.start_date, cfg.end_date
     )
@@ -511,6 +523,9 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
         )
 
     warehouse.ensure_tables()
+    migrated = warehouse.apply_schema(schema, version)
+    if migrated:
+        log.info("schema_recorded", tables=migrated, additive=schema.of_kind("additive"))
     units = sorted({lease_unit(t) for t in todo})
     claim = warehouse.claim(units, run_id)
     try:
@@ -550,6 +565,10 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
             return _nothing_to_do(summary, metrics, started)
         if cfg.full and not (cfg.start_date or cfg.end_date):
             warehouse.reset(cfg.scan_types)
+            rebuilt = rebuilt_by_full(True, False, cfg.scan_types) & set(schema.of_kind(BREAKING))
+            if rebuilt:
+                warehouse.apply_schema(SchemaCheck({}), version, sorted(rebuilt))
+                log.info("schema_recorded", tables=sorted(rebuilt), rebuilt_by_full=True)
         return _process(cfg, plan, todo, warehouse, staging, run_id, summary, metrics, started)
     finally:
         if claim.mine:
@@ -597,6 +616,33 @@ def ledger_shares(cfg: RunConfig, metrics: LauncherMetrics) -> None:
         rows={f"{t}/{v}": n for t, v, n, _f in found},
         files={f"{t}/{v}": f for t, v, _n, f in found},
     )
+
+
+def schema_check(
+    cfg: RunConfig, warehouse: Any, summary: RunSummary, metrics: LauncherMetrics, log: Any
+) -> SchemaCheck:
+    """Compare the warehouse's ``schema_versions`` with the row definitions: one
+    ``schema_check`` line, the summary's ``schema_check``, the schema version gauge; a
+    breaking change this run does not rebuild (``--full``) fails it before any input is
+    read (RunFailed)."""
+    check = check_schemas(warehouse.schema_records())
+    summary.schema_check = check.to_dict()
+    log.info(
+        "schema_check",
+        kinds=check.kinds(),
+        added={t: c.added for t, c in check.changes.items() if c.added},
+        problems={t: c.problems for t, c in check.changes.items() if c.problems},
+    )
+    dated = bool(cfg.start_date or cfg.end_date)
+    reason = refusal(check, rebuilt_by_full(cfg.full, dated, cfg.scan_types))
+    for table, change in check.changes.items():
+        refused = reason is not None and change.kind == BREAKING
+        version = change.recorded_version if refused else change.code_version
+        if version is not None:
+            metrics.schema_version.labels(table=table).set(version)
+    if reason is not None:
+        raise RunFailed(reason, summary)
+    return check
 
 
 def _nothing_to_do(summary: RunSummary, metrics: LauncherMetrics, started: float) -> RunSummary:

@@ -38,11 +38,20 @@ from services.beam_launcher.rows import (
     SATELLITE_SCAN,
     SCAN_TABLES,
 )
+from services.beam_launcher.schema_versions import (
+    ADDITIVE,
+    NEW_TABLE,
+    SCHEMA_TABLE,
+    SCHEMA_VERSIONS,
+    SchemaChangeRefused,
+    SchemaCheck,
+    SchemaRecord,
+)
 from services.beam_launcher.warehouse_local import Claim, FileVerdict, LedgerEntry
 from services.common import lifecycle
 from services.common.bqclient import bigquery_client, emulator_host
 from services.common.logsetup import get_logger
-from services.common.rowschema import TableSpec
+from services.common.rowschema import RECORD, REPEATED, Column, TableSpec
 
 LEASE_TABLE = "_file_leases"
 LEASE_TTL_S = 3600  # a lease not renewed for this long is free again
@@ -183,8 +192,10 @@ def commit_script(
             cond = f"CONCAT(source, '/', source_file) IN UNNEST({keys})"
         target = table_ref(project, dataset, spec.name)
         staged = table_ref(project, dataset, staging_table(spec, run_id))
+        # Columns by name: a column added by a migration comes last in the live table.
+        cols = ", ".join(f"`{c}`" for c in spec.column_names)
         stmts.append(f"DELETE FROM {target} WHERE {cond};")
-        stmts.append(f"INSERT INTO {target} SELECT * FROM {staged} WHERE {cond};")
+        stmts.append(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {staged} WHERE {cond};")
     ledger = table_ref(project, dataset, PROCESSED_FILES.name)
     stmts.append(f"DELETE FROM {ledger} WHERE file_key IN UNNEST(@ledger_keys);")
     stmts.append(f"INSERT INTO {ledger} SELECT * FROM UNNEST(@ledger_rows);")
@@ -230,6 +241,92 @@ class BigQueryWarehouse:
         )
         leases.description = "Which launcher run processes which file (or Satellite scan) now."
         self.client.create_table(leases, exists_ok=True)
+        self.client.create_table(self._table(SCHEMA_VERSIONS), exists_ok=True)
+
+    def schema_records(self) -> dict[str, SchemaRecord]:
+        """The ``schema_versions`` rows; empty when the dataset has none yet."""
+        import orjson
+        from google.api_core.exceptions import NotFound
+
+        sql = (
+            "SELECT table_name, schema_version, schema_hash, columns, pipeline_version FROM "
+            f"{table_ref(self.project, self.dataset, SCHEMA_TABLE)}"
+        )
+        try:
+            rows = list(self.client.query(sql).result())
+        except NotFound:
+            return {}
+        return {
+            r["table_name"]: SchemaRecord(
+                r["table_name"],
+                int(r["schema_version"]),
+                r["schema_hash"],
+                orjson.loads(r["columns"]),
+                r["pipeline_version"],
+            )
+            for r in rows
+        }
+
+    def apply_schema(
+        self, check: SchemaCheck, pipeline_version: str, rebuilt: Iterable[str] = ()
+    ) -> list[str]:
+        """Add the new NULLABLE columns of additive tables in place, then record the
+        code's schema versions of new, additive and ``rebuilt`` tables.
+
+        New top-level columns: one ``ALTER TABLE … ADD COLUMN IF NOT EXISTS`` per table
+        (BigQuery appends them; the commit names its columns). New fields inside a
+        RECORD: a schema update (``update_table``) appending them to the RECORD.
+        """
+        from google.cloud import bigquery
+
+        specs = {s.name: s for s in ALL_TABLES}
+        for table in check.of_kind(ADDITIVE):
+            spec = specs[table]
+            added = check.changes[table].added
+            top = [spec.column(a) for a in added if "." not in a]
+            if top:
+                clauses = ", ".join(
+                    f"ADD COLUMN IF NOT EXISTS `{c.name}` {ddl_type(c)}" for c in top
+                )
+                self.client.query(
+                    f"ALTER TABLE {table_ref(self.project, self.dataset, table)} {clauses}"
+                ).result()
+            if any("." in a for a in added):
+                live = self.client.get_table(f"{self.project}.{self.dataset}.{table}")
+                merged = merged_schema(
+                    [f.to_api_repr() for f in live.schema], spec.bigquery_schema(), table
+                )
+                live.schema = [bigquery.SchemaField.from_api_repr(f) for f in merged]
+                self.client.update_table(live, ["schema"])
+        record = [*check.of_kind(NEW_TABLE, ADDITIVE), *rebuilt]
+        target = table_ref(self.project, self.dataset, SCHEMA_TABLE)
+        for table in record:
+            rec = SchemaRecord.of(specs[table], pipeline_version)
+            params = [
+                bigquery.ScalarQueryParameter("table_name", "STRING", rec.table),
+                bigquery.ScalarQueryParameter("schema_version", "INT64", rec.version),
+                bigquery.ScalarQueryParameter("schema_hash", "STRING", rec.hash),
+                bigquery.ScalarQueryParameter("columns", "STRING", rec.columns_json()),
+                bigquery.ScalarQueryParameter("pipeline_version", "STRING", rec.pipeline_version),
+            ]
+            merge = (
+                f"MERGE {target} AS t USING (SELECT @table_name AS table_name) AS s "
+                "ON t.table_name = s.table_name "
+                "WHEN MATCHED THEN UPDATE SET schema_version = @schema_version, "
+                "schema_hash = @schema_hash, columns = @columns, "
+                "pipeline_version = @pipeline_version, updated_at = CURRENT_TIMESTAMP() "
+                "WHEN NOT MATCHED THEN INSERT (table_name, schema_version, schema_hash, "
+                "columns, pipeline_version, updated_at) VALUES (@table_name, "
+                "@schema_version, @schema_hash, @columns, @pipeline_version, "
+                "CURRENT_TIMESTAMP())"
+            )
+            config = bigquery.QueryJobConfig(query_parameters=params)
+
+            def submit(sql: str = merge, cfg: Any = config) -> Any:
+                return self.client.query(sql, job_config=cfg).result()
+
+            retry_conflicts(submit, "record schema version")
+        return record
 
     def ledger(self, keys: Iterable[str] | None = None) -> dict[str, LedgerEntry]:
         """The ledger (only ``keys`` when given); empty when the dataset has none yet."""
@@ -505,6 +602,50 @@ class BigQueryWarehouse:
         self.drop_staging(staging_id, tables)
 
 
+def ddl_type(col: Column) -> str:
+    """A column's type in BigQuery DDL (``ALTER TABLE … ADD COLUMN``).
+
+    >>> from services.common.rowschema import Column
+    >>> ddl_type(Column("r", "RECORD", "", "REPEATED", (Column("n", "INTEGER", ""),)))
+    'ARRAY<STRUCT<`n` INT64>>'
+    """
+    if col.type == RECORD:
+        base = "STRUCT<" + ", ".join(f"`{f.name}` {ddl_type(f)}" for f in col.fields) + ">"
+    else:
+        base = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}.get(col.type, col.type)
+    return f"ARRAY<{base}>" if col.mode == REPEATED else base
+
+
+def merged_schema(
+    live: list[dict[str, Any]], code: list[dict[str, Any]], where: str
+) -> list[dict[str, Any]]:
+    """The live fields in their order, new fields of ``code`` appended (also inside
+    RECORDs): what a BigQuery schema update may do. Raises :class:`SchemaChangeRefused`
+    when a RECORD's fields would then be in another order than ``code``'s (BigQuery
+    matches STRUCT fields by position, so its rows would not load).
+
+    >>> merged_schema([{"name": "a"}], [{"name": "b"}, {"name": "a"}], "t")
+    [{'name': 'a'}, {'name': 'b'}]
+    """
+    by_name = {f["name"]: f for f in code}
+    out = []
+    for f in live:
+        new = by_name.get(f["name"])
+        if new is not None and new.get("fields") and f.get("fields"):
+            path = f"{where}.{f['name']}"
+            fields = merged_schema(f["fields"], new["fields"], path)
+            if [x["name"] for x in fields] != [x["name"] for x in new["fields"]]:
+                raise SchemaChangeRefused(
+                    f"{path}: a new field of a RECORD must come after its existing fields "
+                    "in the row definition on BigQuery (fields are appended there, and "
+                    "STRUCTs match by position)"
+                )
+            f = {**f, "fields": fields}
+        out.append(f)
+    known = {f["name"] for f in live}
+    return out + [f for f in code if f["name"] not in known]
+
+
 class BigQueryTarget:
     """Adapter used by the run: BigQuery tables, stats files under a gs:// temp location."""
 
@@ -572,6 +713,14 @@ class BigQueryTarget:
 
     def ensure_tables(self) -> None:
         self.warehouse.ensure_tables()
+
+    def schema_records(self) -> dict[str, SchemaRecord]:
+        return self.warehouse.schema_records()
+
+    def apply_schema(
+        self, check: SchemaCheck, pipeline_version: str, rebuilt: Iterable[str] = ()
+    ) -> list[str]:
+        return self.warehouse.apply_schema(check, pipeline_version, rebuilt)
 
     def sweep_staging(self) -> None:
         """Staging tables of dead runs (before the temp location's leases are swept)."""

@@ -66,9 +66,18 @@ import orjson
 from services.beam_launcher.pipeline import safe_key
 from services.beam_launcher.processing import FileTask
 from services.beam_launcher.rows import (
+    ALL_TABLES,
     DEAD_LETTER,
     PROCESSED_FILES,
     SCAN_TABLES,
+)
+from services.beam_launcher.schema_versions import (
+    ADDITIVE,
+    NEW_TABLE,
+    SCHEMA_TABLE,
+    SCHEMA_VERSIONS,
+    SchemaCheck,
+    SchemaRecord,
 )
 from services.common import lifecycle
 from services.common.logsetup import get_logger
@@ -283,6 +292,92 @@ class LocalWarehouse:
         with self.connect(purpose="create tables") as con:
             self._prepare(con, strict=False)
 
+    def schema_records(self) -> dict[str, SchemaRecord]:
+        """The ``schema_versions`` rows (read-only); empty without a database or table."""
+        if not self.exists():
+            return {}
+        with self.connect(read_only=True, purpose="read schema versions") as con:
+            found = con.execute(
+                "SELECT count(*) FROM information_schema.tables "
+                "WHERE table_schema = 'main' AND table_name = ?",
+                [SCHEMA_TABLE],
+            ).fetchone()
+            if not found or not found[0]:
+                return {}
+            rows = con.execute(
+                "SELECT table_name, schema_version, schema_hash, columns, pipeline_version "
+                f"FROM {_ident(SCHEMA_TABLE)}"
+            ).fetchall()
+        return {r[0]: SchemaRecord(r[0], r[1], r[2], orjson.loads(r[3]), r[4]) for r in rows}
+
+    def apply_schema(
+        self, check: SchemaCheck, pipeline_version: str, rebuilt: Iterable[str] = ()
+    ) -> list[str]:
+        """Migrate additive changes in place and record the code's schema versions of the
+        tables that are new, additive or ``rebuilt`` (by ``--full``); returns the tables
+        recorded.
+
+        The views are re-created from the new definitions (a column or RECORD field the
+        older Parquet lacks reads as NULL: ``union_by_name`` and DuckDB's by-name STRUCT
+        casts); a native table gets ``ALTER TABLE … ADD COLUMN``. Idempotent: a run killed
+        half-way leaves the old record, and the next run does what is left.
+        """
+        specs = {s.name: s for s in ALL_TABLES}
+        record = [*check.of_kind(NEW_TABLE, ADDITIVE), *rebuilt]
+        if not record:
+            return []
+        with self.connect(purpose="schema migration") as con:
+            self._prepare(con, strict=False)
+            kinds = dict(
+                con.execute(
+                    "SELECT table_name, table_type FROM information_schema.tables "
+                    "WHERE table_schema = 'main'"
+                ).fetchall()
+            )
+            statements: list[str] = []
+            for table in check.of_kind(ADDITIVE):
+                if kinds.get(table) != "BASE TABLE":
+                    continue  # a view: re-created below
+                have = {r[0] for r in con.execute(f"DESCRIBE {_ident(table)}").fetchall()}
+                nested = [a for a in check.changes[table].added if "." in a]
+                if nested:
+                    raise WarehouseUnusable(
+                        f"table {table} of {self.db_path} is a native table and cannot gain "
+                        f"the RECORD fields {', '.join(nested)} in place"
+                    )
+                statements += [
+                    f"ALTER TABLE {_ident(table)} ADD COLUMN {_ident(c.name)} {c.duckdb_type()}"
+                    for c in specs[table].columns
+                    if c.name not in have
+                ]
+            views = {s.name for s in PARQUET_TABLES}
+            self._refresh_views(
+                con, strict=False, force=[t for t in check.of_kind(ADDITIVE) if t in views]
+            )
+            now = dt.datetime.now(dt.UTC)
+            recs = [SchemaRecord.of(specs[t], pipeline_version) for t in record]
+            con.execute("BEGIN")
+            try:
+                for sql in statements:
+                    con.execute(sql)
+                con.execute(
+                    f"DELETE FROM {_ident(SCHEMA_TABLE)} "
+                    "WHERE table_name IN (SELECT unnest(?::VARCHAR[]))",
+                    [record],
+                )
+                con.executemany(
+                    f"INSERT INTO {_ident(SCHEMA_TABLE)} VALUES (?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.table, r.version, r.hash, r.columns_json(), r.pipeline_version, now)
+                        for r in recs
+                    ],
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return record
+
     def refresh_views(self) -> None:
         """Re-create every view from the Parquet files present (e.g. after files were
         added or removed by hand)."""
@@ -294,6 +389,7 @@ class LocalWarehouse:
         """What every opening for writing does first: the ledger table, interrupted
         publishes finished (see :meth:`_finish_publishes`), views refreshed."""
         con.execute(PROCESSED_FILES.duckdb_ddl())
+        con.execute(SCHEMA_VERSIONS.duckdb_ddl())
         done = self._finish_publishes(con)
         self._refresh_views(con, strict, force=[s.name for s in PARQUET_TABLES] if done else [])
         return done
@@ -307,14 +403,19 @@ class LocalWarehouse:
         return next(glob.iglob(folder + "/date=*/*.parquet"), None) is not None
 
     def _refresh_views(
-        self, con: duckdb.DuckDBPyConnection, strict: bool, force: Iterable[str] = ()
+        self,
+        con: duckdb.DuckDBPyConnection,
+        strict: bool,
+        force: Iterable[str] = (),
+        complete: Iterable[str] = (),
     ) -> None:
         """(Re)create the views of the Parquet-backed tables over the files present, in
         one transaction: those in ``force`` (their files changed) and those whose view
         does not have the form the files call for (no view yet, empty while files exist
         or the reverse, or over another folder: a moved warehouse). Binding a view reads
         the footer of each of its files (``union_by_name``), so views already right are
-        left alone.
+        left alone, also a forced one in ``complete`` (its new files hold every column)
+        whose view already reads every column from the files.
 
         A native table of an earlier version becomes its view when it holds as many rows
         as its Parquet (logged ``warehouse_table_to_view``). When it does not, it is left
@@ -333,18 +434,22 @@ class LocalWarehouse:
                 "WHERE schema_name = 'main' AND NOT internal"
             ).fetchall()
         )
-        forced = set(force)
+        forced, full = set(force), set(complete)
         log = get_logger("beam_launcher")
         statements: list[str] = []
         converted: list[tuple[str, int]] = []
         for spec in PARQUET_TABLES:
             pattern = self._pattern(spec) if self._has_files(spec) else None
             current = views.get(spec.name)
-            if spec.name not in forced and current is not None:
-                if pattern is None and "read_parquet" not in current:
-                    continue  # empty, and no file
-                if pattern is not None and f"read_parquet({_sql_text(pattern)}" in current:
-                    continue  # over this warehouse's files
+            right_form = current is not None and (
+                "read_parquet" not in current  # empty, and no file
+                if pattern is None
+                else f"read_parquet({_sql_text(pattern)}" in current  # this warehouse's files
+            )
+            if right_form and (
+                spec.name not in forced or (spec.name in full and "CAST(NULL" not in str(current))
+            ):
+                continue
             try:
                 present: list[str] = []
                 if pattern is not None:
@@ -573,12 +678,14 @@ class LocalWarehouse:
                 "files": [],
             }
             self._transaction(con, run_id, verdicts, staging, folder, manifest, report)
+            complete = self._complete_tables(folder, manifest)
             _test_kill_point("after_commit")
             self._publish(folder, manifest)
             _test_kill_point("after_publish")
             # Killed before this, the folder is still there: the next opening publishes
             # (idempotent) and refreshes the views.
-            self._refresh_views(con, strict=True, force={t for t, _key in manifest["units"]})
+            changed = {t for t, _key in manifest["units"]}
+            self._refresh_views(con, strict=True, force=changed, complete=complete)
             shutil.rmtree(folder, ignore_errors=True)
         get_logger("beam_launcher").info(
             "warehouse_committed",
@@ -587,6 +694,20 @@ class LocalWarehouse:
             seconds=round(time.monotonic() - started, 3),
         )
         return report
+
+    @staticmethod
+    def _complete_tables(folder: Path, manifest: Mapping[str, Any]) -> set[str]:
+        """Tables that get at least one file in ``manifest``, each holding every column
+        of the table (read from the files' footers)."""
+        import pyarrow.parquet as pq
+
+        specs = {spec.name: spec for spec in PARQUET_TABLES}
+        verdict: dict[str, bool] = {}
+        for name, dest in manifest["files"]:
+            table = dest.split("/", 1)[0]
+            names = set(pq.read_schema(folder / name).names)
+            verdict[table] = verdict.get(table, True) and set(specs[table].column_names) <= names
+        return {t for t, ok in verdict.items() if ok}
 
     def _transaction(
         self,
@@ -635,7 +756,9 @@ class LocalWarehouse:
             [keys],
         )
         con.executemany(
-            "INSERT INTO processed_files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            # by name: a column added by a migration (ALTER TABLE) comes last in the table
+            f"INSERT INTO processed_files ({', '.join(map(_ident, PROCESSED_FILES.column_names))}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     v.task.file_key,
@@ -786,6 +909,14 @@ class LocalTarget:
 
     def ensure_tables(self) -> None:
         self.warehouse.ensure_tables()
+
+    def schema_records(self) -> dict[str, SchemaRecord]:
+        return self.warehouse.schema_records()
+
+    def apply_schema(
+        self, check: SchemaCheck, pipeline_version: str, rebuilt: Iterable[str] = ()
+    ) -> list[str]:
+        return self.warehouse.apply_schema(check, pipeline_version, rebuilt)
 
     def finish_publishes(self) -> list[str]:
         return self.warehouse.finish_publishes()
