@@ -7,6 +7,7 @@ made to fall everywhere by shrinking ``READ_CHUNK``/``OUT_CHUNK`` to a few bytes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import io
@@ -14,6 +15,8 @@ import itertools
 import os
 import random
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -364,3 +367,78 @@ def test_a_gs_object_rewritten_after_planning_fails_its_slices(gcs_bucket: GcsBu
         for index in range(2):
             with pytest.raises(slices.FileChanged):
                 list(iter_slice_batches(FileSlice(task, index, 2), 100))
+
+
+class _CountingReader(io.RawIOBase):
+    """A stored file that counts the bytes read from it and can fail after some."""
+
+    def __init__(self, data: bytes, fail_after: int | None = None) -> None:
+        self.data = data
+        self.pos = 0
+        self.fail_after = fail_after
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self.fail_after is not None and self.pos >= self.fail_after:
+            raise OSError("disk gone")
+        end = len(self.data) if size < 0 else self.pos + size
+        chunk = self.data[self.pos : end]
+        self.pos += len(chunk)
+        return chunk
+
+
+def _read_ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "slice-read-ahead"]
+
+
+def test_read_ahead_stays_a_bounded_distance_ahead_and_stops_when_closed() -> None:
+    """The background reader holds at most READ_AHEAD chunks the parser has not taken
+    (memory per slice stays bounded on a huge file) and is gone once closed early."""
+    raw = _CountingReader(b"x" * (slices.READ_CHUNK * (slices.READ_AHEAD + 20)))
+    ahead = slices._ReadAhead(raw)
+    chunks = iter(ahead)
+    assert next(chunks) == b"x" * slices.READ_CHUNK
+    deadline = time.monotonic() + 5
+    while raw.pos < (slices.READ_AHEAD + 1) * slices.READ_CHUNK and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # would read on if it were unbounded
+    # taken: 1; queued: READ_AHEAD; one more read and waiting to be queued
+    assert raw.pos <= (slices.READ_AHEAD + 2) * slices.READ_CHUNK
+    ahead.close()
+    assert not _read_ahead_threads()
+
+
+def test_a_read_error_reaches_the_slice_after_the_lines_before_it(tmp_path: Path) -> None:
+    """A storage error raised in the read-ahead thread surfaces in the slice, after the
+    batches of the complete lines read before it, and no reader thread is left."""
+    lines = [f"{i:05d}".encode() * 40 + b"\n" for i in range(4000)]
+    text = b"".join(lines)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(slices, "READ_CHUNK", 4096)
+        fail_at = 10 * 4096
+        mp.setattr(
+            storage.LocalStorage,
+            "open_read",
+            lambda self, url: contextlib.closing(_CountingReader(text, fail_after=fail_at)),
+        )
+        task = task_for(str(tmp_path / "results.json"), len(text))
+        got: list[bytes] = []
+        with pytest.raises(OSError, match="disk gone"):
+            for _, batch in iter_slice_batches(FileSlice(task, 0, 1), 7):
+                got.extend(batch)
+    assert got == lines[: len(got)]
+    assert sum(map(len, got)) >= fail_at - len(lines[0])
+    assert not _read_ahead_threads()
+
+
+def test_a_slice_that_ends_early_leaves_no_reader_thread(tmp_path: Path) -> None:
+    """Slice 1 of 3 stops long before the file ends; its read-ahead thread ends with it."""
+    lines = [os.urandom(n % 500 + 1).hex().encode() + b"\n" for n in range(12000)]
+    path = tmp_path / "results.json"
+    path.write_bytes(b"".join(lines))
+    task = task_for(str(path), path.stat().st_size)
+    first = list(iter_slice_batches(FileSlice(task, 0, 3), 100))
+    assert first and sum(len(b) for _, b in first) < len(lines) / 2
+    assert not _read_ahead_threads()
