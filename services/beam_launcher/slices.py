@@ -141,10 +141,11 @@ class _ReadAhead:
 
     A read that has to wait (input pages not in the page cache, a ``gs://`` round trip)
     then overlaps the parsing of earlier chunks instead of stalling it. Seen on the shared
-    2-core machine: in two 1M-line runs a worker's parsing thread was blocked in such
-    reads (kernel ``filemap_read`` waiting for pages) in 6% and 29% of its samples; with
-    read-ahead, none in four runs. The stall depends on what else uses the disk: the old
-    reader did not stall in two runs on an evicted input either. A read error is raised
+    2-core machine: in three 1M-line runs without read-ahead the workers' parsing threads
+    were blocked in such reads (kernel ``filemap_read`` waiting for pages), at most 29%
+    of one worker's samples (6% for the other worker of that run); with read-ahead, none
+    in two runs. The stall depends on what else uses the disk: without read-ahead two runs
+    on an evicted input (one with a competing O_DIRECT reader) did not stall. A read error is raised
     to the consumer at the chunk where it happened. :meth:`close` stops the thread and
     waits for it (before ``raw`` is closed).
     """
