@@ -39,8 +39,9 @@ pytestmark = pytest.mark.slow
 
 POOL_PORT = 50000
 SAMPLE_SIZE = 20
-#: Columns that name the run or its commit time (they differ between any two runs).
-RUN_COLUMNS = {"run_id", "processed_at"}
+#: Columns that name the run or its commit time (they differ between any two runs): the
+#: ledger's run and time, and when schema_versions recorded a version.
+RUN_COLUMNS = {"run_id", "processed_at", "updated_at"}
 BOOT_STANDIN = REPO / ".ci" / "beam-sdk-standin" / "boot"
 EXTERNAL = [
     "--runner", "PortableRunner", "--job_endpoint=embed",
@@ -228,7 +229,10 @@ def pool_and_launcher(
         **({"PYTHONPATH": pythonpath} if pythonpath else {}),
     }
     script = (
-        'ip link set lo up && cd /tmp && env -i "$@" >"$POOL_LOG" 2>&1 & pool=$!\n'
+        "ip link set lo up && cd /tmp || exit 98\n"
+        # The pool alone in the background (not the whole list in a subshell), so $pool is
+        # the pool's own pid and the EXIT trap's kill reaches it.
+        'env -i "$@" >"$POOL_LOG" 2>&1 & pool=$!\n'
         "trap 'kill $pool 2>/dev/null' EXIT\n"
         f"cd {REPO}\n"
         f'{sys.executable} -c "$PROBE" || exit 97\n'
@@ -260,9 +264,29 @@ def test_pipeline_in_a_clean_worker_venv(data: tuple, tmp_path: Path) -> None:
     proc = pool_and_launcher(venv, str(app), base, base / f"wh-venv-{os.getpid()}", log)
     check_run(proc, base, base / f"wh-venv-{os.getpid()}", data, time.monotonic() - t0)
     check_workers(boot_events(log.read_text()), str(venv))
+    assert pools_of(venv) == [], "the worker pool outlived its launcher"
 
     # Control: the same workers without our code (the stock Beam image's situation) fail the
     # run instead of silently running it somewhere else.
     bad = pool_and_launcher(venv, "", base, base / f"wh-bad-{os.getpid()}", tmp_path / "bad.log")
     assert bad.returncode == 1, bad.stderr[-3000:]
     assert "No module named 'services'" in bad.stderr
+    assert pools_of(venv) == [], "the control run's worker pool outlived its launcher"
+
+
+def pools_of(venv: Path, wait_s: float = 10.0) -> list[int]:
+    """Pids of worker pools still running from ``venv`` (after up to ``wait_s`` to exit)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                cmd = (proc / "cmdline").read_bytes()
+                env = (proc / "environ").read_bytes()
+            except OSError:
+                continue
+            if b"worker_pool_main" in cmd and str(venv / "bin").encode() in env:
+                found.append(int(proc.name))
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
