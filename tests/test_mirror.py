@@ -16,6 +16,7 @@ import pytest
 
 from services.common import storage
 from services.common.httpfetch import Backoff
+from services.common.logsetup import configure_logging
 from services.common.sample_scans import write_scan_archives
 from services.mirror.__main__ import main as mirror_main
 from services.mirror.archives import MirrorConfig, decide, mirror_archives, select
@@ -436,6 +437,7 @@ def test_archive_copy_is_retried_on_the_policy_schedule(
     policy = Backoff(retries=9, base=1.0, sleep=waits.append)
     cfg = MirrorConfig(source=str(tmp_path / "src"), dest=str(tmp_path / "raw"), backoff=policy)
     flaky = FlakySource(str(tmp_path / "src"), NAMES[1], failures=2)
+    configure_logging("INFO")  # an earlier test may have left a higher level
     capsys.readouterr()
     summary = mirror_archives(cfg, source=flaky)
     assert results(summary) == dict.fromkeys(NAMES, "copied")

@@ -175,7 +175,9 @@ def test_launcher_progress_moves_while_beam_works(stages: dict[str, Output]) -> 
     # frame with Satellite lines precedes the family's beam_counters line.
     order = FRAME.split(out.raw)
     sat_counters = next(
-        i for i, piece in enumerate(order) if b'"beam_counters"' in piece and b"satellite" in piece
+        i
+        for i, piece in enumerate(order)
+        if any(b'"beam_counters"' in ln and b"satellite" in ln for ln in piece.splitlines())
     )
     early = [p for p in order[:sat_counters] if re.search(rb"launcher satellite \d+/\d+ files", p)]
     assert any(re.search(rb"launcher satellite [^|]*?[1-9][\d,]* lines", p) for p in early), (
