@@ -328,12 +328,7 @@ class LocalWarehouse:
             return []
         with self.connect(purpose="schema migration") as con:
             self._prepare(con, strict=False)
-            kinds = dict(
-                con.execute(
-                    "SELECT table_name, table_type FROM information_schema.tables "
-                    "WHERE table_schema = 'main'"
-                ).fetchall()
-            )
+            kinds = _table_kinds(con)
             statements: list[str] = []
             for table in check.of_kind(ADDITIVE):
                 if kinds.get(table) != "BASE TABLE":
@@ -422,12 +417,7 @@ class LocalWarehouse:
         as it is: logged as an error, or with ``strict`` (before a commit) raised as
         :class:`WarehouseUnusable` naming both counts and the fix (``--full``).
         """
-        kinds = dict(
-            con.execute(
-                "SELECT table_name, table_type FROM information_schema.tables "
-                "WHERE table_schema = 'main'"
-            ).fetchall()
-        )
+        kinds = _table_kinds(con)
         views = dict(
             con.execute(
                 "SELECT view_name, sql FROM duckdb_views() "
@@ -548,12 +538,7 @@ class LocalWarehouse:
         types = sorted(set(scan_types))
         with self.connect(purpose="--full reset") as con:
             self._prepare(con, strict=False)
-            kinds = dict(
-                con.execute(
-                    "SELECT table_name, table_type FROM information_schema.tables "
-                    "WHERE table_schema = 'main'"
-                ).fetchall()
-            )
+            kinds = _table_kinds(con)
             con.execute("BEGIN")
             for t in types:
                 spec = SCAN_TABLES[t]
@@ -782,6 +767,16 @@ class LocalWarehouse:
         )
         _test_kill_point("before_commit")
         con.execute("COMMIT")
+
+
+def _table_kinds(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Each table of schema ``main`` with its kind: ``BASE TABLE`` or ``VIEW``."""
+    return dict(
+        con.execute(
+            "SELECT table_name, table_type FROM information_schema.tables "
+            "WHERE table_schema = 'main'"
+        ).fetchall()
+    )
 
 
 def _test_kill_point(point: str) -> None:
