@@ -37,7 +37,7 @@ typecheck: env
 	$(UV) run mypy services
 
 docs: env
-	$(UV) run python -m services.beam_launcher.schemas --docs docs/tables.md --bigquery-dir docs/bigquery
+	$(UV) run python -m services.beam_launcher.warehouse.schemas --docs docs/tables.md --bigquery-dir docs/bigquery
 
 bench: env
 	$(UV) run python bench/bench_parse.py

@@ -238,8 +238,8 @@ def ensure_ip_metadata(cache: Path, n_lines: int, prefixes: int) -> Path:
 
 def parse_only_child(path: str, max_lines: int, resources: str, batch: int) -> dict[str, Any]:
     """Lines per CPU-second of ``process_columns`` over lines already in memory."""
-    from services.beam_launcher.processing import FileTask, HyperquackProcessor
-    from services.beam_launcher.resources import load_resources
+    from services.beam_launcher.enrichment.resources import load_resources
+    from services.beam_launcher.hyperquack.processing import FileTask, HyperquackProcessor
     from services.common.scans import parse_scan_name
 
     lines: list[bytes] = []
@@ -416,7 +416,7 @@ class Sampler:
 def prime_ipmeta_cache_child(meta: str, cache: str) -> None:
     """Fill the IP-metadata cache folder ``cache`` with the tables of the scan's date."""
     os.environ[IPMETA_CACHE_ENV] = cache
-    from services.beam_launcher.enrich import RowEnricher
+    from services.beam_launcher.enrichment.ip_metadata import RowEnricher
     from services.common.sample_caida import scan_dates
 
     date = scan_dates([scan_spec()])[0].isoformat()
@@ -593,7 +593,7 @@ def main() -> int:
         f"{', '.join(f'{n:,}' for n in sizes)}; cache {cache}",
         flush=True,
     )
-    from services.beam_launcher.resources import SAMPLE_RESOURCES
+    from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES
 
     resources = args.resources or str(SAMPLE_RESOURCES)
     paths = {n: ensure_scan(cache, n) for n in sizes}

@@ -256,9 +256,9 @@ def scan_batch(scan: Path | None, n_lines: int) -> tuple[list[bytes], bool]:
 
 
 def measure_enrich(root: Path, cache: Path, lines: list[bytes], repeats: int) -> None:
-    from services.beam_launcher.enrich import RowEnricher
-    from services.beam_launcher.processing import FileTask, HyperquackProcessor
-    from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
+    from services.beam_launcher.enrichment.ip_metadata import RowEnricher
+    from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
+    from services.beam_launcher.hyperquack.processing import FileTask, HyperquackProcessor
 
     proc = HyperquackProcessor(load_resources(str(SAMPLE_RESOURCES)))
     task = FileTask.for_test(HTTP_SCAN)
@@ -316,9 +316,9 @@ def measure_enrich(root: Path, cache: Path, lines: list[bytes], repeats: int) ->
 def measure_file(root: Path, cache: Path, scan: Path, batch_lines: int, max_lines: int) -> None:
     """A whole scan file as one worker sees it: load (from the cache), then per batch
     process_columns and enrich_hyperquack_columns; CPU seconds of each."""
-    from services.beam_launcher.enrich import RowEnricher
-    from services.beam_launcher.processing import FileTask, HyperquackProcessor
-    from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
+    from services.beam_launcher.enrichment.ip_metadata import RowEnricher
+    from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
+    from services.beam_launcher.hyperquack.processing import FileTask, HyperquackProcessor
 
     proc = HyperquackProcessor(load_resources(str(SAMPLE_RESOURCES)))
     task = FileTask.for_test(HTTP_SCAN)

@@ -76,17 +76,17 @@ from msgspec_hyperquack import MsgspecHyperquack, output_difference  # noqa: E40
 from msgspec_satellite import MsgspecSatellite  # noqa: E402
 from msgspec_structs import SatRecord  # noqa: E402
 
-from services.beam_launcher import satellite_batch  # noqa: E402
-from services.beam_launcher.processing import (  # noqa: E402
-    ColumnOutput,
-    FileTask,
-    HyperquackProcessor,
-)
-from services.beam_launcher.resources import (  # noqa: E402
+from services.beam_launcher.enrichment.resources import (  # noqa: E402
     SAMPLE_RESOURCES,
     Resources,
     load_resources,
 )
+from services.beam_launcher.hyperquack.processing import (  # noqa: E402
+    ColumnOutput,
+    FileTask,
+    HyperquackProcessor,
+)
+from services.beam_launcher.satellite import batch as satellite_batch  # noqa: E402
 from services.common.rowschema import Row  # noqa: E402
 from services.common.sample_scans import (  # noqa: E402
     DEFAULT_SCANS,

@@ -48,16 +48,19 @@ REAL = REPO.parent / "shared" / "fixtures" / "real"
 REAL_RESOURCES = REAL / "resources"
 sys.path.insert(0, str(REPO))
 
-from services.beam_launcher import certs, processing  # noqa: E402
-from services.beam_launcher.processing import (  # noqa: E402
+from services.beam_launcher.enrichment.resources import (  # noqa: E402
+    SAMPLE_RESOURCES,
+    load_resources,
+)
+from services.beam_launcher.hyperquack import (  # noqa: E402
+    certs,
+    processing,
+)
+from services.beam_launcher.hyperquack.processing import (  # noqa: E402
     BatchOutput,
     ColumnOutput,
     FileTask,
     HyperquackProcessor,
-)
-from services.beam_launcher.resources import (  # noqa: E402
-    SAMPLE_RESOURCES,
-    load_resources,
 )
 from services.common.sample_scans import (  # noqa: E402
     DEFAULT_SCANS,

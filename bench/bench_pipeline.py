@@ -101,9 +101,9 @@ def run_child(
         os.environ["LOG_LEVEL"] = "WARNING"
     import duckdb
 
-    from services.beam_launcher import pipeline as graph
     from services.beam_launcher import run as run_mod
-    from services.beam_launcher.warehouse_local import LocalTarget
+    from services.beam_launcher.hyperquack import pipeline as graph
+    from services.beam_launcher.warehouse.local import LocalTarget
 
     spans: dict[str, list[tuple[float, float]]] = {}
     peaks: dict[str, float] = {}  # ru_maxrss when each wrapped call starts and ends
@@ -280,7 +280,7 @@ def main() -> int:
     parser.add_argument("--verbose", action="store_true", help="show the runs' logs")
     args = parser.parse_args()
 
-    from services.beam_launcher.resources import SAMPLE_RESOURCES
+    from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES
 
     resources = args.resources or str(SAMPLE_RESOURCES)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench_pipeline_"))

@@ -2,7 +2,7 @@
 
 Usage: ``uv run python bench/bench_satellite.py [--size 20000] [--check] [--profile]``
 
-No Beam. Each line goes through what ``ParseSatelliteBatch`` (satellite_pipeline.py) does
+No Beam. Each line goes through what ``ParseSatelliteBatch`` (satellite/pipeline.py) does
 for it, in this process, pinned to one CPU when the OS allows it:
 
 * ``results.json`` (observations): ``satellite_batch.parse_observation_batch``, as the
@@ -56,11 +56,14 @@ sys.path.insert(0, str(REPO))
 
 import orjson  # noqa: E402
 
-from services.beam_launcher import certs, native, satellite, satellite_batch  # noqa: E402
-from services.beam_launcher.hyperquack import BadRecord  # noqa: E402
-from services.beam_launcher.processing import FileTask  # noqa: E402
-from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources  # noqa: E402
-from services.beam_launcher.signatures import SignatureMatcher  # noqa: E402
+from services.beam_launcher import native  # noqa: E402
+from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources  # noqa: E402
+from services.beam_launcher.enrichment.signatures import SignatureMatcher  # noqa: E402
+from services.beam_launcher.hyperquack import certs  # noqa: E402
+from services.beam_launcher.hyperquack.parse import BadRecord  # noqa: E402
+from services.beam_launcher.hyperquack.processing import FileTask  # noqa: E402
+from services.beam_launcher.satellite import batch as satellite_batch  # noqa: E402
+from services.beam_launcher.satellite import parse as satellite  # noqa: E402
 from services.common.sample_scans import (  # noqa: E402
     SATELLITE,
     SATELLITE_SCANS,

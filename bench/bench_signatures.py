@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESOURCES = REPO.parent / "shared" / "fixtures" / "real" / "resources"
 sys.path.insert(0, str(REPO))
 
-from services.beam_launcher.signatures import (  # noqa: E402
+from services.beam_launcher.enrichment.signatures import (  # noqa: E402
     BLOCKPAGE,
     FALSE_POSITIVE,
     PageMatch,

@@ -42,14 +42,14 @@ import orjson
 from msgspec import UNSET
 from msgspec_structs import Record, Response
 
-from services.beam_launcher.categories import CONTROL
-from services.beam_launcher.hyperquack import (
+from services.beam_launcher.enrichment.categories import CONTROL
+from services.beam_launcher.hyperquack.parse import (
     V1_CONTROL_DOMAINS,
     domain_from_sent,
     file_digest,
     normalize_timestamp,
 )
-from services.beam_launcher.processing import (
+from services.beam_launcher.hyperquack.processing import (
     HYPERQUACK_SCAN,
     NATIVE_CACHE_LIMIT,
     BatchOutput,

@@ -21,10 +21,11 @@ import msgspec
 from msgspec import UNSET
 from msgspec_structs import SatRecord
 
-from services.beam_launcher import satellite
-from services.beam_launcher.hyperquack import file_digest
-from services.beam_launcher.processing import FileTask
-from services.beam_launcher.satellite import (
+from services.beam_launcher.hyperquack.parse import file_digest
+from services.beam_launcher.hyperquack.processing import FileTask
+from services.beam_launcher.satellite import parse as satellite
+from services.beam_launcher.satellite.batch import _python_line
+from services.beam_launcher.satellite.parse import (
     _CONTROL_RESOLVER_FILES,
     _MATCH_TAGS,
     _MATCHES_CONTROL_FIELDS,
@@ -36,7 +37,6 @@ from services.beam_launcher.satellite import (
     V2_2,
     go_timestamp,
 )
-from services.beam_launcher.satellite_batch import _python_line
 from services.common.rowschema import Row
 
 _ANSWER_TEMPLATE = dict.fromkeys(ANSWER_FIELDS)

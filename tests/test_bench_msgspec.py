@@ -17,9 +17,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from services.beam_launcher import native, satellite_batch
-from services.beam_launcher.processing import FileTask, HyperquackProcessor
-from services.beam_launcher.resources import Resources, load_resources
+from services.beam_launcher import native
+from services.beam_launcher.enrichment.resources import Resources, load_resources
+from services.beam_launcher.hyperquack.processing import FileTask, HyperquackProcessor
+from services.beam_launcher.satellite import batch as satellite_batch
 from services.common.rowschema import Row
 from services.common.sample_scans import (
     DEFAULT_SCANS,

@@ -28,16 +28,21 @@ from google.api_core.exceptions import BadRequest
 from google.cloud import bigquery
 from sqlglot import exp
 
-from services.beam_launcher.processing import FileTask
-from services.beam_launcher.rows import ALL_TABLES, DEAD_LETTER, HYPERQUACK_TABLES, PROCESSED_FILES
+from services.beam_launcher.hyperquack.processing import FileTask
 from services.beam_launcher.run import RunConfig, RunSummary, run
-from services.beam_launcher.warehouse_bigquery import (
+from services.beam_launcher.warehouse.bigquery import (
     BigQueryWarehouse,
     commit_script,
     schema_fields,
     staging_table,
 )
-from services.beam_launcher.warehouse_local import FileVerdict
+from services.beam_launcher.warehouse.local import FileVerdict
+from services.beam_launcher.warehouse.rows import (
+    ALL_TABLES,
+    DEAD_LETTER,
+    HYPERQUACK_TABLES,
+    PROCESSED_FILES,
+)
 from services.common import sample_scans as ss
 from services.common.rowschema import Column, TableSpec
 from services.queries.backends import BigQueryBackend
@@ -625,7 +630,7 @@ def test_staging_tables_dropped_when_the_run_stops_before_its_commit(
     import signal
 
     from services.beam_launcher.run import RunFailed
-    from services.beam_launcher.warehouse_bigquery import LEASE_TABLE
+    from services.beam_launcher.warehouse.bigquery import LEASE_TABLE
     from services.common import lifecycle
 
     pair = make_pair(bq_env, tmp_path)
@@ -652,7 +657,7 @@ def test_sweep_drops_staging_tables_of_dead_runs_only(bq_env: BigQueryServer) ->
     import subprocess
     import sys
 
-    from services.beam_launcher.warehouse_bigquery import BigQueryTarget
+    from services.beam_launcher.warehouse.bigquery import BigQueryTarget
     from services.common import lifecycle, storage
 
     client = bq_env.client()
@@ -701,7 +706,7 @@ def test_sweep_drops_staging_tables_of_dead_runs_only(bq_env: BigQueryServer) ->
 def test_file_leases_are_exclusive_expire_and_are_released(bq_env: BigQueryServer) -> None:
     """The lease MERGE on a real API: a held unit is refused to another run, an expired
     one is taken over, renewal and release touch only the run's own rows."""
-    from services.beam_launcher.warehouse_bigquery import LEASE_TABLE
+    from services.beam_launcher.warehouse.bigquery import LEASE_TABLE
 
     dataset = f"lease_{secrets.token_hex(4)}"
     wh = BigQueryWarehouse(PROJECT, dataset)
@@ -732,7 +737,7 @@ def test_sigterm_while_staging_tables_exist_drops_them(
     import sys
     import time
 
-    from services.beam_launcher.warehouse_bigquery import LEASE_TABLE
+    from services.beam_launcher.warehouse.bigquery import LEASE_TABLE
 
     repo = Path(__file__).resolve().parents[1]
     pair = make_pair(bq_env, tmp_path)

@@ -9,17 +9,17 @@ from typing import Any
 import pytest
 from google.cloud.bigquery import SchemaField
 
-from services.beam_launcher import schemas
-from services.beam_launcher.processing import FileTask
-from services.beam_launcher.rows import ALL_TABLES, DEAD_LETTER, HYPERQUACK_TABLES
+from services.beam_launcher.hyperquack.processing import FileTask
 from services.beam_launcher.run import RunConfig, build_pipeline
-from services.beam_launcher.warehouse_bigquery import (
+from services.beam_launcher.warehouse import schemas
+from services.beam_launcher.warehouse.bigquery import (
     BigQueryTarget,
     BigQueryWarehouse,
     schema_fields,
     staging_table,
 )
-from services.beam_launcher.warehouse_local import FileVerdict
+from services.beam_launcher.warehouse.local import FileVerdict
+from services.beam_launcher.warehouse.rows import ALL_TABLES, DEAD_LETTER, HYPERQUACK_TABLES
 
 REPO = Path(__file__).resolve().parents[1]
 

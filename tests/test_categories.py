@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.beam_launcher.categories import (
+from services.beam_launcher.enrichment.categories import (
     CONTROL,
     DomainCategories,
     load_domain_categories,

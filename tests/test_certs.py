@@ -1,4 +1,7 @@
-"""Tests for services.beam_launcher.certs (leaf certificate parsing and hostname matching)."""
+"""Tests for services.beam_launcher.hyperquack.certs.
+
+Leaf certificate parsing and hostname matching.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 if str(_PROJECT_ROOT) not in sys.path:  # plain `pytest` does not put the project root on the path
     sys.path.insert(0, str(_PROJECT_ROOT))
 
-from services.beam_launcher import certs  # noqa: E402
-from services.beam_launcher.certs import (  # noqa: E402
+from services.beam_launcher.hyperquack import certs  # noqa: E402
+from services.beam_launcher.hyperquack.certs import (  # noqa: E402
     CertInfo,
     leaf_certificate,
     parse_certificate,

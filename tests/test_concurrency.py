@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 import pytest
 
-from services.beam_launcher.rows import ALL_TABLES, PROCESSED_FILES
-from services.beam_launcher.warehouse_local import LocalLeases
+from services.beam_launcher.warehouse.local import LocalLeases
+from services.beam_launcher.warehouse.rows import ALL_TABLES, PROCESSED_FILES
 from services.common import sample_scans as ss
 from tests.bq_server import PROJECT, BigQueryServer, emulator_environment
 from tests.test_bigquery_emulator import bq_rows, duck_rows, normalised, write_scan
@@ -325,7 +325,7 @@ def _events(stderr: str) -> list[dict[str, Any]]:
 HOLD = """
 import sys, time
 from pathlib import Path
-from services.beam_launcher.warehouse_local import LocalLeases
+from services.beam_launcher.warehouse.local import LocalLeases
 claim = LocalLeases(Path(sys.argv[1])).claim(sys.argv[2:], "20210601t000000-0a0b0c")
 print(",".join(claim.mine), flush=True)
 time.sleep(120)
@@ -382,7 +382,7 @@ def test_files_committed_by_another_run_after_the_ledger_read_are_not_redone(
     other run commits every file there; this run then processes none of them again and
     lists them in ``done_by_other_run``."""
     from services.beam_launcher.run import RunConfig, run
-    from services.beam_launcher.warehouse_local import LocalTarget
+    from services.beam_launcher.warehouse.local import LocalTarget
 
     inp, wh = tmp_path / "in", tmp_path / "wh"
     for i, spec in enumerate(SCANS[:2]):

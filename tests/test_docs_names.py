@@ -44,7 +44,7 @@ DOCS = sorted(
 CLI_MODULES = (
     "services.beam_launcher",
     "services.beam_launcher.report",
-    "services.beam_launcher.schemas",
+    "services.beam_launcher.warehouse.schemas",
     "services.beam_launcher.native.build",
     "services.common.sample_scans",
     "services.mirror",

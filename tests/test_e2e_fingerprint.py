@@ -33,11 +33,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from services.beam_launcher.enrich import RowEnricher
-from services.beam_launcher.processing import FileTask, HyperquackProcessor
-from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
-from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES
+from services.beam_launcher.enrichment.ip_metadata import RowEnricher
+from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
+from services.beam_launcher.hyperquack.processing import FileTask, HyperquackProcessor
 from services.beam_launcher.run import RunConfig, run
+from services.beam_launcher.warehouse.rows import DEAD_LETTER, HYPERQUACK_TABLES
 from services.common.config import pipeline_version
 from services.common.rowschema import TableSpec
 from services.common.sample_caida import write_caida

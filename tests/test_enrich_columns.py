@@ -22,10 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from services.beam_launcher.enrich import SERVER_COLUMNS, RowEnricher
-from services.beam_launcher.processing import FileTask, HyperquackProcessor
-from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
-from services.beam_launcher.rows import HYPERQUACK_SCAN
+from services.beam_launcher.enrichment.ip_metadata import SERVER_COLUMNS, RowEnricher
+from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
+from services.beam_launcher.hyperquack.processing import FileTask, HyperquackProcessor
+from services.beam_launcher.warehouse.rows import HYPERQUACK_SCAN
 from services.common.ipmeta import IpMetadata, parse_pfx2as
 from services.common.sample_caida import write_caida
 from services.common.sample_scans import DEFAULT_SCANS, HYPERQUACK_SCANS, scan_hosts

@@ -1,4 +1,4 @@
-"""Tests for services.beam_launcher.hyperquack (Hyperquack v1/v2 records → flat rows)."""
+"""Tests for services.beam_launcher.hyperquack.parse (Hyperquack v1/v2 records → flat rows)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.beam_launcher.hyperquack import (
+from services.beam_launcher.hyperquack.parse import (
     V1_CONTROL_DOMAINS,
     BadRecord,
     FileContext,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.beam_launcher.resources import load_resources
+from services.beam_launcher.enrichment.resources import load_resources
 from services.common.httpfetch import Backoff
 from services.mirror.__main__ import main as mirror_main
 from services.mirror.metrics import MirrorMetrics

@@ -22,14 +22,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.beam_launcher import processing
-from services.beam_launcher.processing import (
+from services.beam_launcher.enrichment.resources import Resources
+from services.beam_launcher.hyperquack import processing
+from services.beam_launcher.hyperquack.processing import (
     ColumnOutput,
     FileTask,
     HyperquackProcessor,
     rows_to_columns,
 )
-from services.beam_launcher.resources import Resources
 from tests.conftest import REAL, REAL_HQ_SCANS
 from tests.test_native_hyperquack import (
     ECHO_V2,

@@ -24,10 +24,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.beam_launcher import native, processing
-from services.beam_launcher.outcomes import load_hyperquack_rules
-from services.beam_launcher.processing import BatchOutput, FileTask, HyperquackProcessor
-from services.beam_launcher.resources import SAMPLE_RESOURCES, Resources, load_resources
+from services.beam_launcher import native
+from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, Resources, load_resources
+from services.beam_launcher.hyperquack import processing
+from services.beam_launcher.hyperquack.outcomes import load_hyperquack_rules
+from services.beam_launcher.hyperquack.processing import BatchOutput, FileTask, HyperquackProcessor
 from services.common.sample_scans import (
     HYPERQUACK_SCANS,
     go_json_line,

@@ -23,9 +23,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.beam_launcher import satellite, satellite_batch
+from services.beam_launcher.hyperquack.processing import FileTask
 from services.beam_launcher.native import NATIVE_ENV
-from services.beam_launcher.processing import FileTask
+from services.beam_launcher.satellite import batch as satellite_batch
+from services.beam_launcher.satellite import parse as satellite
 from services.common.sample_scans import (
     SATELLITE,
     SATELLITE_SCANS,

@@ -1,4 +1,4 @@
-"""Tests for services.beam_launcher.outcomes and rules/hyperquack_outcomes.toml."""
+"""Tests for services.beam_launcher.hyperquack.outcomes and rules/hyperquack_outcomes.toml."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.beam_launcher.outcomes import (
+from services.beam_launcher.hyperquack.outcomes import (
     HYPERQUACK_RULES_FILE,
     OutcomeRule,
     RuleFileError,

@@ -54,7 +54,7 @@ def test_row_counts_per_version(sat_wh: Path) -> None:
 def test_documented_sql_gives_the_seeds_v21_success(sat_wh: Path) -> None:
     # docs/tables.md: the seed's v2.1 `success` (not connect_error) from our rows, in
     # BigQuery SQL, run here through the queries service's DuckDB translation.
-    from services.beam_launcher.schemas import SEED_V21_SUCCESS_SQL
+    from services.beam_launcher.warehouse.schemas import SEED_V21_SUCCESS_SQL
     from services.queries.dialect import parse_bigquery, to_duckdb
 
     (tree,) = parse_bigquery(SEED_V21_SUCCESS_SQL)

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from services.beam_launcher.run import RunConfig, run
-from services.beam_launcher.warehouse_local import LocalWarehouse
+from services.beam_launcher.warehouse.local import LocalWarehouse
 from services.common.sample_scans import go_json_line, iter_hyperquack_records
 
 pytestmark = pytest.mark.slow

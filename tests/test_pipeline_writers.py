@@ -11,11 +11,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from services.beam_launcher.pipeline import DateWriters, ProcessSlices, slice_suffix
-from services.beam_launcher.processing import FileTask
-from services.beam_launcher.resources import SAMPLE_RESOURCES
-from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES
+from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES
+from services.beam_launcher.hyperquack.pipeline import DateWriters, ProcessSlices, slice_suffix
+from services.beam_launcher.hyperquack.processing import FileTask
 from services.beam_launcher.slices import FileSlice
+from services.beam_launcher.warehouse.rows import DEAD_LETTER, HYPERQUACK_TABLES
 from services.common.sample_scans import go_json_line, iter_hyperquack_records
 
 
@@ -136,7 +136,7 @@ def test_pending_rows_of_all_dates_stay_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A slice spanning many days holds at most about one row group's bytes pending."""
-    from services.beam_launcher import pipeline
+    from services.beam_launcher.hyperquack import pipeline
 
     limit = DEAD_LETTER.to_arrow(dl_rows(300, "2021-05-30", 0)).nbytes
     monkeypatch.setattr(pipeline, "ROW_GROUP_BYTES", limit)

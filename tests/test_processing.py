@@ -1,4 +1,7 @@
-"""Tests for services.beam_launcher.processing (raw lines → finished rows and dead letters)."""
+"""Tests for services.beam_launcher.hyperquack.processing.
+
+Raw lines → finished rows and dead letters.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +17,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from services.beam_launcher.outcomes import OutcomeRule, RuleSet
-from services.beam_launcher.processing import (
+from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
+from services.beam_launcher.hyperquack.outcomes import OutcomeRule, RuleSet
+from services.beam_launcher.hyperquack.processing import (
     RAW_LINE_LIMIT,
     FileTask,
     HyperquackProcessor,
     dead_letter,
     page_text,
 )
-from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
-from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_SCAN
+from services.beam_launcher.warehouse.rows import DEAD_LETTER, HYPERQUACK_SCAN
 from services.common.rowschema import check_row
 
 ECHO_SCAN = "CP_Quack-echo-2020-11-14-07-54-49"

@@ -11,7 +11,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from services.beam_launcher.rows import DEAD_LETTER
+from services.beam_launcher.warehouse.rows import DEAD_LETTER
 from services.queries import __main__ as cli
 from services.queries.backends import DuckDBBackend
 from services.queries.incremental import chunk_ranges, diff, ledger_scans, scan_window

@@ -388,7 +388,7 @@ def test_bigquery_dry_run_validates_every_statement() -> None:
 
 
 def test_base_table_names_agree_with_the_launcher() -> None:
-    from services.beam_launcher.rows import ALL_TABLES, SCAN_TABLES
+    from services.beam_launcher.warehouse.rows import ALL_TABLES, SCAN_TABLES
 
     assert {t: s.name for t, s in SCAN_TABLES.items()} == SCAN_TABLE_NAMES
     assert set(BASE_TABLE_NAMES) == {t.name for t in ALL_TABLES}

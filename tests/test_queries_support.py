@@ -16,8 +16,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from services.beam_launcher.rows import PROCESSED_FILES, SCAN_TABLES
-from services.beam_launcher.warehouse_local import LocalWarehouse
+from services.beam_launcher.warehouse.local import LocalWarehouse
+from services.beam_launcher.warehouse.rows import PROCESSED_FILES, SCAN_TABLES
 from services.common.rowschema import TableSpec
 from services.queries.metrics import QueriesMetrics
 from services.queries.run import QueriesConfig, QueriesSummary, run

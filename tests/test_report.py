@@ -28,7 +28,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from services.beam_launcher import report
+from services.beam_launcher.report import summary as report
 
 REPO = Path(__file__).resolve().parents[1]
 HQ = ("echo", "discard", "http", "https")

@@ -22,7 +22,7 @@ import duckdb
 import pytest
 
 from services.beam_launcher.__main__ import parse_args
-from services.beam_launcher.processing import FileTask
+from services.beam_launcher.hyperquack.processing import FileTask
 from services.beam_launcher.run import done_meanwhile, reprocess_reasons, select_tasks
 from services.beam_launcher.versions import OlderThan, newer_than_code, parse_version
 from services.common.sample_scans import (
@@ -423,8 +423,8 @@ def test_backfill_selection_on_bigquery(
     import datetime as dt
 
     from services.beam_launcher.metrics import LauncherMetrics
-    from services.beam_launcher.rows import SCAN_TABLES as SPECS
     from services.beam_launcher.run import ledger_shares, run
+    from services.beam_launcher.warehouse.rows import SCAN_TABLES as SPECS
     from tests.test_bigquery_emulator import bq_rows, make_pair, normalised
     from tests.test_bigquery_emulator import write_scan as write_gz_scan
 

@@ -14,8 +14,8 @@ import pytest
 from google.cloud.bigquery import SchemaField
 from google.cloud.bigquery.enums import SqlTypeNames
 
-from services.beam_launcher import schemas
-from services.beam_launcher.rows import (
+from services.beam_launcher.warehouse import schemas
+from services.beam_launcher.warehouse.rows import (
     ALL_TABLES,
     DEAD_LETTER,
     HYPERQUACK_SCAN,

@@ -10,9 +10,13 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from services.beam_launcher.processing import FileTask, HyperquackProcessor, rows_to_columns
-from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
-from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES
+from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
+from services.beam_launcher.hyperquack.processing import (
+    FileTask,
+    HyperquackProcessor,
+    rows_to_columns,
+)
+from services.beam_launcher.warehouse.rows import DEAD_LETTER, HYPERQUACK_TABLES
 from services.common import rowschema
 from services.common.rowschema import (
     BOOLEAN,

@@ -1078,9 +1078,11 @@ def test_satellite_resolver_files(sat: dict[str, list[Record]]) -> None:
 
 def _outcomes_without_beam(sat_files: dict[str, bytes]) -> tuple[Counter[str], int]:
     """Parse, join, post-process and classify the scan with the pipeline's pure functions."""
-    from services.beam_launcher import satellite, satellite_outcomes, satellite_post
-    from services.beam_launcher.hyperquack import BadRecord, FileContext
-    from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
+    from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
+    from services.beam_launcher.hyperquack.parse import BadRecord, FileContext
+    from services.beam_launcher.satellite import outcomes as satellite_outcomes
+    from services.beam_launcher.satellite import parse as satellite
+    from services.beam_launcher.satellite import post as satellite_post
 
     matcher = load_resources(str(SAMPLE_RESOURCES)).matcher
     roles = {name: satellite.file_role(name) for name in sat_files}

@@ -1,4 +1,4 @@
-"""Tests for services.beam_launcher.satellite_outcomes and rules/satellite_outcomes.toml."""
+"""Tests for services.beam_launcher.satellite.outcomes and rules/satellite_outcomes.toml."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from services.beam_launcher.outcomes import RuleFileError
-from services.beam_launcher.rows import SATELLITE_SCAN
-from services.beam_launcher.satellite_outcomes import (
+from services.beam_launcher.hyperquack.outcomes import RuleFileError
+from services.beam_launcher.satellite.outcomes import (
     SATELLITE_RULES_FILE,
     answers_signature,
     classify,
@@ -19,6 +18,7 @@ from services.beam_launcher.satellite_outcomes import (
     parse_satellite_rules,
     v1_errno,
 )
+from services.beam_launcher.warehouse.rows import SATELLITE_SCAN
 
 RULES = load_satellite_rules()
 

@@ -1,4 +1,4 @@
-"""Tests for services.beam_launcher.satellite (Satellite files → rows and join values).
+"""Tests for services.beam_launcher.satellite.parse (Satellite files → rows and join values).
 
 Most tests read the real Censored Planet samples in shared/fixtures/real in place (they
 skip when that folder is absent); bad-record tests start from a real record and break it.
@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
-from services.beam_launcher import satellite as sat
-from services.beam_launcher.hyperquack import BadRecord, FileContext
-from services.beam_launcher.resources import Resources, load_resources
-from services.beam_launcher.rows import SATELLITE_SCAN
+from services.beam_launcher.enrichment.resources import Resources, load_resources
+from services.beam_launcher.hyperquack.parse import BadRecord, FileContext
+from services.beam_launcher.satellite import parse as sat
+from services.beam_launcher.warehouse.rows import SATELLITE_SCAN
 from services.common.countries import country_code, known_codes
 from tests.conftest import REAL_RESOURCES, require_real
 
@@ -534,8 +534,8 @@ def test_v21_rcode_minus_1_without_error_text_is_a_row() -> None:
 
 
 def test_rcode_error_missing_rows_are_counted_by_the_batch_parser() -> None:
-    from services.beam_launcher.processing import FileTask
-    from services.beam_launcher.satellite_batch import parse_observation_batch
+    from services.beam_launcher.hyperquack.processing import FileTask
+    from services.beam_launcher.satellite.batch import parse_observation_batch
 
     task = FileTask.for_test(SCAN_V21)
     lines = [
@@ -639,7 +639,7 @@ def test_domain_controls_failed_per_format(
 
 
 def test_tables_doc_states_the_satellite_semantics_and_differences() -> None:
-    from services.beam_launcher import schemas
+    from services.beam_launcher.warehouse import schemas
 
     text = schemas.docs_text()
     start = text.index("## `satellite_scan`")

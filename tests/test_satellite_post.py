@@ -1,4 +1,4 @@
-"""Tests for services.beam_launcher.satellite_post (confidence and verification)."""
+"""Tests for services.beam_launcher.satellite.post (confidence and verification)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from services.beam_launcher.rows import SATELLITE_SCAN
-from services.beam_launcher.satellite_outcomes import classify
-from services.beam_launcher.satellite_post import (
+from services.beam_launcher.satellite.outcomes import classify
+from services.beam_launcher.satellite.post import (
     answer_tags,
     control_tag_count,
     group_key,
@@ -17,6 +16,7 @@ from services.beam_launcher.satellite_post import (
     partition,
     post_process,
 )
+from services.beam_launcher.warehouse.rows import SATELLITE_SCAN
 
 _ANSWERS_COLUMN = next(c for c in SATELLITE_SCAN.columns if c.name == "answers")
 ANSWER_KEYS = [c.name for c in _ANSWERS_COLUMN.fields]

@@ -23,14 +23,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.beam_launcher.processing import FileTask
-from services.beam_launcher.rows import (
+from services.beam_launcher.hyperquack.processing import FileTask
+from services.beam_launcher.warehouse.bigquery import merged_schema
+from services.beam_launcher.warehouse.local import FileVerdict, LocalWarehouse
+from services.beam_launcher.warehouse.rows import (
     ALL_TABLES,
     HYPERQUACK_TABLES,
     SATELLITE_SCAN,
     SCHEMA_VERSION,
 )
-from services.beam_launcher.schema_versions import (
+from services.beam_launcher.warehouse.schema_versions import (
     ADDITIVE,
     BREAKING,
     NEW_TABLE,
@@ -46,8 +48,6 @@ from services.beam_launcher.schema_versions import (
     schema_hash,
     shapes_hash,
 )
-from services.beam_launcher.warehouse_bigquery import merged_schema
-from services.beam_launcher.warehouse_local import FileVerdict, LocalWarehouse
 from services.common.rowschema import (
     INTEGER,
     RECORD,
@@ -254,8 +254,8 @@ def test_native_ledger_gains_an_added_column(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A new NULLABLE ledger column: ALTER TABLE … ADD COLUMN, old rows NULL."""
-    import services.beam_launcher.warehouse_local as wl
-    from services.beam_launcher.rows import PROCESSED_FILES
+    import services.beam_launcher.warehouse.local as wl
+    from services.beam_launcher.warehouse.rows import PROCESSED_FILES
 
     wh = LocalWarehouse(tmp_path)
     wh.ensure_tables()
@@ -413,7 +413,7 @@ def test_bigquery_additive_migration_on_the_emulator(bq_env: Any) -> None:
 
     from google.cloud import bigquery
 
-    from services.beam_launcher.warehouse_bigquery import (
+    from services.beam_launcher.warehouse.bigquery import (
         BigQueryWarehouse,
         schema_fields,
         staging_table,

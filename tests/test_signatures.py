@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, Phase, find, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample, Unsatisfiable
 
-from services.beam_launcher.signatures import (
+from services.beam_launcher.enrichment.signatures import (
     PageMatch,
     Signature,
     SignatureFileError,

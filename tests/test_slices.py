@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.beam_launcher import slices
-from services.beam_launcher.processing import FileTask
+from services.beam_launcher.hyperquack.processing import FileTask
 from services.beam_launcher.slices import FileSlice, iter_slice_batches, plan_slices
 from services.common import storage
 from tests.gcs_server import GcsBucket

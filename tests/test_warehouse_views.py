@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from services.beam_launcher.rows import PROCESSED_FILES, SCAN_TABLES
-from services.beam_launcher.warehouse_local import (
+from services.beam_launcher.warehouse.local import (
     PARQUET_TABLES,
     LocalWarehouse,
     WarehouseUnusable,
 )
+from services.beam_launcher.warehouse.rows import PROCESSED_FILES, SCAN_TABLES
 from services.common.rowschema import TableSpec
 from tests.test_hardening import REPO, json_lines, parquet_counts, run_stage_cli, stage_env
 
@@ -133,7 +133,7 @@ def test_parquet_tables_are_views_with_the_ddl_columns_and_types(built: tuple[Pa
     _, wh = built
     want = {spec.name: "VIEW" for spec in PARQUET_TABLES} | {
         PROCESSED_FILES.name: "BASE TABLE",
-        "schema_versions": "BASE TABLE",  # services/beam_launcher/schema_versions.py
+        "schema_versions": "BASE TABLE",  # services/beam_launcher/warehouse/schema_versions.py
     }
     assert kinds(wh) == want
     for spec in PARQUET_TABLES:
@@ -193,7 +193,7 @@ def test_native_tables_of_an_earlier_version_become_views(
         [
             sys.executable,
             "-c",
-            "import sys; from services.beam_launcher.warehouse_local import LocalWarehouse; "
+            "import sys; from services.beam_launcher.warehouse.local import LocalWarehouse; "
             "LocalWarehouse(sys.argv[1]).ensure_tables()",
             str(wh),
         ],

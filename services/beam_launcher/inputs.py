@@ -15,8 +15,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from services.beam_launcher import satellite
-from services.beam_launcher.processing import FileTask
+from services.beam_launcher.hyperquack.processing import FileTask
+from services.beam_launcher.satellite import parse as satellite
 from services.common import storage
 from services.common.scans import COMPLETION_MARKER, UnknownScanName, parse_scan_name
 

@@ -35,22 +35,27 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from services.beam_launcher import native
-from services.beam_launcher import pipeline as graph
+from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
+from services.beam_launcher.hyperquack import pipeline as graph
+from services.beam_launcher.hyperquack.processing import (
+    SAMPLES_KEY,
+    FileTask,
+    Samples,
+    merge_samples,
+)
 from services.beam_launcher.inputs import discover
 from services.beam_launcher.jobwait import wait_for_job
 from services.beam_launcher.metrics import LauncherMetrics
-from services.beam_launcher.processing import SAMPLES_KEY, FileTask, Samples, merge_samples
-from services.beam_launcher.resources import SAMPLE_RESOURCES, load_resources
-from services.beam_launcher.rows import DEAD_LETTER, SCAN_TABLES
-from services.beam_launcher.schema_versions import (
+from services.beam_launcher.versions import OlderThan
+from services.beam_launcher.warehouse.local import FileVerdict, LocalTarget, judge
+from services.beam_launcher.warehouse.rows import DEAD_LETTER, SCAN_TABLES
+from services.beam_launcher.warehouse.schema_versions import (
     BREAKING,
     SchemaCheck,
     check_schemas,
     rebuilt_by_full,
     refusal,
 )
-from services.beam_launcher.versions import OlderThan
-from services.beam_launcher.warehouse_local import FileVerdict, LocalTarget, judge
 from services.beam_launcher.worker import command as worker_command
 from services.beam_launcher.worker import stop_workers
 from services.common import lifecycle, storage
@@ -122,7 +127,7 @@ class RunSummary:
     # Files this run selected that another run committed before this one started them.
     done_by_other_run: list[str] = field(default_factory=list)
     # Per table: the kind of schema change (none/new_table/additive/breaking) this code
-    # brings to the warehouse, the columns added and the problems (schema_versions.py).
+    # brings to the warehouse, the columns added and the problems (warehouse/schema_versions.py).
     schema_check: dict[str, dict[str, Any]] = field(default_factory=dict)
     # --reprocess-pipeline-older-than: {"version", "files", "by_pipeline_version"} of the
     # files selected only because an older pipeline version wrote them.
@@ -412,7 +417,7 @@ def build_pipeline(
     # The local runner gains nothing from reshuffling and would hold every line.
     spread = LOCAL_RUNNERS.get(cfg.runner) != "FnApiRunner"
     if family == "satellite":
-        from services.beam_launcher.satellite_pipeline import build_satellite_graph
+        from services.beam_launcher.satellite.pipeline import build_satellite_graph
 
         build_satellite_graph(
             p,
@@ -446,7 +451,7 @@ def make_target(cfg: RunConfig) -> Any:
     if cfg.sink == "local":
         return LocalTarget(cfg.warehouse)
     if cfg.sink == "bigquery":
-        from services.beam_launcher.warehouse_bigquery import BigQueryTarget
+        from services.beam_launcher.warehouse.bigquery import BigQueryTarget
 
         return BigQueryTarget(
             cfg.bq_project or "", cfg.bq_dataset or "", cfg.temp_location or "", cfg.bq_location

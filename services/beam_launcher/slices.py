@@ -30,7 +30,7 @@ the end and checks each member's CRC and length), so a file with any fault fails
 least one slice: the caller must reject the file when any of its slices raised.
 
 Example:
-    >>> from services.beam_launcher.processing import FileTask
+    >>> from services.beam_launcher.hyperquack.processing import FileTask
     >>> task = FileTask.for_test("CP_Quack-echo-2021-05-30-01-01-01")
     >>> [(s.index, s.count) for s in plan_slices(task, 2)]
     [(0, 1)]
@@ -49,7 +49,7 @@ from typing import IO, cast
 
 from isal import igzip_lib
 
-from services.beam_launcher.processing import FileTask
+from services.beam_launcher.hyperquack.processing import FileTask
 from services.common import storage
 
 # Stored bytes read per step; slice boundaries fall on multiples of it. Inflating 1 MiB

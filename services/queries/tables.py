@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 # The launcher's tables this service reads (their schemas are in
-# services/beam_launcher/rows.py and docs/tables.md). Only the names are needed here, so
+# services/beam_launcher/warehouse/rows.py and docs/tables.md). Only the names are needed here, so
 # the queries image does not ship the launcher; tests/test_queries_sql.py checks that the
 # names agree with rows.py.
 SCAN_TABLE_NAMES: dict[str, str] = {

@@ -1,9 +1,9 @@
 """Optional C extensions for the parsers' hot paths (plain CPython C-API, no third-party code).
 
 * ``_hqfast.c``: Hyperquack parse + classify (used by
-  :class:`~services.beam_launcher.processing.HyperquackProcessor`);
+  :class:`~services.beam_launcher.hyperquack.processing.HyperquackProcessor`);
 * ``_satfast.c``: Satellite v2.2 ``results.json`` flattening (used by
-  :mod:`services.beam_launcher.satellite_batch`).
+  :mod:`services.beam_launcher.satellite.batch`).
 
 Build them with ``python -m services.beam_launcher.native.build`` (``make env`` does). The
 pure-Python code stays the reference; without a built module, or with

@@ -8,7 +8,7 @@
  *
  * Each line is decoded with the orjson.loads given in ctx. A record of the ordinary,
  * well-formed shape is flattened and annotated here; the rows are exactly the dicts
- * services/beam_launcher/processing.py (the pure-Python reference) builds for it. Any
+ * services/beam_launcher/hyperquack/processing.py (the pure-Python reference) builds for it. Any
  * other line (invalid JSON, unexpected types, missing keys, unusual timestamps or v1
  * "Sent" texts, a Python callback raising, ...) gets a None placeholder in rows and its
  * index in slow: the Python caller processes it with the reference code and splices its

@@ -1,6 +1,6 @@
 /*
  * _satfast: the Satellite v2.2 results.json flattening of
- * services/beam_launcher/satellite.py (flatten_observation -> _flatten_v2_2) in C.
+ * services/beam_launcher/satellite/parse.py (flatten_observation -> _flatten_v2_2) in C.
  *
  * The Python code is the reference. This module only handles records of the ordinary
  * v2.2 shape whose every value has the expected type; for anything else (other formats,
@@ -8,7 +8,7 @@
  * lines, ...) it hands the line back to Python, which then produces the rows or the dead
  * letter exactly as without this module.
  *
- * API (used by services/beam_launcher/satellite_batch.py):
+ * API (used by services/beam_launcher/satellite/batch.py):
  *
  *   configure(row_template, answer_template, repeated_answer_fields,
  *             matches_template, match_tags, control_domains, control_ips) -> None
@@ -1145,7 +1145,7 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS,
      "configure(row_template, answer_template, repeated_answer_fields, matches_template, "
      "match_tags, control_domains, control_ips): the templates and constants of "
-     "satellite.py."},
+     "satellite/parse.py."},
     {"flatten_v2_2_batch", flatten_v2_2_batch, METH_VARARGS,
      "flatten_v2_2_batch(lines, first, loads, digest, source, source_file, "
      "pipeline_version, trusted) -> (rows, fast_lines, slow): the rows of the lines done "
@@ -1157,7 +1157,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     "_satfast",
-    "Satellite v2.2 results.json flattening in C (satellite.py is the reference).",
+    "Satellite v2.2 results.json flattening in C (satellite/parse.py is the reference).",
     -1,
     methods,
     NULL,

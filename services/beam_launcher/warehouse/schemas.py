@@ -2,7 +2,8 @@
 
 Usage::
 
-    python -m services.beam_launcher.schemas --docs docs/tables.md --bigquery-dir docs/bigquery
+    python -m services.beam_launcher.warehouse.schemas --docs docs/tables.md \
+        --bigquery-dir docs/bigquery
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from services.beam_launcher.rows import ALL_TABLES
+from services.beam_launcher.warehouse.rows import ALL_TABLES
 from services.common.rowschema import render_docs
 
 DOCS_TITLE = "Tables written by the pipeline"
@@ -123,7 +124,7 @@ def bigquery_files() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m services.beam_launcher.schemas")
+    p = argparse.ArgumentParser(prog="python -m services.beam_launcher.warehouse.schemas")
     p.add_argument("--docs", type=Path, help="write the Markdown table reference here")
     p.add_argument("--bigquery-dir", type=Path, help="write <table>.json BigQuery schemas here")
     args = p.parse_args(argv)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-RULES_DIR = Path(__file__).parent / "rules"
+RULES_DIR = Path(__file__).resolve().parents[1] / "rules"
 HYPERQUACK_RULES_FILE = RULES_DIR / "hyperquack_outcomes.toml"
 
 KNOWN_SCAN_TYPES = frozenset({"echo", "discard", "http", "https", "satellite"})

@@ -22,9 +22,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from services.beam_launcher import satellite, satellite_outcomes, satellite_post
-from services.beam_launcher.hyperquack import BadRecord
-from services.beam_launcher.pipeline import (
+from services.beam_launcher.hyperquack.parse import BadRecord
+from services.beam_launcher.hyperquack.pipeline import (
     NAMESPACE,
     ReadLineBatches,
     SumStats,
@@ -33,14 +32,17 @@ from services.beam_launcher.pipeline import (
     shared_enricher,
     shared_resources,
 )
-from services.beam_launcher.processing import (
+from services.beam_launcher.hyperquack.processing import (
     SAMPLES_KEY,
     FileTask,
     dead_letter_samples,
     parse_line,
 )
-from services.beam_launcher.rows import DEAD_LETTER, SATELLITE_SCAN
-from services.beam_launcher.satellite_batch import parse_observation_batch
+from services.beam_launcher.satellite import outcomes as satellite_outcomes
+from services.beam_launcher.satellite import parse as satellite
+from services.beam_launcher.satellite import post as satellite_post
+from services.beam_launcher.satellite.batch import parse_observation_batch
+from services.beam_launcher.warehouse.rows import DEAD_LETTER, SATELLITE_SCAN
 from services.common.rowschema import Row
 
 SATELLITE_TABLE = SATELLITE_SCAN.name

@@ -4,7 +4,7 @@ Annotation adds what the flattener cannot know alone: domain category, blockpage
 false-positive signature, certificate fields and the outcome with its rule id.
 
 Example:
-    >>> from services.beam_launcher.resources import load_resources, SAMPLE_RESOURCES
+    >>> from services.beam_launcher.enrichment.resources import load_resources, SAMPLE_RESOURCES
     >>> proc = HyperquackProcessor(load_resources(str(SAMPLE_RESOURCES)))
     >>> task = FileTask.for_test("CP_Quack-echo-2021-05-30-01-01-01")
     >>> out = proc.process_lines(task, 1, [b"not json"])
@@ -24,23 +24,23 @@ from typing import Any, TypeVar
 import orjson
 
 from services.beam_launcher import native
-from services.beam_launcher.certs import (
+from services.beam_launcher.enrichment.resources import Resources
+from services.beam_launcher.enrichment.signatures import PageMatch
+from services.beam_launcher.hyperquack.certs import (
     CACHE_SIZE,
     decode_certificate_text,
     leaf_certificate,
     parse_certificate,
 )
-from services.beam_launcher.hyperquack import (
+from services.beam_launcher.hyperquack.outcomes import RuleSet, load_hyperquack_rules
+from services.beam_launcher.hyperquack.parse import (
     V1_CONTROL_DOMAINS,
     BadRecord,
     FileContext,
     file_digest,
     flatten_record,
 )
-from services.beam_launcher.outcomes import RuleSet, load_hyperquack_rules
-from services.beam_launcher.resources import Resources
-from services.beam_launcher.rows import HYPERQUACK_SCAN
-from services.beam_launcher.signatures import PageMatch
+from services.beam_launcher.warehouse.rows import HYPERQUACK_SCAN
 from services.common.logsetup import get_logger
 from services.common.rowschema import Row
 from services.common.scans import parse_scan_name

@@ -319,6 +319,6 @@ SCAN_TABLES: dict[str, TableSpec] = {**HYPERQUACK_TABLES, "satellite": SATELLITE
 ALL_TABLES: tuple[TableSpec, ...] = (*SCAN_TABLES.values(), DEAD_LETTER, PROCESSED_FILES)
 
 # Human schema version per table, recorded with the columns' hash in the warehouse's
-# schema_versions table (services/beam_launcher/schema_versions.py). Raise a table's
+# schema_versions table (services/beam_launcher/warehouse/schema_versions.py). Raise a table's
 # number with every change of its columns' names, types, modes or nested fields.
 SCHEMA_VERSION: dict[str, int] = {spec.name: 1 for spec in ALL_TABLES}

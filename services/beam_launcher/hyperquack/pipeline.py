@@ -37,8 +37,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
-from services.beam_launcher.enrich import RowEnricher
-from services.beam_launcher.processing import (
+from services.beam_launcher.enrichment.ip_metadata import RowEnricher
+from services.beam_launcher.enrichment.resources import Resources, load_resources
+from services.beam_launcher.hyperquack.processing import (
     SAMPLES_KEY,
     FileTask,
     HyperquackProcessor,
@@ -47,9 +48,8 @@ from services.beam_launcher.processing import (
     dead_letter_samples,
     merge_samples,
 )
-from services.beam_launcher.resources import Resources, load_resources
-from services.beam_launcher.rows import DEAD_LETTER, HYPERQUACK_TABLES, SATELLITE_SCAN
 from services.beam_launcher.slices import FileSlice, iter_slice_batches, plan_slices
+from services.beam_launcher.warehouse.rows import DEAD_LETTER, HYPERQUACK_TABLES, SATELLITE_SCAN
 from services.common import progress, storage
 from services.common.rowschema import Row, TableSpec
 
@@ -402,7 +402,7 @@ def build_graph(
 def slice_suffix(piece: FileSlice) -> str:
     """Name part of a slice's files: ``""`` for a whole file, else e.g. ``".02-of-12"``.
 
-    >>> from services.beam_launcher.processing import FileTask
+    >>> from services.beam_launcher.hyperquack.processing import FileTask
     >>> t = FileTask.for_test("CP_Quack-echo-2021-05-30-01-01-01")
     >>> slice_suffix(FileSlice(t, 0, 1)), slice_suffix(FileSlice(t, 1, 12))
     ('', '.02-of-12')
@@ -634,7 +634,7 @@ def plan_work(
     or with ``slice_bytes`` one per that many stored bytes, at most ``workers`` (tests
     use it to slice small files).
 
-    >>> from services.beam_launcher.processing import FileTask
+    >>> from services.beam_launcher.hyperquack.processing import FileTask
     >>> ts = [FileTask.for_test(f"CP_Quack-echo-2021-05-30-01-01-0{i}") for i in range(3)]
     >>> [len(b) for b in plan_work(ts, 2)]
     [2, 1]

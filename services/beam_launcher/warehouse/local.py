@@ -63,15 +63,15 @@ from typing import Any
 import duckdb
 import orjson
 
-from services.beam_launcher.pipeline import safe_key
-from services.beam_launcher.processing import FileTask
-from services.beam_launcher.rows import (
+from services.beam_launcher.hyperquack.pipeline import safe_key
+from services.beam_launcher.hyperquack.processing import FileTask
+from services.beam_launcher.warehouse.rows import (
     ALL_TABLES,
     DEAD_LETTER,
     PROCESSED_FILES,
     SCAN_TABLES,
 )
-from services.beam_launcher.schema_versions import (
+from services.beam_launcher.warehouse.schema_versions import (
     ADDITIVE,
     NEW_TABLE,
     SCHEMA_TABLE,
@@ -889,7 +889,7 @@ class LocalTarget:
         return str(Path(self.staging_dir(run_id)) / "_stats")
 
     def sink(self, run_id: str, tables: list[str]) -> object:
-        from services.beam_launcher.pipeline import LocalStagingSink
+        from services.beam_launcher.hyperquack.pipeline import LocalStagingSink
 
         return LocalStagingSink(self.staging_dir(run_id))
 

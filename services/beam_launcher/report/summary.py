@@ -1,5 +1,5 @@
 """Print a short summary of a local warehouse: tables, row counts, outcomes, dead letters;
-with ``--html``, also write a static HTML report with charts (see ``report_html``).
+with ``--html``, also write a static HTML report with charts (see ``report.html``).
 
 Usage: ``python -m services.beam_launcher.report --warehouse DIR [--html OUT.html]``
 """
@@ -22,8 +22,8 @@ from services.common import lifecycle
 def render(warehouse: Path) -> str:
     import duckdb
 
-    from services.beam_launcher.rows import SCAN_TABLES
-    from services.beam_launcher.warehouse_local import DB_NAME
+    from services.beam_launcher.warehouse.local import DB_NAME
+    from services.beam_launcher.warehouse.rows import SCAN_TABLES
 
     db = warehouse / DB_NAME
     if not db.exists():
@@ -75,8 +75,8 @@ def write_html(warehouse: Path, out: Path) -> Path:
     """Write the HTML report of ``warehouse`` to ``out`` (atomically); returns its path."""
     import duckdb
 
-    from services.beam_launcher.report_html import build_html
-    from services.beam_launcher.warehouse_local import DB_NAME
+    from services.beam_launcher.report.html import build_html
+    from services.beam_launcher.warehouse.local import DB_NAME
 
     db = warehouse / DB_NAME
     if not db.exists():

@@ -19,8 +19,8 @@ from typing import Any
 
 import duckdb
 
-from services.beam_launcher.report_svg import Bar, column_chart, fmt_count, hbar_chart
-from services.beam_launcher.rows import SCAN_TABLES
+from services.beam_launcher.report.svg import Bar, column_chart, fmt_count, hbar_chart
+from services.beam_launcher.warehouse.rows import SCAN_TABLES
 
 __all__ = ["SECTIONS", "Section", "build_html", "run_section"]
 

@@ -1,7 +1,7 @@
 """Schema versions of the warehouse: what the row definitions were when each table was
 last written, and what kind of change the code in hand brings.
 
-Every table of :data:`~services.beam_launcher.rows.ALL_TABLES` has a human version
+Every table of :data:`~services.beam_launcher.warehouse.rows.ALL_TABLES` has a human version
 (``rows.SCHEMA_VERSION``) and a hash of its columns' (name, type, mode, nested fields),
 description left out. Both warehouses keep one row per table in ``schema_versions``
 (table_name, schema_version, schema_hash, columns as JSON, pipeline_version,
@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from services.beam_launcher.rows import (
+from services.beam_launcher.warehouse.rows import (
     ALL_TABLES,
     DEAD_LETTER,
     PROCESSED_FILES,

@@ -1,6 +1,6 @@
 """Satellite observation lines → rows, one batch at a time (C fast path + Python reference).
 
-:func:`parse_observation_batch` is what ``ParseSatelliteBatch`` (satellite_pipeline.py) does
+:func:`parse_observation_batch` is what ``ParseSatelliteBatch`` (satellite/pipeline.py) does
 with a batch of an observations file (``results.json``, ``interference.json``, ...) and
 what ``bench/bench_satellite.py`` measures. Each line is stripped, decoded with
 ``orjson.loads`` and flattened with :func:`satellite.flatten_observation`; every row gets
@@ -23,9 +23,10 @@ from typing import Any
 
 import orjson
 
-from services.beam_launcher import native, satellite
-from services.beam_launcher.hyperquack import BadRecord, FileContext, file_digest
-from services.beam_launcher.processing import FileTask, parse_line
+from services.beam_launcher import native
+from services.beam_launcher.hyperquack.parse import BadRecord, FileContext, file_digest
+from services.beam_launcher.hyperquack.processing import FileTask, parse_line
+from services.beam_launcher.satellite import parse as satellite
 from services.common.rowschema import Row
 
 __all__ = ["native_module", "parse_observation_batch", "parser_path"]

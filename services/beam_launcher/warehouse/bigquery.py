@@ -31,14 +31,15 @@ from typing import Any, TypeVar
 
 import apache_beam as beam
 
-from services.beam_launcher.rows import (
+from services.beam_launcher.warehouse.local import Claim, FileVerdict, LedgerEntry
+from services.beam_launcher.warehouse.rows import (
     ALL_TABLES,
     DEAD_LETTER,
     PROCESSED_FILES,
     SATELLITE_SCAN,
     SCAN_TABLES,
 )
-from services.beam_launcher.schema_versions import (
+from services.beam_launcher.warehouse.schema_versions import (
     ADDITIVE,
     NEW_TABLE,
     SCHEMA_TABLE,
@@ -47,7 +48,6 @@ from services.beam_launcher.schema_versions import (
     SchemaCheck,
     SchemaRecord,
 )
-from services.beam_launcher.warehouse_local import Claim, FileVerdict, LedgerEntry
 from services.common import lifecycle
 from services.common.bqclient import bigquery_client, emulator_host
 from services.common.logsetup import get_logger

@@ -13,10 +13,11 @@ The format version is chosen per record from its keys and value types, never fro
 ``response`` a list with ``passed_liveness`` (or roundtrip ``response`` objects) → v2.2;
 ``response`` a list with ``passed_control`` (or roundtrip ``response`` lists) → the v2.1
 control-resolver file. Structural problems raise
-:class:`~services.beam_launcher.hyperquack.BadRecord` with a stable error class; the caller
+:class:`~services.beam_launcher.hyperquack.parse.BadRecord` with a stable error class; the caller
 turns it into a dead letter (invalid JSON is the caller's job too).
 
-Rows have exactly the keys of :data:`~services.beam_launcher.rows.SATELLITE_SCAN`, with the
+Rows have exactly the keys of
+:data:`~services.beam_launcher.warehouse.rows.SATELLITE_SCAN`, with the
 columns that later stages fill (domain category, resolver metadata from tags and CAIDA,
 outcome, confidence post-processing) left None, plus private keys starting with ``_`` that
 the caller strips: ``_format`` (``"v1"``, ``"v2.1"``, ``"v2.1-control"`` or ``"v2.2"``) on
@@ -40,21 +41,21 @@ import json
 import math
 from typing import Any
 
-from services.beam_launcher.certs import (
+from services.beam_launcher.enrichment.signatures import SignatureMatcher
+from services.beam_launcher.hyperquack.certs import (
     decode_certificate_text,
     leaf_certificate,
     parse_certificate,
 )
-from services.beam_launcher.hyperquack import (
+from services.beam_launcher.hyperquack.parse import (
     BadRecord,
     FileContext,
     _received_fields,
     measurement_id,
     normalize_timestamp,
 )
-from services.beam_launcher.processing import page_text
-from services.beam_launcher.rows import SATELLITE_SCAN
-from services.beam_launcher.signatures import SignatureMatcher
+from services.beam_launcher.hyperquack.processing import page_text
+from services.beam_launcher.warehouse.rows import SATELLITE_SCAN
 from services.common.countries import country_code
 from services.common.rowschema import REPEATED, Row
 

@@ -36,8 +36,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from services.beam_launcher.outcomes import RULES_DIR, RuleFileError, text_matcher
-from services.beam_launcher.rows import SATELLITE_SCAN
+from services.beam_launcher.hyperquack.outcomes import RULES_DIR, RuleFileError, text_matcher
+from services.beam_launcher.warehouse.rows import SATELLITE_SCAN
 from services.common.rowschema import Row
 
 SATELLITE_RULES_FILE = RULES_DIR / "satellite_outcomes.toml"

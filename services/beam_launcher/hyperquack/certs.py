@@ -8,7 +8,7 @@ certificate is valid for the row's domain.
 
 Example (``response`` is one v2 roundtrip's response object)::
 
-    from services.beam_launcher.certs import leaf_certificate, parse_certificate
+    from services.beam_launcher.hyperquack.certs import leaf_certificate, parse_certificate
 
     leaf = leaf_certificate(response.get("Certificate"))  # str | list[str] | "" | [] | None
     info = parse_certificate(leaf, "www.example.com") if leaf else None

@@ -15,14 +15,14 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.beam_launcher.categories import DomainCategories, load_domain_categories
-from services.beam_launcher.signatures import SignatureMatcher, load_signatures
+from services.beam_launcher.enrichment.categories import DomainCategories, load_domain_categories
+from services.beam_launcher.enrichment.signatures import SignatureMatcher, load_signatures
 from services.common import storage
 
 BLOCKPAGE_FILE = "blockpage_signatures.json"
 FALSE_POSITIVE_FILE = "false_positive_signatures.json"
 CATEGORIES_FILE = "domain_categories.csv"
-SAMPLE_RESOURCES = Path(__file__).resolve().parents[2] / "resources" / "sample"
+SAMPLE_RESOURCES = Path(__file__).resolve().parents[3] / "resources" / "sample"
 
 
 class ResourceError(RuntimeError):
