@@ -5,89 +5,48 @@ dead letters and stats of the pure-Python reference (``process_lines`` with
 ``use_native=False``): same columns in schema order, same values and types, same length
 everywhere. Lines the C code hands back to Python are spliced in at their row positions.
 Helpers and data (real fixtures, generated scans, hypothesis-mutated records) come from
-tests/test_native_hyperquack.py; without the compiled module these tests skip (not in CI).
+tests/helpers_native.py (shared with tests/test_native_hyperquack.py); without the
+compiled module these tests skip (not in CI).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gc
-import os
-import tracemalloc
 from typing import Any
-from unittest import mock
 
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.beam_launcher.enrichment.resources import Resources
 from services.beam_launcher.hyperquack import processing
 from services.beam_launcher.hyperquack.processing import (
-    ColumnOutput,
     FileTask,
     HyperquackProcessor,
     rows_to_columns,
 )
-from tests.conftest import REAL, REAL_HQ_SCANS
-from tests.test_native_hyperquack import (
+from tests.conftest import REAL_HQ_SCANS
+from tests.helpers_native import (
+    COLUMNS,
     ECHO_V2,
     HTTPS_V1,
     MODULE,
     SEEDS,
     ExplodingMatcher,
-    _v2_line,
+    Pair,
+    assert_bad_arguments_raise,
+    assert_columns_equal_rows,
     batches,
     generated_lines,
+    memory_growth,
     mutate,
     needs_module,
-    real_resources,
+    pair,
+    real_fixture,
     sample_resources,
     serialise,
+    v2_line,
 )
-
-COLUMNS = processing.HYPERQUACK_SCAN.column_names
-
-
-class ColumnPair:
-    """A native processor (columns) and the pure-Python reference (rows) on one resource set."""
-
-    def __init__(self, resources: Resources) -> None:
-        with mock.patch.dict(os.environ, {"CP_NATIVE_PARSER": "1"}):
-            self.fast = HyperquackProcessor(resources)
-        self.ref = HyperquackProcessor(resources, use_native=False)
-        assert self.fast.native and not self.ref.native
-
-    def check(self, task: FileTask, first: int, lines: list[bytes]) -> ColumnOutput:
-        got = self.fast.process_columns(task, first, lines)
-        want = self.ref.process_lines(task, first, lines)
-        assert_columns_equal_rows(got, want)
-        return got
-
-
-def assert_columns_equal_rows(got: ColumnOutput, want: processing.BatchOutput) -> None:
-    """``got`` is the transpose of ``want`` (values, types, order), same dead letters and stats."""
-    assert got.n_rows == len(want.rows)
-    assert list(got.columns) == list(COLUMNS)  # every schema column, in schema order
-    expected = rows_to_columns(want.rows, COLUMNS)
-    for name in COLUMNS:
-        column = got.columns[name]
-        assert len(column) == got.n_rows, name
-        assert column == expected[name], name
-        assert [type(v) for v in column] == [type(v) for v in expected[name]], name
-    assert got.dead_letters == want.dead_letters
-    assert dict(got.stats) == dict(want.stats)
-
-
-_PAIRS: dict[str, ColumnPair] = {}
-
-
-def pair(kind: str) -> ColumnPair:
-    if kind not in _PAIRS:
-        _PAIRS[kind] = ColumnPair(real_resources() if kind == "real" else sample_resources())
-    return _PAIRS[kind]
-
 
 # --- real fixtures ------------------------------------------------------------------------
 
@@ -96,12 +55,8 @@ def pair(kind: str) -> ColumnPair:
 @pytest.mark.parametrize("rel", sorted(REAL_HQ_SCANS))
 def test_real_fixture_columns_equal_rows(rel: str) -> None:
     p = pair("real")
-    path = REAL / rel
-    if not path.is_file():
-        pytest.skip(f"real fixture {path} is absent")
-    lines = path.read_bytes().splitlines(keepends=True)
-    task = FileTask.for_test(REAL_HQ_SCANS[rel])
-    out = p.check(task, 1, lines)
+    task, lines = real_fixture(rel)
+    out = p.check_columns(task, 1, lines)
     assert out.n_rows and not out.dead_letters
     # ... and equal to the native row path, the C code handling every line itself.
     native_rows = p.fast.process_lines(task, 1, lines)
@@ -114,7 +69,7 @@ def test_real_fixture_columns_equal_rows(rel: str) -> None:
     assert dict(zip(MODULE.COLUMNS, columns, strict=True)) == {
         name: out.columns[name] for name in MODULE.COLUMNS
     }
-    p.check(task, 1001, lines + lines)  # warm caches, other line numbers
+    p.check_columns(task, 1001, lines + lines)  # warm caches, other line numbers
 
 
 # --- generated scans ----------------------------------------------------------------------
@@ -127,7 +82,7 @@ def test_generated_scans_columns_equal_rows(scan_type: str, version: int) -> Non
     p = pair("sample")
     task, lines = generated_lines(scan_type, version, 400)
     for start in range(0, len(lines), 150):
-        p.check(task, start + 1, lines[start : start + 150])
+        p.check_columns(task, start + 1, lines[start : start + 150])
 
 
 # --- slow lines spliced into the columns --------------------------------------------------
@@ -154,7 +109,7 @@ SLOW_WITH_ROWS = orjson.dumps(
 
 def _partly_native(i: int) -> bytes:
     """A v2 record whose first response the C code writes, its second one sends it slow."""
-    record = orjson.loads(_v2_line(i))
+    record = orjson.loads(v2_line(i))
     record["response"].append(dict(record["response"][1], start_time="2021-05-30 00:00:00Z"))
     return orjson.dumps(record)
 
@@ -164,7 +119,7 @@ def test_slow_lines_in_the_middle_are_spliced_at_their_rows() -> None:
     p = pair("sample")
     task = FileTask.for_test(HTTPS_V1)
     ctx = p.fast._native_context(task)
-    good = [_v2_line(i) for i in range(4)]
+    good = [v2_line(i) for i in range(4)]
     lines = [
         good[0],
         SLOW_WITH_ROWS,
@@ -182,7 +137,7 @@ def test_slow_lines_in_the_middle_are_spliced_at_their_rows() -> None:
     assert slow_at == [2, 4, 4, 8]  # each good v2 line has 2 rows
     assert counts[1] == len(columns[0]) == 10
     before = p.fast.native_slow_lines
-    out = p.check(task, 10, lines)
+    out = p.check_columns(task, 10, lines)
     assert p.fast.native_slow_lines - before == 4
     assert out.n_rows == 10 + 1 + 1 + 3  # the Python path added rows for 3 slow lines
     lines_of_rows = out.columns["source_line"]
@@ -190,15 +145,15 @@ def test_slow_lines_in_the_middle_are_spliced_at_their_rows() -> None:
     assert out.dead_letters[0]["source_line"] == 13
     # the same lines in every order the hypothesis tests would rarely produce
     for k in range(len(lines)):
-        p.check(task, 1, lines[k:] + lines[:k])
+        p.check_columns(task, 1, lines[k:] + lines[:k])
 
 
 @needs_module
 def test_python_callback_error_is_dead_lettered_like_python() -> None:
     resources = dataclasses.replace(sample_resources(), matcher=ExplodingMatcher())  # type: ignore[arg-type]
-    p = ColumnPair(resources)
-    lines = [_v2_line(i) for i in range(2)]
-    out = p.check(FileTask.for_test(ECHO_V2), 1, lines)
+    p = Pair(resources)
+    lines = [v2_line(i) for i in range(2)]
+    out = p.check_columns(FileTask.for_test(ECHO_V2), 1, lines)
     assert out.stats["dead_letters.internal_error"] == 2
     assert out.n_rows == 0 and all(col == [] for col in out.columns.values())
 
@@ -214,7 +169,7 @@ def test_python_callback_error_is_dead_lettered_like_python() -> None:
     first=st.sampled_from([1, 2**32 - 2, 4_000_000_000_000]),
 )
 def test_mutated_records_columns_equal_rows(lines: list[bytes], scan: str, first: int) -> None:
-    pair("sample").check(FileTask.for_test(scan), first, lines)
+    pair("sample").check_columns(FileTask.for_test(scan), first, lines)
 
 
 @needs_module
@@ -223,7 +178,7 @@ def test_mutated_records_columns_equal_rows(lines: list[bytes], scan: str, first
 def test_mutated_records_columns_equal_rows_real_resources(data: st.DataObject) -> None:
     p = pair("real")
     lines = [serialise(data, mutate(data, data.draw(st.sampled_from(SEEDS)))) for _ in range(4)]
-    p.check(FileTask.for_test(HTTPS_V1), 1, lines)
+    p.check_columns(FileTask.for_test(HTTPS_V1), 1, lines)
 
 
 # --- switches and fallbacks ---------------------------------------------------------------
@@ -249,7 +204,7 @@ def test_module_without_the_columnar_entry_uses_the_row_path(
     p = pair("sample")
     before = p.fast.native_slow_lines
     task, lines = generated_lines("echo", 2, 40)
-    p.check(task, 1, [*lines, SLOW_WITH_ROWS])
+    p.check_columns(task, 1, [*lines, SLOW_WITH_ROWS])
     assert p.fast.native_slow_lines - before == 1  # the native row path ran
 
 
@@ -257,7 +212,7 @@ def test_module_without_the_columnar_entry_uses_the_row_path(
 def test_native_exception_redoes_the_batch_in_python(monkeypatch: pytest.MonkeyPatch) -> None:
     p = pair("sample")
     task = FileTask.for_test(ECHO_V2)
-    lines = [_v2_line(i) for i in range(3)] + [b"junk"]
+    lines = [v2_line(i) for i in range(3)] + [b"junk"]
     want = p.ref.process_lines(task, 1, lines)
 
     def broken(*_args: Any) -> Any:
@@ -307,7 +262,7 @@ def test_built_module_passes_both_schema_guards() -> None:
 def test_no_leaks_on_repeated_hostile_column_batches() -> None:
     p = pair("sample")
     task = FileTask.for_test(ECHO_V2)
-    good = [_v2_line(i) for i in range(20)]
+    good = [v2_line(i) for i in range(20)]
     hostile = [b"junk", b"[1, 2]", _partly_native(3), SLOW_WITH_ROWS, _partly_native(4)]
     batch = good + hostile + good
 
@@ -316,33 +271,16 @@ def test_no_leaks_on_repeated_hostile_column_batches() -> None:
             p.fast.process_columns(task, 1, batch)
             MODULE.process_batch_columns(batch, 1, p.fast._native_context(task))
 
-    run()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        run()
-        gc.collect()
-        first, _ = tracemalloc.get_traced_memory()
-        run()
-        run()
-        gc.collect()
-        second, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert second - first < 64 * 1024, f"memory grew by {second - first} bytes"
+    growth = memory_growth(run)
+    assert growth < 64 * 1024, f"memory grew by {growth} bytes"
 
 
 @needs_module
 def test_bad_arguments_raise_instead_of_crashing() -> None:
     ctx = pair("sample").fast._native_context(FileTask.for_test(ECHO_V2))
-    with pytest.raises(TypeError):
-        MODULE.process_batch_columns("x", 1, ctx)
-    with pytest.raises(TypeError):
-        MODULE.process_batch_columns([b"{}"], 1, ctx[:-1])
+    assert_bad_arguments_raise(MODULE.process_batch_columns, ctx)
     with pytest.raises(TypeError):
         MODULE.process_batch_columns([b"{}"], 1)
-    with pytest.raises(OverflowError):
-        MODULE.process_batch_columns([b"{}"], 2**80, ctx)
     columns, slow, slow_at, counts = MODULE.process_batch_columns([b"{}", 5, "str"], 1, ctx)
     assert len(columns) == len(MODULE.COLUMNS) and all(col == [] for col in columns)
     assert slow == [0, 1, 2] and slow_at == [0, 0, 0] and counts == (0, 0, 0, 0, 0, 0)
