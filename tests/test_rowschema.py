@@ -38,6 +38,7 @@ from services.common.rowschema import (
     check_row,
     render_docs,
 )
+from tests.helpers_rowschema import answer_columns
 
 REPO = Path(__file__).resolve().parents[1]
 UTC = dt.UTC
@@ -47,23 +48,7 @@ NESTED = TableSpec(
     "nested",
     (
         Column("id", STRING, "Id", REQUIRED),
-        Column(
-            "answer",
-            RECORD,
-            "One answer",
-            fields=(
-                Column("ip", STRING, "IP"),
-                Column("seen", TIMESTAMP, "When"),
-                Column("tags", STRING, "Tags", REPEATED),
-            ),
-        ),
-        Column(
-            "answers",
-            RECORD,
-            "All answers",
-            REPEATED,
-            fields=(Column("raw", BYTES, "Raw"), Column("day", DATE, "Day")),
-        ),
+        *answer_columns(Column("tags", STRING, "Tags", REPEATED)),
         Column("score", FLOAT, "Score"),
     ),
     description="A table with | in it",

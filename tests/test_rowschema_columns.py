@@ -24,7 +24,6 @@ from services.common.rowschema import (
     DATE,
     FLOAT,
     INTEGER,
-    RECORD,
     REPEATED,
     REQUIRED,
     STRING,
@@ -33,6 +32,7 @@ from services.common.rowschema import (
     TableSpec,
 )
 from services.common.sample_scans import generate_hyperquack_records, go_json_line
+from tests.helpers_rowschema import answer_columns
 
 ALL_TYPES = TableSpec(
     "all_types",
@@ -46,23 +46,7 @@ ALL_TYPES = TableSpec(
         Column("raw", BYTES, "Raw"),
         Column("tags", STRING, "Tags", REPEATED),
         Column("days", DATE, "Days", REPEATED),
-        Column(
-            "answer",
-            RECORD,
-            "One answer",
-            fields=(
-                Column("ip", STRING, "IP"),
-                Column("seen", TIMESTAMP, "When"),
-                Column("blobs", BYTES, "Blobs", REPEATED),
-            ),
-        ),
-        Column(
-            "answers",
-            RECORD,
-            "All answers",
-            REPEATED,
-            fields=(Column("raw", BYTES, "Raw"), Column("day", DATE, "Day")),
-        ),
+        *answer_columns(Column("blobs", BYTES, "Blobs", REPEATED)),
     ),
 )
 
