@@ -177,6 +177,44 @@ def test_final_files_match_only_the_files_slices(tmp_path: Path) -> None:
     assert [p.name for p in wh._final_files("t", "S__results.json.gz")] == sorted(names[3:5])
 
 
+def test_dofns_of_one_process_share_resources_and_enricher(tmp_path: Path) -> None:
+    """Issue 16: the compiled resources and the IP enricher are built once per process
+    (Beam ``Shared`` handles) and given to every DoFn configured the same way, Hyperquack
+    and Satellite alike; another configuration gets its own objects."""
+    import shutil
+
+    from services.beam_launcher.hyperquack.pipeline import ProcessSlices
+    from services.beam_launcher.satellite.pipeline import ParseSatelliteBatch, PostProcessDomain
+
+    sample = str(REPO / "resources" / "sample")
+    first, second = ProcessSlices(str(tmp_path), sample), ProcessSlices(str(tmp_path), sample)
+    parse, post = ParseSatelliteBatch(sample, keep_bodies=False), PostProcessDomain(sample)
+    for dofn in (first, second, parse, post):
+        dofn.setup()
+    assert first.processor is not None and second.processor is not None
+    assert first.processor.resources is second.processor.resources
+    assert parse.resources is first.processor.resources is post.resources
+    assert first.enricher is second.enricher is post.enricher
+    assert first.processor is not second.processor  # each DoFn its own processor
+
+    copy = tmp_path / "resources"
+    shutil.copytree(sample, copy)
+    other = ProcessSlices(str(tmp_path), str(copy), max_staleness_days=7)
+    other.setup()
+    assert other.processor is not None
+    assert other.processor.resources is not first.processor.resources
+    assert other.processor.resources.location == str(copy)
+    assert other.processor.resources.digest == first.processor.resources.digest
+    assert other.enricher is not first.enricher
+    # The DoFns set up earlier keep theirs; a new one of the first kind gets equal objects.
+    assert first.processor.resources.location == sample
+    again = ProcessSlices(str(tmp_path), sample)
+    again.setup()
+    assert again.processor is not None
+    assert again.processor.resources.location == sample
+    assert again.processor.resources.digest == first.processor.resources.digest
+
+
 # -- stop signals with worker processes ---------------------------------------------------
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import os
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -36,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
+from apache_beam.utils.shared import Shared
 
 from services.beam_launcher.enrichment.ip_metadata import RowEnricher
 from services.beam_launcher.enrichment.resources import Resources, load_resources
@@ -140,11 +140,12 @@ class ReadLineBatches(beam.DoFn):
         self.bytes_read.inc(nbytes)
 
 
-_RESOURCES: dict[str, Resources] = {}
-_RESOURCES_LOCK = threading.Lock()
-
-
-_ENRICHERS: dict[tuple[str | None, int, str | None], RowEnricher] = {}
+# Per-process objects the DoFns share, through Beam's ``Shared`` handles (one handle per
+# kind of object; each DoFn keeps a strong reference, the handle only a weak one, so an
+# object lives as long as some DoFn of this process uses it). The tag is the object's
+# configuration: acquiring with another tag builds a new object for the DoFns to come.
+_RESOURCES = Shared()
+_ENRICHER = Shared()
 ORG_MMDB_ENV = "CP_IP_ORG_MMDB"
 
 
@@ -154,21 +155,17 @@ def shared_enricher(location: str | None, max_staleness_days: int) -> RowEnriche
     The optional organisation MMDB comes from ``$CP_IP_ORG_MMDB`` (worker environment).
     """
     org_mmdb = os.environ.get(ORG_MMDB_ENV) or None
-    with _RESOURCES_LOCK:
-        key = (location, max_staleness_days, org_mmdb)
-        enricher = _ENRICHERS.get(key)
-        if enricher is None:
-            enricher = _ENRICHERS[key] = RowEnricher(location, max_staleness_days, org_mmdb)
-        return enricher
+    enricher: RowEnricher = _ENRICHER.acquire(
+        lambda: RowEnricher(location, max_staleness_days, org_mmdb),
+        tag=(location, max_staleness_days, org_mmdb),
+    )
+    return enricher
 
 
 def shared_resources(location: str) -> Resources:
     """One compiled matcher per worker process (RE2 matching is thread-safe)."""
-    with _RESOURCES_LOCK:
-        res = _RESOURCES.get(location)
-        if res is None:
-            res = _RESOURCES[location] = load_resources(location)
-        return res
+    res: Resources = _RESOURCES.acquire(lambda: load_resources(location), tag=location)
+    return res
 
 
 class _HyperquackDoFn(beam.DoFn):

@@ -63,11 +63,14 @@ class ParseSatelliteBatch(beam.DoFn):
     def __init__(self, resources_location: str, keep_bodies: bool) -> None:
         self.resources_location = resources_location
         self.keep_bodies = keep_bodies
+        self.resources: Any = None
         self.matcher: Any = None
         self.counters: dict[str, Any] = {}
 
     def setup(self) -> None:
-        self.matcher = shared_resources(self.resources_location).matcher
+        # The whole Resources object is kept: the shared handle holds only a weak reference.
+        self.resources = shared_resources(self.resources_location)
+        self.matcher = self.resources.matcher
 
     def _count(self, name: str, value: int = 1) -> None:
         c = self.counters.get(name)
@@ -184,12 +187,14 @@ class PostProcessDomain(beam.DoFn):
         self.resources_location = resources_location
         self.ip_metadata = ip_metadata
         self.max_staleness_days = max_staleness_days
+        self.resources: Any = None
         self.categories: Any = None
         self.rules: Any = None
         self.enricher: Any = None
 
     def setup(self) -> None:
-        self.categories = shared_resources(self.resources_location).categories
+        self.resources = shared_resources(self.resources_location)  # kept: see above
+        self.categories = self.resources.categories
         self.rules = satellite_outcomes.load_satellite_rules()
         self.enricher = shared_enricher(self.ip_metadata, self.max_staleness_days)
 
