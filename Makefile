@@ -13,7 +13,7 @@ env:
 	$(UV) run python -m services.beam_launcher.native.build
 
 run: env
-	$(UV) run python -m services.common.sample_scans --out $(VAR)/sample --size $(SAMPLE_SIZE)
+	$(UV) run python -m sampledata --out $(VAR)/sample --size $(SAMPLE_SIZE)
 	$(UV) run python -m services.mirror archives --source $(VAR)/sample/archives --dest $(VAR)/raw
 	$(UV) run python -m services.mirror resources --url resources/sample --dest $(VAR)/resources
 	$(UV) run python -m services.untar --raw $(VAR)/raw --target $(VAR)/bucket
@@ -30,11 +30,11 @@ test: env
 	$(UV) run pytest -q
 
 lint: env
-	$(UV) run ruff check services tests bench deploy
-	$(UV) run ruff format --check services tests bench deploy
+	$(UV) run ruff check services sampledata tests bench deploy
+	$(UV) run ruff format --check services sampledata tests bench deploy
 
 typecheck: env
-	$(UV) run mypy services
+	$(UV) run mypy services sampledata
 
 docs: env
 	$(UV) run python -m services.beam_launcher.warehouse.schemas --docs docs/tables.md --bigquery-dir docs/bigquery

@@ -92,13 +92,13 @@ def in_child(func: Any, *args: Any) -> Any:
 
 
 def scan_spec() -> Any:
-    from services.common.sample_scans import HYPERQUACK_SCANS
+    from sampledata import HYPERQUACK_SCANS
 
     return next(s for s in HYPERQUACK_SCANS if s.scan_type == SCAN_TYPE and s.version == VERSION)
 
 
 def scan_file(cache: Path, n: int) -> Path:
-    from services.common.sample_scans import source_name
+    from sampledata import source_name
 
     spec = scan_spec()
     folder = cache / f"http-v2-{n}" / "scans" / source_name(spec.scan_type, spec.start)
@@ -107,7 +107,7 @@ def scan_file(cache: Path, n: int) -> Path:
 
 def generate_child(path: str, n: int) -> dict[str, Any]:
     """Write an n-line scan to ``path`` (via a temporary file)."""
-    from services.common.sample_scans import build_scan_files
+    from sampledata import build_scan_files
 
     start = time.perf_counter()
     members, records, _ = build_scan_files(scan_spec(), n, seed=0)
@@ -156,10 +156,10 @@ def ensure_scan(cache: Path, n: int) -> Path:
 
 
 def caida_child(out: str, n_lines: int, prefixes: int, seed: int) -> dict[str, Any]:
-    """A CAIDA site folder (sample_caida layout) for the scan's date with ~``prefixes``
+    """A CAIDA site folder (sampledata.caida layout) for the scan's date with ~``prefixes``
     prefixes: the scan's server /24s (as the sample gives them) plus filler prefixes
     (/16–/24, outside those /24s) routed by ~70k filler ASes."""
-    from services.common import sample_caida as sc
+    from sampledata import caida as sc
 
     spec = scan_spec()
     sample = sc.build_caida([spec], n_lines, 0)
@@ -416,8 +416,8 @@ class Sampler:
 def prime_ipmeta_cache_child(meta: str, cache: str) -> None:
     """Fill the IP-metadata cache folder ``cache`` with the tables of the scan's date."""
     os.environ[IPMETA_CACHE_ENV] = cache
+    from sampledata.caida import scan_dates
     from services.beam_launcher.enrichment.ip_metadata import RowEnricher
-    from services.common.sample_caida import scan_dates
 
     date = scan_dates([scan_spec()])[0].isoformat()
     RowEnricher(meta).lookup(date, "1.1.1.1")

@@ -22,7 +22,7 @@ the script exits 1. Data sets (batches of ``--batch`` lines, as in the pipeline)
   repeat is ``--min-seconds`` of C work, with the real resources; warm memos (the same few
   records again and again), so this is mostly per-line decoding and flattening;
 * ``generated``: ``--size`` measurements per type/version from
-  ``services.common.sample_scans`` (Go-style JSON lines); every cache and memo of every
+  ``sampledata`` (Go-style JSON lines); every cache and memo of every
   path is emptied before every repeat (one cold pass over one scan file);
 * ``file``: ``--scan-file`` (a ``results.json`` or ``.json.gz`` of a Hyperquack scan, its
   scan name taken from the parent folder), cold like ``generated``.
@@ -76,6 +76,15 @@ from msgspec_hyperquack import MsgspecHyperquack, output_difference  # noqa: E40
 from msgspec_satellite import MsgspecSatellite  # noqa: E402
 from msgspec_structs import SatRecord  # noqa: E402
 
+from sampledata import (  # noqa: E402
+    DEFAULT_SCANS,
+    SATELLITE,
+    SATELLITE_SCANS,
+    build_satellite_files,
+    go_json_line,
+    iter_hyperquack_records,
+    source_name,
+)
 from services.beam_launcher.enrichment.resources import (  # noqa: E402
     SAMPLE_RESOURCES,
     Resources,
@@ -88,15 +97,6 @@ from services.beam_launcher.hyperquack.processing import (  # noqa: E402
 )
 from services.beam_launcher.satellite import batch as satellite_batch  # noqa: E402
 from services.common.rowschema import Row  # noqa: E402
-from services.common.sample_scans import (  # noqa: E402
-    DEFAULT_SCANS,
-    SATELLITE,
-    SATELLITE_SCANS,
-    build_satellite_files,
-    go_json_line,
-    iter_hyperquack_records,
-    source_name,
-)
 
 PATHS = ("C", "python", "msgspec")
 Batches = list[tuple[int, list[bytes]]]

@@ -17,7 +17,7 @@ not ``0``, else pure Python; the first lines printed say which. Two data sets:
   memos): realistic for certificates, signatures and outcomes (the rows of a scan share
   few of them), optimistic for categories (a scan has thousands of domains).
 * ``generated``: ``--size`` measurements per type/version from
-  ``services.common.sample_scans``, serialised like the real files, with the real
+  ``sampledata``, serialised like the real files, with the real
   resources when present, else ``resources/sample``. Every cache and memo is emptied
   before every repeat, so each repeat is one cold pass over one scan file (many distinct
   domains and pages: each distinct page costs one signature pass).
@@ -48,6 +48,12 @@ REAL = REPO.parent / "shared" / "fixtures" / "real"
 REAL_RESOURCES = REAL / "resources"
 sys.path.insert(0, str(REPO))
 
+from sampledata import (  # noqa: E402
+    DEFAULT_SCANS,
+    go_json_line,
+    iter_hyperquack_records,
+    source_name,
+)
 from services.beam_launcher.enrichment.resources import (  # noqa: E402
     SAMPLE_RESOURCES,
     load_resources,
@@ -61,12 +67,6 @@ from services.beam_launcher.hyperquack.processing import (  # noqa: E402
     ColumnOutput,
     FileTask,
     HyperquackProcessor,
-)
-from services.common.sample_scans import (  # noqa: E402
-    DEFAULT_SCANS,
-    go_json_line,
-    iter_hyperquack_records,
-    source_name,
 )
 
 SCAN_TYPES = ("echo", "discard", "http", "https")

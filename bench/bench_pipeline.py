@@ -63,7 +63,7 @@ def in_child(func: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
 
 
 def generate_child(out_dir: str, size: int, seed: int, bad_line_ratio: float) -> dict[str, Any]:
-    from services.common.sample_scans import write_scan_archives
+    from sampledata import write_scan_archives
 
     start = time.perf_counter()
     summary = write_scan_archives(

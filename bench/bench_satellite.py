@@ -23,7 +23,7 @@ Two data sets:
   first pass every certificate is a certificate-cache hit. These are the lines comparable
   to the seed's per-core figures.
 * ``generated``: a ``--size`` measurement Satellite v2.2 scan from
-  ``services.common.sample_scans`` (``results.json`` has ``--size`` lines; its
+  ``sampledata`` (``results.json`` has ``--size`` lines; its
   ``blockpages.json`` has the page fetches of the anomalous answers). The certificate
   cache is emptied before every repeat; a repeat is as many passes over the file as
   ``--min-seconds`` needs.
@@ -56,6 +56,12 @@ sys.path.insert(0, str(REPO))
 
 import orjson  # noqa: E402
 
+from sampledata import (  # noqa: E402
+    SATELLITE,
+    SATELLITE_SCANS,
+    build_satellite_files,
+    source_name,
+)
 from services.beam_launcher import native  # noqa: E402
 from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources  # noqa: E402
 from services.beam_launcher.enrichment.signatures import SignatureMatcher  # noqa: E402
@@ -64,12 +70,6 @@ from services.beam_launcher.hyperquack.parse import BadRecord  # noqa: E402
 from services.beam_launcher.hyperquack.processing import FileTask  # noqa: E402
 from services.beam_launcher.satellite import batch as satellite_batch  # noqa: E402
 from services.beam_launcher.satellite import parse as satellite  # noqa: E402
-from services.common.sample_scans import (  # noqa: E402
-    SATELLITE,
-    SATELLITE_SCANS,
-    build_satellite_files,
-    source_name,
-)
 
 #: The seed system's Satellite parse throughput, lines/s on one core.
 SEED_LINES_PER_S: dict[str, float | None] = {

@@ -21,6 +21,12 @@ import orjson
 import pytest
 from hypothesis import strategies as st
 
+from sampledata import (
+    HYPERQUACK_SCANS,
+    go_json_line,
+    iter_hyperquack_records,
+    source_name,
+)
 from services.beam_launcher import native
 from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, Resources, load_resources
 from services.beam_launcher.hyperquack import processing
@@ -30,12 +36,6 @@ from services.beam_launcher.hyperquack.processing import (
     FileTask,
     HyperquackProcessor,
     rows_to_columns,
-)
-from services.common.sample_scans import (
-    HYPERQUACK_SCANS,
-    go_json_line,
-    iter_hyperquack_records,
-    source_name,
 )
 from tests.conftest import REAL, REAL_HQ_SCANS, REAL_RESOURCES
 

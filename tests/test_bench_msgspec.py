@@ -17,17 +17,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-from services.beam_launcher import native
-from services.beam_launcher.enrichment.resources import Resources, load_resources
-from services.beam_launcher.hyperquack.processing import FileTask, HyperquackProcessor
-from services.beam_launcher.satellite import batch as satellite_batch
-from services.common.rowschema import Row
-from services.common.sample_scans import (
+from sampledata import (
     DEFAULT_SCANS,
     iter_hyperquack_records,
     render_results,
     source_name,
 )
+from services.beam_launcher import native
+from services.beam_launcher.enrichment.resources import Resources, load_resources
+from services.beam_launcher.hyperquack.processing import FileTask, HyperquackProcessor
+from services.beam_launcher.satellite import batch as satellite_batch
+from services.common.rowschema import Row
 from tests.conftest import REAL, REAL_HQ_SCANS, REAL_RESOURCES, REAL_SAT_SCANS, require_real
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,6 +28,7 @@ from google.api_core.exceptions import BadRequest
 from google.cloud import bigquery
 from sqlglot import exp
 
+import sampledata as ss
 from services.beam_launcher.hyperquack.processing import FileTask
 from services.beam_launcher.run import RunConfig, RunSummary, run
 from services.beam_launcher.warehouse.bigquery import (
@@ -43,7 +44,6 @@ from services.beam_launcher.warehouse.rows import (
     HYPERQUACK_TABLES,
     PROCESSED_FILES,
 )
-from services.common import sample_scans as ss
 from services.common.rowschema import Column, TableSpec
 from services.queries.backends import BigQueryBackend
 from services.queries.run import QueriesConfig, QueriesSummary

@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 import pytest
 
+import sampledata as ss
 from services.beam_launcher.warehouse.local import LocalLeases
 from services.beam_launcher.warehouse.rows import ALL_TABLES, PROCESSED_FILES
-from services.common import sample_scans as ss
 from tests.bq_server import PROJECT, BigQueryServer, emulator_environment
 from tests.test_bigquery_emulator import bq_rows, duck_rows, normalised, write_scan
 

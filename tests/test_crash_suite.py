@@ -276,7 +276,7 @@ def test_kill_after_the_last_commit_leaves_nothing_after_a_rerun_with_nothing_ne
     after committing its last family (test-only ``CP_TEST_KILL_AT=after_commit``, one
     family) leaves ``staging/<run>-hyp`` and its lease; the rerun has nothing new to do
     and must still remove them."""
-    from services.common.sample_scans import HYPERQUACK_SCANS, write_scan_archives
+    from sampledata import HYPERQUACK_SCANS, write_scan_archives
     from tests.test_signals import stage_env
 
     write_scan_archives(tmp_path / "gen", scans=(HYPERQUACK_SCANS[0],), size=20)

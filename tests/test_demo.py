@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from services.common import sample_scans as ss
+import sampledata as ss
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SIZE = 20

@@ -46,7 +46,7 @@ CLI_MODULES = (
     "services.beam_launcher.report",
     "services.beam_launcher.warehouse.schemas",
     "services.beam_launcher.native.build",
-    "services.common.sample_scans",
+    "sampledata",
     "services.mirror",
     "services.untar",
     "services.routeviews",

@@ -2,7 +2,7 @@
 
 A generated HTTP + HTTPS scan (v1 and v2, with some bad lines) big enough to span many
 line batches is run through the launcher (``run`` with a ``RunConfig``, the synthetic
-CAIDA reference data of ``sample_caida`` mirrored by ``services.routeviews sync``) into a
+CAIDA reference data of ``sampledata.caida`` mirrored by ``services.routeviews sync``) into a
 fresh warehouse; where the launcher has worker processes and file slices, with two workers
 and ~1 MiB slices (the files are stored uncompressed in gzip, several MiB each, one of
 them as two gzip members split mid-line, the second one deflated). The test computes the
@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sampledata import HYPERQUACK_SCANS, write_scan_archives
+from sampledata.caida import write_caida
 from services.beam_launcher.enrichment.ip_metadata import RowEnricher
 from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
 from services.beam_launcher.hyperquack.processing import FileTask, HyperquackProcessor
@@ -40,8 +42,6 @@ from services.beam_launcher.run import RunConfig, run
 from services.beam_launcher.warehouse.rows import DEAD_LETTER, HYPERQUACK_TABLES
 from services.common.config import pipeline_version
 from services.common.rowschema import TableSpec
-from services.common.sample_caida import write_caida
-from services.common.sample_scans import HYPERQUACK_SCANS, write_scan_archives
 from services.common.scans import parse_scan_name
 from services.routeviews.__main__ import main as routeviews_main
 

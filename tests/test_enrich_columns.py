@@ -5,7 +5,7 @@ equal sources, and the downstream Arrow conversion only reads them.
 
 Reference data: the real CAIDA excerpts (``shared/fixtures/real/caida``, skipped with the
 reason when absent) and the project's synthetic sample CAIDA
-(``services.common.sample_caida``), each with dates whose routeviews file is present,
+(``sampledata.caida``), each with dates whose routeviews file is present,
 stale or missing, plus an IPv6 table.
 """
 
@@ -22,13 +22,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
+from sampledata import DEFAULT_SCANS, HYPERQUACK_SCANS, scan_hosts
+from sampledata.caida import write_caida
 from services.beam_launcher.enrichment.ip_metadata import SERVER_COLUMNS, RowEnricher
 from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
 from services.beam_launcher.hyperquack.processing import FileTask, HyperquackProcessor
 from services.beam_launcher.warehouse.rows import HYPERQUACK_SCAN
 from services.common.ipmeta import IpMetadata, parse_pfx2as
-from services.common.sample_caida import write_caida
-from services.common.sample_scans import DEFAULT_SCANS, HYPERQUACK_SCANS, scan_hosts
 from tests.conftest import REAL, REAL_HQ_SCANS
 
 CAIDA = REAL / "caida"

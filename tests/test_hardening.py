@@ -197,7 +197,7 @@ def test_launcher_bad_files_are_named_counted_and_recorded(tmp_path: Path) -> No
     .json.gz rejected; a file of JSON lists rejected with its dead-letter class; an empty
     Satellite scan recorded with a reason and a warning; an unknown Hyperquack file in
     processed_files; rejected files logged at WARNING."""
-    from services.common.sample_scans import HYPERQUACK_SCANS, SATELLITE_SCANS, write_scan_archives
+    from sampledata import HYPERQUACK_SCANS, SATELLITE_SCANS, write_scan_archives
 
     write_scan_archives(tmp_path / "gen", scans=(HYPERQUACK_SCANS[0], SATELLITE_SCANS[0]), size=30)
     scans = tmp_path / "gen" / "scans"
@@ -314,7 +314,7 @@ def test_warehouse_that_cannot_be_created_says_why(tmp_path: Path, case: str) ->
 def test_failed_run_prints_summary_of_committed_and_rejected(tmp_path: Path) -> None:
     """Exit 1 still prints the JSON summary on stdout: the good file committed, the bad one
     rejected; stderr ends with the run_failed line."""
-    from services.common.sample_scans import HYPERQUACK_SCANS, write_scan_archives
+    from sampledata import HYPERQUACK_SCANS, write_scan_archives
 
     write_scan_archives(tmp_path / "gen", scans=(HYPERQUACK_SCANS[0],), size=20)
     scans = tmp_path / "gen" / "scans"
@@ -411,7 +411,7 @@ def test_parquet_export_follows_the_duckdb_commit(tmp_path: Path, point: str) ->
     """A launcher killed (SIGKILL) right before or right after its DuckDB commit: the
     Parquet export never holds rows the tables do not; the rerun publishes what was
     committed, and the export then equals an uninterrupted run's."""
-    from services.common.sample_scans import HYPERQUACK_SCANS, SATELLITE_SCANS, write_scan_archives
+    from sampledata import HYPERQUACK_SCANS, SATELLITE_SCANS, write_scan_archives
 
     write_scan_archives(tmp_path / "gen", scans=(HYPERQUACK_SCANS[0], SATELLITE_SCANS[0]), size=20)
     scans = tmp_path / "gen" / "scans"

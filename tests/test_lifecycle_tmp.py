@@ -21,8 +21,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from sampledata import generate_hyperquack_records, go_json_line
 from services.common import lifecycle
-from services.common.sample_scans import generate_hyperquack_records, go_json_line
 
 REPO = Path(__file__).resolve().parents[1]
 BEAM_PREFIX = "beam-pipeline-temp"

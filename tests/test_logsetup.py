@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import structlog
 
+from sampledata import DEFAULT_SCANS
 from services.common import logsetup
 from services.common.logsetup import (
     LABELS_KEY,
@@ -34,7 +35,6 @@ from services.common.logsetup import (
     configure_logging,
     get_logger,
 )
-from services.common.sample_scans import DEFAULT_SCANS
 
 ROOT = Path(__file__).resolve().parents[1]
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
@@ -365,7 +365,7 @@ def test_make_run_chain_writes_only_json_lines_on_stderr(tmp_path: Path) -> None
     """The ``make run`` stages as subprocesses; every stderr line is Cloud Logging JSON."""
     var = tmp_path / "var"
     steps: list[tuple[str, list[str]]] = [
-        ("sample", ["services.common.sample_scans", "--out", f"{var}/sample", "--size", "20"]),
+        ("sample", ["sampledata", "--out", f"{var}/sample", "--size", "20"]),
         (
             "mirror",
             [

@@ -14,10 +14,10 @@ from typing import IO, Any
 
 import pytest
 
+from sampledata import write_scan_archives
 from services.common import storage
 from services.common.httpfetch import Backoff
 from services.common.logsetup import configure_logging
-from services.common.sample_scans import write_scan_archives
 from services.mirror.__main__ import main as mirror_main
 from services.mirror.archives import MirrorConfig, decide, mirror_archives, select
 from services.mirror.manifest import MANIFEST_NAME, CopyRecord

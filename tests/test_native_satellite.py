@@ -23,16 +23,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.beam_launcher.hyperquack.processing import FileTask
-from services.beam_launcher.native import NATIVE_ENV
-from services.beam_launcher.satellite import batch as satellite_batch
-from services.beam_launcher.satellite import parse as satellite
-from services.common.sample_scans import (
+from sampledata import (
     SATELLITE,
     SATELLITE_SCANS,
     build_satellite_files,
     source_name,
 )
+from services.beam_launcher.hyperquack.processing import FileTask
+from services.beam_launcher.native import NATIVE_ENV
+from services.beam_launcher.satellite import batch as satellite_batch
+from services.beam_launcher.satellite import parse as satellite
 from tests.conftest import REAL, REAL_SAT_SCANS
 
 V22_SCAN = "CP_Satellite-2021-10-20-14-00-01"

@@ -25,9 +25,9 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from sampledata import go_json_line, iter_hyperquack_records
 from services.beam_launcher.run import RunConfig, run
 from services.beam_launcher.warehouse.local import LocalWarehouse
-from services.common.sample_scans import go_json_line, iter_hyperquack_records
 
 pytestmark = pytest.mark.slow
 

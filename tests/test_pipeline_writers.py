@@ -11,12 +11,12 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from sampledata import go_json_line, iter_hyperquack_records
 from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES
 from services.beam_launcher.hyperquack.pipeline import DateWriters, ProcessSlices, slice_suffix
 from services.beam_launcher.hyperquack.processing import FileTask
 from services.beam_launcher.slices import FileSlice
 from services.beam_launcher.warehouse.rows import DEAD_LETTER, HYPERQUACK_TABLES
-from services.common.sample_scans import go_json_line, iter_hyperquack_records
 
 
 def dl_rows(n: int, date: str, start: int) -> list[dict[str, Any]]:

@@ -115,7 +115,7 @@ def files_of(frame: str, name: str) -> tuple[int, int]:
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("progress")
     subprocess.run(
-        [sys.executable, "-m", "services.common.sample_scans", "--out", str(out / "sample"),
+        [sys.executable, "-m", "sampledata", "--out", str(out / "sample"),
          "--size", "60", "--no-caida"],
         cwd=ROOT, env=clean_env(), check=True, capture_output=True, timeout=300,
     )  # fmt: skip

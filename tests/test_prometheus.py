@@ -284,8 +284,8 @@ def test_every_dashboard_query_answers_from_pushed_metrics(stack: dict[str, str]
 def test_real_local_stages_push_to_the_pushgateway(stack: dict[str, str], tmp_path: Path) -> None:
     """Run the stages' own CLIs as `make run` does, each with --pushgateway: their
     metrics (and last-success times) reach Prometheus under their job names."""
+    from sampledata import write_scan_archives
     from services.beam_launcher.__main__ import main as launcher_main
-    from services.common.sample_scans import write_scan_archives
     from services.mirror.__main__ import main as mirror_main
     from services.queries.__main__ import main as queries_main
     from services.untar.__main__ import main as untar_main

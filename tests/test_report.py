@@ -87,7 +87,7 @@ class Warehouse:
 def _build(root: Path, with_ip_metadata: bool) -> Warehouse:
     sample = root / "sample"
     _run(
-        "services.common.sample_scans",
+        "sampledata",
         *("--out", str(sample), "--size", "40", "--bad-line-ratio", "0.05"),
     )
     scans = sample / "scans"

@@ -21,15 +21,15 @@ from typing import Any
 import duckdb
 import pytest
 
-from services.beam_launcher.__main__ import parse_args
-from services.beam_launcher.hyperquack.processing import FileTask
-from services.beam_launcher.run import done_meanwhile, reprocess_reasons, select_tasks
-from services.beam_launcher.versions import OlderThan, newer_than_code, parse_version
-from services.common.sample_scans import (
+from sampledata import (
     COMPANION_SCANS,
     HYPERQUACK_SCANS,
     write_scan_archives,
 )
+from services.beam_launcher.__main__ import parse_args
+from services.beam_launcher.hyperquack.processing import FileTask
+from services.beam_launcher.run import done_meanwhile, reprocess_reasons, select_tasks
+from services.beam_launcher.versions import OlderThan, newer_than_code, parse_version
 
 REPO = Path(__file__).resolve().parents[1]
 SCAN_TABLES = ("echo_scan", "discard_scan", "http_scan", "https_scan", "satellite_scan")

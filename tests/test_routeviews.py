@@ -763,8 +763,8 @@ def test_local_fetcher_answers() -> None:
 
 def test_cli_sync_from_a_local_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The demo's step: the sample's CAIDA files synced from a folder, then a missing one."""
-    from services.common.sample_caida import write_caida
-    from services.common.sample_scans import DEFAULT_SCANS
+    from sampledata import DEFAULT_SCANS
+    from sampledata.caida import write_caida
 
     written = write_caida(tmp_path / "caida", DEFAULT_SCANS, 12, 0)
     dest = tmp_path / "meta"

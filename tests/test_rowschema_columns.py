@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from sampledata import generate_hyperquack_records, go_json_line
 from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
 from services.beam_launcher.hyperquack.processing import (
     FileTask,
@@ -31,7 +32,6 @@ from services.common.rowschema import (
     Column,
     TableSpec,
 )
-from services.common.sample_scans import generate_hyperquack_records, go_json_line
 from tests.helpers_rowschema import answer_columns
 
 ALL_TYPES = TableSpec(

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import csv
 import gzip
 import io
 import json
 import re
+import subprocess
+import sys
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -18,7 +21,9 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from services.common import sample_scans as ss
+import sampledata as ss
+from sampledata import certs, satellite
+from sampledata.common import epoch_ns
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "resources" / "sample"
@@ -633,8 +638,8 @@ def test_certificates(records_by_source: dict[str, list[Record]]) -> None:
 
 def test_certificate_chain_is_deterministic() -> None:
     first = ss.certificate_chain(99, "match", "www.example.org")
-    ss._CERT_CACHE.clear()
-    ss._CA_CACHE.clear()
+    certs._CERT_CACHE.clear()
+    certs._CA_CACHE.clear()
     assert ss.certificate_chain(99, "match", "www.example.org") == first
     assert ss.certificate_chain(98, "match", "www.example.org") != first
     leaf = x509.load_der_x509_certificate(base64.b64decode(first[0]))
@@ -1157,15 +1162,17 @@ def test_satellite_parses_and_classifies(sat_files: dict[str, bytes]) -> None:
 
 
 def test_go_clock_format() -> None:
-    clock = ss._GoClock(ss.SATELLITE_SCANS[0].start)
-    base = ss._epoch_ns(datetime(2021, 10, 20, 18, 51, 41, tzinfo=UTC))
+    clock = satellite._GoClock(ss.SATELLITE_SCANS[0].start)
+    base = epoch_ns(datetime(2021, 10, 20, 18, 51, 41, tzinfo=UTC))
     assert clock.fmt(base + 221_546_144) == "2021-10-20 14:51:41.221546144 -0400 EDT"
     assert clock.fmt(base + 335_769_350) == "2021-10-20 14:51:41.33576935 -0400 EDT"
     assert clock.fmt(base) == "2021-10-20 14:51:41 -0400 EDT"
     assert clock.fmt(base + 1, 24_069_053_224_779) == (
         "2021-10-20 14:51:41.000000001 -0400 EDT m=+24069.053224779"
     )
-    assert ss._GoClock(ss.HYPERQUACK_SCANS[0].start).fmt(base) == ("2021-10-20 13:51:41 -0500 EST")
+    assert satellite._GoClock(ss.HYPERQUACK_SCANS[0].start).fmt(base) == (
+        "2021-10-20 13:51:41 -0500 EST"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -1250,7 +1257,7 @@ def test_caida_files_cover_every_generated_host_with_its_country(tmp_path: Path)
 
 
 def test_caida_files_are_deterministic(tmp_path: Path) -> None:
-    from services.common.sample_caida import write_caida
+    from sampledata.caida import write_caida
 
     a = write_caida(tmp_path / "a", ss.DEFAULT_SCANS, 30, 2)
     b = write_caida(tmp_path / "b", ss.DEFAULT_SCANS, 30, 2)
@@ -1262,3 +1269,75 @@ def test_caida_files_are_deterministic(tmp_path: Path) -> None:
         (tmp_path / "a" / rel).read_bytes() != (tmp_path / "c" / rel).read_bytes()
         for rel in a.files
     )
+
+
+# ---------------------------------------------------------------------------------------
+# The package: a development tool outside the runtime services
+# ---------------------------------------------------------------------------------------
+
+
+def _generated(root: Path, argv0: list[str]) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Run the generator as a real subprocess; its JSON summary and the files it wrote."""
+    out = root / "out"
+    proc = subprocess.run(
+        [*argv0, "--out", str(out), "--size", "12", "--seed", "5", "--bad-line-ratio", "0.1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    summary.pop("out")
+    return summary, _tree(out)
+
+
+def test_module_and_console_script_write_the_same_sample(tmp_path: Path) -> None:
+    """``python -m sampledata`` and ``cp-sample-scans`` are one program: same flags, same bytes."""
+    script = Path(sys.executable).with_name("cp-sample-scans")
+    if not script.exists():
+        pytest.skip(f"{script} is not installed (make env installs the project's commands)")
+    by_module = _generated(tmp_path / "module", [sys.executable, "-m", "sampledata"])
+    by_script = _generated(tmp_path / "script", [str(script)])
+    assert by_module == by_script
+    summary, tree = by_module
+    assert summary["scans"] == len(ss.DEFAULT_SCANS) and summary["bad_lines"] > 0
+    assert sum(1 for name in tree if name.startswith("caida/")) == summary["caida_files"]
+    assert tree == _generated(tmp_path / "again", [sys.executable, "-m", "sampledata"])[1]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_no_service_imports_the_generator() -> None:
+    """The images ship ``services/``: nothing there may need the sample generator."""
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(
+            m for m in _imported_modules(path) if m.split(".")[0] == "sampledata"
+        )
+        for path in sorted((ROOT / "services").rglob("*.py"))
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+    assert not (ROOT / "services" / "common" / "sample_scans.py").exists()
+
+
+def test_images_do_not_copy_the_generator() -> None:
+    """Every COPY of the build recipe names its sources; none is the generator or the
+    whole build context."""
+    sources: list[str] = []
+    for dockerfile in sorted((ROOT / "docker").glob("Dockerfile*")):
+        for line in dockerfile.read_text().splitlines():
+            words = line.split()
+            if words[:1] in (["COPY"], ["ADD"]) and not any(w.startswith("--from") for w in words):
+                sources += [w for w in words[1:-1] if not w.startswith("--")]
+    assert sources, "no COPY line found in docker/Dockerfile*"
+    assert not [s for s in sources if s.rstrip("/") in (".", "sampledata", "*")], sources
+    assert not [s for s in sources if s.startswith("sampledata")], sources

@@ -301,7 +301,7 @@ def lines_of(proc: subprocess.CompletedProcess[str], message: str) -> list[dict[
 @pytest.fixture(scope="module")
 def scans(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two echo scans (v1 and v2) of the sample generator."""
-    from services.common.sample_scans import HYPERQUACK_SCANS, write_scan_archives
+    from sampledata import HYPERQUACK_SCANS, write_scan_archives
 
     root = tmp_path_factory.mktemp("schema")
     echo = [s for s in HYPERQUACK_SCANS if s.scan_type == "echo"][:2]

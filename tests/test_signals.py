@@ -33,8 +33,8 @@ import duckdb
 import orjson
 import pytest
 
+from sampledata import EDT, ScanSpec, write_scan_archives
 from services.common import lifecycle
-from services.common.sample_scans import EDT, ScanSpec, write_scan_archives
 
 pytestmark = pytest.mark.slow
 

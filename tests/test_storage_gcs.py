@@ -18,11 +18,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from sampledata import generate_hyperquack_records, render_results
 from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
 from services.beam_launcher.run import RunConfig, run
 from services.beam_launcher.warehouse.rows import DEAD_LETTER, HYPERQUACK_TABLES
 from services.common import storage
-from services.common.sample_scans import generate_hyperquack_records, render_results
 from services.common.storage import GcsStorage
 from tests.gcs_server import GcsBucket
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from sampledata import write_scan_archives
 from services.beam_launcher.inputs import discover
 from services.common import storage
-from services.common.sample_scans import write_scan_archives
 from services.common.scans import HYPERQUACK_TYPES
 from services.untar.__main__ import main as untar_main
 from services.untar.markers import MARKER_NAME, completed_archives, read_marker

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from sampledata import write_scan_archives
 from services.beam_launcher.run import RunConfig, run
-from services.common.sample_scans import write_scan_archives
 from services.mirror.__main__ import main as mirror_main
 from services.untar.__main__ import main as untar_main
 from services.untar.markers import MARKER_NAME

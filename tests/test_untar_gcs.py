@@ -5,8 +5,8 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+from sampledata import write_scan_archives
 from services.beam_launcher.inputs import discover
-from services.common.sample_scans import write_scan_archives
 from services.common.scans import HYPERQUACK_TYPES
 from services.common.storage import GcsStorage
 from services.untar.markers import MARKER_NAME, completed_archives, read_marker

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(scans, warehouse): an echo and a Satellite sample scan with bad lines, loaded."""
-    from services.common.sample_scans import HYPERQUACK_SCANS, SATELLITE_SCANS, write_scan_archives
+    from sampledata import HYPERQUACK_SCANS, SATELLITE_SCANS, write_scan_archives
 
     root = tmp_path_factory.mktemp("views")
     write_scan_archives(

@@ -31,8 +31,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from sampledata import generate
 from services.beam_launcher.run import RunConfig, run
-from services.common.sample_scans import generate
 from tests.images import BUILDS, REPO, UID, podman, require_podman
 
 pytestmark = pytest.mark.slow

@@ -23,7 +23,7 @@ private-use range 4200000000–4294967294. Two hosts in one /24 share the first 
 All output is deterministic: same scans, size and seed, same bytes (gzip mtime 0).
 
 Example:
-    >>> from services.common.sample_scans import DEFAULT_SCANS
+    >>> from sampledata.scans import DEFAULT_SCANS
     >>> sorted({d.isoformat() for d in scan_dates(DEFAULT_SCANS)})[:2]
     ['2020-11-14', '2020-11-15']
 """
@@ -37,15 +37,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.sample_scans import (
-    DEFAULT_SCANS,
-    DEFAULT_SIZE,
-    ScanSpec,
-    answer_networks,
-    hash_text,
-    scan_hosts,
-    scan_size,
-)
+from sampledata.common import hash_text
+from sampledata.satellite import answer_networks
+from sampledata.scans import DEFAULT_SCANS, DEFAULT_SIZE, ScanSpec, scan_hosts, scan_size
 
 PRIVATE_ASN_BASE = 4_200_000_000  # RFC 6996 private-use 32-bit ASNs
 RIB_TIME = "1200"
