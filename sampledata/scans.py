@@ -44,6 +44,7 @@ def scan_size(spec: ScanSpec, size: int) -> int:
     or for a reduced scan a quarter of it (at least :data:`REDUCED_MIN_SIZE`, at most
     ``size``).
 
+    >>> from datetime import UTC
     >>> scan_size(ScanSpec("echo", 1, datetime(2020, 1, 1, tzinfo=UTC)), 200)
     200
     >>> [scan_size(ScanSpec(SATELLITE, 2, datetime(2020, 1, 1, tzinfo=UTC), reduced=True), n)

@@ -1,10 +1,12 @@
-"""Tests for the deterministic sample Hyperquack scan generator and the sample resources."""
+"""Tests for the deterministic sample data generator (``sampledata``: Hyperquack,
+Satellite, archives, CAIDA files) and the sample resources."""
 
 from __future__ import annotations
 
 import ast
 import base64
 import csv
+import doctest
 import gzip
 import io
 import json
@@ -22,7 +24,7 @@ import pytest
 from cryptography import x509
 
 import sampledata as ss
-from sampledata import certs, satellite
+from sampledata import caida, certs, satellite, scans
 from sampledata.common import epoch_ns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -1341,3 +1343,9 @@ def test_images_do_not_copy_the_generator() -> None:
     assert sources, "no COPY line found in docker/Dockerfile*"
     assert not [s for s in sources if s.rstrip("/") in (".", "sampledata", "*")], sources
     assert not [s for s in sources if s.startswith("sampledata")], sources
+
+
+@pytest.mark.parametrize("module", [scans, caida], ids=lambda m: m.__name__)
+def test_docstring_examples(module: Any) -> None:
+    failures, tried = doctest.testmod(module)
+    assert tried > 0 and failures == 0
