@@ -28,6 +28,7 @@ import sampledata as ss
 from services.beam_launcher.warehouse.local import LocalLeases
 from services.beam_launcher.warehouse.rows import ALL_TABLES, PROCESSED_FILES
 from tests.bq_server import PROJECT, BigQueryServer, emulator_environment
+from tests.helpers_launcher import run_launcher, start_launcher, stderr_until
 from tests.test_bigquery_emulator import bq_rows, duck_rows, normalised, write_scan
 
 pytestmark = pytest.mark.slow
@@ -307,15 +308,7 @@ def test_nightly_and_backfill_together_on_bigquery(scans: Path, bq_server: BigQu
 def _launch(args: list[str]) -> subprocess.CompletedProcess[str]:
     env = {**os.environ}
     env.pop("CP_NEXT_STAGE", None)
-    return subprocess.run(
-        [sys.executable, "-m", "services.beam_launcher", "--bad-line-threshold", "0.5", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_S,
-        check=False,
-    )
+    return run_launcher(["--bad-line-threshold", "0.5", *args], env, timeout=RUN_TIMEOUT_S)
 
 
 def _events(stderr: str) -> list[dict[str, Any]]:
@@ -437,20 +430,9 @@ def test_launcher_waits_for_a_queries_run_instead_of_failing(tmp_path: Path) -> 
         assert holder.stdout.readline().strip() == "open"
         env = {k: v for k, v in os.environ.items() if k != "CP_NEXT_STAGE"}
         args = ["--input", str(inp), "--warehouse", str(wh), "--bad-line-threshold", "0.5"]
-        launcher = subprocess.Popen(
-            [sys.executable, "-m", "services.beam_launcher", *args],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert launcher.stderr is not None
-        before: list[str] = []
-        for line in launcher.stderr:  # until the launcher says it waits (or ends)
-            before.append(line)
-            if '"warehouse_lock_wait"' in line:
-                break
+        launcher = start_launcher(args, env)
+        # until the launcher says it waits (or ends)
+        before = stderr_until(launcher, '"warehouse_lock_wait"')
         time.sleep(1.0)  # the queries run goes on a little longer
     finally:
         holder.stdin.close()  # the queries run ends: its lock goes

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,6 +29,7 @@ from services.beam_launcher.__main__ import parse_args
 from services.beam_launcher.hyperquack.processing import FileTask
 from services.beam_launcher.run import done_meanwhile, reprocess_reasons, select_tasks
 from services.beam_launcher.versions import OlderThan, newer_than_code, parse_version
+from tests.helpers_launcher import run_launcher, start_launcher, stderr_until
 
 REPO = Path(__file__).resolve().parents[1]
 SCAN_TABLES = ("echo_scan", "discard_scan", "http_scan", "https_scan", "satellite_scan")
@@ -143,17 +143,15 @@ def test_selection_adds_only_older_ok_files_to_the_normal_selection() -> None:
 # -- usage errors -----------------------------------------------------------------------------
 
 
-def launcher(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+def launcher_env(**env: str) -> dict[str, str]:
+    """This environment without CP_* settings, INFO logs, no progress line, plus ``env``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
     base.update(PYTHONPATH=str(REPO), LOG_LEVEL="INFO", CP_PROGRESS="0", **env)
-    return subprocess.run(
-        [sys.executable, "-m", "services.beam_launcher", *args],
-        cwd=REPO,
-        env=base,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return base
+
+
+def launcher(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    return run_launcher(args, launcher_env(**env), timeout=300)
 
 
 def usage_error(proc: subprocess.CompletedProcess[str]) -> str:
@@ -362,26 +360,13 @@ def test_backfill_stopped_midway_resumes_with_what_is_still_older(
 
     # The backfill commits its Hyperquack files, then is stopped (SIGTERM) while its
     # Satellite pipeline runs.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CP_")}
-    env.update(PYTHONPATH=str(REPO), LOG_LEVEL="INFO", CP_PROGRESS="0", CP_PIPELINE_VERSION="2.0")
     args = [*base, "--reprocess-pipeline-older-than", "2.0"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.beam_launcher", *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
+    proc = start_launcher(args, launcher_env(CP_PIPELINE_VERSION="2.0"))
     seen: list[str] = []
     rest = ""
     try:
-        for line in proc.stderr:
-            seen.append(line)
-            if '"warehouse_committed"' in line:
-                proc.send_signal(signal.SIGTERM)
-                break
+        seen = stderr_until(proc, '"warehouse_committed"')
+        proc.send_signal(signal.SIGTERM)
         rest = proc.communicate(timeout=300)[1]
     finally:
         if proc.poll() is None:
