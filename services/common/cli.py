@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
+import orjson
+
 from services.common import lifecycle, logsetup
+from services.common.chain import ChainError, chain_after_success
 from services.common.config import env_or
 from services.common.scans import SCAN_TYPES
 
@@ -52,6 +56,31 @@ def fail(stage: str, reason: str, exit_code: int = 1, **fields: Any) -> int:
 def exception_reason(exc: BaseException) -> str:
     """``TypeName: message`` of an exception, as failure reasons quote it."""
     return f"{type(exc).__name__}: {exc}"
+
+
+def fail_on_exception(stage: str, exc: Exception, reason: str | None = None) -> int:
+    """:func:`fail` for an exception that ended the run (``reason`` defaults to
+    :func:`exception_reason`); with ``$CP_DEBUG`` set the exception is raised again."""
+    code = fail(stage, reason or exception_reason(exc))
+    if os.environ.get("CP_DEBUG"):
+        raise exc
+    return code
+
+
+def print_summary(summary: Mapping[str, Any]) -> None:
+    """The run's JSON summary (indented) on stdout."""
+    sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+
+
+def next_stage(stage: str) -> int:
+    """Start the next stage after a successful run (no-op unless ``$CP_NEXT_STAGE`` names
+    one, see :mod:`services.common.chain`); the exit code: 0, or 1 when it cannot start."""
+    try:
+        chain_after_success()
+    except ChainError as exc:
+        return fail(stage, f"could not start the next stage: {exc}")
+    return 0
 
 
 class JsonArgumentParser(argparse.ArgumentParser):

@@ -11,9 +11,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, pushadd_to_gateway, write_to_textfile
+from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway, write_to_textfile
 
 from services.common.logsetup import get_logger
 
@@ -83,3 +83,38 @@ def export_metrics(
                 "metrics_push_failed", gateway=pushgateway, error=str(exc), detail=detail or None
             )
     return done
+
+
+class RunMetrics(Protocol):
+    """A stage's metrics: its own registry and its ``*_last_failure_timestamp_seconds``."""
+
+    registry: CollectorRegistry
+    last_failure: Gauge
+
+
+def export_run_metrics(
+    metrics: RunMetrics,
+    job: str,
+    metrics_file: str | None,
+    pushgateway: str | None,
+    *,
+    failed: bool,
+    send_last_success: bool = False,
+    grouping_key: dict[str, str] | None = None,
+) -> list[str]:
+    """:func:`export_metrics` at the end of a run (or when a signal stops it).
+
+    A failed run first sets ``last_failure`` to now and, unless ``send_last_success``
+    (a stage whose last-success gauge is set per part that succeeded), is exported
+    without its ``*_last_success_timestamp_seconds``.
+    """
+    if failed:
+        metrics.last_failure.set_to_current_time()
+    return export_metrics(
+        metrics.registry,
+        job,
+        metrics_file,
+        pushgateway,
+        grouping_key=grouping_key,
+        succeeded=send_last_success or not failed,
+    )

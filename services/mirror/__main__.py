@@ -7,29 +7,26 @@ Exit code 0 on success, 1 with a one-line reason on stderr on failure, 143 (SIGT
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-import orjson
-
 from services.common import lifecycle, progress
-from services.common.chain import ChainError, chain_after_success
 from services.common.cli import (
     JsonArgumentParser,
     add_ops_arguments,
     add_retry_arguments,
     date_arg,
-    exception_reason,
     fail,
+    fail_on_exception,
+    next_stage,
+    print_summary,
     run_stage,
     scan_types_arg,
 )
 from services.common.config import env_or
 from services.common.httpfetch import Backoff
 from services.common.logsetup import configure_logging, scan_types_label
-from services.common.metrics_export import export_metrics
+from services.common.metrics_export import export_run_metrics
 from services.common.scans import SCAN_TYPES
 from services.mirror.archives import (
     DEFAULT_TMP_MAX_AGE_S,
@@ -161,10 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics = MirrorMetrics()
 
     def push(succeeded: bool) -> None:
-        if not succeeded:
-            metrics.last_failure.set_to_current_time()
-        export_metrics(
-            metrics.registry, "cp_mirror", args.metrics_file, args.pushgateway, succeeded=succeeded
+        export_run_metrics(
+            metrics, "cp_mirror", args.metrics_file, args.pushgateway, failed=not succeeded
         )
 
     lifecycle.on_abort(lambda: push(False))  # SIGTERM/SIGINT: services/common/lifecycle.py
@@ -193,19 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         lifecycle.reraise_if_aborted(exc)
         push(False)
         full = no_space(exc)  # e.g. not even the run's lease fits
-        code = fail("mirror", full_reason(args.dest, full) if full else exception_reason(exc))
-        if os.environ.get("CP_DEBUG"):
-            raise
-        return code
+        return fail_on_exception("mirror", exc, full_reason(args.dest, full) if full else None)
     push(reason is None)
-    sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+    print_summary(out)
     if reason:
         return fail("mirror", reason)
-    try:
-        chain_after_success()  # no-op unless $CP_NEXT_STAGE names a next stage
-    except ChainError as exc:
-        return fail("mirror", f"could not start the next stage: {exc}")
-    return 0
+    return next_stage("mirror")
 
 
 def cli() -> NoReturn:

@@ -7,25 +7,22 @@ Exit code 0 on success (summary as JSON on stdout), 1 with a one-line reason on 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from typing import TYPE_CHECKING, NoReturn
 
-import orjson
-
 from services.common import lifecycle, progress
-from services.common.chain import ChainError, chain_after_success
 from services.common.cli import (
     JsonArgumentParser,
     add_ops_arguments,
     date_arg,
-    exception_reason,
     fail,
+    fail_on_exception,
+    next_stage,
+    print_summary,
     run_stage,
 )
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
-from services.common.metrics_export import export_metrics
+from services.common.metrics_export import export_run_metrics
 
 if TYPE_CHECKING:  # DuckDB, pyarrow and sqlglot load only after parsing (fast --help)
     from services.queries.run import QueriesConfig
@@ -126,14 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = QueriesMetrics()
 
     def push(succeeded: bool) -> None:
-        if not succeeded:
-            metrics.last_failure.set_to_current_time()
-        export_metrics(
-            metrics.registry,
-            "cp_queries",
-            args.metrics_file,
-            args.pushgateway,
-            succeeded=succeeded,
+        export_run_metrics(
+            metrics, "cp_queries", args.metrics_file, args.pushgateway, failed=not succeeded
         )
 
     lifecycle.on_abort(lambda: push(False))  # SIGTERM/SIGINT: services/common/lifecycle.py
@@ -146,17 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # one line for the operator; details are in the logs
         lifecycle.reraise_if_aborted(exc)
         push(False)
-        code = fail("queries", exception_reason(exc))
-        if os.environ.get("CP_DEBUG"):
-            raise
-        return code
+        return fail_on_exception("queries", exc)
     push(True)
-    sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
-    try:
-        chain_after_success()  # no-op unless $CP_NEXT_STAGE names a next stage
-    except ChainError as exc:
-        return fail("queries", f"could not start the next stage: {exc}")
-    return 0
+    print_summary(summary.to_dict())
+    return next_stage("queries")
 
 
 def cli() -> NoReturn:

@@ -16,11 +16,8 @@ which), 2 on bad usage (a ``usage_error`` log line), 143 (SIGTERM) or
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from typing import NoReturn
-
-import orjson
 
 from services.common import lifecycle
 from services.common.cli import (
@@ -29,11 +26,12 @@ from services.common.cli import (
     add_retry_arguments,
     date_arg,
     fail,
+    print_summary,
     run_stage,
 )
 from services.common.config import env_or
 from services.common.logsetup import configure_logging
-from services.common.metrics_export import export_metrics
+from services.common.metrics_export import export_run_metrics
 from services.routeviews import caida
 from services.routeviews.fetch import Fetcher, LocalFetcher, is_local_base
 from services.routeviews.metrics import MirrorMetrics
@@ -154,21 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_remote_size=not args.no_size_check,
     )
 
-    def push() -> None:
-        export_metrics(
-            metrics.registry,
+    def push(failed: bool) -> None:
+        export_run_metrics(
+            metrics,
             "cp_routeviews",
             args.metrics_file,
             args.pushgateway,
+            failed=failed,
             # last_success is per kind and only set for kinds that succeeded: always send it.
-            succeeded=True,
+            send_last_success=True,
         )
 
-    def push_failed() -> None:
-        metrics.last_failure.set_to_current_time()
-        push()
-
-    lifecycle.on_abort(push_failed)  # SIGTERM/SIGINT: see services/common/lifecycle.py
+    lifecycle.on_abort(lambda: push(True))  # SIGTERM/SIGINT: see services/common/lifecycle.py
     temps = lifecycle.TempLease(args.dest, "routeviews", TMP_MAX_AGE_S)
     temps.claim_and_sweep()  # this run's lease; .tmp-* files of runs no longer alive go
     summary: RunSummary
@@ -182,11 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = mirror.sync((kind,), snapshot_days=args.snapshot_days)
     finally:
         temps.release()
-    if summary.failed:
-        push_failed()
-    else:
-        push()
-    sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    push(bool(summary.failed))
+    print_summary(summary.to_dict())
     if summary.failed:
         return fail("routeviews", _failure_reason(summary))
     return 0

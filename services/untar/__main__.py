@@ -8,27 +8,24 @@ stderr when any failed or was rejected (the others are still done), 143 (SIGTERM
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-import orjson
-
 from services.common import lifecycle, progress
-from services.common.chain import ChainError, chain_after_success
 from services.common.cli import (
     JsonArgumentParser,
     add_ops_arguments,
     date_arg,
-    exception_reason,
     fail,
+    fail_on_exception,
+    next_stage,
+    print_summary,
     run_stage,
     scan_types_arg,
 )
 from services.common.config import env_or
 from services.common.logsetup import configure_logging, scan_types_label
-from services.common.metrics_export import export_metrics
+from services.common.metrics_export import export_run_metrics
 from services.common.scans import SCAN_TYPES
 from services.untar.metrics import UntarMetrics
 from services.untar.run import DEFAULT_TMP_MAX_AGE_S, UntarConfig, untar_all
@@ -132,29 +129,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     metrics = UntarMetrics()
 
-    def push_failed() -> None:
-        metrics.last_failure.set_to_current_time()
-        export_metrics(
-            metrics.registry, "cp_untar", args.metrics_file, args.pushgateway, succeeded=False
-        )
+    def push(failed: bool) -> None:
+        export_run_metrics(metrics, "cp_untar", args.metrics_file, args.pushgateway, failed=failed)
 
-    lifecycle.on_abort(push_failed)  # SIGTERM/SIGINT: see services/common/lifecycle.py
+    lifecycle.on_abort(lambda: push(True))  # SIGTERM/SIGINT: see services/common/lifecycle.py
     try:
         with progress.shown(args.quiet):  # a terminal only; see common/progress.py
             summary = untar_all(cfg, metrics)
     except Exception as exc:  # e.g. the raw location cannot be listed
         lifecycle.reraise_if_aborted(exc)
-        push_failed()
-        code = fail("untar", exception_reason(exc))
-        if os.environ.get("CP_DEBUG"):
-            raise
-        return code
-    if not summary.ok:
-        metrics.last_failure.set_to_current_time()
-    export_metrics(
-        metrics.registry, "cp_untar", args.metrics_file, args.pushgateway, succeeded=summary.ok
-    )
-    sys.stdout.write(orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        push(True)
+        return fail_on_exception("untar", exc)
+    push(not summary.ok)
+    print_summary(summary.to_dict())
     if not summary.ok:
         problems = summary.problems
         detail = "; ".join(f"{o.name}: {o.result}: {o.reason}" for o in problems[:3])
@@ -162,11 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(
             "untar", f"{len(problems)} of {summary.found} archive(s) not unpacked: {detail}{more}"
         )
-    try:
-        chain_after_success()  # no-op unless $CP_NEXT_STAGE names a next stage
-    except ChainError as exc:
-        return fail("untar", f"could not start the next stage: {exc}")
-    return 0
+    return next_stage("untar")
 
 
 def cli() -> NoReturn:
