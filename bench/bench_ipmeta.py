@@ -27,6 +27,12 @@ are routed. Then it prints:
   ``process_columns``'s (the whole run costs more than parsing, so its share of the run
   is smaller).
 
+Load and lookup figures are printed for two prefix tables: ``ours``
+(``services.common.ipmeta.PrefixTable``, flat sorted arrays in pure Python) and ``pyasn``
+(``bench/ipmeta_pyasn.py``: the same API on pyasn's radix tree in C, loaded from its
+ipasn text; in the catalog's cache too). Both answer the same lookups, and the number
+of answers that differ is printed (it must be 0). ``--tables ours`` skips pyasn.
+
 Timings are CPU seconds of the measuring process (``time.process_time``; the
 development machine is shared, so wall time would measure the neighbours), best of
 ``--repeats``. The script always exits 0.
@@ -57,13 +63,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from services.common.ipmeta import (  # noqa: E402
-    AsOrg,
-    Enricher,
-    PrefixTable,
-    ReferenceCatalog,
-    parse_pfx2as,
-)
+import services.common.ipmeta as ipmeta  # noqa: E402
+from services.common.ipmeta import AsOrg, Enricher, ReferenceCatalog  # noqa: E402
+
+TABLES = {"ours": "ours (flat arrays)", "pyasn": "pyasn (radix tree)"}
 
 # Share of prefixes per length, roughly as in a 2020 RouteViews IPv4 table.
 _LENGTH_WEIGHTS = {
@@ -194,10 +197,27 @@ def _status_mib(field: str) -> float:
     return float("nan")
 
 
-def child_load(root: str, cache: str) -> int:
+def table_parser(name: str) -> Callable[[Any], Any]:
+    """parse_pfx2as of the named table; for pyasn, also made the catalog's pfx2as codec
+    (parse, cache encode and decode) in this process."""
+    if name == "ours":
+        return ipmeta.parse_pfx2as
+    from bench.ipmeta_pyasn import PyasnPrefixTable, parse_pfx2as_pyasn
+
+    ipmeta._PFX2AS = ipmeta._Codec(
+        "pfx2as-pyasn",
+        lambda data: parse_pfx2as_pyasn(ipmeta._gz_lines(data)),
+        PyasnPrefixTable.to_bytes,
+        PyasnPrefixTable.from_bytes,
+    )
+    return parse_pfx2as_pyasn
+
+
+def child_load(root: str, cache: str, table: str) -> int:
     """One worker process's load (run in a subprocess): JSON figures on stdout."""
     import datetime as dt
 
+    table_parser(table)
     rss0 = _status_mib("VmRSS")
     cat = ReferenceCatalog(root, cache_dir=cache or None)
     sel = cat.choose(dt.date.fromisoformat(SCAN_DATE))
@@ -221,15 +241,18 @@ def child_load(root: str, cache: str) -> int:
     return 0
 
 
-def measure_loads(root: Path, cache: Path) -> None:
+def measure_loads(root: Path, cache: Path, table: str) -> None:
+    label = TABLES[table]
+
     def run(cache_arg: str) -> dict[str, Any]:
-        cmd = [sys.executable, __file__, "--child-load", str(root), cache_arg]
+        cmd = [sys.executable, __file__, "--child-load", str(root), cache_arg, table]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True)
         result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
         return result
 
+    cache = cache / table
     shutil.rmtree(cache, ignore_errors=True)  # "cold" must be cold
-    for label, cache_arg in (
+    for mode, cache_arg in (
         ("no cache (parse)", ""),
         ("cache cold (parse + write)", str(cache)),
         ("cache warm (read)", str(cache)),
@@ -237,13 +260,13 @@ def measure_loads(root: Path, cache: Path) -> None:
         r = run(cache_arg)
         total = r["pfx2as_s"] + r["as2org_s"] + r["as2types_s"]
         print(
-            f"load, {label}: {total:.2f} s (pfx2as {r['pfx2as_s']:.2f}, as2org "
+            f"[{label}] load, {mode}: {total:.2f} s (pfx2as {r['pfx2as_s']:.2f}, as2org "
             f"{r['as2org_s']:.2f}, as2types {r['as2types_s']:.2f}); RSS "
             f"{r['rss_start_mib']:.0f} → {r['rss_end_mib']:.0f} MiB "
             f"(+{r['rss_end_mib'] - r['rss_start_mib']:.0f}), peak {r['hwm_mib']:.0f} MiB"
         )
     size = sum(p.stat().st_size for p in cache.iterdir())
-    print(f"cache folder: {size / 2**20:.1f} MiB")
+    print(f"[{label}] cache folder: {size / 2**20:.1f} MiB")
 
 
 def scan_batch(scan: Path | None, n_lines: int) -> tuple[list[bytes], bool]:
@@ -275,7 +298,7 @@ def measure_enrich(root: Path, cache: Path, lines: list[bytes], repeats: int) ->
         f"batch: {len(lines):,} lines → {n:,} rows, {distinct:,} distinct (date, server_ip); "
         f"process_columns {parse_s / n * 1e6:.2f} µs/row"
     )
-    os.environ["CP_IPMETA_CACHE"] = str(cache)
+    os.environ["CP_IPMETA_CACHE"] = str(cache / "ours")
     loaded = RowEnricher(str(root))
     loaded.lookup(SCAN_DATE, "1.1.1.1")  # load the date's tables (timed above)
 
@@ -322,7 +345,7 @@ def measure_file(root: Path, cache: Path, scan: Path, batch_lines: int, max_line
 
     proc = HyperquackProcessor(load_resources(str(SAMPLE_RESOURCES)))
     task = FileTask.for_test(HTTP_SCAN)
-    os.environ["CP_IPMETA_CACHE"] = str(cache)
+    os.environ["CP_IPMETA_CACHE"] = str(cache / "ours")
     t0 = time.process_time()
     enricher = RowEnricher(str(root))
     enricher.lookup(SCAN_DATE, "1.1.1.1")
@@ -366,7 +389,12 @@ def main(argv: list[str] | None = None) -> int:
         "--file-lines", type=int, default=100_000, help="lines of --scan for the whole-file run"
     )
     p.add_argument("--workdir", type=Path, default=None)
-    p.add_argument("--child-load", nargs=2, metavar=("ROOT", "CACHE"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--tables", default="ours,pyasn", help="prefix tables to measure: ours, pyasn or both"
+    )
+    p.add_argument(
+        "--child-load", nargs=3, metavar=("ROOT", "CACHE", "IMPL"), help=argparse.SUPPRESS
+    )
     args = p.parse_args(argv)
     if args.child_load:
         return child_load(*args.child_load)
@@ -388,11 +416,20 @@ def main(argv: list[str] | None = None) -> int:
             f"wrote {len(lines):,} pfx2as lines, {AS2ORG_ASES:,} ASes in "
             f"{time.process_time() - t0:.1f} s under {work}"
         )
-        measure_loads(root, cache)
-
-        table = parse_pfx2as(lines)
-        print(f"table: {len(table):,} prefixes, lengths present {len(table.lengths())}")
-        measure_lookups(table, lines, args.lookups, args.repeats)
+        tables = [t for t in TABLES if t in args.tables.split(",")]
+        for name in tables:
+            measure_loads(root, cache, name)
+        answers = []
+        for name in tables:
+            table = table_parser(name)(lines)
+            print(
+                f"[{TABLES[name]}] table: {len(table):,} prefixes, {len(table.lengths())} lengths"
+            )
+            answers.append(measure_lookups(table, TABLES[name], lines, args.lookups, args.repeats))
+            del table
+        if len(answers) == 2:
+            differ = sum(a != b for a, b in zip(*answers, strict=True))
+            print(f"answers that differ between the two tables: {differ} of {len(answers[0]):,}")
         if real:
             measure_enrich(root, cache, lines_batch, args.repeats)
             if args.file_lines:
@@ -403,7 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure_lookups(table: PrefixTable, lines: list[str], n: int, repeats: int) -> None:
+def measure_lookups(table: Any, label: str, lines: list[str], n: int, repeats: int) -> list[Any]:
+    """Lookup rates of one table; its answers (netblock, ASN, origin) on the hits, then
+    the random addresses."""
     rng = random.Random(2)
     hits: list[str] = []
     for line in rng.sample(lines, min(n, len(lines))):
@@ -423,7 +462,7 @@ def measure_lookups(table: PrefixTable, lines: list[str], n: int, repeats: int) 
         secs = best_of(repeats, lookup_all(ips))
         matched = sum(1 for ip in ips if lookup(ip) is not None)
         print(
-            f"PrefixTable.lookup, {name}: {len(ips) / secs:,.0f} lookups/s "
+            f"[{label}] PrefixTable.lookup, {name}: {len(ips) / secs:,.0f} lookups/s "
             f"({secs / len(ips) * 1e6:.2f} µs each; {matched / len(ips):.0%} matched)"
         )
     as2org = {asn: AsOrg(f"AS{asn}", f"Org {asn}", "US") for asn in range(1, 400000, 3)}
@@ -438,9 +477,10 @@ def measure_lookups(table: PrefixTable, lines: list[str], n: int, repeats: int) 
     )
     secs = best_of(repeats, lambda: [enricher.lookup(ip) for ip in hits])
     print(
-        f"Enricher.lookup, hits: {len(hits) / secs:,.0f} lookups/s "
+        f"[{label}] Enricher.lookup, hits: {len(hits) / secs:,.0f} lookups/s "
         f"({secs / len(hits) * 1e6:.2f} µs each)"
     )
+    return [tuple(m) if m is not None else None for m in map(lookup, hits + randoms)]
 
 
 if __name__ == "__main__":

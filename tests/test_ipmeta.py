@@ -711,14 +711,16 @@ def _parse_with_add(lines: list[str]) -> PrefixTable:
 
 
 def _same_table(a: PrefixTable, b: PrefixTable) -> None:
-    """Equal content: every prefix with its ASN and raw origin, the counts, the lengths."""
-    assert sorted(a.entries()) == sorted(b.entries())
+    assert (a._v4, a._v6, a._raw) == (b._v4, b._v6, b._raw)
+    arrays = ("_p_start", "_p_len", "_p_asn", "_p_parent")
+    assert [getattr(a, n) for n in arrays] == [getattr(b, n) for n in arrays]
     assert (a.count, a.bad_lines, a.lengths(4), a.lengths(6)) == (
         b.count,
         b.bad_lines,
         b.lengths(4),
         b.lengths(6),
     )
+    assert a._deep6 == b._deep6
 
 
 _PREFIXES = hs.sampled_from(

@@ -1,10 +1,12 @@
-"""services.common.ipmeta on pyasn: the radix tree gives the answers the flat table gave.
+"""services.common.ipmeta's prefix table against pyasn's radix tree: the same answers.
 
-``PrefixTable`` does its longest-prefix match with pyasn's C radix tree; the former
-pure-Python table (sorted IPv4 arrays, IPv6 dicts per length) is ``_FlatPrefixTable``,
-kept for this comparison. Both are fed the same lines and must return the same
-(netblock, ASN, raw origin) for every probe: on the real CAIDA excerpt
-(``../shared/fixtures/real/caida``, read in place) and on generated tables.
+Issue 16 asked for pyasn's longest-prefix match; measured behind our API it was no faster
+and held about four times the memory (figures in ipmeta's docstring), so the pipeline
+keeps its flat-array ``PrefixTable`` and the pyasn version lives in
+``bench/ipmeta_pyasn.py`` for the benchmark. Here it is the independent reference: both
+are fed the same lines and must return the same (netblock, ASN, raw origin) for every
+probe, on the real CAIDA excerpt (``../shared/fixtures/real/caida``, read in place) and
+on generated tables; then stated edge cases for both.
 """
 
 from __future__ import annotations
@@ -15,19 +17,14 @@ import pickle
 import random
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from services.common.ipmeta import (
-    Enricher,
-    PrefixMatch,
-    PrefixTable,
-    _parse_pfx2as_flat,
-    parse_ip,
-    parse_pfx2as,
-)
+from bench.ipmeta_pyasn import PyasnPrefixTable, parse_pfx2as_pyasn
+from services.common.ipmeta import Enricher, PrefixMatch, PrefixTable, parse_ip, parse_pfx2as
 from tests.conftest import REAL
 
 PFX2AS = REAL / "caida" / "routeviews-rv2-00000000-test.pfx2as.gz"
@@ -62,22 +59,22 @@ def _probes(lines: list[str], rng: random.Random) -> list[str]:
 
 def _compare(lines: list[str], probes: list[str]) -> int:
     """Both tables on ``probes``; the number of matched probes (so a test sees it ran)."""
-    new, old = parse_pfx2as(lines), _parse_pfx2as_flat(lines)
-    assert (len(new), new.bad_lines, new.lengths(4), new.lengths(6)) == (
-        len(old),
-        old.bad_lines,
-        old.lengths(4),
-        old.lengths(6),
+    ours, tree = parse_pfx2as(lines), parse_pfx2as_pyasn(lines)
+    assert (len(ours), ours.bad_lines, ours.lengths(4), ours.lengths(6)) == (
+        len(tree),
+        tree.bad_lines,
+        tree.lengths(4),
+        tree.lengths(6),
     )
     matched = 0
     for ip in probes:
-        got, want = new.lookup(ip), old.lookup(ip)
+        got, want = ours.lookup(ip), tree.lookup(ip)
         assert got == want, ip
         matched += got is not None
     return matched
 
 
-def test_real_excerpt_same_as_flat_table() -> None:
+def test_real_excerpt_same_as_pyasn() -> None:
     lines = _real_lines(PFX2AS)
     rng = random.Random(16)
     probes = _probes(lines, rng)
@@ -110,7 +107,7 @@ def _generated(n: int, seed: int) -> list[str]:
     return lines
 
 
-def test_generated_table_same_as_flat_table() -> None:
+def test_generated_table_same_as_pyasn() -> None:
     lines = _generated(20_000, seed=1)
     rng = random.Random(2)
     probes = _probes(lines, rng)
@@ -138,7 +135,7 @@ _V6_BASES = [0x20010DB8 << 96, 0x2C0FFB50 << 96, 0]
     ),
     hs.lists(hs.tuples(hs.booleans(), hs.integers(-(2**12), 2**12)), max_size=30),
 )
-def test_generated_nested_tables_same_as_flat_table(
+def test_generated_nested_tables_same_as_pyasn(
     prefixes: list[tuple[bool, int, int, str]], probes: list[tuple[bool, int]]
 ) -> None:
     """Clustered IPv4 and IPv6 prefixes (deep nesting, /0, /32, /128, ASN 0, MOAS)."""
@@ -213,35 +210,41 @@ def _expected(ip: str) -> PrefixMatch:
     return PrefixMatch(*EDGE_CASES[ip])
 
 
+@pytest.mark.parametrize("parse", [parse_pfx2as, parse_pfx2as_pyasn], ids=["ours", "pyasn"])
 @pytest.mark.parametrize("ip", sorted(EDGE_CASES))
-def test_edge_cases(ip: str) -> None:
-    table = parse_pfx2as(EDGE_LINES)
+def test_edge_cases(parse: Any, ip: str) -> None:
+    table = parse(EDGE_LINES)
     assert (len(table), table.bad_lines) == (17, 2)
     assert table.lookup(ip) == _expected(ip)
-    back = PrefixTable.from_bytes(table.to_bytes())  # the catalog's cache
+    back = type(table).from_bytes(table.to_bytes())  # the catalog's cache
     assert back.lookup(ip) == _expected(ip)
     assert pickle.loads(pickle.dumps(table)).lookup(ip) == _expected(ip)
-    assert _parse_pfx2as_flat(EDGE_LINES).lookup(ip) == _expected(ip)
 
 
-def test_address_not_covered_and_not_an_address() -> None:
-    table = parse_pfx2as(["8.0.0.0\t9\t3356", "2001:db8::\t32\t64500"])
+@pytest.mark.parametrize("cls", [PrefixTable, PyasnPrefixTable])
+def test_address_not_covered_and_not_an_address(cls: Any) -> None:
+    table = cls()
+    table.add("8.0.0.0", 9, "3356")
+    table.add("2001:db8::", 32, "64500")
+    table.freeze()
     assert table.lookup("8.128.0.0") is None  # just past the /9
     assert table.lookup("7.255.255.255") is None
     assert table.lookup("2001:db9::1") is None
     for bad in ("", "8.8.8", "8.8.8.8.8", "08.8.8.8", "2001:db8::g", "x"):
         assert table.lookup(bad) is None
-    empty = PrefixTable().freeze()
+    empty = cls().freeze()
     assert empty.lookup("8.8.8.8") is None and len(empty) == 0
-    assert PrefixTable.from_bytes(empty.to_bytes()).lookup("2001:db8::1") is None
+    assert cls.from_bytes(empty.to_bytes()).lookup("2001:db8::1") is None
 
 
-def test_added_after_freeze_keeps_the_first_and_matches_longest() -> None:
-    table = parse_pfx2as(["8.0.0.0\t9\t3356"])
+@pytest.mark.parametrize("parse", [parse_pfx2as, parse_pfx2as_pyasn], ids=["ours", "pyasn"])
+def test_added_after_freeze_keeps_the_first_and_matches_longest(parse: Any) -> None:
+    table = parse(["8.0.0.0\t9\t3356"])
     table.add("8.8.8.0", 24, "15169")
     table.add("8.8.8.0", 24, "64500")  # already there: ignored
     table.add("8.0.0.0", 0, "0_1")
     table.add("2001:db8::", 32, "64501,64502")
+    table.freeze()
     assert len(table) == 4 and table.lengths() == (24, 9, 0) and table.lengths(6) == (32,)
     assert table.lookup("8.8.8.8") == ("8.8.8.0/24", 15169, "15169")
     assert table.lookup("1.1.1.1") == ("0.0.0.0/0", 0, "0_1")
@@ -252,7 +255,7 @@ def test_added_after_freeze_keeps_the_first_and_matches_longest() -> None:
         table.add("8.8.8.0", 24, "AS1")
 
 
-def test_enricher_on_the_tree_reports_first_asn_and_keeps_raw_origin() -> None:
+def test_enricher_reports_first_asn_and_keeps_raw_origin() -> None:
     table = parse_pfx2as(EDGE_LINES)
     e = Enricher(pfx2as=table, pfx2as_id="rv", as2types={12025: "Content"}, as2types_id="t")
     m = e.lookup("12.1.1.1")
@@ -263,10 +266,10 @@ def test_enricher_on_the_tree_reports_first_asn_and_keeps_raw_origin() -> None:
     assert parsed is not None and table.match_v6(parsed[1]) == ("::/0", 64503, "64503")
 
 
-def test_damaged_compact_form_is_refused() -> None:
-    blob = parse_pfx2as(EDGE_LINES).to_bytes()
+def test_damaged_pyasn_compact_form_is_refused() -> None:
+    blob = parse_pfx2as_pyasn(EDGE_LINES).to_bytes()
     head = int.from_bytes(blob[:8], "little")
     broken_record = blob[: 8 + head] + blob[8 + head :].replace(b"/", b"?", 1)
     for bad in (b"", blob[:-3], blob + b"x", b"\x05" + blob[1:], broken_record):
         with pytest.raises(ValueError):
-            PrefixTable.from_bytes(bad)
+            PyasnPrefixTable.from_bytes(bad)
