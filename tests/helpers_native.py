@@ -8,6 +8,7 @@ generated scans, hypothesis-mutated records and a few hand-made lines.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import json
 import os
@@ -173,6 +174,12 @@ class ExplodingMatcher:
 
     def match(self, text: str) -> Any:
         raise KeyError("boom")
+
+
+def exploding_pair() -> Pair:
+    """A fresh pair over the sample resources whose signature matcher always fails."""
+    resources = dataclasses.replace(sample_resources(), matcher=ExplodingMatcher())  # type: ignore[arg-type]
+    return Pair(resources)
 
 
 def memory_growth(run: Callable[[], None]) -> int:
@@ -384,6 +391,16 @@ def serialise(data: st.DataObject, value: Any) -> bytes:
     elif style == 5:
         line = b" " + line + b"  "
     return line
+
+
+# The scans and first line numbers the mutated batches are checked under.
+SCANS = st.sampled_from([ECHO_V2, HTTPS_V1, "CP_Quack-http-2021-05-30-01-01-01"])
+FIRST_LINES = st.sampled_from([1, 2**32 - 2, 4_000_000_000_000])
+
+
+def mutated_lines(data: st.DataObject, n: int) -> list[bytes]:
+    """``n`` mutated and re-serialised seed records."""
+    return [serialise(data, mutate(data, data.draw(st.sampled_from(SEEDS)))) for _ in range(n)]
 
 
 @st.composite

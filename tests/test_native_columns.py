@@ -11,7 +11,6 @@ compiled module these tests skip (not in CI).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import orjson
@@ -29,22 +28,21 @@ from tests.conftest import REAL_HQ_SCANS
 from tests.helpers_native import (
     COLUMNS,
     ECHO_V2,
+    FIRST_LINES,
     HTTPS_V1,
     MODULE,
-    SEEDS,
-    ExplodingMatcher,
-    Pair,
+    SCANS,
     assert_bad_arguments_raise,
     assert_columns_equal_rows,
     batches,
+    exploding_pair,
     generated_lines,
     memory_growth,
-    mutate,
+    mutated_lines,
     needs_module,
     pair,
     real_fixture,
     sample_resources,
-    serialise,
     v2_line,
 )
 
@@ -150,8 +148,7 @@ def test_slow_lines_in_the_middle_are_spliced_at_their_rows() -> None:
 
 @needs_module
 def test_python_callback_error_is_dead_lettered_like_python() -> None:
-    resources = dataclasses.replace(sample_resources(), matcher=ExplodingMatcher())  # type: ignore[arg-type]
-    p = Pair(resources)
+    p = exploding_pair()
     lines = [v2_line(i) for i in range(2)]
     out = p.check_columns(FileTask.for_test(ECHO_V2), 1, lines)
     assert out.stats["dead_letters.internal_error"] == 2
@@ -165,8 +162,8 @@ def test_python_callback_error_is_dead_lettered_like_python() -> None:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     lines=batches(),
-    scan=st.sampled_from([ECHO_V2, HTTPS_V1, "CP_Quack-http-2021-05-30-01-01-01"]),
-    first=st.sampled_from([1, 2**32 - 2, 4_000_000_000_000]),
+    scan=SCANS,
+    first=FIRST_LINES,
 )
 def test_mutated_records_columns_equal_rows(lines: list[bytes], scan: str, first: int) -> None:
     pair("sample").check_columns(FileTask.for_test(scan), first, lines)
@@ -177,7 +174,7 @@ def test_mutated_records_columns_equal_rows(lines: list[bytes], scan: str, first
 @given(data=st.data())
 def test_mutated_records_columns_equal_rows_real_resources(data: st.DataObject) -> None:
     p = pair("real")
-    lines = [serialise(data, mutate(data, data.draw(st.sampled_from(SEEDS)))) for _ in range(4)]
+    lines = mutated_lines(data, 4)
     p.check_columns(FileTask.for_test(HTTPS_V1), 1, lines)
 
 

@@ -8,7 +8,6 @@ in CI (``CI=true``), where the module must have been built.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import pytest
@@ -22,23 +21,22 @@ from services.beam_launcher.hyperquack.processing import FileTask, HyperquackPro
 from tests.conftest import REAL_HQ_SCANS
 from tests.helpers_native import (
     ECHO_V2,
+    FIRST_LINES,
     HTTPS_V1,
     IN_CI,
     MODULE,
-    SEEDS,
-    ExplodingMatcher,
-    Pair,
+    SCANS,
     assert_bad_arguments_raise,
     assert_same,
     batches,
+    exploding_pair,
     generated_lines,
     memory_growth,
-    mutate,
+    mutated_lines,
     needs_module,
     pair,
     real_fixture,
     sample_resources,
-    serialise,
     v2_line,
 )
 
@@ -93,8 +91,8 @@ def test_generated_scans_equal(scan_type: str, version: int) -> None:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     lines=batches(),
-    scan=st.sampled_from([ECHO_V2, HTTPS_V1, "CP_Quack-http-2021-05-30-01-01-01"]),
-    first=st.sampled_from([1, 2**32 - 2, 4_000_000_000_000]),
+    scan=SCANS,
+    first=FIRST_LINES,
 )
 def test_mutated_records_equal(lines: list[bytes], scan: str, first: int) -> None:
     pair("sample").check(FileTask.for_test(scan), first, lines)
@@ -105,7 +103,7 @@ def test_mutated_records_equal(lines: list[bytes], scan: str, first: int) -> Non
 @given(data=st.data())
 def test_mutated_records_equal_real_resources(data: st.DataObject) -> None:
     p = pair("real")
-    lines = [serialise(data, mutate(data, data.draw(st.sampled_from(SEEDS)))) for _ in range(3)]
+    lines = mutated_lines(data, 3)
     p.check(FileTask.for_test(HTTPS_V1), 1, lines)
 
 
@@ -219,8 +217,7 @@ def test_native_exception_falls_back_to_python(monkeypatch: pytest.MonkeyPatch) 
 
 @needs_module
 def test_python_callback_error_is_dead_lettered_like_python() -> None:
-    resources = dataclasses.replace(sample_resources(), matcher=ExplodingMatcher())  # type: ignore[arg-type]
-    p = Pair(resources)
+    p = exploding_pair()
     lines = [v2_line(i) for i in range(2)]
     out = p.check(FileTask.for_test(ECHO_V2), 1, lines)
     assert out.stats["dead_letters.internal_error"] == 2
