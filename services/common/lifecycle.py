@@ -415,6 +415,16 @@ class SweepReport:
     kept_live: int = 0
     kept_unknown: int = 0
 
+    def keeps(self, state: str) -> bool:
+        """Count a folder whose lease is ``alive`` or ``unknown`` as kept; True if it is."""
+        if state == "alive":
+            self.kept_live += 1
+            return True
+        if state == "unknown":
+            self.kept_unknown += 1
+            return True
+        return False
+
     def log(self, log: Any, where: str, how: str) -> None:
         log.info(
             "staging_swept",
@@ -539,11 +549,7 @@ class StagingArea:
                 continue
             lease = leases.get(p.name)
             state = lease_state(read_lease(str(lease)), self.max_age_s) if lease else "dead"
-            if state == "alive":
-                report.kept_live += 1
-                continue
-            if state == "unknown":
-                report.kept_unknown += 1
+            if report.keeps(state):
                 continue
             if self.in_use is not None and self.in_use(p):
                 report.kept_live += 1
@@ -583,12 +589,7 @@ class StagingArea:
         for name, lease in sorted(leases.items()):
             if name in self.held:
                 continue
-            state = lease_state(read_lease(lease), self.max_age_s)
-            if state == "alive":
-                report.kept_live += 1
-                continue
-            if state == "unknown":
-                report.kept_unknown += 1
+            if report.keeps(lease_state(read_lease(lease), self.max_age_s)):
                 continue
             objs = groups.get(name, [])
             if objs:
