@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -247,7 +248,13 @@ def test_native_table_with_other_rows_is_refused_until_a_full_rebuild(
 
     fixed = launcher("--input", str(inp), "--warehouse", str(wh), "--full", "--scan-type", "echo")
     assert fixed.returncode == 0, fixed.stderr[-3000:]
-    assert kinds(wh) == kinds(base)
+    # rebuilt beside (echo_scan__v1_2), switched; the native table is kept as the old
+    # version echo_scan__v1 until it is dropped explicitly
+    kind = kinds(wh)
+    assert (kind.pop("echo_scan__v1"), kind.pop("echo_scan__v1_2")) == ("BASE TABLE", "VIEW")
+    assert kind == {**kinds(base), "table_versions": "BASE TABLE", "version_files": "BASE TABLE"}
+    with duckdb.connect(str(wh / "warehouse.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM echo_scan__v1").fetchone() == (n + 1,)
     assert counts(wh) == counts(base)
     assert {t: r for t, r in rows(wh).items() if t != "processed_files"} == {
         t: r for t, r in rows(base).items() if t != "processed_files"
@@ -337,7 +344,18 @@ def test_full_rebuild_gives_the_same_views(built: tuple[Path, Path], tmp_path: P
     wh = copy_of(base, tmp_path / "wh")
     proc = launcher("--input", str(scans), "--warehouse", str(wh), "--full")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert kinds(wh) == kinds(base)
+    # each scan table with input files is built beside (<table>__v1_2) and switched; the
+    # old versions stay as views (<table>__v1) until dropped
+    rebuilt = {"echo_scan", "satellite_scan"}
+    assert kinds(wh) == {
+        **kinds(base),
+        **{f"{t}__{v}": "VIEW" for t in rebuilt for v in ("v1", "v1_2")},
+        "table_versions": "BASE TABLE",
+        "version_files": "BASE TABLE",
+    }
+    assert {t: r["state"] for t, r in orjson.loads(proc.stdout)["rebuild"].items()} == {
+        t: "switched" for t in rebuilt
+    }
     assert counts(wh) == counts(base)
     want, got = rows(base), rows(wh)
     for spec in PARQUET_TABLES:

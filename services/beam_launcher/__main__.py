@@ -53,7 +53,27 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         help="scan type to process (default all)",
     )
     p.add_argument(
-        "--full", action="store_true", help="rebuild: forget the ledger and reprocess all"
+        "--full",
+        action="store_true",
+        help="rebuild the scan types' tables from all their files: on the local warehouse "
+        "beside the live tables (a new version <table>__v<N>, resumable), switched when "
+        "complete; with a date window: reprocess the window's files in place",
+    )
+    p.add_argument(
+        "--table-versions",
+        action="store_true",
+        help="print the local warehouse's table versions (live, building, old) and exit",
+    )
+    p.add_argument(
+        "--switch-table",
+        metavar="TABLE=VERSION",
+        help="point TABLE (e.g. http_scan) at VERSION (e.g. v1: a rollback) once its rows "
+        "agree with its ledger, and exit",
+    )
+    p.add_argument(
+        "--drop-table-version",
+        metavar="TABLE=VERSION",
+        help="delete a version that is not live (view, ledger rows, Parquet) and exit",
     )
     p.add_argument(
         "--reprocess-pipeline-older-than",
@@ -150,6 +170,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
     )
     add_ops_arguments(p)
     args, beam_args = p.parse_known_args(argv)
+    admin = [
+        a for a in ("table_versions", "switch_table", "drop_table_version") if getattr(args, a)
+    ]
+    if len(admin) > 1:
+        p.error("--table-versions, --switch-table and --drop-table-version: one at a time")
+    from services.beam_launcher.warehouse.schema_versions import table_version_arg
+
+    for name in admin[:1]:
+        if args.sink != "local" or not args.warehouse:
+            p.error(f"--{name.replace('_', '-')} works on a local warehouse: give --warehouse")
+        if name != "table_versions":
+            try:
+                table_version_arg(getattr(args, name))
+            except ValueError as exc:
+                p.error(f"--{name.replace('_', '-')}: {exc}")
+    if admin and not args.input:
+        args.input = "-"  # not read: the table commands touch only the warehouse
     if not args.input:
         p.error("--input is required (or $CP_INPUT)")
     if args.sink == "local" and not args.warehouse:
@@ -221,9 +258,33 @@ def _as_date(value: object) -> dt.date | None:
     return dt.date.fromisoformat(str(value))
 
 
+def table_command(args: argparse.Namespace) -> int:
+    """--table-versions, --switch-table, --drop-table-version: print JSON, exit 0 (1 when
+    refused, with the reason)."""
+    from services.beam_launcher.warehouse.local import LocalWarehouse, SwitchRefused
+    from services.beam_launcher.warehouse.schema_versions import table_version_arg
+
+    wh = LocalWarehouse(args.warehouse)
+    if not wh.exists():
+        return fail("beam_launcher", f"no warehouse at {args.warehouse} ({wh.db_path} missing)")
+    try:
+        if args.switch_table:
+            out: object = wh.switch(*table_version_arg(args.switch_table), pipeline_version())
+        elif args.drop_table_version:
+            out = wh.drop_version(*table_version_arg(args.drop_table_version))
+        else:
+            out = wh.table_versions()
+    except SwitchRefused as exc:
+        return fail("beam_launcher", str(exc))
+    sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(argv)
     configure_logging(args.log_level, stage="beam_launcher", scan_type=args.scan_type)
+    if args.table_versions or args.switch_table or args.drop_table_version:
+        return table_command(args)
     from services.beam_launcher.metrics import LauncherMetrics
     from services.beam_launcher.run import RunFailed, ledger_shares, run
 

@@ -90,8 +90,16 @@ class LauncherMetrics:
         self.schema_version = Gauge(
             "cp_launcher_schema_version",
             "Schema version of each warehouse table after the run's schema check (rows.py "
-            "SCHEMA_VERSION; the recorded one when a breaking change refused the run)",
+            "SCHEMA_VERSION; under a breaking change the live one, until a rebuild switches)",
             ["table"],
+            registry=r,
+        )
+        self.rebuild_files = Gauge(
+            "cp_launcher_rebuild_files",
+            "Files of a rebuild beside the live table (--full): done (ok in the building "
+            "version's ledger) and expected (the input's files of its scan type), per table and "
+            "building version (<table>__v<N>); set at the end of each rebuild run",
+            ["table", "table_version", "state"],
             registry=r,
         )
         self.bytes_read = Counter("cp_launcher_bytes_read", "Bytes of scan files read", registry=r)

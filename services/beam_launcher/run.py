@@ -55,6 +55,7 @@ from services.beam_launcher.warehouse.schema_versions import (
     check_schemas,
     rebuilt_by_full,
     refusal,
+    schema_hash,
 )
 from services.beam_launcher.worker import command as worker_command
 from services.beam_launcher.worker import stop_workers
@@ -62,6 +63,8 @@ from services.common import lifecycle, storage
 from services.common.config import pipeline_version
 from services.common.logsetup import get_logger
 from services.common.scans import SCAN_TYPES
+
+SCAN_SPECS = {spec.name: spec for spec in SCAN_TABLES.values()}
 
 LOCAL_RUNNERS = {"direct": "FnApiRunner", "fnapi": "FnApiRunner", "FnApiRunner": "FnApiRunner"}
 
@@ -132,6 +135,12 @@ class RunSummary:
     # --reprocess-pipeline-older-than: {"version", "files", "by_pipeline_version"} of the
     # files selected only because an older pipeline version wrote them.
     reprocess_older_than: dict[str, Any] = field(default_factory=dict)
+    # --full (local warehouse): per table, the version built beside the live one and what
+    # its check found (state switched or building, files done/expected/missing).
+    rebuild: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Scan types a run without --full left to the rebuild in progress of their table
+    # (their table's new columns are being built beside): scan type -> building version.
+    left_to_rebuild: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -493,8 +502,13 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
     staging.sweep()
     # Before any input is read: what the row definitions change in the warehouse.
     schema = schema_check(cfg, warehouse, summary, metrics, log)
+    dated = bool(cfg.start_date or cfg.end_date)
+    beside = cfg.full and not dated and hasattr(warehouse, "start_rebuild")
+    scan_types = tuple(t for t in cfg.scan_types if t not in summary.left_to_rebuild)
+    if not scan_types:
+        return _nothing_to_do(summary, metrics, started)
     plan = discover(
-        cfg.input, cfg.scan_types, version, cfg.require_markers, cfg.start_date, cfg.end_date
+        cfg.input, scan_types, version, cfg.require_markers, cfg.start_date, cfg.end_date
     )
     for s in plan.skipped:
         log.warning("input_skipped", url=s.url, reason=s.reason)
@@ -507,14 +521,25 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
     # Read-only until there is something to write: the ledger of a missing warehouse is
     # empty, and nothing is created for a run that ends here.
     older_than = OlderThan(cfg.reprocess_older_than) if cfg.reprocess_older_than else None
-    ledger = warehouse.ledger()
-    todo, unchanged = select_tasks(plan.tasks, ledger, cfg.full, older_than)
+    builds: dict[str, Any] = {}
+    if beside:  # --full: a new version of each table beside the live one, resumable
+        warehouse.ensure_tables()
+        # the scan types with input files: a table is never rebuilt from nothing
+        present = {t.scan_type for t in plan.tasks}
+        tables = rebuilt_by_full(True, False, [t for t in scan_types if t in present])
+        builds = warehouse.start_rebuild(sorted(tables), version)
+        ledger = warehouse.version_ledger()
+        todo, unchanged = select_tasks(plan.tasks, ledger, False)
+    else:
+        ledger = warehouse.ledger()
+        todo, unchanged = select_tasks(plan.tasks, ledger, cfg.full, older_than)
     if older_than is not None:
         _reprocess_selected(plan.tasks, ledger, older_than, summary, metrics, log)
     summary.files_skipped_unchanged = unchanged
     metrics.files_skipped.labels(reason="already_processed").inc(unchanged)
     if not todo:
         log.info("no_new_files", files_found=len(plan.tasks), already_processed=unchanged)
+        _finish_rebuilds(plan.tasks, warehouse, builds, version, summary, metrics, log)
         return _nothing_to_do(summary, metrics, started)
     if not cfg.ip_metadata:
         log.warning(
@@ -554,8 +579,9 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
             )
         mine = set(claim.mine)
         todo = [t for t in todo if lease_unit(t) in mine]
-        if todo and not cfg.full:  # committed by another run between our ledger read and now
-            fresh = warehouse.ledger(t.file_key for t in todo)
+        if todo and (builds or not cfg.full):  # committed by another run since our read
+            keys = [t.file_key for t in todo]
+            fresh = warehouse.version_ledger(keys) if builds else warehouse.ledger(keys)
             done = done_meanwhile(todo, fresh, older_than)
             if done:
                 summary.done_by_other_run = sorted(done)
@@ -567,8 +593,13 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
                 left_to_other_run=len(claim.others),
                 done_by_other_run=len(summary.done_by_other_run),
             )
+            _finish_rebuilds(plan.tasks, warehouse, builds, version, summary, metrics, log)
             return _nothing_to_do(summary, metrics, started)
-        if cfg.full and not (cfg.start_date or cfg.end_date):
+        if builds:
+            done = _process(cfg, plan, todo, warehouse, staging, run_id, summary, metrics, started)
+            _finish_rebuilds(plan.tasks, warehouse, builds, version, summary, metrics, log)
+            return done
+        if cfg.full and not (cfg.start_date or cfg.end_date):  # BigQuery: still in place
             warehouse.reset(cfg.scan_types)
             rebuilt = rebuilt_by_full(True, False, cfg.scan_types) & set(schema.of_kind(BREAKING))
             if rebuilt:
@@ -601,6 +632,34 @@ def _reprocess_selected(
         "by_pipeline_version": dict(sorted(by_version.items())),
     }
     log.info("reprocess_older_than", **summary.reprocess_older_than)
+
+
+def _finish_rebuilds(
+    tasks: list[FileTask],
+    warehouse: Any,
+    builds: dict[str, Any],
+    version: str,
+    summary: RunSummary,
+    metrics: LauncherMetrics,
+    log: Any,
+) -> None:
+    """After a rebuild's files: check each building version against all the input's
+    files of its scan type and switch the stable name when complete (summary
+    ``rebuild``, log ``rebuild_switched`` or ``rebuild_incomplete``, gauges)."""
+    for table, build in sorted(builds.items()):
+        scan_type = next(t for t, s in SCAN_TABLES.items() if s.name == table)
+        expected = {t.file_key: t.version for t in tasks if t.scan_type == scan_type}
+        report = warehouse.finish_rebuild(build, expected, version)
+        summary.rebuild[table] = report
+        for state in ("done", "expected"):
+            metrics.rebuild_files.labels(table=table, table_version=build.name, state=state).set(
+                report.get(f"files_{state}", 0)
+            )
+        if report["state"] == "switched":
+            metrics.schema_version.labels(table=table).set(build.schema_version)
+            log.info("rebuild_switched", **report)
+        else:
+            log.warning("rebuild_incomplete", **report)
 
 
 def ledger_shares(cfg: RunConfig, metrics: LauncherMetrics) -> None:
@@ -639,10 +698,27 @@ def schema_check(
         problems={t: c.problems for t, c in check.changes.items() if c.problems},
     )
     dated = bool(cfg.start_date or cfg.end_date)
-    reason = refusal(check, rebuilt_by_full(cfg.full, dated, cfg.scan_types))
+    rebuilt = rebuilt_by_full(cfg.full, dated, cfg.scan_types)
+    building: dict[str, Any] = getattr(warehouse, "building", lambda: {})()
+    waiting = {  # a rebuild of the code's columns is in progress: leave these to it
+        table: v.name
+        for table, v in building.items()
+        if table not in rebuilt and v.schema_hash == schema_hash(SCAN_SPECS[table])
+    }
+    reason = refusal(check, rebuilt, waiting)
+    for scan_type, spec in SCAN_TABLES.items():
+        if spec.name in waiting and scan_type in cfg.scan_types:
+            summary.left_to_rebuild[scan_type] = waiting[spec.name]
+    if summary.left_to_rebuild:
+        log.warning(
+            "left_to_rebuild",
+            scan_types=summary.left_to_rebuild,
+            reason="their tables are being rebuilt beside the live ones (--full); readers "
+            "keep the live versions until the rebuild switches them",
+        )
     for table, change in check.changes.items():
-        refused = reason is not None and change.kind == BREAKING
-        version = change.recorded_version if refused else change.code_version
+        # a breaking change is live only once its rebuild switched (see _finish_rebuilds)
+        version = change.recorded_version if change.kind == BREAKING else change.code_version
         if version is not None:
             metrics.schema_version.labels(table=table).set(version)
     if reason is not None:

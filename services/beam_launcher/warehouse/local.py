@@ -73,16 +73,25 @@ from services.beam_launcher.warehouse.rows import (
 )
 from services.beam_launcher.warehouse.schema_versions import (
     ADDITIVE,
+    BUILDING,
+    LIVE,
     NEW_TABLE,
+    OLD,
     SCHEMA_TABLE,
     SCHEMA_VERSIONS,
+    TABLE_VERSIONS,
+    TABLE_VERSIONS_SPEC,
+    VERSION_FILES,
+    VERSION_FILES_SPEC,
     SchemaCheck,
     SchemaRecord,
+    next_version_id,
+    spec_of,
+    version_name,
 )
 from services.common import lifecycle
 from services.common.logsetup import get_logger
 from services.common.rowschema import TableSpec
-from services.common.scans import UnknownScanName, parse_scan_name
 
 DB_NAME = "warehouse.duckdb"
 LOCK_NAME = lifecycle.WAREHOUSE_LOCK
@@ -93,6 +102,38 @@ LEASE_MAX_AGE_S = 24 * 3600.0  # a lease of another host counts as abandoned aft
 DUCKDB_MEMORY_LIMIT = "256MB"  # per connection; more spills to <warehouse>.duckdb.tmp/
 # Tables whose rows are the published Parquet: views in warehouse.duckdb (the ledger is not).
 PARQUET_TABLES = (*SCAN_TABLES.values(), DEAD_LETTER)
+
+
+@dataclass(frozen=True)
+class TableVersion:
+    """One row of ``table_versions``: a version of a scan table and its Parquet folder."""
+
+    table: str
+    version_id: str
+    folder: str
+    schema_version: int
+    schema_hash: str
+    columns: list[dict[str, Any]]
+    state: str
+
+    @property
+    def name(self) -> str:
+        """Its view name, e.g. ``http_scan__v2``."""
+        return version_name(self.table, self.version_id)
+
+
+@dataclass(frozen=True)
+class ViewTarget:
+    """A view to keep over a Parquet folder: a stable table name or a table version."""
+
+    name: str
+    spec: TableSpec  # named ``name``
+    folder: str
+    stable: bool
+
+
+class SwitchRefused(RuntimeError):
+    """A table version cannot become live (unknown, or its rows differ from its ledger)."""
 
 
 @dataclass(frozen=True)
@@ -346,9 +387,6 @@ class LocalWarehouse:
                     if c.name not in have
                 ]
             views = {s.name for s in PARQUET_TABLES}
-            self._refresh_views(
-                con, strict=False, force=[t for t in check.of_kind(ADDITIVE) if t in views]
-            )
             now = dt.datetime.now(dt.UTC)
             recs = [SchemaRecord.of(specs[t], pipeline_version) for t in record]
             con.execute("BEGIN")
@@ -371,6 +409,11 @@ class LocalWarehouse:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+            # The views follow the recorded columns (a kill before this: the next opening
+            # finds a view whose columns differ from the record and re-creates it).
+            self._refresh_views(
+                con, strict=False, force=[t for t in check.of_kind(ADDITIVE) if t in views]
+            )
         return record
 
     def refresh_views(self) -> None:
@@ -380,7 +423,7 @@ class LocalWarehouse:
             self._prepare(con, strict=False)
             self._refresh_views(con, strict=False, force=[s.name for s in PARQUET_TABLES])
 
-    def _prepare(self, con: duckdb.DuckDBPyConnection, strict: bool) -> list[str]:
+    def _prepare(self, con: duckdb.DuckDBPyConnection, strict: bool | set[str]) -> list[str]:
         """What every opening for writing does first: the ledger table, interrupted
         publishes finished (see :meth:`_finish_publishes`), views refreshed."""
         con.execute(PROCESSED_FILES.duckdb_ddl())
@@ -389,32 +432,78 @@ class LocalWarehouse:
         self._refresh_views(con, strict, force=[s.name for s in PARQUET_TABLES] if done else [])
         return done
 
-    def _pattern(self, spec: TableSpec) -> str:
-        """The glob of ``spec``'s published Parquet (absolute)."""
-        return str(self.parquet_root.absolute() / spec.name / "date=*" / "*.parquet")
+    def _pattern(self, folder: str) -> str:
+        """The glob of a Parquet folder's published files (absolute)."""
+        return str(self.parquet_root.absolute() / folder / "date=*" / "*.parquet")
 
-    def _has_files(self, spec: TableSpec) -> bool:
-        folder = glob.escape(str(self.parquet_root.absolute() / spec.name))
-        return next(glob.iglob(folder + "/date=*/*.parquet"), None) is not None
+    def _has_files(self, folder: str) -> bool:
+        base = glob.escape(str(self.parquet_root.absolute() / folder))
+        return next(glob.iglob(base + "/date=*/*.parquet"), None) is not None
+
+    @staticmethod
+    def _versions(con: duckdb.DuckDBPyConnection) -> list[TableVersion]:
+        """The ``table_versions`` rows (none before the first rebuild beside)."""
+        if TABLE_VERSIONS not in _table_kinds(con):
+            return []
+        rows = con.execute(
+            "SELECT table_name, version_id, folder, schema_version, schema_hash, columns, state "
+            f"FROM {TABLE_VERSIONS} ORDER BY table_name, created_at, version_id"
+        ).fetchall()
+        return [TableVersion(r[0], r[1], r[2], r[3], r[4], orjson.loads(r[5]), r[6]) for r in rows]
+
+    @staticmethod
+    def _records(con: duckdb.DuckDBPyConnection) -> dict[str, list[dict[str, Any]]]:
+        """Recorded columns per table (``schema_versions``)."""
+        if SCHEMA_TABLE not in _table_kinds(con):
+            return {}
+        rows = con.execute(f"SELECT table_name, columns FROM {SCHEMA_TABLE}").fetchall()
+        return {r[0]: orjson.loads(r[1]) for r in rows}
+
+    def _live_folders(self, con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+        """The Parquet folder each stable table name reads (its own name until a switch)."""
+        live = {v.table: v.folder for v in self._versions(con) if v.state == LIVE}
+        return {s.name: live.get(s.name, s.name) for s in PARQUET_TABLES}
+
+    def _view_targets(self, con: duckdb.DuckDBPyConnection) -> list[ViewTarget]:
+        """Every view to keep: the stable names over their live folders, with the recorded
+        columns (the code's before a first record), and one view per table version."""
+        records = self._records(con)
+        folders = self._live_folders(con)
+        out = [
+            ViewTarget(
+                s.name,
+                spec_of(s.name, records[s.name]) if s.name in records else s,
+                folders[s.name],
+                True,
+            )
+            for s in PARQUET_TABLES
+        ]
+        for v in self._versions(con):
+            cols = records.get(v.table, v.columns) if v.state == LIVE else v.columns
+            out.append(ViewTarget(v.name, spec_of(v.name, cols), v.folder, False))
+        return out
 
     def _refresh_views(
         self,
         con: duckdb.DuckDBPyConnection,
-        strict: bool,
+        strict: bool | set[str],
         force: Iterable[str] = (),
         complete: Iterable[str] = (),
     ) -> None:
-        """(Re)create the views of the Parquet-backed tables over the files present, in
-        one transaction: those in ``force`` (their files changed) and those whose view
-        does not have the form the files call for (no view yet, empty while files exist
-        or the reverse, or over another folder: a moved warehouse). Binding a view reads
-        the footer of each of its files (``union_by_name``), so views already right are
-        left alone, also a forced one in ``complete`` (its new files hold every column)
-        whose view already reads every column from the files.
+        """(Re)create the views over the Parquet files present, in one transaction: the
+        stable table names over their live folders and one view per table version
+        (:meth:`_view_targets`). Re-created are those in ``force`` (by view or folder name:
+        their files changed) and those whose view does not have the form the files call
+        for (no view yet, empty while files exist or the reverse, over another folder: a
+        moved warehouse, or other columns than recorded). Binding a view reads the footer
+        of each of its files (``union_by_name``), so views already right are left alone,
+        also a forced one whose folder is in ``complete`` (its new files hold every
+        column) whose view already reads every column from the files.
 
         A native table of an earlier version becomes its view when it holds as many rows
         as its Parquet (logged ``warehouse_table_to_view``). When it does not, it is left
-        as it is: logged as an error, or with ``strict`` (before a commit) raised as
+        as it is: logged as an error, or with ``strict`` (before a commit; a set: only for
+        the stable tables named in it, those the commit writes) raised as
         :class:`WarehouseUnusable` naming both counts and the fix (``--full``).
         """
         kinds = _table_kinds(con)
@@ -424,20 +513,34 @@ class LocalWarehouse:
                 "WHERE schema_name = 'main' AND NOT internal"
             ).fetchall()
         )
+        view_cols: dict[str, list[str]] = {}
+        for name, col in con.execute(
+            "SELECT table_name, column_name FROM duckdb_columns() "
+            "WHERE schema_name = 'main' ORDER BY table_name, column_index"
+        ).fetchall():
+            view_cols.setdefault(name, []).append(col)
         forced, full = set(force), set(complete)
         log = get_logger("beam_launcher")
         statements: list[str] = []
         converted: list[tuple[str, int]] = []
-        for spec in PARQUET_TABLES:
-            pattern = self._pattern(spec) if self._has_files(spec) else None
-            current = views.get(spec.name)
-            right_form = current is not None and (
-                "read_parquet" not in current  # empty, and no file
-                if pattern is None
-                else f"read_parquet({_sql_text(pattern)}" in current  # this warehouse's files
+        for target in self._view_targets(con):
+            spec = target.spec
+            if not target.stable and kinds.get(target.name) == "BASE TABLE":
+                continue  # a native table of an earlier version, renamed by a switch
+            pattern = self._pattern(target.folder) if self._has_files(target.folder) else None
+            current = views.get(target.name)
+            right_form = (
+                current is not None
+                and view_cols.get(target.name) == list(spec.column_names)
+                and (
+                    "read_parquet" not in current  # empty, and no file
+                    if pattern is None
+                    else f"read_parquet({_sql_text(pattern)}" in current  # this warehouse's
+                )
             )
+            is_forced = target.name in forced or target.folder in forced
             if right_form and (
-                spec.name not in forced or (spec.name in full and "CAST(NULL" not in str(current))
+                not is_forced or (target.folder in full and "CAST(NULL" not in str(current))
             ):
                 continue
             try:
@@ -450,7 +553,7 @@ class LocalWarehouse:
                             "hive_partitioning=false, union_by_name=true)"
                         ).fetchall()
                     ]
-                if kinds.get(spec.name) == "BASE TABLE":
+                if target.stable and kinds.get(spec.name) == "BASE TABLE":
                     rows = con.execute(f"SELECT count(*) FROM {_ident(spec.name)}").fetchone()
                     in_files = (
                         con.execute(
@@ -462,16 +565,17 @@ class LocalWarehouse:
                     )
                     n_rows, n_files = (rows or (0,))[0], (in_files or (0,))[0]
                     if n_rows != n_files:
-                        scan_types = [t for t, s in SCAN_TABLES.items() if s is spec]
+                        scan_types = [t for t, s in SCAN_TABLES.items() if s.name == spec.name]
                         message = (
                             f"table {spec.name} of {self.db_path} is a table of an earlier "
                             f"version holding {n_rows} rows, but its Parquet "
-                            f"({pattern or self.parquet_root / spec.name}) holds {n_files}, "
-                            "so it cannot become a view of that Parquet; rerun the launcher "
-                            f"with --full --scan-type {scan_types[0] if scan_types else 'all'}"
-                            " to rebuild it from the scans"
+                            f"({pattern or self.parquet_root / target.folder}) holds "
+                            f"{n_files}, so it cannot become a view of that Parquet; rerun the "
+                            "launcher with --full --scan-type "
+                            f"{scan_types[0] if scan_types else 'all'} to rebuild it from "
+                            "the scans"
                         )
-                        if strict:
+                        if strict is True or (isinstance(strict, set) and spec.name in strict):
                             raise WarehouseUnusable(message)
                         log.error("warehouse_table_mismatch", table=spec.name, reason=message)
                         continue
@@ -479,8 +583,8 @@ class LocalWarehouse:
                     converted.append((spec.name, n_rows))
             except duckdb.Error as exc:
                 raise WarehouseUnusable(
-                    f"the Parquet of table {spec.name} ({self._pattern(spec)}) cannot be "
-                    f"read: {' '.join(str(exc).split())}"
+                    f"the Parquet of table {target.name} ({self._pattern(target.folder)}) "
+                    f"cannot be read: {' '.join(str(exc).split())}"
                 ) from exc
             statements.append(view_sql(spec, pattern, present))
         con.execute("BEGIN")
@@ -533,38 +637,412 @@ class LocalWarehouse:
             ).fetchall()
         return [(r[0], r[1], int(r[2] or 0), int(r[3])) for r in rows]
 
-    def reset(self, scan_types: Iterable[str]) -> None:
-        """--full: forget everything of these scan types (tables, Parquet, ledger rows)."""
-        types = sorted(set(scan_types))
-        with self.connect(purpose="--full reset") as con:
+    # -- table versions: a rebuild beside the live table, then the switch ------------------
+
+    def start_rebuild(
+        self, tables: Iterable[str], pipeline_version: str
+    ) -> dict[str, TableVersion]:
+        """Register, or resume, a building version of each scan table in ``tables`` with
+        the code's columns (``<table>__v<N>``: its own Parquet folder, view and ledger
+        scope); returns table -> that version. A building version of other columns (an
+        abandoned rebuild of other code) becomes ``old``. The stable views do not change.
+        """
+        specs = {s.name: s for s in SCAN_TABLES.values()}
+        log = get_logger("beam_launcher")
+        out: dict[str, TableVersion] = {}
+        created: list[TableVersion] = []
+        with self.connect(purpose="start a rebuild beside") as con:
             self._prepare(con, strict=False)
-            kinds = _table_kinds(con)
+            con.execute(TABLE_VERSIONS_SPEC.duckdb_ddl())
+            con.execute(VERSION_FILES_SPEC.duckdb_ddl())
+            recorded = {
+                r[0]: (int(r[1]), r[2], orjson.loads(r[3]))
+                for r in con.execute(
+                    f"SELECT table_name, schema_version, schema_hash, columns FROM {SCHEMA_TABLE}"
+                ).fetchall()
+            }
+            versions = self._versions(con)
+            now = dt.datetime.now(dt.UTC)
+            insert = f"INSERT INTO {TABLE_VERSIONS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             con.execute("BEGIN")
-            for t in types:
-                spec = SCAN_TABLES[t]
-                if kinds.get(spec.name) == "BASE TABLE":  # of an earlier version
-                    con.execute(f"DROP TABLE {_ident(spec.name)}")
-                con.execute(view_sql(spec, None))  # its files go below
-            doomed = [PROCESSED_FILES.name]
-            if kinds.get(DEAD_LETTER.name) == "BASE TABLE":
-                doomed.append(DEAD_LETTER.name)
-            for table in doomed:
-                con.execute(
-                    f"DELETE FROM {_ident(table)} WHERE scan_type IN (SELECT unnest(?::VARCHAR[]))",
-                    [types],
+            try:
+                for table in sorted(set(tables)):
+                    code = SchemaRecord.of(specs[table], pipeline_version)
+                    mine = [v for v in versions if v.table == table]
+                    resumed = [
+                        v for v in mine if v.state == BUILDING and v.schema_hash == code.hash
+                    ]
+                    if resumed:
+                        out[table] = resumed[-1]
+                        continue
+                    for v in mine:
+                        if v.state == BUILDING:
+                            con.execute(
+                                f"UPDATE {TABLE_VERSIONS} SET state = ? "
+                                "WHERE table_name = ? AND version_id = ?",
+                                [OLD, table, v.version_id],
+                            )
+                            log.warning("rebuild_abandoned", version=v.name, reason="other columns")
+                    taken = [v.version_id for v in mine]
+                    if not any(v.state == LIVE for v in mine):  # the table as it is now
+                        rec_version, rec_hash, rec_cols = recorded.get(
+                            table, (code.version, code.hash, code.columns)
+                        )
+                        live_id = next_version_id(rec_version, taken)
+                        taken.append(live_id)
+                        con.execute(
+                            insert,
+                            [
+                                table,
+                                live_id,
+                                table,
+                                rec_version,
+                                rec_hash,
+                                orjson.dumps(rec_cols).decode(),
+                                LIVE,
+                                pipeline_version,
+                                now,
+                                None,
+                            ],
+                        )
+                    vid = next_version_id(code.version, taken)
+                    new = TableVersion(
+                        table,
+                        vid,
+                        version_name(table, vid),
+                        code.version,
+                        code.hash,
+                        code.columns,
+                        BUILDING,
+                    )
+                    con.execute(
+                        insert,
+                        [
+                            table,
+                            vid,
+                            new.folder,
+                            new.schema_version,
+                            new.schema_hash,
+                            code.columns_json(),
+                            BUILDING,
+                            pipeline_version,
+                            now,
+                            None,
+                        ],
+                    )
+                    out[table] = new
+                    created.append(new)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            for v in created:  # a folder no version owns (left by a crash): not anyone's data
+                shutil.rmtree(self.parquet_root / v.folder, ignore_errors=True)
+            self._refresh_views(con, strict=False)
+        for table, v in out.items():
+            log.info(
+                "rebuild_beside",
+                table=table,
+                version=v.name,
+                resumed=v not in created,
+                schema_version=v.schema_version,
+            )
+        return out
+
+    def building(self) -> dict[str, TableVersion]:
+        """Table -> its building version (read-only; empty without any)."""
+        if not self.exists():
+            return {}
+        with self.connect(read_only=True, purpose="read table versions") as con:
+            return {v.table: v for v in self._versions(con) if v.state == BUILDING}
+
+    def version_ledger(self, builds: Mapping[str, TableVersion]) -> dict[str, LedgerEntry]:
+        """The ledger of building versions (``version_files``), read-only."""
+        names = sorted(v.name for v in builds.values())
+        if not names or not self.exists():
+            return {}
+        with self.connect(read_only=True, purpose="read a version's ledger") as con:
+            if VERSION_FILES not in _table_kinds(con):
+                return {}
+            rows = con.execute(
+                "SELECT file_key, version, status, pipeline_version FROM version_files "
+                "WHERE table_version IN (SELECT unnest(?::VARCHAR[]))",
+                [names],
+            ).fetchall()
+        return {r[0]: LedgerEntry(r[1], r[2], r[3]) for r in rows}
+
+    def _count_problems(self, con: duckdb.DuckDBPyConnection, v: TableVersion) -> list[str]:
+        """Where a version's Parquet disagrees with its ledger: rows per date (from
+        ``rows_by_date``; a ledger without it, e.g. of a version that was live, is
+        compared in total with ``rows_written``). Empty: they agree."""
+        if v.state == LIVE:
+            scan_type = next(t for t, s in SCAN_TABLES.items() if s.name == v.table)
+            ledger = con.execute(
+                "SELECT NULL, rows_written FROM processed_files WHERE scan_type = ? "
+                "AND status = 'ok'",
+                [scan_type],
+            ).fetchall()
+        else:
+            ledger = con.execute(
+                "SELECT rows_by_date, rows_written FROM version_files WHERE table_version = ? "
+                "AND status = 'ok'",
+                [v.name],
+            ).fetchall()
+        in_files: dict[str, int] = {}
+        for day in sorted((self.parquet_root / v.folder).glob("date=*")):
+            files = sorted(str(f) for f in day.glob("*.parquet"))
+            if files:
+                found = con.execute("SELECT count(*) FROM read_parquet(?)", [files]).fetchone()
+                in_files[day.name.removeprefix("date=")] = int((found or (0,))[0])
+        if ledger and all(r[0] is not None for r in ledger):
+            want: dict[str, int] = {}
+            for text, _n in ledger:
+                for day, n in orjson.loads(text).items():
+                    want[day] = want.get(day, 0) + int(n)
+            return [
+                f"{day}: {in_files.get(day, 0)} rows in its Parquet, {want.get(day, 0)} in its "
+                "ledger"
+                for day in sorted(set(want) | set(in_files))
+                if in_files.get(day, 0) != want.get(day, 0)
+            ]
+        total = sum(int(r[1] or 0) for r in ledger)
+        if total != sum(in_files.values()):
+            return [f"{sum(in_files.values())} rows in its Parquet, {total} in its ledger"]
+        return []
+
+    def finish_rebuild(
+        self,
+        build: TableVersion,
+        expected: Mapping[str, str | None],
+        pipeline_version: str,
+    ) -> dict[str, Any]:
+        """Check a building version and switch the stable name to it when it is complete:
+        every file of ``expected`` (file_key -> version, all the input's files of its scan
+        type) ok in its ledger with that version, also every file the live ledger took
+        since the rebuild began, and its rows per date equal to its ledger's. Returns
+        what was found (``state``: ``switched`` or ``building``)."""
+        scan_type = next(t for t, s in SCAN_TABLES.items() if s.name == build.table)
+        _test_pause_point("before_switch_check")
+        with self.connect(purpose="check and switch a rebuild") as con:
+            self._prepare(con, strict=False)
+            current = next((v for v in self._versions(con) if v.name == build.name), None)
+            report: dict[str, Any] = {"table": build.table, "version": build.name}
+            if current is None or current.state != BUILDING:
+                report["state"] = current.state if current else "dropped"
+                return report
+            ledger = {
+                r[0]: (r[1], r[2])
+                for r in con.execute(
+                    "SELECT file_key, version, status FROM version_files WHERE table_version = ?",
+                    [build.name],
+                ).fetchall()
+            }
+            since = [
+                r[0]
+                for r in con.execute(
+                    "SELECT file_key FROM processed_files WHERE scan_type = ? AND status = 'ok' "
+                    f"AND processed_at >= (SELECT created_at FROM {TABLE_VERSIONS} "
+                    "WHERE table_name = ? AND version_id = ?)",
+                    [scan_type, build.table, build.version_id],
+                ).fetchall()
+            ]
+            missing = sorted(
+                k for k, version in expected.items() if ledger.get(k) != (version, "ok")
+            )
+            missing += sorted(
+                k for k in since if k not in expected and ledger.get(k, ("", ""))[1] != "ok"
+            )
+            report.update(
+                files_expected=len(expected),
+                files_done=sum(1 for k in expected if k not in missing),
+                files_missing=len(missing),
+            )
+            if missing:
+                report.update(state=BUILDING, first_missing=missing[0])
+                return report
+            problems = self._count_problems(con, current)
+            if problems:
+                report.update(state=BUILDING, count_problems=problems)
+                return report
+            self._switch(con, current, pipeline_version)
+            report["state"] = "switched"
+            return report
+
+    def switch(self, table: str, version_id: str, pipeline_version: str) -> dict[str, Any]:
+        """Point the stable name ``table`` at an existing version (e.g. back to the old
+        one: a rollback) once its rows per date equal its ledger's."""
+        with self.connect(purpose="switch a table version") as con:
+            self._prepare(con, strict=False)
+            versions = [v for v in self._versions(con) if v.table == table]
+            target = next((v for v in versions if v.version_id == version_id), None)
+            if target is None:
+                raise SwitchRefused(
+                    f"{table} has no version {version_id}; it has "
+                    f"{', '.join(f'{v.version_id} ({v.state})' for v in versions) or 'none'}"
                 )
+            if target.state == LIVE:
+                return {"table": table, "version": target.name, "state": "already live"}
+            problems = self._count_problems(con, target)
+            if problems:
+                raise SwitchRefused(
+                    f"{target.name} disagrees with its ledger: {'; '.join(problems)}"
+                )
+            previous = next((v.name for v in versions if v.state == LIVE), None)
+            self._switch(con, target, pipeline_version)
+        return {"table": table, "version": target.name, "state": "switched", "previous": previous}
+
+    def _switch(
+        self, con: duckdb.DuckDBPyConnection, target: TableVersion, pipeline_version: str
+    ) -> None:
+        """One transaction: the live version's ledger rows move to ``version_files``, the
+        target's into ``processed_files``, the states and the schema record follow, and
+        one ``CREATE OR REPLACE VIEW`` points the stable name at the target's folder (a
+        native table of an earlier version is renamed to its version's name first)."""
+        table = target.table
+        scan_type = next(t for t, s in SCAN_TABLES.items() if s.name == table)
+        live = next((v for v in self._versions(con) if v.table == table and v.state == LIVE), None)
+        cols = ", ".join(map(_ident, PROCESSED_FILES.column_names))
+        spec = spec_of(table, target.columns)
+        pattern = self._pattern(target.folder) if self._has_files(target.folder) else None
+        present = (
+            [
+                r[0]
+                for r in con.execute(
+                    f"DESCRIBE SELECT * FROM read_parquet({_sql_text(pattern)}, "
+                    "hive_partitioning=false, union_by_name=true)"
+                ).fetchall()
+            ]
+            if pattern
+            else []
+        )
+        now = dt.datetime.now(dt.UTC)
+        con.execute("BEGIN")
+        try:
+            if live is not None:
+                con.execute(
+                    f"INSERT INTO {VERSION_FILES} (table_version, {cols}) "
+                    f"SELECT ?, {cols} FROM processed_files WHERE scan_type = ?",
+                    [live.name, scan_type],
+                )
+                con.execute(
+                    f"UPDATE {TABLE_VERSIONS} SET state = ? WHERE table_name = ? "
+                    "AND version_id = ?",
+                    [OLD, table, live.version_id],
+                )
+            con.execute("DELETE FROM processed_files WHERE scan_type = ?", [scan_type])
+            con.execute(
+                f"INSERT INTO processed_files ({cols}) SELECT {cols} FROM {VERSION_FILES} "
+                "WHERE table_version = ?",
+                [target.name],
+            )
+            con.execute(f"DELETE FROM {VERSION_FILES} WHERE table_version = ?", [target.name])
+            con.execute(
+                f"UPDATE {TABLE_VERSIONS} SET state = ?, switched_at = ? WHERE table_name = ? "
+                "AND version_id = ?",
+                [LIVE, now, table, target.version_id],
+            )
+            con.execute(f"DELETE FROM {SCHEMA_TABLE} WHERE table_name = ?", [table])
+            con.execute(
+                f"INSERT INTO {SCHEMA_TABLE} VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    table,
+                    target.schema_version,
+                    target.schema_hash,
+                    orjson.dumps(target.columns).decode(),
+                    pipeline_version,
+                    now,
+                ],
+            )
+            if _table_kinds(con).get(table) == "BASE TABLE" and live is not None:
+                # the native table is that version's rows (not its view over the folder)
+                con.execute(f"DROP VIEW IF EXISTS {_ident(live.name)}")
+                con.execute(f"ALTER TABLE {_ident(table)} RENAME TO {_ident(live.name)}")
+            _test_kill_point("before_switch")
+            con.execute(view_sql(spec, pattern, present))  # the switch readers see
             con.execute("COMMIT")
-            for t in types:
-                shutil.rmtree(self.parquet_root / SCAN_TABLES[t].name, ignore_errors=True)
-            for path in (self.parquet_root / DEAD_LETTER.name).glob("date=*/*.parquet"):
-                try:
-                    scan_type = parse_scan_name(path.stem.split("__", 1)[0]).scan_type
-                except UnknownScanName:
-                    continue
-                if scan_type in types:
-                    path.unlink()
-            reset = [SCAN_TABLES[t].name for t in types]
-            self._refresh_views(con, strict=False, force=[*reset, DEAD_LETTER.name])
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        self._refresh_views(con, strict=False)
+        get_logger("beam_launcher").info(
+            "table_switched",
+            table=table,
+            version=target.name,
+            previous=live.name if live else None,
+        )
+
+    def drop_version(self, table: str, version_id: str) -> dict[str, Any]:
+        """Remove a version that is not live: its view, ledger rows, record and Parquet."""
+        with self.connect(purpose="drop a table version") as con:
+            self._prepare(con, strict=False)
+            versions = [v for v in self._versions(con) if v.table == table]
+            target = next((v for v in versions if v.version_id == version_id), None)
+            if target is None:
+                raise SwitchRefused(
+                    f"{table} has no version {version_id}; it has "
+                    f"{', '.join(f'{v.version_id} ({v.state})' for v in versions) or 'none'}"
+                )
+            if target.state == LIVE:
+                raise SwitchRefused(
+                    f"{target.name} is live (readers of {table} read it): switch {table} to "
+                    "another version first"
+                )
+            kind = _table_kinds(con).get(target.name)
+            con.execute("BEGIN")
+            try:
+                if kind == "VIEW":
+                    con.execute(f"DROP VIEW {_ident(target.name)}")
+                elif kind == "BASE TABLE":
+                    con.execute(f"DROP TABLE {_ident(target.name)}")
+                con.execute(f"DELETE FROM {VERSION_FILES} WHERE table_version = ?", [target.name])
+                con.execute(
+                    f"DELETE FROM {TABLE_VERSIONS} WHERE table_name = ? AND version_id = ?",
+                    [table, version_id],
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            if target.folder not in self._live_folders(con).values():
+                shutil.rmtree(self.parquet_root / target.folder, ignore_errors=True)
+        get_logger("beam_launcher").info("table_version_dropped", version=target.name)
+        return {"table": table, "version": target.name, "state": "dropped"}
+
+    def table_versions(self) -> list[dict[str, Any]]:
+        """Every table version with its state, files in its ledger and rows (read-only)."""
+        if not self.exists():
+            return []
+        out: list[dict[str, Any]] = []
+        with self.connect(read_only=True, purpose="read table versions") as con:
+            for v in self._versions(con):
+                scan_type = next(t for t, s in SCAN_TABLES.items() if s.name == v.table)
+                files = (
+                    con.execute(
+                        "SELECT count(*) FILTER (status = 'ok') FROM processed_files "
+                        "WHERE scan_type = ?",
+                        [scan_type],
+                    )
+                    if v.state == LIVE
+                    else con.execute(
+                        "SELECT count(*) FILTER (status = 'ok') FROM version_files "
+                        "WHERE table_version = ?",
+                        [v.name],
+                    )
+                ).fetchone()
+                rows = con.execute(f"SELECT count(*) FROM {_ident(v.name)}").fetchone()
+                out.append(
+                    {
+                        "table": v.table,
+                        "version": v.version_id,
+                        "name": v.name,
+                        "state": v.state,
+                        "schema_version": v.schema_version,
+                        "folder": v.folder,
+                        "ok_files": int((files or (0,))[0]),
+                        "rows": int((rows or (0,))[0]),
+                    }
+                )
+        return out
 
     def _final_files(self, table: str, key: str) -> list[Path]:
         """Every published file of input ``key`` in ``table``: ``<key>.parquet`` and the
@@ -577,19 +1055,31 @@ class LocalWarehouse:
         )
 
     def _stage_for_publish(
-        self, staging: Path, folder: Path, table: str, key: str, manifest: dict[str, Any]
+        self,
+        staging: Path,
+        folder: Path,
+        table: str,
+        key: str,
+        manifest: dict[str, Any],
+        dest: str | None = None,
+        by_date: dict[str, list[Path]] | None = None,
     ) -> list[Path]:
         """Move the file's staged Parquet of ``table`` into ``folder`` (the run's
-        publishing folder) and note in ``manifest`` where each goes after the commit."""
-        manifest["units"].append([table, key])
+        publishing folder) and note in ``manifest`` where each goes after the commit: the
+        Parquet folder ``dest`` (default: ``table``). ``by_date`` collects the moved files
+        per date."""
+        target = dest or table
+        manifest["units"].append([target, key])
         moved: list[Path] = []
         for staged in sorted((staging / table / key).glob("date=*.parquet")):
             name = f"{len(manifest['files']):06d}.parquet"
             shutil.move(str(staged), folder / name)
             # date=<d>.parquet, or date=<d>.<k>-of-<n>.parquet for slice k of n
             date, dot, part = staged.stem.partition(".")
-            manifest["files"].append([name, f"{table}/{date}/{key}{dot}{part}.parquet"])
+            manifest["files"].append([name, f"{target}/{date}/{key}{dot}{part}.parquet"])
             moved.append(folder / name)
+            if by_date is not None:
+                by_date.setdefault(date.removeprefix("date="), []).append(folder / name)
         return moved
 
     def _publish(self, folder: Path, manifest: Mapping[str, Any]) -> None:
@@ -621,12 +1111,16 @@ class LocalWarehouse:
             manifest = orjson.loads(manifest_path.read_bytes()) if manifest_path.exists() else None
             committed = False
             if manifest and manifest.get("ledger_keys"):
-                found = con.execute(
-                    "SELECT count(*) FROM processed_files WHERE run_id = ? "
-                    "AND file_key IN (SELECT unnest(?::VARCHAR[]))",
-                    [manifest["run_id"], manifest["ledger_keys"]],
-                ).fetchone()
-                committed = bool(found and found[0])
+                ledgers = ["processed_files"]  # and the ledger of versions built beside
+                if VERSION_FILES in _table_kinds(con):
+                    ledgers.append(VERSION_FILES)
+                for ledger in ledgers:
+                    found = con.execute(
+                        f"SELECT count(*) FROM {ledger} WHERE run_id = ? "
+                        "AND file_key IN (SELECT unnest(?::VARCHAR[]))",
+                        [manifest["run_id"], manifest["ledger_keys"]],
+                    ).fetchone()
+                    committed = committed or bool(found and found[0])
             if committed:
                 self._publish(folder, manifest)  # type: ignore[arg-type]
             shutil.rmtree(folder, ignore_errors=True)
@@ -646,14 +1140,22 @@ class LocalWarehouse:
         run_id: str,
         verdicts: list[FileVerdict],
         staging_dir: str,
+        builds: Mapping[str, TableVersion] | None = None,
     ) -> CommitReport:
         """Record the judged files in the ledger (one transaction), then publish their
-        staged Parquet and refresh the views (see the module docstring)."""
+        staged Parquet and refresh the views (see the module docstring).
+
+        ``builds`` (table -> a building version): the rows of those tables go into the
+        version's folder and its files into its ledger (``version_files``) instead of the
+        live table and ``processed_files``; the stable views do not change.
+        """
         started = time.monotonic()
         report = CommitReport(verdicts=verdicts)
         staging = Path(staging_dir)
+        builds = dict(builds or {})
         with self.connect(purpose="commit") as con:
-            self._prepare(con, strict=True)
+            written = {SCAN_TABLES[v.task.scan_type].name for v in verdicts} - set(builds)
+            self._prepare(con, strict={*written, DEAD_LETTER.name})
             folder = self.root / PUBLISHING_DIR / staging.name
             create_folder(folder, "publishing")
             manifest: dict[str, Any] = {
@@ -662,15 +1164,19 @@ class LocalWarehouse:
                 "units": [],
                 "files": [],
             }
-            self._transaction(con, run_id, verdicts, staging, folder, manifest, report)
-            complete = self._complete_tables(folder, manifest)
+            self._transaction(con, run_id, verdicts, staging, folder, manifest, report, builds)
+            complete = self._complete_tables(
+                folder, manifest, {t.folder: t.spec for t in self._view_targets(con)}
+            )
             _test_kill_point("after_commit")
             self._publish(folder, manifest)
             _test_kill_point("after_publish")
             # Killed before this, the folder is still there: the next opening publishes
             # (idempotent) and refreshes the views.
             changed = {t for t, _key in manifest["units"]}
-            self._refresh_views(con, strict=True, force=changed, complete=complete)
+            self._refresh_views(
+                con, strict={*written, DEAD_LETTER.name}, force=changed, complete=complete
+            )
             shutil.rmtree(folder, ignore_errors=True)
         get_logger("beam_launcher").info(
             "warehouse_committed",
@@ -681,12 +1187,13 @@ class LocalWarehouse:
         return report
 
     @staticmethod
-    def _complete_tables(folder: Path, manifest: Mapping[str, Any]) -> set[str]:
-        """Tables that get at least one file in ``manifest``, each holding every column
-        of the table (read from the files' footers)."""
+    def _complete_tables(
+        folder: Path, manifest: Mapping[str, Any], specs: Mapping[str, TableSpec]
+    ) -> set[str]:
+        """Parquet folders that get at least one file in ``manifest``, each holding every
+        column of the folder's view (``specs``; read from the files' footers)."""
         import pyarrow.parquet as pq
 
-        specs = {spec.name: spec for spec in PARQUET_TABLES}
         verdict: dict[str, bool] = {}
         for name, dest in manifest["files"]:
             table = dest.split("/", 1)[0]
@@ -703,26 +1210,45 @@ class LocalWarehouse:
         folder: Path,
         manifest: dict[str, Any],
         report: CommitReport,
+        builds: Mapping[str, TableVersion] | None = None,
     ) -> None:
+        builds = builds or {}
+        live = self._live_folders(con)
         new_files: dict[str, list[Path]] = {}
         sat_sources: set[str] = set()  # a Satellite scan's rows are published per scan
+        by_date: dict[str, dict[str, list[Path]]] = {}  # built files: file_key -> date -> files
         for v in verdicts:
             if v.status == "skipped":
                 continue
             table = SCAN_TABLES[v.task.scan_type].name
-            units = [(DEAD_LETTER.name, v.task.file_key)]
+            build = builds.get(table)
+            dest = build.folder if build else live[table]
+            dated = by_date.setdefault(v.task.file_key, {}) if build else None
+            new_files.setdefault(DEAD_LETTER.name, []).extend(
+                self._stage_for_publish(
+                    staging,
+                    folder,
+                    DEAD_LETTER.name,
+                    safe_key(v.task.file_key),
+                    manifest,
+                    live[DEAD_LETTER.name],
+                )
+            )
             if v.status == "ok" and v.task.scan_type != "satellite":
-                units.append((table, v.task.file_key))
-            for t, file_key in units:
-                new_files.setdefault(t, []).extend(
-                    self._stage_for_publish(staging, folder, t, safe_key(file_key), manifest)
+                new_files.setdefault(table, []).extend(
+                    self._stage_for_publish(
+                        staging, folder, table, safe_key(v.task.file_key), manifest, dest, dated
+                    )
                 )
             sat = v.task.scan_type == "satellite" and v.status == "ok"
             if sat and v.task.source not in sat_sources:
+                # the scan's rows count for its first ok file in the version's ledger
                 sat_sources.add(v.task.source)
                 staged_key = safe_key(f"{v.task.source}/satellite")
                 new_files.setdefault(table, []).extend(
-                    self._stage_for_publish(staging, folder, table, staged_key, manifest)
+                    self._stage_for_publish(
+                        staging, folder, table, staged_key, manifest, dest, dated
+                    )
                 )
         manifest_tmp = folder / (MANIFEST_NAME + ".tmp")
         manifest_tmp.write_bytes(orjson.dumps(manifest))
@@ -733,40 +1259,73 @@ class LocalWarehouse:
                 report.rows_by_table[table] = con.execute(
                     "SELECT count(*) FROM read_parquet(?)", [files]
                 ).fetchone()[0]  # type: ignore[index]
+        rows_by_date: dict[str, str] = {}
+        for key, dates in by_date.items():
+            counts: dict[str, int] = {}
+            for d, fs in sorted(dates.items()):
+                found = con.execute("SELECT count(*) FROM read_parquet(?)", [[str(f) for f in fs]])
+                counts[d] = int((found.fetchone() or (0,))[0])
+            rows_by_date[key] = orjson.dumps(counts).decode()
         now = dt.datetime.now(dt.UTC)
         con.execute("BEGIN")
-        keys = [v.task.file_key for v in verdicts]
+        live_verdicts = [v for v in verdicts if SCAN_TABLES[v.task.scan_type].name not in builds]
+        keys = [v.task.file_key for v in live_verdicts]
         con.execute(
             "DELETE FROM processed_files WHERE file_key IN (SELECT unnest(?::VARCHAR[]))",
             [keys],
         )
-        con.executemany(
-            # by name: a column added by a migration (ALTER TABLE) comes last in the table
-            f"INSERT INTO processed_files ({', '.join(map(_ident, PROCESSED_FILES.column_names))}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    v.task.file_key,
-                    v.task.scan_type,
-                    v.task.source,
-                    v.task.url,
-                    v.task.size,
-                    v.task.version,
-                    v.task.pipeline_version,
-                    v.status,
-                    v.reason or None,
-                    v.stats.get("lines", 0),
-                    v.stats.get("rows", 0) if v.status == "ok" else 0,
-                    v.stats.get("dead_letters", 0),
-                    v.stats.get("cert_parse_errors", 0),
-                    run_id,
-                    now,
+        built = [
+            (builds[SCAN_TABLES[v.task.scan_type].name].name, v)
+            for v in verdicts
+            if SCAN_TABLES[v.task.scan_type].name in builds
+        ]
+        if built:
+            for name in sorted({n for n, _v in built}):
+                con.execute(
+                    f"DELETE FROM {VERSION_FILES} WHERE table_version = ? "
+                    "AND file_key IN (SELECT unnest(?::VARCHAR[]))",
+                    [name, [v.task.file_key for n, v in built if n == name]],
                 )
-                for v in verdicts
-            ],
-        )
+            names = ["table_version", *PROCESSED_FILES.column_names, "rows_by_date"]
+            con.executemany(
+                f"INSERT INTO {VERSION_FILES} ({', '.join(map(_ident, names))}) "
+                f"VALUES ({', '.join('?' for _ in names)})",
+                [
+                    (n, *_ledger_row(v, run_id, now), rows_by_date.get(v.task.file_key))
+                    for n, v in built
+                ],
+            )
+        if live_verdicts:
+            con.executemany(
+                # by name: a column added by a migration (ALTER TABLE) comes last in the table
+                f"INSERT INTO processed_files "
+                f"({', '.join(map(_ident, PROCESSED_FILES.column_names))}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [_ledger_row(v, run_id, now) for v in live_verdicts],
+            )
         _test_kill_point("before_commit")
         con.execute("COMMIT")
+
+
+def _ledger_row(v: FileVerdict, run_id: str, now: dt.datetime) -> tuple[Any, ...]:
+    """The ``processed_files`` values of a judged file."""
+    return (
+        v.task.file_key,
+        v.task.scan_type,
+        v.task.source,
+        v.task.url,
+        v.task.size,
+        v.task.version,
+        v.task.pipeline_version,
+        v.status,
+        v.reason or None,
+        v.stats.get("lines", 0),
+        v.stats.get("rows", 0) if v.status == "ok" else 0,
+        v.stats.get("dead_letters", 0),
+        v.stats.get("cert_parse_errors", 0),
+        run_id,
+        now,
+    )
 
 
 def _table_kinds(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
@@ -777,6 +1336,14 @@ def _table_kinds(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
             "WHERE table_schema = 'main'"
         ).fetchall()
     )
+
+
+def _test_pause_point(point: str) -> None:
+    """Tests only: ``CP_TEST_PAUSE_AT=<point>:<seconds>`` makes the process sleep here
+    (holding no lock), so a test can watch the state at that point."""
+    where, _, seconds = os.environ.get("CP_TEST_PAUSE_AT", "").partition(":")
+    if where == point:
+        time.sleep(float(seconds or 1))
 
 
 def _test_kill_point(point: str) -> None:
@@ -877,6 +1444,7 @@ class LocalTarget:
         self.warehouse = LocalWarehouse(root)
         self.leases = LocalLeases(self.warehouse.root)
         self.name = f"local:{self.warehouse.db_path}"
+        self.builds: dict[str, TableVersion] = {}  # this run's rebuild beside (--full)
 
     def staging_root(self) -> str:
         """Where runs stage (``<warehouse>/staging``; one folder and lease per run)."""
@@ -897,7 +1465,7 @@ class LocalTarget:
         self, staging_id: str, verdicts: list[FileVerdict], tables: list[str], run_id: str
     ) -> dict[str, int]:
         staging = self.staging_dir(staging_id)
-        return self.warehouse.commit(run_id, verdicts, staging).rows_by_table
+        return self.warehouse.commit(run_id, verdicts, staging, self.builds).rows_by_table
 
     def cleanup(self, run_id: str) -> None:
         shutil.rmtree(self.staging_dir(run_id), ignore_errors=True)
@@ -931,5 +1499,21 @@ class LocalTarget:
     def ledger_rows(self, scan_types: Iterable[str]) -> list[tuple[str, str, int, int]]:
         return self.warehouse.ledger_rows(scan_types)
 
-    def reset(self, scan_types: Iterable[str]) -> None:
-        self.warehouse.reset(scan_types)
+    def start_rebuild(
+        self, tables: Iterable[str], pipeline_version: str
+    ) -> dict[str, TableVersion]:
+        self.builds = self.warehouse.start_rebuild(tables, pipeline_version)
+        return self.builds
+
+    def building(self) -> dict[str, TableVersion]:
+        return self.warehouse.building()
+
+    def version_ledger(self, keys: Iterable[str] | None = None) -> dict[str, LedgerEntry]:
+        """The building versions' ledger (of this run's rebuild), only ``keys`` if given."""
+        found = self.warehouse.version_ledger(self.builds)
+        return found if keys is None else {k: found[k] for k in keys if k in found}
+
+    def finish_rebuild(
+        self, build: TableVersion, expected: Mapping[str, str | None], pipeline_version: str
+    ) -> dict[str, Any]:
+        return self.warehouse.finish_rebuild(build, expected, pipeline_version)

@@ -237,19 +237,19 @@ class SchemaChangeRefused(RuntimeError):
 
 
 def rebuilt_by_full(full: bool, dated: bool, scan_types: Sequence[str]) -> set[str]:
-    """Tables a run rebuilds from nothing: with ``--full`` and no date window, the scan
-    tables of its scan types, and ``dead_letter`` when those are all scan types."""
+    """Tables a run rebuilds beside the live ones (a new table version): with ``--full``
+    and no date window, the scan tables of its scan types."""
     if not full or dated:
         return set()
-    tables = {SCAN_TABLES[t].name for t in scan_types}
-    if set(scan_types) >= set(SCAN_TABLES):
-        tables.add(DEAD_LETTER.name)
-    return tables
+    return {SCAN_TABLES[t].name for t in scan_types}
 
 
-def refusal(check: SchemaCheck, rebuilt: set[str]) -> str | None:
-    """The error of a run facing breaking changes it does not rebuild, or None."""
-    blocked = [t for t in check.of_kind(BREAKING) if t not in rebuilt]
+def refusal(check: SchemaCheck, rebuilt: set[str], building: Iterable[str] = ()) -> str | None:
+    """The error of a run facing breaking changes it neither rebuilds nor leaves to a
+    rebuild in progress (``building``: tables with a building version of the code's
+    columns), or None."""
+    waiting = set(building)
+    blocked = [t for t in check.of_kind(BREAKING) if t not in rebuilt and t not in waiting]
     if not blocked:
         return None
     parts = []
@@ -257,9 +257,15 @@ def refusal(check: SchemaCheck, rebuilt: set[str]) -> str | None:
         change = check.changes[table]
         scan_types = [t for t, s in SCAN_TABLES.items() if s.name == table]
         if scan_types:
-            fix = f"rebuild it with --full --scan-type {scan_types[0]} (no date window)"
+            fix = (
+                f"rebuild it beside the live table with --full --scan-type {scan_types[0]} "
+                "(no date window; readers keep the old version until the switch)"
+            )
         elif table == DEAD_LETTER.name:
-            fix = "rebuild it with --full --scan-type all (no date window)"
+            fix = (
+                "dead_letter is not rebuilt beside the live one: run --full into a new, "
+                "empty warehouse (local folder or BigQuery dataset)"
+            )
         elif table == PROCESSED_FILES.name:
             fix = (
                 "the ledger cannot be rebuilt in place: run --full into a new, empty "
@@ -276,3 +282,85 @@ def refusal(check: SchemaCheck, rebuilt: set[str]) -> str | None:
         + " | ".join(parts)
         + " (or deploy the previous image again)"
     )
+
+
+# -- table versions: breaking changes build beside, then switch ------------------------------
+
+TABLE_VERSIONS = "table_versions"
+VERSION_FILES = "version_files"
+LIVE, BUILDING, OLD = "live", "building", "old"
+
+TABLE_VERSIONS_SPEC = TableSpec(
+    name=TABLE_VERSIONS,
+    columns=(
+        Column("table_name", STRING, "Stable table name readers use", REQUIRED),
+        Column("version_id", STRING, "v<schema version>, or v<schema version>_<k>", REQUIRED),
+        Column("folder", STRING, "Its Parquet folder under parquet/", REQUIRED),
+        Column("schema_version", INTEGER, "Human schema version of its columns", REQUIRED),
+        Column("schema_hash", STRING, "Hash of its columns", REQUIRED),
+        Column("columns", STRING, "Its columns as JSON", REQUIRED),
+        Column("state", STRING, "live (the stable name shows it), building or old", REQUIRED),
+        Column("pipeline_version", STRING, "Pipeline version that created it", REQUIRED),
+        Column("created_at", TIMESTAMP, "When it was created", REQUIRED),
+        Column("switched_at", TIMESTAMP, "When the stable name last switched to it"),
+    ),
+    description="Versions of each scan table: the live one and those built beside it.",
+)
+
+VERSION_FILES_SPEC = TableSpec(
+    name=VERSION_FILES,
+    columns=(
+        Column("table_version", STRING, "<table>__<version id> the row belongs to", REQUIRED),
+        *PROCESSED_FILES.columns,
+        Column("rows_by_date", STRING, "JSON {date: rows} this file wrote into the version"),
+    ),
+    description="Ledger of the table versions that are not live (processed_files is the live one).",
+)
+
+
+def version_name(table: str, version_id: str) -> str:
+    """The name of a table version's view (and Parquet folder): ``http_scan__v2``."""
+    return f"{table}__{version_id}"
+
+
+def next_version_id(schema_version: int, taken: Iterable[str]) -> str:
+    """``v<N>`` for schema version N, or ``v<N>_<k>`` (k = 2, 3, ...) when taken.
+
+    >>> next_version_id(2, ["v1"]), next_version_id(1, ["v1", "v1_2"])
+    ('v2', 'v1_3')
+    """
+    used = set(taken)
+    vid, k = f"v{schema_version}", 1
+    while vid in used:
+        k += 1
+        vid = f"v{schema_version}_{k}"
+    return vid
+
+
+def spec_of(name: str, shapes: Sequence[Shape]) -> TableSpec:
+    """A TableSpec named ``name`` with recorded column shapes (no descriptions)."""
+
+    def col(s: Shape) -> Column:
+        return Column(
+            s["name"], s["type"], "", s["mode"], tuple(col(f) for f in s.get("fields", []))
+        )
+
+    return TableSpec(name, tuple(col(s) for s in shapes))
+
+
+def table_version_arg(text: str) -> tuple[str, str]:
+    """``TABLE=VERSION`` (e.g. ``http_scan=v2``) or ``TABLE__VERSION`` as (table, version).
+
+    >>> table_version_arg("http_scan=v2"), table_version_arg("http_scan__v1_2")
+    (('http_scan', 'v2'), ('http_scan', 'v1_2'))
+    """
+    names = {s.name for s in SCAN_TABLES.values()}
+    table, sep, vid = text.partition("=")
+    if not sep:
+        table, sep, vid = text.rpartition("__")
+    if table not in names or not vid.startswith("v"):
+        raise ValueError(
+            f"{text!r}: expected TABLE=VERSION with TABLE one of {', '.join(sorted(names))} "
+            "and VERSION like v2 (see --table-versions)"
+        )
+    return table, vid
