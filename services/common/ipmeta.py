@@ -17,14 +17,31 @@ Origin rule (pfx2as): the origin field is a ``_``-separated list of origins (MOA
 frequent first since 2010-10-27), each of which may be an AS set written ``a,b,c``. The
 ASN we report is **the first ASN of the first origin** (``4192,7160_7160`` → 4192,
 ``12025_11217,20019`` → 12025). That is CAIDA's suggested simplification and what the
-seed gets from pyasn (which parses the field with ``atol``). The raw origin string is
-kept in the table (``PrefixMatch.origin``) for anyone who needs all origins.
+seed gets from pyasn (which parses the field with ``atol``; so would pyasn's own ipasn
+loader, which also reads asdot ``1.10`` as 1, refuses ASN 0 and /0 by failing the whole
+load, and keeps the last of two equal prefixes where we keep the first). The raw origin
+string is kept in the table (``PrefixMatch.origin``) for anyone who needs all origins.
 
-Longest-prefix match is pure Python (no pyasn: checked 2026-12-03, pyasn 1.6.2 has no
-usable wheel for CPython 3.11, and the runtime images have no compiler). IPv4 prefixes
-are frozen into flat sorted arrays (start, length, ASN, index of the enclosing prefix):
-a lookup is one binary search, then a walk up the enclosing prefixes to the first that
-holds the address. IPv6 keeps one dict per prefix length, probed longest first.
+Longest-prefix match is pure Python, by measurement (issue 16, 2026-12-03). IPv4
+prefixes are frozen into flat sorted arrays (start, length, ASN, index of the enclosing
+prefix): a lookup is one binary search, then a walk up the enclosing prefixes to the
+first that holds the address. IPv6 keeps one dict per prefix length, probed longest
+first. pyasn 1.6.2 was measured in its place: it has no wheel, but builds from its
+source package in ~3 s (``uv sync``), and the images could build it in a builder stage
+with gcc (tried with podman). Behind this module's API (the address parsed once for the
+special-range check, a ``PrefixMatch`` with the netblock string) its C radix tree was
+no faster and much larger. ``bench/bench_ipmeta.py`` on 1,000,000 synthetic prefixes,
+two runs on the shared 2-core machine (load average 7-10), ours vs pyasn:
+``PrefixTable.lookup`` on addresses inside prefixes 144-174k/s vs 132-135k/s, on random
+addresses 151-162k/s vs 153-163k/s, ``Enricher.lookup`` 83-88k/s vs 68-72k/s (its bare
+``search_best`` on a string, without the netblock and ``PrefixMatch``, does ~320-410k/s);
+pfx2as load from the cache 0.06 vs 0.41 CPU-s and +44 vs +171 MiB resident per process
+(the tree holds ~150 bytes per prefix: node, prefix and a Python object each); first
+parse 3.1 vs 2.6 CPU-s, with the cache write 3.6 vs 3.5. Both gave the same netblock,
+ASN and origin for all 600,000 probes, and on the real CAIDA excerpt and generated
+tables (``tests/test_ipmeta_pyasn.py``). So the pipeline keeps this table (no
+fallback needed, no compiler for the shared images); the pyasn version is kept in
+``bench/ipmeta_pyasn.py`` (pyasn is a ``dev`` dependency) to measure it again.
 
 Loading cost and the cache. Every worker process loads its own tables, so
 ``ReferenceCatalog(cache_dir=…)`` keeps each parsed table in a compact form (the flat
