@@ -302,6 +302,34 @@ def pipeline_dashboard() -> gd.Dashboard:
         )
     )
 
+    d = d.with_row(gd.Row("Schema versions (rebuilds beside)").id(ids()))
+    d = d.with_panel(
+        ts(
+            ids,
+            "Schema version per table",
+            "cp_launcher_schema_version after each launcher run's schema check: the version "
+            "readers see. Under a breaking change it stays at the live (old) version until the "
+            "rebuild beside it switches the table (--full; docs/operations.md, Schema changes).",
+            "none",
+            ("max by (table) (cp_launcher_schema_version)", "{{table}}"),
+        )
+    )
+    rebuild = 'max by (table, table_version) (cp_launcher_rebuild_files{{state="{state}"}})'
+    d = d.with_panel(
+        ts(
+            ids,
+            "Rebuild beside: share of files done",
+            "cp_launcher_rebuild_files at the end of each rebuild run: files ok in the building "
+            "version's ledger over the input's files of its scan type. At 100% (and rows per "
+            "date equal to its ledger's) the run switches the table to that version.",
+            "percentunit",
+            (
+                f"{rebuild.format(state='done')} / {rebuild.format(state='expected')}",
+                "{{table_version}}",
+            ),
+        )
+    )
+
     d = d.with_row(gd.Row("Kubernetes job health").id(ids()))
     d = d.with_panel(
         ts(

@@ -127,6 +127,7 @@ def test_rows_cover_freshness_coverage_throughput_and_kubernetes(
         "Coverage",
         "Throughput",
         "Pipeline versions (backfills)",
+        "Schema versions (rebuilds beside)",
         "Kubernetes job health",
     ]
     exprs = " ".join(t["expr"] for p in all_panels(dashboard) for t in p["targets"])
@@ -137,6 +138,8 @@ def test_rows_cover_freshness_coverage_throughput_and_kubernetes(
         "cp_launcher_run_duration_seconds",
         "cp_launcher_ledger_rows",
         "cp_launcher_reprocess_selected_files_total",
+        "cp_launcher_schema_version",
+        'cp_launcher_rebuild_files{state="done"}',
         'kube_job_status_failed{job_name=~"$release-.*"}',
         "kube_cronjob_status_last_successful_time",
     ):

@@ -238,6 +238,14 @@ def test_every_dashboard_query_answers_from_pushed_metrics(stack: dict[str, str]
     launcher.ledger_files.labels(scan_type="http", pipeline_version="1.0").set(3)
     launcher.ledger_files.labels(scan_type="http", pipeline_version="1.1").set(1)
     launcher.reprocess_selected.labels(scan_type="http", pipeline_version="1.0").inc(1)
+    # A rebuild beside (breaking change of http_scan): 3 of 4 files done, v1 still live.
+    launcher.schema_version.labels(table="http_scan").set(1)
+    launcher.rebuild_files.labels(
+        table="http_scan", table_version="http_scan__v2", state="done"
+    ).set(3)
+    launcher.rebuild_files.labels(
+        table="http_scan", table_version="http_scan__v2", state="expected"
+    ).set(4)
     queries = QueriesMetrics()
     queries.rows_written.labels(target="merged_reduced_scans").inc(4900)
     queries.completeness.labels(scan_type="http", date="2024-01-01").set(1.0)
@@ -275,6 +283,10 @@ def test_every_dashboard_query_answers_from_pushed_metrics(stack: dict[str, str]
             for s in query(stack["prometheus"], share_expr)
         }
         assert share == {"1.0": pytest.approx(0.75), "1.1": pytest.approx(0.25)}
+        done_expr = next(e for title, e in checks if title.startswith("Rebuild beside"))
+        (done,) = query(stack["prometheus"], done_expr)
+        assert done["metric"]["table_version"] == "http_scan__v2"
+        assert float(done["value"][1]) == pytest.approx(0.75)
     finally:
         # Leave the shared stack as found (the other live test expects mirror never pushed).
         for job, _, grouping in pushes:
