@@ -442,3 +442,126 @@ def test_a_slice_that_ends_early_leaves_no_reader_thread(tmp_path: Path) -> None
     first = list(iter_slice_batches(FileSlice(task, 0, 3), 100))
     assert first and sum(len(b) for _, b in first) < len(lines) / 2
     assert not _read_ahead_threads()
+
+
+# -- pieces claimed on demand -----------------------------------------------------------
+
+
+def read_streams(task: FileTask, count: int, starts: list[int], batch_lines: int) -> list[Numbered]:
+    """One stream per start piece (all starts claimed first, as by other workers), run
+    one after the other; each stream's numbered lines."""
+    claimed = set(starts)
+
+    def claim(piece: int) -> bool:
+        if piece in claimed:
+            return False
+        claimed.add(piece)
+        return True
+
+    out = []
+    for start in starts:
+        got: Numbered = []
+        batches = list(slices.iter_stream_batches(task, count, start, claim, batch_lines))
+        for n, (first, lines) in enumerate(batches):
+            assert lines and (len(lines) == batch_lines or n == len(batches) - 1)
+            got.extend(enumerate(lines, start=first))
+        out.append(got)
+    assert claimed == set(range(count))  # every piece taken by some stream
+    return out
+
+
+@SMALL
+@given(
+    text=text_st,
+    gz=st.booleans(),
+    cuts=st.lists(st.integers(0, 2000), max_size=3),
+    read_chunk=st.integers(1, 64),
+    out_chunk=st.integers(1, 64),
+    batch_lines=st.integers(1, 7),
+    count=st.integers(1, 9),
+    starts=st.sets(st.integers(1, 8), max_size=4),
+    order=st.randoms(),
+)
+def test_streams_over_claimed_pieces_give_exactly_the_files_numbered_lines(
+    tmp_path: Path,
+    text: bytes,
+    gz: bool,
+    cuts: list[int],
+    read_chunk: int,
+    out_chunk: int,
+    batch_lines: int,
+    count: int,
+    starts: set[int],
+    order: random.Random,
+) -> None:
+    """Streams starting at any pieces, run in any order, give every line once with its
+    number, and each stream exactly the lines of the pieces it went through."""
+    with tempfile.TemporaryDirectory(dir=tmp_path) as folder:
+        path = Path(folder) / ("results.json.gz" if gz else "results.json")
+        path.write_bytes(gzip_members(text, cuts, [1, 6], [0]) if gz else text)
+        want = reference(str(path))
+        task = task_for(str(path), path.stat().st_size)
+        first_pieces = sorted({0} | {s for s in starts if s < count})
+        shuffled = list(first_pieces)
+        order.shuffle(shuffled)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(slices, "READ_CHUNK", read_chunk)
+            mp.setattr(slices, "OUT_CHUNK", out_chunk)
+            streams = dict(
+                zip(shuffled, read_streams(task, count, shuffled, batch_lines), strict=True)
+            )
+            pieces = read_slices(task, count, 1)
+        assert sorted(pair for got in streams.values() for pair in got) == want
+        for a, b in zip(first_pieces, [*first_pieces[1:], count], strict=True):
+            assert streams[a] == [pair for part in pieces[a:b] for pair in part]
+
+
+def test_two_workers_claiming_on_demand_share_a_file_and_end_together(tmp_path: Path) -> None:
+    """Two threads taking pieces from one ClaimBoard (as two worker processes do): every
+    line once; the one that runs out of work takes the later part of the other's."""
+    lines = [os.urandom(n % 900 + 1).hex().encode() + b"\n" for n in range(9000)]
+    path = tmp_path / "results.json.gz"
+    path.write_bytes(gzip.compress(b"".join(lines), compresslevel=1, mtime=0))
+    task = task_for(str(path), path.stat().st_size)
+    count = 8
+    board = slices.ClaimBoard(str(tmp_path / "claims"), [(task, count)])
+    got: dict[str, list[tuple[int, int, Numbered]]] = {"slow": [], "fast": []}
+
+    def worker(name: str, pause: float) -> None:
+        while (nxt := board.next_start()) is not None:
+            _task, n, start = nxt
+            if not board.claim(task, start):
+                continue
+            held = [start]
+
+            def claim(piece: int, held: list[int] = held) -> bool:
+                ok = board.claim(task, piece)
+                if ok:
+                    held.append(piece)
+                return ok
+
+            stream: Numbered = []
+            for first, batch in slices.iter_stream_batches(task, n, start, claim, 200):
+                stream.extend(enumerate(batch, start=first))
+                time.sleep(pause)
+            board.mark_done(task, held)
+            got[name].append((start, len(held), stream))
+
+    threads = [
+        threading.Thread(target=worker, args=("slow", 0.02)),
+        threading.Thread(target=worker, args=("fast", 0.0)),
+    ]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(slices, "READ_CHUNK", 1 << 16)  # 70 chunks: room to split the tail
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    streams = got["slow"] + got["fast"]
+    assert sorted(pair for _, _, s in streams for pair in s) == list(enumerate(lines, start=1))
+    assert board.missing(task, count) == []
+    assert sum(n for _, n, _ in streams) == count  # each piece in exactly one stream
+    assert got["fast"] and got["slow"]
+    # The fast worker did not leave the slow one alone with a long tail: it also took
+    # pieces after a start of the slow one's.
+    assert len(streams) >= 3

@@ -38,12 +38,14 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import gzip
 import io
+import os
 import queue
 import threading
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, cast
 
@@ -373,3 +375,251 @@ def iter_slice_batches(piece: FileSlice, batch_lines: int) -> Iterator[tuple[int
         raise
     if batch:
         yield first, batch
+
+
+# -- pieces claimed on demand: one stream runs through consecutive pieces ---------------
+
+# A file shared by worker processes is cut into up to MAX_PIECES pieces (at least
+# MIN_PIECE_BYTES of stored file each; the same cut as FileSlice(task, k, count)). A
+# worker streams from one piece on through the next ones while it can claim them, so it
+# inflates the file's prefix once per stream, not once per piece; a worker with nothing
+# left starts a new stream in the later part of another's unclaimed pieces (see
+# ClaimBoard.next_start). The pieces near the end are the smallest (_edge), so the
+# workers end close together.
+MAX_PIECES = 32
+MIN_PIECE_BYTES = 4 << 20
+
+
+def plan_pieces(task: FileTask, workers: int, piece_bytes: int | None = None) -> int:
+    """How many pieces ``task`` is cut into when ``workers`` processes may share it.
+
+    One piece per :data:`MIN_PIECE_BYTES` (or ``piece_bytes``) of stored size, at most
+    :data:`MAX_PIECES`; one with a single worker, for small files and unknown sizes.
+
+    >>> from services.beam_launcher.hyperquack.processing import FileTask
+    >>> t = FileTask.for_test("CP_Quack-echo-2021-05-30-01-01-01")
+    >>> plan_pieces(t, 2), plan_pieces(t, 1)
+    (1, 1)
+    """
+    if workers <= 1:
+        return 1
+    step = MIN_PIECE_BYTES if piece_bytes is None else max(1, piece_bytes)
+    return max(1, min(MAX_PIECES, task.size // step))
+
+
+def piece_starts(task: FileTask, count: int) -> list[int]:
+    """Where each of the ``count`` pieces of ``task`` starts, in stored chunks."""
+    chunks = -(-task.size // READ_CHUNK)
+    return [_edge(k, count, chunks) for k in range(count)]
+
+
+def _stream_lines(
+    task: FileTask,
+    count: int,
+    start: int,
+    stream: Iterator[bytes | None],
+    claim: Callable[[int], bool],
+) -> Iterator[tuple[int, list[bytes]]]:
+    """``(line number of the first, complete lines)`` of pieces ``start``, ``start + 1``…
+
+    A line belongs to the piece it starts in (the rule of :func:`_slice_lines`). Before
+    the first line of a later piece, that piece (and any empty one before it) must be
+    granted by ``claim``; the stream ends at the first piece refused, or at the end of
+    the file after claiming the (empty) pieces left.
+    """
+    starts = piece_starts(task, count)
+    held = start
+
+    def reach(piece: int) -> bool:
+        nonlocal held
+        while held < piece:
+            if not claim(held + 1):
+                return False
+            held += 1
+        return True
+
+    edges = 0
+    newlines = 0
+    last = b"\n"
+    # 1. Up to the start edge: count newlines only.
+    if starts[start] > 0:
+        for block in stream:
+            if block is _EDGE:
+                edges += 1
+                if edges == starts[start]:
+                    break
+                continue
+            newlines += block.count(b"\n")
+            last = block[-1:]
+        else:
+            reach(count - 1)
+            return
+    # 2. A line that crosses the start offset belongs to the piece before.
+    pending = b""
+    if last != b"\n":
+        for block in stream:
+            if block is _EDGE:
+                edges += 1
+                continue
+            cut = block.find(b"\n")
+            if cut >= 0:
+                newlines += 1
+                pending = block[cut + 1 :]
+                break
+        else:
+            reach(count - 1)
+            return
+    # 3. Whole lines; each block's lines start in the piece its position is in.
+    line_no = newlines + 1
+    carry: list[bytes] = []
+    blocks: Iterator[bytes | None] = _prepend(pending, stream) if pending else stream
+    for block in blocks:
+        if block is _EDGE:
+            edges += 1
+            continue
+        out: list[bytes] = []
+        pos = 0
+        if carry:
+            cut = block.find(b"\n")
+            if cut < 0:
+                carry.append(block)
+                continue
+            carry.append(block[: cut + 1])
+            out.append(b"".join(carry))
+            carry = []
+            pos = cut + 1
+        if pos < len(block):
+            if not reach(bisect.bisect_right(starts, edges) - 1):
+                if out:
+                    yield line_no, out
+                return
+            rest = io.BytesIO(block)
+            rest.seek(pos)
+            more = rest.readlines()
+            if not more[-1].endswith(b"\n"):
+                carry = [more.pop()]
+            out += more
+        if out:
+            yield line_no, out
+            line_no += len(out)
+    if carry:
+        yield line_no, [b"".join(carry)]  # the last line, without a line end
+    reach(count - 1)
+
+
+def iter_stream_batches(
+    task: FileTask, count: int, start: int, claim: Callable[[int], bool], batch_lines: int
+) -> Iterator[tuple[int, list[bytes]]]:
+    """``(first line number, lines)`` batches of pieces ``start``… of ``task`` cut into
+    ``count`` pieces, for as long as ``claim(k)`` grants each next piece ``k`` (piece
+    ``start`` is the caller's already). Lines and errors as :func:`iter_slice_batches`;
+    the lines of piece ``k`` are exactly those of ``FileSlice(task, k, count)``.
+    """
+    if batch_lines < 1:
+        raise ValueError(f"batch_lines must be positive, not {batch_lines}")
+    if not 0 <= start < count:
+        raise ValueError(f"piece {start} of {count}")
+    batch: list[bytes] = []
+    first = 1
+    try:
+        with contextlib.closing(_text_stream(FileSlice(task, start, count))) as stream:
+            for line_no, lines in _stream_lines(task, count, start, stream, claim):
+                if not batch:
+                    first = line_no
+                batch.extend(lines)
+                while len(batch) >= batch_lines:
+                    yield first, batch[:batch_lines]
+                    del batch[:batch_lines]
+                    first += batch_lines
+    except Exception:
+        if batch:
+            yield first, batch
+        raise
+    if batch:
+        yield first, batch
+
+
+class ClaimBoard:
+    """Which pieces of a run's files are taken: one empty file ``<folder>/<key>/<k>`` per
+    claimed piece, created with ``O_EXCL`` (so exactly one process gets each), and
+    ``<k>.done`` once the piece's rows are written. Local folders only (the local runner's
+    worker processes share the machine).
+    """
+
+    def __init__(self, folder: str, plan: list[tuple[FileTask, int]]) -> None:
+        self.folder = folder
+        self.plan = plan
+
+    def _dir(self, task: FileTask) -> str:
+        return os.path.join(self.folder, task.file_key.replace("/", "__"))
+
+    def claim(self, task: FileTask, piece: int) -> bool:
+        """Take ``piece`` of ``task``; False when another stream has it."""
+        folder = self._dir(task)
+        os.makedirs(folder, exist_ok=True)
+        try:
+            os.close(os.open(os.path.join(folder, str(piece)), os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return False
+        return True
+
+    def mark_done(self, task: FileTask, pieces: Iterable[int]) -> None:
+        """Record that the rows of ``pieces`` (claimed by the caller) are written."""
+        for piece in pieces:
+            with open(os.path.join(self._dir(task), f"{piece}.done"), "wb"):
+                pass
+
+    def _names(self, task: FileTask) -> set[str]:
+        try:
+            return set(os.listdir(self._dir(task)))
+        except FileNotFoundError:
+            return set()
+
+    def missing(self, task: FileTask, count: int) -> list[int]:
+        """Pieces of ``task`` whose rows are not (yet) recorded as written."""
+        names = self._names(task)
+        return [k for k in range(count) if f"{k}.done" not in names]
+
+    def next_start(self) -> tuple[FileTask, int, int] | None:
+        """Where a worker with nothing to do starts its next stream: ``(task, count,
+        piece)``, or None when every piece is taken or taking one would not end sooner.
+
+        A file nobody has started is started at its first piece (largest such file
+        first). Otherwise the run of unclaimed pieces ``[a, b)`` behind the stream that
+        will reach it is split at the piece ``x`` that makes both end at the same time:
+        that stream does ``[a, x)``, the new one inflates the file up to ``x`` (at
+        :data:`SKIP_COST` per stored byte) and does ``[x, b)``; chosen where that ends
+        soonest before the stream alone would, by at least one chunk of work.
+        """
+        fresh: tuple[int, FileTask, int] | None = None
+        best: tuple[float, FileTask, int, int] | None = None
+        for task, count in self.plan:
+            taken = {int(n) for n in self._names(task) if n.isdigit()}
+            if 0 not in taken:
+                if fresh is None or task.size > fresh[0]:
+                    fresh = (task.size, task, count)
+                continue
+            starts = piece_starts(task, count)
+            end = -(-task.size // READ_CHUNK)
+            k = 0
+            while k < count:
+                if k in taken:
+                    k += 1
+                    continue
+                a = k
+                while k < count and k not in taken:
+                    k += 1
+                b_chunks = end if k == count else starts[k]
+                alone = b_chunks - starts[a]
+                for x in range(a + 1, k):
+                    done_at = max(
+                        starts[x] - starts[a], SKIP_COST * starts[x] + b_chunks - starts[x]
+                    )
+                    gain = alone - done_at
+                    if gain >= 1 and (best is None or gain > best[0]):
+                        best = (gain, task, count, x)
+        if fresh is not None:
+            return fresh[1], fresh[2], 0
+        if best is not None:
+            return best[1], best[2], best[3]
+        return None

@@ -22,11 +22,10 @@ Example (graph construction only):
 from __future__ import annotations
 
 import contextlib
-import heapq
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -48,7 +47,13 @@ from services.beam_launcher.hyperquack.processing import (
     dead_letter_samples,
     merge_samples,
 )
-from services.beam_launcher.slices import FileSlice, iter_slice_batches, plan_slices
+from services.beam_launcher.slices import (
+    ClaimBoard,
+    FileSlice,
+    iter_slice_batches,
+    iter_stream_batches,
+    plan_pieces,
+)
 from services.beam_launcher.warehouse.rows import DEAD_LETTER, HYPERQUACK_TABLES, SATELLITE_SCAN
 from services.common import progress, storage
 from services.common.rowschema import Row, TableSpec
@@ -542,31 +547,42 @@ class ProcessSlices(_HyperquackDoFn):
         self.bytes_read = Metrics.counter(NAMESPACE, "bytes_read")
         self.files_read = Metrics.counter(NAMESPACE, "files_read")
 
-    def _writers(self, spec: TableSpec, piece: FileSlice) -> DateWriters:
-        folder = storage.join(self.staging_dir, spec.name, safe_key(piece.task.file_key))
-        return DateWriters(spec, folder, slice_suffix(piece), self.row_group_rows)
+    def _writers(self, spec: TableSpec, task: FileTask, suffix: str) -> DateWriters:
+        folder = storage.join(self.staging_dir, spec.name, safe_key(task.file_key))
+        return DateWriters(spec, folder, suffix, self.row_group_rows)
 
     def process(self, piece: FileSlice) -> Iterator[tuple[str, dict[str, Any]]]:
-        task = piece.task
-        rows_out = self._writers(HYPERQUACK_TABLES[task.scan_type], piece)
-        dead_out = self._writers(DEAD_LETTER, piece)
+        where = f" (slice {piece.index + 1} of {piece.count})" if piece.count > 1 else ""
+        last = piece.index == piece.count - 1
+        batches = iter_slice_batches(piece, self.batch_lines)
+        stats, _failed = self._stream(piece.task, slice_suffix(piece), batches, where, lambda: last)
+        yield (piece.task.file_key, stats)
+
+    def _stream(
+        self,
+        task: FileTask,
+        suffix: str,
+        batches: Iterator[tuple[int, list[bytes]]],
+        where: str,
+        last: Callable[[], bool],
+    ) -> tuple[dict[str, Any], bool]:
+        """Parse, enrich and write ``batches`` of ``task`` into Parquet files named with
+        ``suffix``; ``last()``: whether these lines ended with the file's last line.
+        Returns the stats and whether reading the file failed."""
+        rows_out = self._writers(HYPERQUACK_TABLES[task.scan_type], task, suffix)
+        dead_out = self._writers(DEAD_LETTER, task, suffix)
         stats: Counter[str] = Counter()
         samples: Samples = {}
         shown = progress_task(task.scan_type)
         nbytes = last_line = 0
+        failed = False
         try:
-            batches = iter_slice_batches(piece, self.batch_lines)
             while True:
                 try:
                     first, lines = next(batches)
                 except StopIteration:
-                    if piece.index == piece.count - 1:
-                        self.files_read.inc()
                     break
                 except Exception as exc:  # the file, not our code: a read dead letter
-                    where = (
-                        f" (slice {piece.index + 1} of {piece.count})" if piece.count > 1 else ""
-                    )
                     msg = (
                         f"file unreadable after line {last_line}{where}: "
                         f"{type(exc).__name__}: {exc}"
@@ -574,6 +590,7 @@ class ProcessSlices(_HyperquackDoFn):
                     row = dead_letter(task, None, "read", "unreadable_file", msg, b"")
                     dead_out.add(DEAD_LETTER.to_arrow([row]), [row["date"]])
                     stats.update({"read_errors": 1, "dead_letters": 1})
+                    failed = True
                     break
                 nbytes += sum(map(len, lines))
                 last_line = first + len(lines) - 1
@@ -585,13 +602,15 @@ class ProcessSlices(_HyperquackDoFn):
             rows_out.abort()
             dead_out.abort()
             raise
-        if piece.index == piece.count - 1:
+        if last():
+            if not failed:
+                self.files_read.inc()
             shown.advance(files=1, size=task.size)
         self.bytes_read.inc(nbytes)
         out: dict[str, Any] = dict(stats)
         if samples:
             out[SAMPLES_KEY] = samples
-        yield (task.file_key, out)
+        return out, failed
 
     def _batch(
         self,
@@ -621,15 +640,97 @@ class ProcessSlices(_HyperquackDoFn):
         return samples
 
 
+class ProcessStreams(ProcessSlices):
+    """One element per worker process: take pieces of the run's files on demand
+    (:class:`slices.ClaimBoard`) until none is left; yield the stats of each stream.
+
+    A stream runs from the piece it claimed through the following ones it can claim
+    (:func:`slices.iter_stream_batches`) into one set of Parquet files named
+    ``<date>.<k>-of-<n>.parquet`` after its first piece ``k`` (no suffix for a file of
+    one piece). So no worker waits while another still has a long slice: the one that
+    runs out of work takes the later part of the other's unclaimed pieces. Which worker
+    writes which rows depends on timing; the rows do not. A stream whose file cannot be
+    read claims the file's untaken pieces (nobody starts there again) and reports the
+    read error as :class:`ProcessSlices` does.
+    """
+
+    def __init__(
+        self, claims_dir: str, plan: list[tuple[FileTask, int]], *args: Any, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.claims_dir = claims_dir
+        self.plan = plan
+
+    def process(self, token: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+        board = ClaimBoard(self.claims_dir, self.plan)
+        while (nxt := board.next_start()) is not None:
+            task, count, start = nxt
+            if board.claim(task, start):  # else another worker was quicker: look again
+                yield self._one_stream(board, task, count, start)
+
+    def _one_stream(
+        self, board: ClaimBoard, task: FileTask, count: int, start: int
+    ) -> tuple[str, dict[str, Any]]:
+        """Pieces ``start``… of ``task`` (``start`` claimed) while they can be claimed."""
+        held = _Held(board, task, start)
+        where = f" (from piece {start + 1} of {count})" if count > 1 else ""
+        suffix = slice_suffix(FileSlice(task, start, count))
+        batches = iter_stream_batches(task, count, start, held.claim, self.batch_lines)
+        stats, failed = self._stream(task, suffix, batches, where, held.to_end)
+        if failed:  # nobody starts in this file again
+            for piece in range(count):
+                held.claim(piece)
+        board.mark_done(task, held.pieces)
+        return task.file_key, stats
+
+
+class _Held:
+    """The pieces one stream has claimed, in order (the first one by the caller)."""
+
+    def __init__(self, board: ClaimBoard, task: FileTask, start: int) -> None:
+        self.board = board
+        self.task = task
+        self.pieces = [start]
+
+    def claim(self, piece: int) -> bool:
+        if not self.board.claim(self.task, piece):
+            return False
+        self.pieces.append(piece)
+        return True
+
+    def to_end(self) -> bool:
+        """Whether the stream went through the file's last piece (read it to its end)."""
+        counts = {t.file_key: n for t, n in self.board.plan}
+        return self.pieces[-1] == counts[self.task.file_key] - 1
+
+
+class CheckPieces(beam.DoFn):
+    """After every stream has ended: each piece of each file whose stats arrive must be
+    recorded as written (:meth:`ClaimBoard.missing`), or the run fails before its commit.
+    Files with a read error are rejected by the commit anyway."""
+
+    def __init__(self, claims_dir: str, plan: list[tuple[FileTask, int]]) -> None:
+        self.claims_dir = claims_dir
+        self.plan = plan
+
+    def process(self, item: tuple[str, dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+        file_key, stats = item
+        if not stats.get("read_errors"):
+            board = ClaimBoard(self.claims_dir, self.plan)
+            for task, count in self.plan:
+                if task.file_key == file_key and (lost := board.missing(task, count)):
+                    raise RuntimeError(f"{file_key}: pieces {lost} of {count} were not written")
+        yield item
+
+
 def plan_work(
     tasks: list[FileTask], workers: int, slice_bytes: int | None = None
 ) -> list[list[FileSlice]]:
-    """The slices of ``tasks`` dealt into up to ``workers`` lists of similar size (bytes).
-
-    Largest first, each to the least loaded list (the local runner gives list ``i`` to
-    worker process ``i``); empty lists are dropped. Slices: :func:`slices.plan_slices`,
-    or with ``slice_bytes`` one per that many stored bytes, at most ``workers`` (tests
-    use it to slice small files).
+    """The pieces of ``tasks`` (:func:`slices.plan_pieces`; ``slice_bytes``: one per that
+    many stored bytes, tests use it to cut small files) dealt into up to ``workers``
+    lists, round robin; empty lists are dropped. The number of lists is the number of
+    worker processes; which pieces each one does is decided while they run
+    (:class:`ProcessStreams`).
 
     >>> from services.beam_launcher.hyperquack.processing import FileTask
     >>> ts = [FileTask.for_test(f"CP_Quack-echo-2021-05-30-01-01-0{i}") for i in range(3)]
@@ -637,20 +738,13 @@ def plan_work(
     [2, 1]
     """
     workers = max(1, workers)
-    pieces: list[FileSlice] = []
-    for task in tasks:
-        if slice_bytes is None:
-            pieces += plan_slices(task, workers)
-        else:
-            n = max(1, min(workers, task.size // max(1, slice_bytes)))
-            pieces += [FileSlice(task, i, n) for i in range(n)]
-    pieces.sort(key=lambda s: (-(s.task.size or 0) / s.count, s.task.file_key, s.index))
-    bins: list[list[FileSlice]] = [[] for _ in range(workers)]
-    heap = [(0.0, i) for i in range(workers)]
-    for piece in pieces:
-        load, i = heapq.heappop(heap)
-        bins[i].append(piece)
-        heapq.heappush(heap, (load + (piece.task.size or 0) / piece.count + 1, i))
+    pieces = [
+        FileSlice(task, k, n)
+        for task in tasks
+        for n in [plan_pieces(task, workers, slice_bytes)]
+        for k in range(n)
+    ]
+    bins: list[list[FileSlice]] = [pieces[i::workers] for i in range(workers)]
     return [b for b in bins if b]
 
 
@@ -669,27 +763,28 @@ def build_local_graph(
 ) -> Any:
     """Add the local graph for ``tasks`` to ``p`` (see the module docstring).
 
-    The slices are dealt into one list per worker (:func:`plan_work`) and grouped by
-    list number: the local runner hands each group of a ``GroupByKey`` to one worker
-    process in turn, so every process gets its share (a plain ``Create`` shuffles with
-    random keys and may give both halves of one file to the same process). Only slice
-    descriptions are grouped, never rows. ``work``: the plan, when the caller made it
-    (to size the runner's worker pool); else planned here for ``workers``.
+    One element per worker process (the lists of :func:`plan_work`, or of ``work`` when
+    the caller planned it to size the runner's worker pool), grouped by its number: the
+    local runner hands each group of a ``GroupByKey`` to one worker process in turn, so
+    every process gets one (a plain ``Create`` shuffles with random keys and may give
+    two to the same process). Each takes pieces on demand (:class:`ProcessStreams`);
+    the claims live in ``<staging>/_claims``. Only these small elements and the stats
+    move between steps, never rows.
     """
     plan_progress(tasks)
     bins = plan_work(tasks, workers) if work is None else work
-    keyed = [(i, piece) for i, pieces in enumerate(bins) for piece in pieces]
-    pieces: Any = p | "Slices" >> beam.Create(keyed, reshuffle=False)
+    plan = list({(s.task.file_key): (s.task, s.count) for b in bins for s in b}.values())
+    claims_dir = os.path.join(staging_dir, "_claims")
+    tokens: Any = p | "Workers" >> beam.Create([(i, i) for i in range(len(bins))], reshuffle=False)
     if len(bins) > 1:
-        pieces = pieces | "DealToWorkers" >> beam.GroupByKey()
-        pieces = pieces | "Unpack" >> beam.FlatMap(lambda kv: kv[1])
-    else:
-        pieces = pieces | "Unpack" >> beam.Map(lambda kv: kv[1])
+        tokens = tokens | "OnePerWorker" >> beam.GroupByKey()
     return (
-        pieces
-        | "ProcessSlices"
+        tokens
+        | "ProcessStreams"
         >> beam.ParDo(
-            ProcessSlices(
+            ProcessStreams(
+                claims_dir,
+                plan,
                 staging_dir,
                 resources_location,
                 ip_metadata,
@@ -699,5 +794,6 @@ def build_local_graph(
             )
         )
         | "SumPerFile" >> beam.CombinePerKey(SumStats())
+        | "CheckPieces" >> beam.ParDo(CheckPieces(claims_dir, plan))
         | "WriteStats" >> beam.ParDo(WriteStats(stats_dir))
     )
