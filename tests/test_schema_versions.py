@@ -20,7 +20,7 @@ import duckdb
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.beam_launcher.hyperquack.processing import FileTask
@@ -143,6 +143,7 @@ def test_every_table_has_a_version_and_a_stable_hash() -> None:
     assert schema_hash(ECHO) != schema_hash(without(ECHO, ADDED))
 
 
+@settings(deadline=None)  # a loaded 2-core machine made one example exceed the 200 ms default
 @given(st.data())
 def test_adding_nullable_columns_anywhere_is_additive_removing_any_is_breaking(
     data: st.DataObject,

@@ -605,6 +605,10 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
             if rebuilt:
                 warehouse.apply_schema(SchemaCheck({}), version, sorted(rebuilt))
                 log.info("schema_recorded", tables=sorted(rebuilt), rebuilt_by_full=True)
+                for table in rebuilt:
+                    metrics.schema_version.labels(table=table).set(
+                        schema.changes[table].code_version
+                    )
         return _process(cfg, plan, todo, warehouse, staging, run_id, summary, metrics, started)
     finally:
         if claim.mine:
