@@ -447,25 +447,42 @@ def test_a_slice_that_ends_early_leaves_no_reader_thread(tmp_path: Path) -> None
 # -- pieces claimed on demand -----------------------------------------------------------
 
 
-def read_streams(task: FileTask, count: int, starts: list[int], batch_lines: int) -> list[Numbered]:
+def read_streams(
+    task: FileTask, count: int, starts: list[int], batch_lines: int, jumps: random.Random | None
+) -> list[tuple[list[int], Numbered]]:
     """One stream per start piece (all starts claimed first, as by other workers), run
-    one after the other; each stream's numbered lines."""
+    one after the other; with ``jumps``, a refused stream skips ahead to a random later
+    unclaimed piece half of the time. Each stream's pieces and numbered lines."""
     claimed = set(starts)
-
-    def claim(piece: int) -> bool:
-        if piece in claimed:
-            return False
-        claimed.add(piece)
-        return True
-
+    edges = slices.piece_starts(task, count)
     out = []
     for start in starts:
+        held = [start]
+
+        def claim(piece: int, held: list[int] = held) -> bool:
+            if piece in claimed:
+                return False
+            claimed.add(piece)
+            held.append(piece)
+            return True
+
+        def jump(pos: int, held: list[int] = held) -> int | None:
+            later = [k for k in range(count) if k not in claimed and edges[k] > pos]
+            if jumps is None or not later or jumps.random() < 0.5:
+                return None
+            piece = jumps.choice(later)
+            claimed.add(piece)
+            held.append(piece)
+            return piece
+
         got: Numbered = []
-        batches = list(slices.iter_stream_batches(task, count, start, claim, batch_lines))
+        batches = list(slices.iter_stream_batches(task, count, start, claim, batch_lines, jump))
         for n, (first, lines) in enumerate(batches):
-            assert lines and (len(lines) == batch_lines or n == len(batches) - 1)
+            assert lines and len(lines) <= batch_lines
+            if jumps is None:
+                assert len(lines) == batch_lines or n == len(batches) - 1
             got.extend(enumerate(lines, start=first))
-        out.append(got)
+        out.append((held, got))
     assert claimed == set(range(count))  # every piece taken by some stream
     return out
 
@@ -481,6 +498,7 @@ def read_streams(task: FileTask, count: int, starts: list[int], batch_lines: int
     count=st.integers(1, 9),
     starts=st.sets(st.integers(1, 8), max_size=4),
     order=st.randoms(),
+    jumps=st.booleans(),
 )
 def test_streams_over_claimed_pieces_give_exactly_the_files_numbered_lines(
     tmp_path: Path,
@@ -493,9 +511,11 @@ def test_streams_over_claimed_pieces_give_exactly_the_files_numbered_lines(
     count: int,
     starts: set[int],
     order: random.Random,
+    jumps: bool,
 ) -> None:
-    """Streams starting at any pieces, run in any order, give every line once with its
-    number, and each stream exactly the lines of the pieces it went through."""
+    """Streams starting at any pieces, run in any order, skipping ahead to any later
+    pieces, give every line once with its number, and each stream exactly the lines of
+    the pieces it went through."""
     with tempfile.TemporaryDirectory(dir=tmp_path) as folder:
         path = Path(folder) / ("results.json.gz" if gz else "results.json")
         path.write_bytes(gzip_members(text, cuts, [1, 6], [0]) if gz else text)
@@ -507,13 +527,11 @@ def test_streams_over_claimed_pieces_give_exactly_the_files_numbered_lines(
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(slices, "READ_CHUNK", read_chunk)
             mp.setattr(slices, "OUT_CHUNK", out_chunk)
-            streams = dict(
-                zip(shuffled, read_streams(task, count, shuffled, batch_lines), strict=True)
-            )
+            streams = read_streams(task, count, shuffled, batch_lines, order if jumps else None)
             pieces = read_slices(task, count, 1)
-        assert sorted(pair for got in streams.values() for pair in got) == want
-        for a, b in zip(first_pieces, [*first_pieces[1:], count], strict=True):
-            assert streams[a] == [pair for part in pieces[a:b] for pair in part]
+        assert sorted(pair for _, got in streams for pair in got) == want
+        for held, got in streams:
+            assert got == [pair for k in sorted(held) for pair in pieces[k]]
 
 
 def test_two_workers_claiming_on_demand_share_a_file_and_end_together(tmp_path: Path) -> None:
@@ -526,6 +544,7 @@ def test_two_workers_claiming_on_demand_share_a_file_and_end_together(tmp_path: 
     count = 8
     board = slices.ClaimBoard(str(tmp_path / "claims"), [(task, count)])
     got: dict[str, list[tuple[int, int, Numbered]]] = {"slow": [], "fast": []}
+    helds: list[list[int]] = []
 
     def worker(name: str, pause: float) -> None:
         while (nxt := board.next_start()) is not None:
@@ -540,12 +559,19 @@ def test_two_workers_claiming_on_demand_share_a_file_and_end_together(tmp_path: 
                     held.append(piece)
                 return ok
 
+            def jump(pos: int, held: list[int] = held, n: int = n) -> int | None:
+                piece = board.jump(task, n, pos)
+                if piece is not None:
+                    held.append(piece)
+                return piece
+
             stream: Numbered = []
-            for first, batch in slices.iter_stream_batches(task, n, start, claim, 200):
+            for first, batch in slices.iter_stream_batches(task, n, start, claim, 200, jump):
                 stream.extend(enumerate(batch, start=first))
                 time.sleep(pause)
             board.mark_done(task, held)
             got[name].append((start, len(held), stream))
+            helds.append(held)
 
     threads = [
         threading.Thread(target=worker, args=("slow", 0.02)),
@@ -563,5 +589,6 @@ def test_two_workers_claiming_on_demand_share_a_file_and_end_together(tmp_path: 
     assert sum(n for _, n, _ in streams) == count  # each piece in exactly one stream
     assert got["fast"] and got["slow"]
     # The fast worker did not leave the slow one alone with a long tail: it also took
-    # pieces after a start of the slow one's.
-    assert len(streams) >= 3
+    # pieces after a start of the slow one's (a new stream or a skip ahead).
+    runs = sum(1 + sum(b != a + 1 for a, b in itertools.pairwise(sorted(held))) for held in helds)
+    assert runs >= 3

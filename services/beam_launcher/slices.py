@@ -42,6 +42,7 @@ import bisect
 import contextlib
 import gzip
 import io
+import itertools
 import os
 import queue
 import threading
@@ -419,13 +420,16 @@ def _stream_lines(
     start: int,
     stream: Iterator[bytes | None],
     claim: Callable[[int], bool],
+    jump: Callable[[int], int | None] | None = None,
 ) -> Iterator[tuple[int, list[bytes]]]:
     """``(line number of the first, complete lines)`` of pieces ``start``, ``start + 1``…
 
     A line belongs to the piece it starts in (the rule of :func:`_slice_lines`). Before
     the first line of a later piece, that piece (and any empty one before it) must be
-    granted by ``claim``; the stream ends at the first piece refused, or at the end of
-    the file after claiming the (empty) pieces left.
+    granted by ``claim``. At the first piece refused, ``jump(chunks read so far)`` may
+    name a later piece it has claimed: the stream skips ahead to it (counting newlines,
+    as before its start) and goes on from there; else the stream ends. At the end of the
+    file it claims the (empty) pieces left.
     """
     starts = piece_starts(task, count)
     held = start
@@ -441,79 +445,101 @@ def _stream_lines(
     edges = 0
     newlines = 0
     last = b"\n"
-    # 1. Up to the start edge: count newlines only.
-    if starts[start] > 0:
-        for block in stream:
-            if block is _EDGE:
-                edges += 1
-                if edges == starts[start]:
-                    break
-                continue
-            newlines += block.count(b"\n")
-            last = block[-1:]
-        else:
-            reach(count - 1)
-            return
-    # 2. A line that crosses the start offset belongs to the piece before.
-    pending = b""
-    if last != b"\n":
-        for block in stream:
-            if block is _EDGE:
-                edges += 1
-                continue
-            cut = block.find(b"\n")
-            if cut >= 0:
-                newlines += 1
-                pending = block[cut + 1 :]
-                break
-        else:
-            reach(count - 1)
-            return
-    # 3. Whole lines; each block's lines start in the piece its position is in.
-    line_no = newlines + 1
-    carry: list[bytes] = []
-    blocks: Iterator[bytes | None] = _prepend(pending, stream) if pending else stream
-    for block in blocks:
-        if block is _EDGE:
-            edges += 1
-            continue
-        out: list[bytes] = []
-        pos = 0
-        if carry:
-            cut = block.find(b"\n")
-            if cut < 0:
-                carry.append(block)
-                continue
-            carry.append(block[: cut + 1])
-            out.append(b"".join(carry))
-            carry = []
-            pos = cut + 1
-        if pos < len(block):
-            if not reach(bisect.bisect_right(starts, edges) - 1):
-                if out:
-                    yield line_no, out
+    pending = b""  # text at the current position, not yet looked at
+    target = start
+    while True:
+        # 1. Up to the target's start edge: count newlines only.
+        if edges < starts[target]:
+            if pending:
+                newlines += pending.count(b"\n")
+                last = pending[-1:]
+                pending = b""
+            for block in stream:
+                if block is _EDGE:
+                    edges += 1
+                    if edges == starts[target]:
+                        break
+                    continue
+                newlines += block.count(b"\n")
+                last = block[-1:]
+            else:
+                reach(count - 1)
                 return
-            rest = io.BytesIO(block)
-            rest.seek(pos)
-            more = rest.readlines()
-            if not more[-1].endswith(b"\n"):
-                carry = [more.pop()]
-            out += more
-        if out:
-            yield line_no, out
-            line_no += len(out)
-    if carry:
-        yield line_no, [b"".join(carry)]  # the last line, without a line end
-    reach(count - 1)
+        # 2. A line that crosses the start offset belongs to the piece before.
+        if last != b"\n":
+            for block in stream:
+                if block is _EDGE:
+                    edges += 1
+                    continue
+                cut = block.find(b"\n")
+                if cut >= 0:
+                    newlines += 1
+                    pending = block[cut + 1 :]
+                    break
+            else:
+                reach(count - 1)
+                return
+        # 3. Whole lines; each block's lines start in the piece its position is in.
+        line_no = newlines + 1
+        carry: list[bytes] = []
+        # chain, not _prepend: a generator left suspended in ``yield from`` would close
+        # ``stream`` when it is dropped at a skip ahead.
+        blocks: Iterator[bytes | None] = itertools.chain([pending], stream) if pending else stream
+        pending = b""
+        refused = False
+        for block in blocks:
+            if block is _EDGE:
+                edges += 1
+                continue
+            out: list[bytes] = []
+            pos = 0
+            if carry:
+                cut = block.find(b"\n")
+                if cut < 0:
+                    carry.append(block)
+                    continue
+                carry.append(block[: cut + 1])
+                out.append(b"".join(carry))
+                carry = []
+                pos = cut + 1
+            if pos < len(block):
+                if not reach(bisect.bisect_right(starts, edges) - 1):
+                    pending = block[pos:]  # starts a line of a piece another stream has
+                    refused = True
+                more = [] if refused else io.BytesIO(block[pos:]).readlines()
+                if more and not more[-1].endswith(b"\n"):
+                    carry = [more.pop()]
+                out += more
+            if out:
+                yield line_no, out
+                line_no += len(out)
+            if refused:
+                break
+        if not refused:
+            if carry:
+                yield line_no, [b"".join(carry)]  # the last line, without a line end
+            reach(count - 1)
+            return
+        nxt = jump(edges) if jump is not None else None
+        if nxt is None:
+            return
+        newlines, last, target, held = line_no - 1, b"\n", nxt, nxt
 
 
 def iter_stream_batches(
-    task: FileTask, count: int, start: int, claim: Callable[[int], bool], batch_lines: int
+    task: FileTask,
+    count: int,
+    start: int,
+    claim: Callable[[int], bool],
+    batch_lines: int,
+    jump: Callable[[int], int | None] | None = None,
 ) -> Iterator[tuple[int, list[bytes]]]:
     """``(first line number, lines)`` batches of pieces ``start``… of ``task`` cut into
     ``count`` pieces, for as long as ``claim(k)`` grants each next piece ``k`` (piece
-    ``start`` is the caller's already). Lines and errors as :func:`iter_slice_batches`;
-    the lines of piece ``k`` are exactly those of ``FileSlice(task, k, count)``.
+    ``start`` is the caller's already); at a refused piece, ``jump`` may send the stream
+    on to a later piece (:func:`_stream_lines`). A batch holds consecutive lines only.
+    Lines and errors as :func:`iter_slice_batches`; the lines of piece ``k`` are exactly
+    those of ``FileSlice(task, k, count)``.
     """
     if batch_lines < 1:
         raise ValueError(f"batch_lines must be positive, not {batch_lines}")
@@ -523,7 +549,10 @@ def iter_stream_batches(
     first = 1
     try:
         with contextlib.closing(_text_stream(FileSlice(task, start, count))) as stream:
-            for line_no, lines in _stream_lines(task, count, start, stream, claim):
+            for line_no, lines in _stream_lines(task, count, start, stream, claim, jump):
+                if batch and line_no != first + len(batch):  # jumped: not consecutive
+                    yield first, batch
+                    batch = []
                 if not batch:
                     first = line_no
                 batch.extend(lines)
@@ -580,44 +609,69 @@ class ClaimBoard:
         names = self._names(task)
         return [k for k in range(count) if f"{k}.done" not in names]
 
+    def _best_split(
+        self, task: FileTask, count: int, taken: set[int], pos: int | None
+    ) -> tuple[float, int] | None:
+        """``(gain, x)``: the piece ``x`` where a stream that has read ``pos`` stored chunks
+        of ``task`` (None: a new stream, from the file's start) should take over the
+        unclaimed pieces ``[x, b)`` of a run ``[a, b)`` another stream will reach: both
+        then end at the same time, counting the skipping (:data:`SKIP_COST` per chunk)
+        it must do first. ``gain``: how much sooner than that stream alone, in chunks of
+        work; at least one, or None.
+        """
+        starts = piece_starts(task, count)
+        end = -(-task.size // READ_CHUNK)
+        here = 0 if pos is None else pos
+        best: tuple[float, int] | None = None
+        k = 0
+        while k < count:
+            if k in taken:
+                k += 1
+                continue
+            a = k
+            while k < count and k not in taken:
+                k += 1
+            b_chunks = end if k == count else starts[k]
+            alone = b_chunks - starts[a]
+            for x in range(a + 1, k):
+                if starts[x] <= here:
+                    continue
+                ours = SKIP_COST * (starts[x] - here) + b_chunks - starts[x]
+                gain = alone - max(starts[x] - starts[a], ours)
+                if gain >= 1 and (best is None or gain > best[0]):
+                    best = (gain, x)
+        return best
+
+    def _taken(self, task: FileTask) -> set[int]:
+        return {int(n) for n in self._names(task) if n.isdigit()}
+
+    def jump(self, task: FileTask, count: int, pos: int) -> int | None:
+        """For a stream of ``task`` refused a piece after reading ``pos`` stored chunks:
+        the later piece (claimed here) it should skip ahead to, or None (it ends)."""
+        while (best := self._best_split(task, count, self._taken(task), pos)) is not None:
+            if self.claim(task, best[1]):
+                return best[1]
+        return None
+
     def next_start(self) -> tuple[FileTask, int, int] | None:
         """Where a worker with nothing to do starts its next stream: ``(task, count,
         piece)``, or None when every piece is taken or taking one would not end sooner.
 
         A file nobody has started is started at its first piece (largest such file
-        first). Otherwise the run of unclaimed pieces ``[a, b)`` behind the stream that
-        will reach it is split at the piece ``x`` that makes both end at the same time:
-        that stream does ``[a, x)``, the new one inflates the file up to ``x`` (at
-        :data:`SKIP_COST` per stored byte) and does ``[x, b)``; chosen where that ends
-        soonest before the stream alone would, by at least one chunk of work.
+        first). Otherwise the run of unclaimed pieces behind another stream is split
+        (:meth:`_best_split`, inflating the file from its start), where that gains most.
         """
         fresh: tuple[int, FileTask, int] | None = None
         best: tuple[float, FileTask, int, int] | None = None
         for task, count in self.plan:
-            taken = {int(n) for n in self._names(task) if n.isdigit()}
+            taken = self._taken(task)
             if 0 not in taken:
                 if fresh is None or task.size > fresh[0]:
                     fresh = (task.size, task, count)
                 continue
-            starts = piece_starts(task, count)
-            end = -(-task.size // READ_CHUNK)
-            k = 0
-            while k < count:
-                if k in taken:
-                    k += 1
-                    continue
-                a = k
-                while k < count and k not in taken:
-                    k += 1
-                b_chunks = end if k == count else starts[k]
-                alone = b_chunks - starts[a]
-                for x in range(a + 1, k):
-                    done_at = max(
-                        starts[x] - starts[a], SKIP_COST * starts[x] + b_chunks - starts[x]
-                    )
-                    gain = alone - done_at
-                    if gain >= 1 and (best is None or gain > best[0]):
-                        best = (gain, task, count, x)
+            split = self._best_split(task, count, taken, None)
+            if split is not None and (best is None or split[0] > best[0]):
+                best = (split[0], task, count, split[1])
         if fresh is not None:
             return fresh[1], fresh[2], 0
         if best is not None:

@@ -645,7 +645,10 @@ class ProcessStreams(ProcessSlices):
     (:class:`slices.ClaimBoard`) until none is left; yield the stats of each stream.
 
     A stream runs from the piece it claimed through the following ones it can claim
-    (:func:`slices.iter_stream_batches`) into one set of Parquet files named
+    (:func:`slices.iter_stream_batches`); refused one, it skips ahead past the pieces
+    another stream has done and takes the later part of what that one has left, when
+    that ends sooner (:meth:`slices.ClaimBoard.jump`: the skip costs only the distance,
+    not the file's prefix). All of it goes into one set of Parquet files named
     ``<date>.<k>-of-<n>.parquet`` after its first piece ``k`` (no suffix for a file of
     one piece). So no worker waits while another still has a long slice: the one that
     runs out of work takes the later part of the other's unclaimed pieces. Which worker
@@ -675,7 +678,7 @@ class ProcessStreams(ProcessSlices):
         held = _Held(board, task, start)
         where = f" (from piece {start + 1} of {count})" if count > 1 else ""
         suffix = slice_suffix(FileSlice(task, start, count))
-        batches = iter_stream_batches(task, count, start, held.claim, self.batch_lines)
+        batches = iter_stream_batches(task, count, start, held.claim, self.batch_lines, held.jump)
         stats, failed = self._stream(task, suffix, batches, where, held.to_end)
         if failed:  # nobody starts in this file again
             for piece in range(count):
@@ -697,6 +700,14 @@ class _Held:
             return False
         self.pieces.append(piece)
         return True
+
+    def jump(self, pos: int) -> int | None:
+        """Refused a piece after ``pos`` stored chunks: where to skip ahead to, if anywhere."""
+        counts = {t.file_key: n for t, n in self.board.plan}
+        piece = self.board.jump(self.task, counts[self.task.file_key], pos)
+        if piece is not None:
+            self.pieces.append(piece)
+        return piece
 
     def to_end(self) -> bool:
         """Whether the stream went through the file's last piece (read it to its end)."""
