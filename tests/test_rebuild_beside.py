@@ -292,3 +292,16 @@ def test_retyped_column_is_rebuilt_beside_and_recorded(scans: Path, tmp_path: Pa
     assert query(wh, "SELECT DISTINCT typeof(retry) FROM echo_scan__v1") == [("VARCHAR",)]
     rec = query(wh, "SELECT schema_hash FROM schema_versions WHERE table_name = 'echo_scan'")
     assert rec == [(shapes_hash(column_shapes(echo)),)]
+
+
+def test_table_commands_refuse_bad_arguments_with_one_line(tmp_path: Path) -> None:
+    bad = launcher("--warehouse", str(tmp_path), "--switch-table", "nope=v1")
+    assert bad.returncode == 2
+    (line,) = events(bad.stderr, "usage_error")
+    assert "expected TABLE=VERSION" in line["reason"] and "echo_scan" in line["reason"]
+    both = launcher("--warehouse", str(tmp_path), "--table-versions", "--drop-table-version", "x")
+    assert both.returncode == 2 and events(both.stderr, "usage_error")
+    missing = launcher("--warehouse", str(tmp_path / "none"), "--table-versions")
+    assert missing.returncode == 1
+    assert "no warehouse at" in json_lines(missing.stderr)[-1]["reason"]
+    assert not (tmp_path / "none").exists()  # nothing created at a mistyped path
