@@ -5,11 +5,12 @@ Two graphs share the parse and enrichment code:
 * :func:`build_graph` (Dataflow / BigQuery sink): files → line batches (Beam costs ~8 µs
   per element, so one element per line would dominate the parse cost) → reshuffled over
   the workers → parsed into row dicts keyed by ``(table, file_key)`` → the sink.
-* :func:`build_local_graph` (local warehouse): one element per *slice* of a file
-  (``slices.py``); one DoFn reads its slice in batches, parses them to columns, enriches
-  them, converts them to Arrow and streams them into one Parquet file per (table, date)
-  of that slice. Rows never leave the DoFn: nothing is shuffled, merged or held by the
-  runner, so memory stays flat and the worker processes share nothing but the plan.
+* :func:`build_local_graph` (local warehouse): one element per worker process, which
+  takes pieces of the files on demand (``slices.py``) and streams through them: reads
+  in batches, parses them to columns, enriches them, converts them to Arrow and streams
+  them into one Parquet file per (table, date) of that stream. Rows never leave the
+  DoFn: nothing is shuffled, merged or held by the runner, so memory stays flat and the
+  worker processes share nothing but the plan and the claims on pieces.
 
 Example (graph construction only):
     >>> import apache_beam as beam
