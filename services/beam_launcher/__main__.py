@@ -11,7 +11,7 @@ import argparse
 import datetime as dt
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
@@ -55,14 +55,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
     p.add_argument(
         "--full",
         action="store_true",
-        help="rebuild the scan types' tables from all their files: on the local warehouse "
-        "beside the live tables (a new version <table>__v<N>, resumable), switched when "
-        "complete; with a date window: reprocess the window's files in place",
+        help="rebuild the scan types' tables from all their files, beside the live tables "
+        "(a new version <table>__v<N>, resumable; local warehouse and BigQuery), switched "
+        "when complete; with a date window: reprocess the window's files in place",
     )
     p.add_argument(
         "--table-versions",
         action="store_true",
-        help="print the local warehouse's table versions (live, building, old) and exit",
+        help="print the warehouse's table versions (live, building, old; local, or "
+        "BigQuery with --sink bigquery --bq-project --bq-dataset) and exit",
     )
     p.add_argument(
         "--switch-table",
@@ -73,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
     p.add_argument(
         "--drop-table-version",
         metavar="TABLE=VERSION",
-        help="delete a version that is not live (view, ledger rows, Parquet) and exit",
+        help="delete a version that is not live (view and Parquet, or its BigQuery "
+        "table; ledger rows) and exit",
     )
     p.add_argument(
         "--reprocess-pipeline-older-than",
@@ -178,8 +180,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
     from services.beam_launcher.warehouse.schema_versions import table_version_arg
 
     for name in admin[:1]:
-        if args.sink != "local" or not args.warehouse:
+        if args.sink == "local" and not args.warehouse:
             p.error(f"--{name.replace('_', '-')} works on a local warehouse: give --warehouse")
+        if args.sink == "bigquery" and not (args.bq_project and args.bq_dataset):
+            p.error(f"--{name.replace('_', '-')} on BigQuery needs --bq-project and --bq-dataset")
         if name != "table_versions":
             try:
                 table_version_arg(getattr(args, name))
@@ -191,7 +195,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         p.error("--input is required (or $CP_INPUT)")
     if args.sink == "local" and not args.warehouse:
         p.error("--warehouse is required for the local sink (or $CP_WAREHOUSE)")
-    if args.sink == "bigquery" and not (args.bq_project and args.bq_dataset and args.temp_location):
+    needs = (args.bq_project, args.bq_dataset, args.temp_location or admin)
+    if args.sink == "bigquery" and not all(needs):
         p.error("the bigquery sink needs --bq-project, --bq-dataset and --temp-location")
     if args.reprocess_pipeline_older_than:
         if args.full:
@@ -264,9 +269,15 @@ def table_command(args: argparse.Namespace) -> int:
     from services.beam_launcher.warehouse.local import LocalWarehouse, SwitchRefused
     from services.beam_launcher.warehouse.schema_versions import table_version_arg
 
-    wh = LocalWarehouse(args.warehouse)
-    if not wh.exists():
-        return fail("beam_launcher", f"no warehouse at {args.warehouse} ({wh.db_path} missing)")
+    wh: Any
+    if args.sink == "bigquery":
+        from services.beam_launcher.warehouse.bigquery import BigQueryWarehouse
+
+        wh = BigQueryWarehouse(args.bq_project, args.bq_dataset, args.bq_location)
+    else:
+        wh = LocalWarehouse(args.warehouse)
+        if not wh.exists():
+            return fail("beam_launcher", f"no warehouse at {args.warehouse} ({wh.db_path} missing)")
     try:
         if args.switch_table:
             out: object = wh.switch(*table_version_arg(args.switch_table), pipeline_version())

@@ -135,7 +135,7 @@ class RunSummary:
     # --reprocess-pipeline-older-than: {"version", "files", "by_pipeline_version"} of the
     # files selected only because an older pipeline version wrote them.
     reprocess_older_than: dict[str, Any] = field(default_factory=dict)
-    # --full (local warehouse): per table, the version built beside the live one and what
+    # --full: per table, the version built beside the live one and what
     # its check found (state switched or building, files done/expected/missing).
     rebuild: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Scan types a run without --full left to the rebuild in progress of their table
@@ -599,7 +599,7 @@ def run(cfg: RunConfig, metrics: LauncherMetrics | None = None) -> RunSummary:
             done = _process(cfg, plan, todo, warehouse, staging, run_id, summary, metrics, started)
             _finish_rebuilds(plan.tasks, warehouse, builds, version, summary, metrics, log)
             return done
-        if cfg.full and not (cfg.start_date or cfg.end_date):  # BigQuery: still in place
+        if cfg.full and not (cfg.start_date or cfg.end_date):  # a sink without versions
             warehouse.reset(cfg.scan_types)
             rebuilt = rebuilt_by_full(True, False, cfg.scan_types) & set(schema.of_kind(BREAKING))
             if rebuilt:

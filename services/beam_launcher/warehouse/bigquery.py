@@ -26,12 +26,19 @@ import datetime as dt
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import apache_beam as beam
 
-from services.beam_launcher.warehouse.local import Claim, FileVerdict, LedgerEntry
+from services.beam_launcher.warehouse.local import (
+    Claim,
+    FileVerdict,
+    LedgerEntry,
+    SwitchRefused,
+    TableVersion,
+    _test_kill_point,
+)
 from services.beam_launcher.warehouse.rows import (
     ALL_TABLES,
     DEAD_LETTER,
@@ -41,12 +48,21 @@ from services.beam_launcher.warehouse.rows import (
 )
 from services.beam_launcher.warehouse.schema_versions import (
     ADDITIVE,
+    BUILDING,
+    LIVE,
     NEW_TABLE,
+    OLD,
     SCHEMA_TABLE,
     SCHEMA_VERSIONS,
+    TABLE_VERSIONS,
+    TABLE_VERSIONS_SPEC,
+    VERSION_FILES,
+    VERSION_FILES_SPEC,
     SchemaChangeRefused,
     SchemaCheck,
     SchemaRecord,
+    next_version_id,
+    version_name,
 )
 from services.common import lifecycle
 from services.common.bqclient import bigquery_client, emulator_host
@@ -63,6 +79,7 @@ _STAGING_NAME = re.compile(r"^_staging_(\d{8}t\d{6})_([0-9a-f]{6})_([a-z]{3})_[a
 # collided with a concurrent one; such a statement is safe to run again.
 CONFLICT_MARKERS = ("concurrent update", "could not serialize access", "conflict")
 CONFLICT_ATTEMPTS = 8
+SWITCHING = "switching"  # a version whose switch began (see BigQueryWarehouse._switch)
 T = TypeVar("T")
 
 
@@ -175,14 +192,25 @@ def table_ref(project: str, dataset: str, name: str) -> str:
 
 
 def commit_script(
-    project: str, dataset: str, run_id: str, verdicts: list[FileVerdict], tables: list[TableSpec]
+    project: str,
+    dataset: str,
+    run_id: str,
+    verdicts: list[FileVerdict],
+    tables: list[TableSpec],
+    builds: Mapping[str, str] | None = None,
 ) -> str:
     """The transaction that publishes a run (file keys are passed as query parameters).
 
     Parameters: ``@ok_keys`` (files whose rows are published), ``@ok_sources`` (Satellite
     scans whose rows are published: they are replaced per scan), ``@all_keys`` (every
     judged file: its dead letters are replaced) and ``@ledger_keys`` (ledger rows replaced).
+    ``builds`` (table -> the name of its version being built beside, ``--full``): those
+    tables' rows go into that version's table and their files' ledger rows into
+    ``version_files`` (``@version_keys``: ``<version>|<file key>``, ``@version_rows``).
     """
+    builds = dict(builds or {})
+    built = {SCAN_TABLES[v.task.scan_type].name for v in verdicts} & set(builds)
+    live_files = any(SCAN_TABLES[v.task.scan_type].name not in builds for v in verdicts)
     stmts = ["BEGIN TRANSACTION;"]
     for spec in tables:
         if spec.name == SATELLITE_SCAN.name:
@@ -190,15 +218,24 @@ def commit_script(
         else:
             keys = "@all_keys" if spec.name == DEAD_LETTER.name else "@ok_keys"
             cond = f"CONCAT(source, '/', source_file) IN UNNEST({keys})"
-        target = table_ref(project, dataset, spec.name)
+        target = table_ref(project, dataset, builds.get(spec.name, spec.name))
         staged = table_ref(project, dataset, staging_table(spec, run_id))
         # Columns by name: a column added by a migration comes last in the live table.
         cols = ", ".join(f"`{c}`" for c in spec.column_names)
         stmts.append(f"DELETE FROM {target} WHERE {cond};")
         stmts.append(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {staged} WHERE {cond};")
     ledger = table_ref(project, dataset, PROCESSED_FILES.name)
-    stmts.append(f"DELETE FROM {ledger} WHERE file_key IN UNNEST(@ledger_keys);")
-    stmts.append(f"INSERT INTO {ledger} SELECT * FROM UNNEST(@ledger_rows);")
+    if live_files or not built:
+        stmts.append(f"DELETE FROM {ledger} WHERE file_key IN UNNEST(@ledger_keys);")
+        stmts.append(f"INSERT INTO {ledger} SELECT * FROM UNNEST(@ledger_rows);")
+    if built:
+        versions = table_ref(project, dataset, VERSION_FILES)
+        names = ", ".join(f"`{c}`" for c in VERSION_FILES_SPEC.column_names)
+        stmts.append(
+            f"DELETE FROM {versions} WHERE CONCAT(table_version, '|', file_key) "
+            "IN UNNEST(@version_keys);"
+        )
+        stmts.append(f"INSERT INTO {versions} ({names}) SELECT {names} FROM UNNEST(@version_rows);")
     stmts.append("COMMIT TRANSACTION;")
     return "\n".join(stmts)
 
@@ -535,11 +572,14 @@ class BigQueryWarehouse:
         verdicts: list[FileVerdict],
         tables: list[TableSpec],
         run_id: str | None = None,
+        builds: Mapping[str, TableVersion] | None = None,
     ) -> None:
-        """Publish staged rows of ``staging_id``; ledger rows carry ``run_id``."""
+        """Publish staged rows of ``staging_id``; ledger rows carry ``run_id``. ``builds``
+        (table -> its version being built beside): see :func:`commit_script`."""
         from google.cloud import bigquery
 
         run_id = run_id or staging_id
+        builds = dict(builds or {})
         # Beam's file loads create a staging table only when it has rows to load (a run
         # without dead letters leaves none): an empty one stands in, so the script's
         # INSERT … SELECT finds every table it names.
@@ -553,9 +593,10 @@ class BigQueryWarehouse:
             {v.task.source for v in judged if v.status == "ok" and v.task.scan_type == "satellite"}
         )
         all_keys = [v.task.file_key for v in judged]
-        ledger_rows = [
-            bigquery.StructQueryParameter(
-                None,
+        by_date = self._staged_rows_by_date(staging_id, verdicts, builds)
+
+        def fields(v: FileVerdict) -> list[Any]:
+            return [
                 bigquery.ScalarQueryParameter("file_key", "STRING", v.task.file_key),
                 bigquery.ScalarQueryParameter("scan_type", "STRING", v.task.scan_type),
                 bigquery.ScalarQueryParameter("source", "STRING", v.task.source),
@@ -579,27 +620,511 @@ class BigQueryWarehouse:
                 ),
                 bigquery.ScalarQueryParameter("run_id", "STRING", run_id),
                 bigquery.ScalarQueryParameter("processed_at", "TIMESTAMP", now),
+            ]
+
+        def table_of(v: FileVerdict) -> str:
+            return SCAN_TABLES[v.task.scan_type].name
+
+        live = [v for v in verdicts if table_of(v) not in builds]
+        built = [v for v in verdicts if table_of(v) in builds]
+        ledger_rows = [bigquery.StructQueryParameter(None, *fields(v)) for v in live]
+        version_rows = [
+            bigquery.StructQueryParameter(
+                None,
+                bigquery.ScalarQueryParameter("table_version", "STRING", builds[table_of(v)].name),
+                *fields(v),
+                bigquery.ScalarQueryParameter(
+                    "rows_by_date", "STRING", by_date.get(v.task.file_key)
+                ),
             )
-            for v in verdicts
+            for v in built
         ]
-        script = commit_script(self.project, self.dataset, staging_id, verdicts, tables)
-        config = bigquery.QueryJobConfig(
-            query_parameters=[
-                bigquery.ArrayQueryParameter("ok_keys", "STRING", ok_keys),
-                bigquery.ArrayQueryParameter("all_keys", "STRING", all_keys),
-                bigquery.ArrayQueryParameter("ok_sources", "STRING", ok_sources),
+        names = {t: b.name for t, b in builds.items()}
+        script = commit_script(self.project, self.dataset, staging_id, verdicts, tables, names)
+        params: list[Any] = [
+            bigquery.ArrayQueryParameter("ok_keys", "STRING", ok_keys),
+            bigquery.ArrayQueryParameter("all_keys", "STRING", all_keys),
+            bigquery.ArrayQueryParameter("ok_sources", "STRING", ok_sources),
+        ]
+        if live or not built:
+            params += [
                 bigquery.ArrayQueryParameter(
-                    "ledger_keys", "STRING", [v.task.file_key for v in verdicts]
+                    "ledger_keys", "STRING", [v.task.file_key for v in live]
                 ),
                 bigquery.ArrayQueryParameter("ledger_rows", "STRUCT", ledger_rows),
             ]
-        )
+        if built:
+            params += [
+                bigquery.ArrayQueryParameter(
+                    "version_keys",
+                    "STRING",
+                    [f"{builds[table_of(v)].name}|{v.task.file_key}" for v in built],
+                ),
+                bigquery.ArrayQueryParameter("version_rows", "STRUCT", version_rows),
+            ]
+        config = bigquery.QueryJobConfig(query_parameters=params)
         # A transaction aborted by a concurrent one (another run's commit) changed nothing:
         # it is submitted again.
         retry_conflicts(
             lambda: self.client.query(script, job_config=config).result(), "commit transaction"
         )
         self.drop_staging(staging_id, tables)
+
+    # -- rebuild beside, then switch (--full without a date window) ------------------------
+
+    def _ref(self, name: str) -> str:
+        return f"{self.project}.{self.dataset}.{name}"
+
+    def _run(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        from google.cloud import bigquery
+
+        config = bigquery.QueryJobConfig(query_parameters=list(params))
+        return list(self.client.query(sql, job_config=config).result())
+
+    def _staged_rows_by_date(
+        self, staging_id: str, verdicts: list[FileVerdict], builds: Mapping[str, TableVersion]
+    ) -> dict[str, str]:
+        """file key -> JSON {date: rows} of its staged rows, for tables being rebuilt (a
+        Satellite scan's rows count for its first ok file, as on the local warehouse)."""
+        out: dict[str, dict[str, int]] = {}
+        for table in sorted(builds):
+            ok = [
+                v
+                for v in verdicts
+                if v.status == "ok" and SCAN_TABLES[v.task.scan_type].name == table
+            ]
+            if not ok:
+                continue
+            staged = table_ref(self.project, self.dataset, staging_table(_spec(table), staging_id))
+            first: dict[str, str] = {}
+            for v in ok:
+                first.setdefault(v.task.source, v.task.file_key)
+            for r in self._run(
+                f"SELECT source, source_file, CAST(date AS STRING) AS day, COUNT(*) AS n "
+                f"FROM {staged} GROUP BY source, source_file, day"
+            ):
+                if table == SATELLITE_SCAN.name:
+                    key = first.get(r["source"])
+                else:
+                    key = f"{r['source']}/{r['source_file']}"
+                if key is not None:
+                    days = out.setdefault(key, {})
+                    days[r["day"]] = days.get(r["day"], 0) + int(r["n"])
+        import orjson
+
+        return {k: orjson.dumps(dict(sorted(d.items()))).decode() for k, d in out.items()}
+
+    def _ensure_version_tables(self) -> None:
+        self.client.create_table(self._table(TABLE_VERSIONS_SPEC), exists_ok=True)
+        self.client.create_table(self._table(VERSION_FILES_SPEC), exists_ok=True)
+
+    def versions(self) -> list[TableVersion]:
+        """The ``table_versions`` rows (none before the first rebuild beside)."""
+        import orjson
+        from google.api_core.exceptions import NotFound
+
+        try:
+            rows = self._run(
+                "SELECT table_name, version_id, folder, schema_version, schema_hash, columns, "
+                f"state FROM {table_ref(self.project, self.dataset, TABLE_VERSIONS)} "
+                "ORDER BY table_name, created_at, version_id"
+            )
+        except NotFound:
+            return []
+        return [
+            TableVersion(
+                r["table_name"],
+                r["version_id"],
+                r["folder"],
+                int(r["schema_version"]),
+                r["schema_hash"],
+                orjson.loads(r["columns"]),
+                r["state"],
+            )
+            for r in rows
+        ]
+
+    def building(self) -> dict[str, TableVersion]:
+        """Table -> its version being built (or being switched to)."""
+        return {v.table: v for v in self.versions() if v.state in (BUILDING, SWITCHING)}
+
+    def _insert_version(self, v: TableVersion, pipeline_version: str) -> None:
+        import orjson
+        from google.cloud import bigquery
+
+        self._run(
+            f"INSERT INTO {table_ref(self.project, self.dataset, TABLE_VERSIONS)} "
+            "(table_name, version_id, folder, schema_version, schema_hash, columns, state, "
+            "pipeline_version, created_at) VALUES (@t, @v, @f, @sv, @sh, @c, @s, @pv, "
+            "CURRENT_TIMESTAMP())",
+            [
+                bigquery.ScalarQueryParameter("t", "STRING", v.table),
+                bigquery.ScalarQueryParameter("v", "STRING", v.version_id),
+                bigquery.ScalarQueryParameter("f", "STRING", v.folder),
+                bigquery.ScalarQueryParameter("sv", "INT64", v.schema_version),
+                bigquery.ScalarQueryParameter("sh", "STRING", v.schema_hash),
+                bigquery.ScalarQueryParameter("c", "STRING", orjson.dumps(v.columns).decode()),
+                bigquery.ScalarQueryParameter("s", "STRING", v.state),
+                bigquery.ScalarQueryParameter("pv", "STRING", pipeline_version),
+            ],
+        )
+
+    def _set_state(self, v: TableVersion, state: str) -> None:
+        from google.cloud import bigquery
+
+        self._run(
+            f"UPDATE {table_ref(self.project, self.dataset, TABLE_VERSIONS)} SET state = @s "
+            "WHERE table_name = @t AND version_id = @v",
+            [
+                bigquery.ScalarQueryParameter("s", "STRING", state),
+                bigquery.ScalarQueryParameter("t", "STRING", v.table),
+                bigquery.ScalarQueryParameter("v", "STRING", v.version_id),
+            ],
+        )
+
+    def start_rebuild(
+        self, tables: Iterable[str], pipeline_version: str
+    ) -> dict[str, TableVersion]:
+        """Register, or resume, a version of each scan table in ``tables`` with the code's
+        columns, built as its own table ``<table>__v<N>`` (same partitioning and
+        clustering) beside the live one; returns table -> that version. A building
+        version of other columns becomes ``old``. The stable tables do not change."""
+        specs = {s.name: s for s in SCAN_TABLES.values()}
+        log = get_logger("beam_launcher")
+        self._ensure_version_tables()
+        records = self.schema_records()
+        versions = self.versions()
+        out: dict[str, TableVersion] = {}
+        for table in sorted(set(tables)):
+            code = SchemaRecord.of(specs[table], pipeline_version)
+            mine = [v for v in versions if v.table == table]
+            pending = [v for v in mine if v.state in (BUILDING, SWITCHING)]
+            resumed = [v for v in pending if v.schema_hash == code.hash]
+            if resumed:
+                out[table] = resumed[-1]
+                log.info("rebuild_beside", table=table, version=resumed[-1].name, resumed=True)
+                continue
+            for v in pending:
+                self._set_state(v, OLD)
+                log.warning("rebuild_abandoned", version=v.name, reason="other columns")
+            taken = [v.version_id for v in mine]
+            if not any(v.state == LIVE for v in mine):  # the stable table as it is now
+                rec = records.get(table, code)
+                live_id = next_version_id(rec.version, taken)
+                taken.append(live_id)
+                live = TableVersion(
+                    table,
+                    live_id,
+                    version_name(table, live_id),
+                    rec.version,
+                    rec.hash,
+                    rec.columns,
+                    LIVE,
+                )
+                self._insert_version(live, pipeline_version)
+            vid = next_version_id(code.version, taken)
+            new = TableVersion(
+                table,
+                vid,
+                version_name(table, vid),
+                code.version,
+                code.hash,
+                code.columns,
+                BUILDING,
+            )
+            # a table no version owns (left by a crash before its row was written): not data
+            self.client.delete_table(self._ref(new.name), not_found_ok=True)
+            fresh = self._table(specs[table])
+            named = type(fresh)(self._ref(new.name), fresh.schema)
+            named.time_partitioning = fresh.time_partitioning
+            named.clustering_fields = fresh.clustering_fields
+            named.description = f"{specs[table].description} (version {vid}, built beside)"
+            self.client.create_table(named)
+            self._insert_version(new, pipeline_version)
+            out[table] = new
+            log.info("rebuild_beside", table=table, version=new.name, resumed=False)
+        return out
+
+    def version_ledger(self, builds: Mapping[str, TableVersion]) -> dict[str, LedgerEntry]:
+        """The ledger of building versions (``version_files``)."""
+        from google.api_core.exceptions import NotFound
+        from google.cloud import bigquery
+
+        names = sorted(v.name for v in builds.values())
+        if not names:
+            return {}
+        try:
+            rows = self._run(
+                "SELECT file_key, version, status, pipeline_version FROM "
+                f"{table_ref(self.project, self.dataset, VERSION_FILES)} "
+                "WHERE table_version IN UNNEST(@names)",
+                [bigquery.ArrayQueryParameter("names", "STRING", names)],
+            )
+        except NotFound:
+            return {}
+        return {
+            r["file_key"]: LedgerEntry(r["version"], r["status"], r["pipeline_version"])
+            for r in rows
+        }
+
+    def count_problems(self, v: TableVersion) -> list[str]:
+        """Where a version's table disagrees with its ledger: rows per date (from
+        ``rows_by_date``; a ledger without it, of a version that was live, is compared in
+        total with ``rows_written``). Empty: they agree."""
+        import orjson
+        from google.cloud import bigquery
+
+        scan_type = next(t for t, s in SCAN_TABLES.items() if s.name == v.table)
+        if v.state == LIVE:
+            ledger = self._run(
+                "SELECT CAST(NULL AS STRING) AS rows_by_date, rows_written FROM "
+                f"{table_ref(self.project, self.dataset, PROCESSED_FILES.name)} "
+                "WHERE scan_type = @st AND status = 'ok'",
+                [bigquery.ScalarQueryParameter("st", "STRING", scan_type)],
+            )
+            source = v.table
+        else:
+            ledger = self._run(
+                "SELECT rows_by_date, rows_written FROM "
+                f"{table_ref(self.project, self.dataset, VERSION_FILES)} "
+                "WHERE table_version = @n AND status = 'ok'",
+                [bigquery.ScalarQueryParameter("n", "STRING", v.name)],
+            )
+            source = v.name
+        found = {
+            r["day"]: int(r["n"])
+            for r in self._run(
+                "SELECT CAST(date AS STRING) AS day, COUNT(*) AS n FROM "
+                f"{table_ref(self.project, self.dataset, source)} GROUP BY day"
+            )
+        }
+        if ledger and all(r["rows_by_date"] is not None for r in ledger):
+            want: dict[str, int] = {}
+            for r in ledger:
+                for day, n in orjson.loads(r["rows_by_date"]).items():
+                    want[day] = want.get(day, 0) + int(n)
+            return [
+                f"{day}: {found.get(day, 0)} rows in {source}, {want.get(day, 0)} in its ledger"
+                for day in sorted(set(want) | set(found))
+                if found.get(day, 0) != want.get(day, 0)
+            ]
+        total = sum(int(r["rows_written"] or 0) for r in ledger)
+        if total != sum(found.values()):
+            return [f"{sum(found.values())} rows in {source}, {total} in its ledger"]
+        return []
+
+    def finish_rebuild(
+        self, build: TableVersion, expected: Mapping[str, str | None], pipeline_version: str
+    ) -> dict[str, Any]:
+        """Check a building version and switch the stable table to it when it is complete:
+        every file of ``expected`` (file_key -> version) ok in its ledger with that
+        version, and its rows per date equal to its ledger's. Returns what was found
+        (``state``: ``switched`` or ``building``)."""
+        from google.cloud import bigquery
+
+        current = next((v for v in self.versions() if v.name == build.name), None)
+        report: dict[str, Any] = {"table": build.table, "version": build.name}
+        if current is None or current.state not in (BUILDING, SWITCHING):
+            report["state"] = current.state if current else "dropped"
+            return report
+        ledger = {
+            r["file_key"]: (r["version"], r["status"])
+            for r in self._run(
+                "SELECT file_key, version, status FROM "
+                f"{table_ref(self.project, self.dataset, VERSION_FILES)} "
+                "WHERE table_version = @n",
+                [bigquery.ScalarQueryParameter("n", "STRING", build.name)],
+            )
+        }
+        missing = sorted(k for k, version in expected.items() if ledger.get(k) != (version, "ok"))
+        report.update(
+            files_expected=len(expected),
+            files_done=len(expected) - len(missing),
+            files_missing=len(missing),
+        )
+        if missing:
+            report.update(state=BUILDING, first_missing=missing[0])
+            return report
+        problems = self.count_problems(current)
+        if problems:
+            report.update(state=BUILDING, count_problems=problems)
+            return report
+        self._switch(current, pipeline_version)
+        report["state"] = "switched"
+        return report
+
+    def switch(self, table: str, version_id: str, pipeline_version: str) -> dict[str, Any]:
+        """Make an existing version live again (a rollback) once its rows per date equal
+        its ledger's."""
+        versions = [v for v in self.versions() if v.table == table]
+        target = next((v for v in versions if v.version_id == version_id), None)
+        if target is None:
+            raise SwitchRefused(
+                f"{table} has no version {version_id}; it has "
+                f"{', '.join(f'{v.version_id} ({v.state})' for v in versions) or 'none'}"
+            )
+        if target.state == LIVE:
+            return {"table": table, "version": target.name, "state": "already live"}
+        problems = self.count_problems(target)
+        if problems:
+            raise SwitchRefused(f"{target.name} disagrees with its ledger: {'; '.join(problems)}")
+        previous = next((v.name for v in versions if v.state == LIVE), None)
+        self._switch(target, pipeline_version)
+        return {"table": table, "version": target.name, "state": "switched", "previous": previous}
+
+    def _switch(self, target: TableVersion, pipeline_version: str) -> None:
+        """Make ``target`` live; each step is safe to run again after a crash, so rerunning
+        the same command finishes an interrupted switch:
+
+        1. (target not yet ``switching``) the stable table's rows are kept as the live
+           version's own table (copy job, WRITE_TRUNCATE), then the target is marked
+           ``switching`` (one DML statement: from here on the stable table is not copied
+           again, as it may already hold the target's rows);
+        2. one ``CREATE OR REPLACE TABLE <table> … AS SELECT * FROM <target>``: readers of
+           the stable name see the old rows, then all the new ones (BigQuery replaces a
+           table in one operation; DDL cannot join a transaction);
+        3. one transaction: the live version's ledger rows move to ``version_files``, the
+           target's into ``processed_files``, states and the schema record follow.
+        """
+        from google.cloud import bigquery
+
+        table = target.table
+        scan_type = next(t for t, s in SCAN_TABLES.items() if s.name == table)
+        spec = SCAN_TABLES[scan_type]
+        live = next((v for v in self.versions() if v.table == table and v.state == LIVE), None)
+        if target.state != SWITCHING:
+            if live is not None:
+                copy = bigquery.CopyJobConfig(write_disposition="WRITE_TRUNCATE")
+                self.client.copy_table(
+                    self._ref(table), self._ref(live.name), job_config=copy
+                ).result()
+            self._set_state(target, SWITCHING)
+        _test_kill_point("bq_before_replace")
+        options = ""
+        if spec.partition_field:
+            options += f" PARTITION BY `{spec.partition_field}`"
+        if spec.clustering:
+            options += " CLUSTER BY " + ", ".join(f"`{c}`" for c in spec.clustering)
+        self._run(
+            f"CREATE OR REPLACE TABLE {table_ref(self.project, self.dataset, table)}{options} "
+            f"AS SELECT * FROM {table_ref(self.project, self.dataset, target.name)}"
+        )
+        _test_kill_point("bq_before_ledger_swap")
+        self.swap_ledgers(target, live, pipeline_version)
+        get_logger("beam_launcher").info(
+            "table_switched",
+            table=table,
+            version=target.name,
+            previous=live.name if live else None,
+        )
+
+    def swap_ledgers(
+        self, target: TableVersion, live: TableVersion | None, pipeline_version: str
+    ) -> None:
+        """Step 3 of :meth:`_switch`: one transaction over the ledgers, states and record."""
+        import orjson
+        from google.cloud import bigquery
+
+        scan_type = next(t for t, s in SCAN_TABLES.items() if s.name == target.table)
+        versions = table_ref(self.project, self.dataset, TABLE_VERSIONS)
+        vfiles = table_ref(self.project, self.dataset, VERSION_FILES)
+        ledger = table_ref(self.project, self.dataset, PROCESSED_FILES.name)
+        schema = table_ref(self.project, self.dataset, SCHEMA_TABLE)
+        cols = ", ".join(f"`{c}`" for c in PROCESSED_FILES.column_names)
+        stmts = ["BEGIN TRANSACTION;"]
+        if live is not None:
+            stmts += [
+                f"DELETE FROM {vfiles} WHERE table_version = @live;",
+                f"INSERT INTO {vfiles} (table_version, {cols}) "
+                f"SELECT @live, {cols} FROM {ledger} WHERE scan_type = @scan_type;",
+                f"UPDATE {versions} SET state = 'old' WHERE table_name = @table "
+                "AND version_id = @live_id;",
+            ]
+        stmts += [
+            f"DELETE FROM {ledger} WHERE scan_type = @scan_type;",
+            f"INSERT INTO {ledger} ({cols}) SELECT {cols} FROM {vfiles} "
+            "WHERE table_version = @target;",
+            f"DELETE FROM {vfiles} WHERE table_version = @target;",
+            f"UPDATE {versions} SET state = 'live', switched_at = CURRENT_TIMESTAMP() "
+            "WHERE table_name = @table AND version_id = @target_id;",
+            f"DELETE FROM {schema} WHERE table_name = @table;",
+            f"INSERT INTO {schema} (table_name, schema_version, schema_hash, columns, "
+            "pipeline_version, updated_at) VALUES (@table, @sv, @sh, @columns, @pv, "
+            "CURRENT_TIMESTAMP());",
+            "COMMIT TRANSACTION;",
+        ]
+        params = [
+            bigquery.ScalarQueryParameter("live", "STRING", live.name if live else ""),
+            bigquery.ScalarQueryParameter("live_id", "STRING", live.version_id if live else ""),
+            bigquery.ScalarQueryParameter("scan_type", "STRING", scan_type),
+            bigquery.ScalarQueryParameter("table", "STRING", target.table),
+            bigquery.ScalarQueryParameter("target", "STRING", target.name),
+            bigquery.ScalarQueryParameter("target_id", "STRING", target.version_id),
+            bigquery.ScalarQueryParameter("sv", "INT64", target.schema_version),
+            bigquery.ScalarQueryParameter("sh", "STRING", target.schema_hash),
+            bigquery.ScalarQueryParameter(
+                "columns", "STRING", orjson.dumps(target.columns).decode()
+            ),
+            bigquery.ScalarQueryParameter("pv", "STRING", pipeline_version),
+        ]
+        retry_conflicts(lambda: self._run("\n".join(stmts), params), "switch ledgers")
+
+    def drop_version(self, table: str, version_id: str) -> dict[str, Any]:
+        """Remove a version that is not live: its table, ledger rows and record."""
+        from google.cloud import bigquery
+
+        versions = [v for v in self.versions() if v.table == table]
+        target = next((v for v in versions if v.version_id == version_id), None)
+        if target is None:
+            raise SwitchRefused(
+                f"{table} has no version {version_id}; it has "
+                f"{', '.join(f'{v.version_id} ({v.state})' for v in versions) or 'none'}"
+            )
+        if target.state in (LIVE, SWITCHING):
+            raise SwitchRefused(
+                f"{target.name} is {target.state} (readers of {table} read it): switch "
+                f"{table} to another version first"
+            )
+        self.client.delete_table(self._ref(target.name), not_found_ok=True)
+        self._run(
+            f"DELETE FROM {table_ref(self.project, self.dataset, VERSION_FILES)} "
+            "WHERE table_version = @n",
+            [bigquery.ScalarQueryParameter("n", "STRING", target.name)],
+        )
+        self._run(
+            f"DELETE FROM {table_ref(self.project, self.dataset, TABLE_VERSIONS)} "
+            "WHERE table_name = @t AND version_id = @v",
+            [
+                bigquery.ScalarQueryParameter("t", "STRING", table),
+                bigquery.ScalarQueryParameter("v", "STRING", version_id),
+            ],
+        )
+        get_logger("beam_launcher").info("table_version_dropped", version=target.name)
+        return {"table": table, "version": target.name, "state": "dropped"}
+
+    def table_versions(self) -> list[dict[str, Any]]:
+        """Every table version with its state and rows (the live one: the stable table)."""
+        from google.api_core.exceptions import NotFound
+
+        out: list[dict[str, Any]] = []
+        for v in self.versions():
+            name = v.table if v.state == LIVE else v.name
+            try:
+                rows = self.client.get_table(self._ref(name)).num_rows
+            except NotFound:
+                rows = None
+            out.append(
+                {
+                    "table": v.table,
+                    "version": v.version_id,
+                    "name": v.name,
+                    "state": v.state,
+                    "schema_version": v.schema_version,
+                    "table_read": name,
+                    "rows": rows,
+                }
+            )
+        return out
 
 
 def ddl_type(col: Column) -> str:
@@ -659,6 +1184,7 @@ class BigQueryTarget:
         self.name = f"bigquery:{project}.{dataset}"
         self._renewer: tuple[threading.Event, threading.Thread] | None = None
         self._staged: list[str] = []  # staging ids whose tables may exist
+        self.builds: dict[str, TableVersion] = {}  # this run's rebuild beside (--full)
         self._lease_run: str | None = None  # run id holding leases
 
     def staging_root(self) -> str:
@@ -678,7 +1204,8 @@ class BigQueryTarget:
     def commit(
         self, staging_id: str, verdicts: list[FileVerdict], tables: list[str], run_id: str
     ) -> dict[str, int]:
-        self.warehouse.commit(staging_id, verdicts, [_spec(t) for t in tables], run_id)
+        specs = [_spec(t) for t in tables]
+        self.warehouse.commit(staging_id, verdicts, specs, run_id, self.builds)
         return {}
 
     def cleanup(self, run_id: str) -> None:
@@ -773,6 +1300,25 @@ class BigQueryTarget:
 
     def reset(self, scan_types: Iterable[str]) -> None:
         self.warehouse.reset(scan_types)
+
+    def start_rebuild(
+        self, tables: Iterable[str], pipeline_version: str
+    ) -> dict[str, TableVersion]:
+        self.builds = self.warehouse.start_rebuild(tables, pipeline_version)
+        return self.builds
+
+    def building(self) -> dict[str, TableVersion]:
+        return self.warehouse.building()
+
+    def version_ledger(self, keys: Iterable[str] | None = None) -> dict[str, LedgerEntry]:
+        """The building versions' ledger (of this run's rebuild), only ``keys`` if given."""
+        found = self.warehouse.version_ledger(self.builds)
+        return found if keys is None else {k: found[k] for k in keys if k in found}
+
+    def finish_rebuild(
+        self, build: TableVersion, expected: Mapping[str, str | None], pipeline_version: str
+    ) -> dict[str, Any]:
+        return self.warehouse.finish_rebuild(build, expected, pipeline_version)
 
 
 def _spec(name: str) -> TableSpec:
