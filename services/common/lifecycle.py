@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -193,6 +194,10 @@ def run_main(stage: str, main: Callable[[], int]) -> int:
         if abort is None:
             raise
         _GUARD.raised = True  # further signals are ignored while cleaning up
+        # Library threads torn down by the stop (Beam's data plane: "Failed to read inputs
+        # in the data plane.") log through the standard library; silence it so that the
+        # stage's own lines (structlog, not affected) end with ``run_aborted``.
+        logging.disable(logging.CRITICAL)
         code = _finish_abort(stage, abort, exc)
         run_tmp.exit()
         # Library threads interrupted mid-work (Beam's bundle workers) may never finish,
