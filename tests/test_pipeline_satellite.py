@@ -200,6 +200,7 @@ def test_resolver_and_answer_ip_metadata(tmp_path: Path) -> None:
 def test_rcode_minus_1_without_error_is_kept_counted_and_classified(tmp_path: Path) -> None:
     from tests.test_satellite_parse import v21_record
 
+    require_real()  # the real signatures and categories (cfg's resources)
     inp, wh = tmp_path / "in", tmp_path / "wh"
     scan = inp / "CP_Satellite-2021-04-26-14-00-01"
     scan.mkdir(parents=True)
