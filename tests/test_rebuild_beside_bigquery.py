@@ -245,3 +245,53 @@ def test_table_commands_on_bigquery(old: Pair, monkeypatch: pytest.MonkeyPatch) 
     assert orjson.loads(out.getvalue())["state"] == "switched"
     assert state(old.client, old.dataset)[1:] == ("1.0", "1.0")
     assert main([*base, "--drop-table-version", f"echo_scan={old_id}"]) == 1  # live now
+
+
+@pytest.mark.parametrize("point", ["bq_before_replace", "bq_before_ledger_swap"])
+def test_killed_switch_is_finished_by_the_same_command(
+    old: Pair, point: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real launcher process (``tests.test_concurrency``'s child entry: the launcher with
+    this server's environment) SIGKILLed inside the switch (``CP_TEST_KILL_AT``): readers
+    see a complete table, and the same command run again finishes the switch."""
+    import signal
+    import subprocess
+    import sys
+
+    client, ds = old.client, old.dataset
+    n = state(client, ds)[0]
+    cfg = old.config("bigquery")
+    args = [
+        "--input", cfg.input, "--sink", "bigquery", "--bq-project", PROJECT,
+        "--bq-dataset", ds, "--temp-location", cfg.temp_location or "",
+        "--bad-line-threshold", "0.5", "--scan-type", "echo", "--full",
+    ]  # fmt: skip
+    entry = [sys.executable, "-m", "tests.test_concurrency", old.server.endpoint]
+    entry += [old.server.gcs_endpoint, *args]
+    repo = Path(__file__).resolve().parents[1]
+
+    def child(**env: str) -> subprocess.CompletedProcess[str]:
+        import os
+
+        full_env = {**os.environ, "CP_PIPELINE_VERSION": "2.0", **env}
+        return subprocess.run(
+            entry, cwd=repo, env=full_env, capture_output=True, text=True, timeout=300
+        )
+
+    killed = child(CP_TEST_KILL_AT=point)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    wh = BigQueryWarehouse(PROJECT, ds, client=client)
+    (pending,) = [v for v in wh.versions() if v.state == SWITCHING]
+    replaced = point == "bq_before_ledger_swap"
+    assert state(client, ds) == ((n, "2.0", "2.0") if replaced else (n, "1.0", "1.0"))
+    again = child()
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = orjson.loads(again.stdout)
+    assert summary["rebuild"]["echo_scan"]["state"] == "switched"
+    assert summary["files_processed"] == 0
+    by_state = {v.state: v for v in wh.versions()}
+    assert by_state["live"].name == pending.name
+    assert state(client, ds) == (n, "2.0", "2.0")
+    assert state(client, ds, by_state["old"].name) == (n, "1.0", "1.0")
+    ledger = q(client, f"SELECT DISTINCT pipeline_version FROM `{PROJECT}.{ds}.processed_files`")
+    assert [r["pipeline_version"] for r in ledger] == ["2.0"]
