@@ -14,6 +14,11 @@ transaction are retried. A run's staging tables ``_staging_<run>_<table>`` are d
 after its commit and on failure or abort; a starting run drops those of dead runs (their
 lease in the temp location is dead, or, without a lease, older than a day).
 
+``--full`` without a date window builds each table's new version beside the live one as
+its own table ``<table>__v<N>`` and switches the stable table to it when complete, in
+steps a rerun can repeat (:meth:`BigQueryWarehouse._switch`); readers keep querying the
+real table ``<table>``.
+
 Example:
     >>> [f.name for f in schema_fields(DEAD_LETTER)][:3]
     ['date', 'scan_type', 'source']
