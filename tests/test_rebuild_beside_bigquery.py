@@ -295,3 +295,98 @@ def test_killed_switch_is_finished_by_the_same_command(
     assert state(client, ds, by_state["old"].name) == (n, "1.0", "1.0")
     ledger = q(client, f"SELECT DISTINCT pipeline_version FROM `{PROJECT}.{ds}.processed_files`")
     assert [r["pipeline_version"] for r in ledger] == ["2.0"]
+
+
+def test_nightly_commit_during_a_marked_switch_loses_no_row(
+    bq_env: BigQueryServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17: a nightly run that commits into the stable table while a switch is under
+    way. The switch marks its target ``preparing`` before it copies the stable table; a
+    nightly's commit (its own transaction) then fails and writes nothing, and after the
+    switch the nightly's rerun commits its files into the new stable table, once. The
+    switch waits for other runs' leases and gives up, changing nothing, when they last."""
+    from services.beam_launcher.warehouse import bigquery as bq
+
+    pair = make_pair(bq_env, tmp_path)
+    client, ds = pair.client, pair.dataset
+    echo = [s for s in ss.HYPERQUACK_SCANS if s.scan_type == "echo"][:2]
+    write_scan(pair.input, echo[0], 40, seed=0)
+    assert launch(pair, "1.0", monkeypatch).files_processed > 0
+    n = state(client, ds)[0]
+
+    # 1. a --full rebuild (same columns) stops inside its switch after the mark, before
+    #    the copy of the stable table
+    def stopped(*_a: Any, **_k: Any) -> None:
+        raise RuntimeError("stopped after the mark, before the copy (test)")
+
+    with monkeypatch.context() as m:
+        m.setattr(bigquery.Client, "copy_table", stopped)
+        with pytest.raises(RuntimeError, match="before the copy"):
+            launch(pair, "2.0", monkeypatch, full=True)
+    wh = BigQueryWarehouse(PROJECT, ds, client=client)
+    (pending,) = [v for v in wh.versions() if v.state == bq.PREPARING]
+    assert state(client, ds) == (n, "1.0", "1.0")
+
+    # 2. a nightly with a new scan: its commit is refused inside the transaction
+    new_files = write_scan(pair.input, echo[1], 40, seed=1)
+    new_source = new_files[0].parent.name
+    ledger_q = f"SELECT file_key, status FROM `{PROJECT}.{ds}.processed_files` ORDER BY file_key"
+    ledger_before = [tuple(r.values()) for r in q(client, ledger_q)]
+    with pytest.raises(RunFailed, match="switch of echo_scan is in progress"):
+        launch(pair, "2.0", monkeypatch)
+    assert state(client, ds) == (n, "1.0", "1.0")
+    assert [tuple(r.values()) for r in q(client, ledger_q)] == ledger_before
+    left = [t.table_id for t in client.list_tables(f"{PROJECT}.{ds}")]
+    assert not [t for t in left if t.startswith(bq.STAGING_PREFIX)], left
+    leases = q(client, f"SELECT COUNT(*) AS n FROM `{PROJECT}.{ds}.{bq.LEASE_TABLE}`")
+    assert leases[0]["n"] == 0
+
+    # 3. the switch waits for another run's lease on an echo file, and on timeout undoes
+    #    its mark and changes nothing
+    lease_sql = (
+        f"INSERT INTO `{PROJECT}.{ds}.{bq.LEASE_TABLE}` (unit, run_id, holder, claimed_at, "
+        f"expires_at) VALUES ('{new_source}/x.json.gz', 'other-run', 'test', "
+        "CURRENT_TIMESTAMP(), TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 600 SECOND))"
+    )
+    q(client, lease_sql)
+    monkeypatch.setattr(bq, "SWITCH_WAIT_S", 1.0)
+    monkeypatch.setattr(bq, "SWITCH_POLL_S", 0.2)
+    with pytest.raises(SwitchRefused, match="other runs still hold 1 lease"):
+        wh.switch("echo_scan", pending.version_id, "2.0")
+    assert {v.name: v.state for v in wh.versions()}[pending.name] == "building"
+    assert state(client, ds) == (n, "1.0", "1.0")
+    # ... and goes on once that lease ends (released by its run while the switch waits)
+    monkeypatch.setattr(bq, "SWITCH_WAIT_S", 60.0)
+    other = bq_env.client()
+    release = threading.Timer(
+        1.5,
+        lambda: q(other, f"DELETE FROM `{PROJECT}.{ds}.{bq.LEASE_TABLE}` WHERE TRUE"),
+    )
+    release.start()
+    t0 = time.monotonic()
+    try:
+        done = wh.switch("echo_scan", pending.version_id, "2.0")
+    finally:
+        release.join()
+    assert time.monotonic() - t0 >= 1.5
+    assert done["state"] == "switched"
+    by_state = {v.state: v for v in wh.versions()}
+    assert by_state["live"].name == pending.name
+    assert state(client, ds) == (n, "2.0", "2.0")
+    assert state(client, ds, by_state["old"].name) == (n, "1.0", "1.0")  # copy redone
+
+    # 4. the nightly's rerun commits the refused files into the new stable table, once
+    again = launch(pair, "2.0", monkeypatch)
+    assert again.files_processed == len(new_files)
+    (r,) = q(
+        client,
+        f"SELECT COUNT(*) AS n FROM `{PROJECT}.{ds}.echo_scan` WHERE source = '{new_source}'",
+    )
+    (led,) = q(
+        client,
+        "SELECT COUNT(*) AS files, SUM(rows_written) AS n_rows FROM "
+        f"`{PROJECT}.{ds}.processed_files` WHERE source = '{new_source}' AND status = 'ok'",
+    )
+    assert led["files"] == len(new_files)
+    assert r["n"] > 0 and r["n"] == led["n_rows"]  # each row once
+    assert state(client, ds) == (n + r["n"], "2.0", "2.0")

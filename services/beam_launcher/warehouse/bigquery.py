@@ -85,7 +85,18 @@ _STAGING_NAME = re.compile(r"^_staging_(\d{8}t\d{6})_([0-9a-f]{6})_([a-z]{3})_[a
 CONFLICT_MARKERS = ("concurrent update", "could not serialize access", "conflict")
 CONFLICT_ATTEMPTS = 8
 SWITCHING = "switching"  # a version whose switch began (see BigQueryWarehouse._switch)
+PREPARING = "preparing"  # a switch waits for commits in flight before copying the table
+SWITCH_MARKED = (PREPARING, SWITCHING)  # a nightly's commit into the table is refused
+SWITCH_WAIT_S = 900.0  # how long a switch waits for other runs' leases on its files
+SWITCH_POLL_S = 5.0
+# The text of the error a commit raises when a switch of one of its tables is marked
+# (no word of CONFLICT_MARKERS: such a commit is not retried, the next run does it).
+SWITCH_REFUSAL = "table switch in progress"
 T = TypeVar("T")
+
+
+class CommitRefused(RuntimeError):
+    """A commit refused because a switch of one of its tables is marked: nothing changed."""
 
 
 def is_conflict(exc: BaseException) -> bool:
@@ -212,11 +223,29 @@ def commit_script(
     ``builds`` (table -> the name of its version being built beside, ``--full``): those
     tables' rows go into that version's table and their files' ledger rows into
     ``version_files`` (``@version_keys``: ``<version>|<file key>``, ``@version_rows``).
+    The INSERT of the ledger rows fails the transaction (``ERROR()``, text
+    ``SWITCH_REFUSAL``) while a version of a stable table it writes is ``preparing`` or
+    ``switching`` (see :meth:`BigQueryWarehouse._switch`).
     """
     builds = dict(builds or {})
     built = {SCAN_TABLES[v.task.scan_type].name for v in verdicts} & set(builds)
     live_files = any(SCAN_TABLES[v.task.scan_type].name not in builds for v in verdicts)
     stmts = ["BEGIN TRANSACTION;"]
+    guard = ""
+    guarded = guarded_tables(tables, builds)
+    if guarded:
+        # On the ledger rows of the files written to the stable tables (one per file): a
+        # switch marked on one of these tables (it copies, then replaces the stable table)
+        # fails the whole transaction, so no row is lost to it. ERROR() in the WHERE rather
+        # than IF … RAISE: bqemulator 1.4.0 answers 500 to IF/RAISE.
+        versions = table_ref(project, dataset, TABLE_VERSIONS)
+        marked = ", ".join(f"'{s}'" for s in SWITCH_MARKED)
+        names = ", ".join(f"'{t}'" for t in guarded)
+        guard = (
+            f" WHERE IF((SELECT COUNT(*) FROM {versions} WHERE table_name IN ({names}) "
+            f"AND state IN ({marked})) > 0, ERROR('{SWITCH_REFUSAL}: a version of "
+            f"{', '.join(guarded)} is being switched to'), TRUE)"
+        )
     for spec in tables:
         if spec.name == SATELLITE_SCAN.name:
             cond = "source IN UNNEST(@ok_sources)"
@@ -232,7 +261,7 @@ def commit_script(
     ledger = table_ref(project, dataset, PROCESSED_FILES.name)
     if live_files or not built:
         stmts.append(f"DELETE FROM {ledger} WHERE file_key IN UNNEST(@ledger_keys);")
-        stmts.append(f"INSERT INTO {ledger} SELECT * FROM UNNEST(@ledger_rows);")
+        stmts.append(f"INSERT INTO {ledger} SELECT * FROM UNNEST(@ledger_rows){guard};")
     if built:
         versions = table_ref(project, dataset, VERSION_FILES)
         names = ", ".join(f"`{c}`" for c in VERSION_FILES_SPEC.column_names)
@@ -243,6 +272,30 @@ def commit_script(
         stmts.append(f"INSERT INTO {versions} ({names}) SELECT {names} FROM UNNEST(@version_rows);")
     stmts.append("COMMIT TRANSACTION;")
     return "\n".join(stmts)
+
+
+def guarded_tables(tables: Iterable[TableSpec], builds: Mapping[str, Any]) -> list[str]:
+    """The scan tables a commit writes as they are (not a version built beside).
+
+    >>> guarded_tables([SCAN_TABLES["echo"], DEAD_LETTER], {})
+    ['echo_scan']
+    """
+    scan = {s.name for s in SCAN_TABLES.values()}
+    return sorted(s.name for s in tables if s.name in scan and s.name not in builds)
+
+
+def lease_scan_type(unit: str) -> str | None:
+    """The scan type of a lease unit (``<scan>/<file>`` or a Satellite ``<scan>``).
+
+    >>> lease_scan_type("CP_Quack-echo-2021-05-30-01-01-01/results.json")
+    'echo'
+    """
+    from services.common.scans import UnknownScanName, parse_scan_name
+
+    try:
+        return parse_scan_name(unit.split("/", 1)[0]).scan_type
+    except UnknownScanName:
+        return None
 
 
 class BigQueryWarehouse:
@@ -284,6 +337,7 @@ class BigQueryWarehouse:
         leases.description = "Which launcher run processes which file (or Satellite scan) now."
         self.client.create_table(leases, exists_ok=True)
         self.client.create_table(self._table(SCHEMA_VERSIONS), exists_ok=True)
+        self._ensure_version_tables()  # a commit checks table_versions for a switch
 
     def schema_records(self) -> dict[str, SchemaRecord]:
         """The ``schema_versions`` rows; empty when the dataset has none yet."""
@@ -670,9 +724,26 @@ class BigQueryWarehouse:
         config = bigquery.QueryJobConfig(query_parameters=params)
         # A transaction aborted by a concurrent one (another run's commit) changed nothing:
         # it is submitted again.
-        retry_conflicts(
-            lambda: self.client.query(script, job_config=config).result(), "commit transaction"
-        )
+        try:
+            retry_conflicts(
+                lambda: self.client.query(script, job_config=config).result(),
+                "commit transaction",
+            )
+        except Exception as exc:
+            if SWITCH_REFUSAL not in str(exc):
+                raise
+            tables_ = guarded_tables(tables, builds)
+            get_logger("beam_launcher", run_id=run_id).error(
+                "commit_refused_switch",
+                tables=tables_,
+                files=len(all_keys),
+                effect="nothing written; the files stay unprocessed in the ledger and "
+                "the next run commits them into the switched table",
+            )
+            raise CommitRefused(
+                f"commit refused: a switch of {', '.join(tables_)} is in progress; nothing "
+                "was written, the next run processes these files again"
+            ) from None
         self.drop_staging(staging_id, tables)
 
     # -- rebuild beside, then switch (--full without a date window) ------------------------
@@ -751,7 +822,7 @@ class BigQueryWarehouse:
 
     def building(self) -> dict[str, TableVersion]:
         """Table -> its version being built (or being switched to)."""
-        return {v.table: v for v in self.versions() if v.state in (BUILDING, SWITCHING)}
+        return {v.table: v for v in self.versions() if v.state in (BUILDING, PREPARING, SWITCHING)}
 
     def _insert_version(self, v: TableVersion, pipeline_version: str) -> None:
         import orjson
@@ -803,7 +874,7 @@ class BigQueryWarehouse:
         for table in sorted(set(tables)):
             code = SchemaRecord.of(specs[table], pipeline_version)
             mine = [v for v in versions if v.table == table]
-            pending = [v for v in mine if v.state in (BUILDING, SWITCHING)]
+            pending = [v for v in mine if v.state in (BUILDING, PREPARING, SWITCHING)]
             resumed = [v for v in pending if v.schema_hash == code.hash]
             if resumed:
                 out[table] = resumed[-1]
@@ -919,17 +990,22 @@ class BigQueryWarehouse:
         return []
 
     def finish_rebuild(
-        self, build: TableVersion, expected: Mapping[str, str | None], pipeline_version: str
+        self,
+        build: TableVersion,
+        expected: Mapping[str, str | None],
+        pipeline_version: str,
+        own_run: str | None = None,
     ) -> dict[str, Any]:
         """Check a building version and switch the stable table to it when it is complete:
         every file of ``expected`` (file_key -> version) ok in its ledger with that
         version, and its rows per date equal to its ledger's. Returns what was found
-        (``state``: ``switched`` or ``building``)."""
+        (``state``: ``switched`` or ``building``; ``switch_refused`` when other runs' leases
+        outlasted the switch's wait). ``own_run``: the caller's leases, not waited for."""
         from google.cloud import bigquery
 
         current = next((v for v in self.versions() if v.name == build.name), None)
         report: dict[str, Any] = {"table": build.table, "version": build.name}
-        if current is None or current.state not in (BUILDING, SWITCHING):
+        if current is None or current.state not in (BUILDING, PREPARING, SWITCHING):
             report["state"] = current.state if current else "dropped"
             return report
         ledger = {
@@ -954,11 +1030,17 @@ class BigQueryWarehouse:
         if problems:
             report.update(state=BUILDING, count_problems=problems)
             return report
-        self._switch(current, pipeline_version)
+        try:
+            self._switch(current, pipeline_version, own_run)
+        except SwitchRefused as exc:
+            report.update(state=BUILDING, switch_refused=str(exc))
+            return report
         report["state"] = "switched"
         return report
 
-    def switch(self, table: str, version_id: str, pipeline_version: str) -> dict[str, Any]:
+    def switch(
+        self, table: str, version_id: str, pipeline_version: str, own_run: str | None = None
+    ) -> dict[str, Any]:
         """Make an existing version live again (a rollback) once its rows per date equal
         its ledger's."""
         versions = [v for v in self.versions() if v.table == table]
@@ -974,17 +1056,25 @@ class BigQueryWarehouse:
         if problems:
             raise SwitchRefused(f"{target.name} disagrees with its ledger: {'; '.join(problems)}")
         previous = next((v.name for v in versions if v.state == LIVE), None)
-        self._switch(target, pipeline_version)
+        self._switch(target, pipeline_version, own_run)
         return {"table": table, "version": target.name, "state": "switched", "previous": previous}
 
-    def _switch(self, target: TableVersion, pipeline_version: str) -> None:
+    def _switch(
+        self, target: TableVersion, pipeline_version: str, own_run: str | None = None
+    ) -> None:
         """Make ``target`` live; each step is safe to run again after a crash, so rerunning
         the same command finishes an interrupted switch:
 
-        1. (target not yet ``switching``) the stable table's rows are kept as the live
-           version's own table (copy job, WRITE_TRUNCATE), then the target is marked
-           ``switching`` (one DML statement: from here on the stable table is not copied
-           again, as it may already hold the target's rows);
+        1. (target not yet ``switching``) the target is marked ``preparing``: from then on
+           a commit into the stable table fails inside its transaction (see
+           :func:`commit_script`), writing nothing. The switch waits (``SWITCH_WAIT_S``)
+           until no other run than ``own_run`` holds an unexpired lease on a file of the
+           table's scan type (a commit that began before the mark holds its leases until
+           it ended); on timeout the mark is undone and :class:`SwitchRefused` raised,
+           nothing changed. Then the stable table's rows are kept as the live version's
+           own table (copy job, WRITE_TRUNCATE) and the target is marked ``switching``
+           (one DML statement: from here on the stable table is not copied again, as it
+           may already hold the target's rows);
         2. one ``CREATE OR REPLACE TABLE <table> … AS SELECT * FROM <target>``: readers of
            the stable name see the old rows, then all the new ones (BigQuery replaces a
            table in one operation; DDL cannot join a transaction);
@@ -998,6 +1088,7 @@ class BigQueryWarehouse:
         spec = SCAN_TABLES[scan_type]
         live = next((v for v in self.versions() if v.table == table and v.state == LIVE), None)
         if target.state != SWITCHING:
+            self._prepare_switch(target, scan_type, own_run)
             if live is not None:
                 copy = bigquery.CopyJobConfig(write_disposition="WRITE_TRUNCATE")
                 self.client.copy_table(
@@ -1022,6 +1113,68 @@ class BigQueryWarehouse:
             version=target.name,
             previous=live.name if live else None,
         )
+
+    def other_leases(self, scan_type: str, own_run: str | None) -> list[str]:
+        """Unexpired leases of runs other than ``own_run`` on ``scan_type``'s files:
+        ``<unit> (run <id>)``."""
+        from google.api_core.exceptions import NotFound
+        from google.cloud import bigquery
+
+        try:
+            rows = self._run(
+                f"SELECT unit, run_id FROM {table_ref(self.project, self.dataset, LEASE_TABLE)} "
+                "WHERE expires_at > CURRENT_TIMESTAMP() AND run_id != @own",
+                [bigquery.ScalarQueryParameter("own", "STRING", own_run or "")],
+            )
+        except NotFound:
+            return []
+        return sorted(
+            f"{r['unit']} (run {r['run_id']})"
+            for r in rows
+            if lease_scan_type(r["unit"]) == scan_type
+        )
+
+    def _prepare_switch(self, target: TableVersion, scan_type: str, own_run: str | None) -> None:
+        """Mark ``target`` ``preparing``, then wait for other runs' leases on the table's
+        files to end; on timeout restore its state and raise :class:`SwitchRefused`."""
+        log = get_logger("beam_launcher")
+        before = target.state if target.state != PREPARING else BUILDING
+        self._set_state(target, PREPARING)
+        deadline = time.monotonic() + SWITCH_WAIT_S
+        waited = False
+        while True:
+            held = self.other_leases(scan_type, own_run)
+            if not held:
+                break
+            if time.monotonic() >= deadline:
+                self._set_state(target, before)
+                log.error(
+                    "switch_wait_timeout",
+                    version=target.name,
+                    waited_s=SWITCH_WAIT_S,
+                    leases=len(held),
+                    first=held[0],
+                    state_restored=before,
+                )
+                raise SwitchRefused(
+                    f"{target.table} was not switched to {target.name}: after "
+                    f"{SWITCH_WAIT_S:g} s other runs still hold {len(held)} lease(s) on "
+                    f"{scan_type} files (first: {held[0]}); nothing changed, run it again "
+                    "when they have finished"
+                )
+            if not waited:
+                log.info(
+                    "switch_waiting_for_leases",
+                    version=target.name,
+                    leases=len(held),
+                    first=held[0],
+                    max_wait_s=SWITCH_WAIT_S,
+                )
+                waited = True
+            lifecycle.check()
+            time.sleep(SWITCH_POLL_S)
+        if waited:
+            log.info("switch_leases_ended", version=target.name)
 
     def swap_ledgers(
         self, target: TableVersion, live: TableVersion | None, pipeline_version: str
@@ -1085,7 +1238,7 @@ class BigQueryWarehouse:
                 f"{table} has no version {version_id}; it has "
                 f"{', '.join(f'{v.version_id} ({v.state})' for v in versions) or 'none'}"
             )
-        if target.state in (LIVE, SWITCHING):
+        if target.state in (LIVE, PREPARING, SWITCHING):
             raise SwitchRefused(
                 f"{target.name} is {target.state} (readers of {table} read it): switch "
                 f"{table} to another version first"
@@ -1323,7 +1476,7 @@ class BigQueryTarget:
     def finish_rebuild(
         self, build: TableVersion, expected: Mapping[str, str | None], pipeline_version: str
     ) -> dict[str, Any]:
-        return self.warehouse.finish_rebuild(build, expected, pipeline_version)
+        return self.warehouse.finish_rebuild(build, expected, pipeline_version, self._lease_run)
 
 
 def _spec(name: str) -> TableSpec:
