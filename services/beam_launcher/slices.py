@@ -358,18 +358,30 @@ def iter_slice_batches(piece: FileSlice, batch_lines: int) -> Iterator[tuple[int
     """
     if batch_lines < 1:
         raise ValueError(f"batch_lines must be positive, not {batch_lines}")
+    with contextlib.closing(_text_stream(piece)) as stream:
+        yield from _batched(_slice_lines(piece, stream), batch_lines)
+
+
+def _batched(
+    numbered: Iterable[tuple[int, list[bytes]]], batch_lines: int
+) -> Iterator[tuple[int, list[bytes]]]:
+    """``(first line number, lines)`` batches of ``batch_lines`` consecutive lines from
+    ``(line number, lines)`` runs; a gap in the numbers ends a batch early. On an error
+    from ``numbered``, the lines gathered so far are yielded before it is raised."""
     batch: list[bytes] = []
     first = 1
     try:
-        with contextlib.closing(_text_stream(piece)) as stream:
-            for line_no, lines in _slice_lines(piece, stream):
-                if not batch:
-                    first = line_no
-                batch.extend(lines)
-                while len(batch) >= batch_lines:
-                    yield first, batch[:batch_lines]
-                    del batch[:batch_lines]
-                    first += batch_lines
+        for line_no, lines in numbered:
+            if batch and line_no != first + len(batch):  # jumped: not consecutive
+                yield first, batch
+                batch = []
+            if not batch:
+                first = line_no
+            batch.extend(lines)
+            while len(batch) >= batch_lines:
+                yield first, batch[:batch_lines]
+                del batch[:batch_lines]
+                first += batch_lines
     except Exception:
         if batch:
             yield first, batch
@@ -545,27 +557,8 @@ def iter_stream_batches(
         raise ValueError(f"batch_lines must be positive, not {batch_lines}")
     if not 0 <= start < count:
         raise ValueError(f"piece {start} of {count}")
-    batch: list[bytes] = []
-    first = 1
-    try:
-        with contextlib.closing(_text_stream(FileSlice(task, start, count))) as stream:
-            for line_no, lines in _stream_lines(task, count, start, stream, claim, jump):
-                if batch and line_no != first + len(batch):  # jumped: not consecutive
-                    yield first, batch
-                    batch = []
-                if not batch:
-                    first = line_no
-                batch.extend(lines)
-                while len(batch) >= batch_lines:
-                    yield first, batch[:batch_lines]
-                    del batch[:batch_lines]
-                    first += batch_lines
-    except Exception:
-        if batch:
-            yield first, batch
-        raise
-    if batch:
-        yield first, batch
+    with contextlib.closing(_text_stream(FileSlice(task, start, count))) as stream:
+        yield from _batched(_stream_lines(task, count, start, stream, claim, jump), batch_lines)
 
 
 class ClaimBoard:
