@@ -11,8 +11,9 @@ our table against an independent implementation.
 It has the API ``Enricher`` and ``ReferenceCatalog`` use (``match_v4``, ``match_v6``,
 ``lookup``, ``has_ipv4``, ``to_bytes``/``from_bytes`` …). pyasn (a ``dev`` dependency,
 built from its source package: no wheel) loads its own ipasn text format,
-``prefix/length<TAB>asn``; the CAIDA lines are validated and deduplicated as our parser
-does (first line wins, host bits ignored) and converted to it. pyasn's loader reads the
+``prefix/length<TAB>asn``; the CAIDA lines are read and validated by our parser's
+``read_pfx2as``, deduplicated as our table does (first line wins, host bits ignored)
+and converted to it. pyasn's loader reads the
 ASN with ``atol`` and refuses ASN 0 and /0: it is given plain first ASNs only, and ASN 0
 or /0 prefixes go in by ``Radix.add``. The raw origin field (MOAS ``_``, AS sets ``,``)
 is kept beside the tree by netblock, as ``PrefixMatch.origin``.
@@ -27,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from services.common.ipmeta import PrefixMatch, parse_ip, parse_origin
+from services.common.ipmeta import PrefixMatch, parse_ip, parse_origin, read_pfx2as
 
 with warnings.catch_warnings():
     # pyasn 1.6.2's __init__ has a regex with an invalid escape: a DeprecationWarning when
@@ -244,75 +245,43 @@ class PyasnPrefixTable:
 def parse_pfx2as_pyasn(lines: Iterable[str | bytes]) -> PyasnPrefixTable:
     """Build a table from pfx2as lines (IPv4 and/or IPv6; blank and ``#`` lines skipped).
 
-    Malformed lines are skipped and counted in ``table.bad_lines``. The common line (an
-    IPv4 prefix, a decimal length and one plain ASN) takes an inlined path; every other
-    line goes through :meth:`PyasnPrefixTable.add`, so both give the same table.
+    The lines are read by our own parser's :func:`services.common.ipmeta.read_pfx2as`
+    (malformed lines counted in ``table.bad_lines``); the common plain IPv4 line is
+    staged for pyasn's loader here, every other one goes through
+    :meth:`PyasnPrefixTable.add`, so both give the same table.
     """
     table = PyasnPrefixTable()
-    add = table.add
     v4 = table._v4
     out = table._lines
     stage = table._stage
     raw = table._raw
     lengths4 = table._lengths[4]
-    pton = socket.inet_pton
     ntoa = socket.inet_ntoa
-    af_inet = socket.AF_INET
-    from_bytes = int.from_bytes
     count = 0
-    for line in lines:
-        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-        text = text.strip()
-        if not text or text[0] == "#":
-            continue
-        parts = text.split("\t")
-        if len(parts) == 3:
-            prefix, length_s, origin = parts
-            if (
-                origin.isdigit()
-                and length_s.isdigit()
-                and origin.isascii()
-                and length_s.isascii()
-                and ":" not in prefix
-                and len(length_s) < 3
-            ):
-                asn = int(origin)
-                length = int(length_s)
-                try:
-                    addr = from_bytes(pton(af_inet, prefix), "big")
-                except (OSError, ValueError):
-                    table.bad_lines += 1
-                    continue
-                if asn > 0xFFFFFFFF or length > 32:
-                    table.bad_lines += 1
-                    continue
-                shift = 32 - length
-                key = addr >> shift
-                seen = v4.get(length)
-                if seen is None:
-                    seen = v4[length] = set()
-                    lengths4.add(length)
-                if key in seen:
-                    continue
-                seen.add(key)
-                if key << shift != addr or (len(origin) > 1 and origin[0] == "0"):
-                    # host bits set, or "015169" (kept as the raw field): the general form
-                    net = ntoa((key << shift).to_bytes(4, "big"))
-                    stage(net, length, asn)
-                    if origin != str(asn):
-                        raw[f"{net}/{length}"] = origin
-                elif asn and length:
-                    out.append(f"{prefix}/{length_s}\t{origin}\n")
-                else:
-                    stage(prefix, length, asn)
-                count += 1
-                continue
+
+    def add_plain4(prefix: str, addr: int, length: int, asn: int, origin: str) -> None:
+        nonlocal count
+        shift = 32 - length
+        key = addr >> shift
+        seen = v4.get(length)
+        if seen is None:
+            seen = v4[length] = set()
+            lengths4.add(length)
+        if key in seen:
+            return
+        seen.add(key)
+        if key << shift != addr or (len(origin) > 1 and origin[0] == "0"):
+            # host bits set, or "015169" (kept as the raw field): the general form
+            net = ntoa((key << shift).to_bytes(4, "big"))
+            stage(net, length, asn)
+            if origin != str(asn):
+                raw[f"{net}/{length}"] = origin
+        elif asn and length:
+            out.append(f"{prefix}/{length}\t{origin}\n")
         else:
-            parts = text.split()
-        try:
-            prefix, length_s, origin = parts
-            add(prefix, int(length_s), origin)
-        except (ValueError, OSError):
-            table.bad_lines += 1
+            stage(prefix, length, asn)
+        count += 1
+
+    table.bad_lines += read_pfx2as(lines, add_plain4, table.add)
     table.count += count
     return table.freeze()

@@ -127,6 +127,7 @@ __all__ = [
     "parse_asn",
     "parse_origin",
     "parse_pfx2as",
+    "read_pfx2as",
 ]
 
 # ---------------------------------------------------------------------------------------
@@ -462,18 +463,49 @@ class PrefixTable:
 def parse_pfx2as(lines: Iterable[str | bytes]) -> PrefixTable:
     """Build a table from pfx2as lines (IPv4 and/or IPv6; blank and ``#`` lines skipped).
 
-    Malformed lines are skipped and counted in ``table.bad_lines``. The common line (an
-    IPv4 prefix, a decimal length and one plain ASN) takes an inlined path; every other
-    line goes through :meth:`PrefixTable.add`, so both give the same table.
+    Malformed lines are skipped and counted in ``table.bad_lines`` (see
+    :func:`read_pfx2as`, which also gives the common line its fast path).
     """
     table = PrefixTable()
-    add = table.add
     v4 = table._v4
     raw = table._raw
+    count = 0
+
+    def add_plain4(prefix: str, addr: int, length: int, asn: int, origin: str) -> None:
+        nonlocal count
+        key = addr >> (32 - length)
+        bucket = v4.get(length)
+        if bucket is None:
+            bucket = v4[length] = {}
+        if key in bucket:
+            return
+        bucket[key] = asn
+        if len(origin) > 1 and origin[0] == "0":  # "015169": keep the raw field
+            raw[(4, length, key)] = origin
+        count += 1
+
+    table.bad_lines += read_pfx2as(lines, add_plain4, table.add)
+    table.count += count
+    return table.freeze()
+
+
+def read_pfx2as(
+    lines: Iterable[str | bytes],
+    add_plain4: Callable[[str, int, int, int, str], None],
+    add: Callable[[str, int, str], None],
+) -> int:
+    """Feed pfx2as lines to a prefix table being built; returns the malformed lines.
+
+    Blank and ``#`` lines are skipped. The common line (tab-separated: an IPv4 prefix, a
+    decimal length and one plain decimal ASN) is checked here and given, already parsed,
+    to ``add_plain4(prefix, address as int, length, asn, origin field)``; every other
+    line goes to ``add(prefix, length, origin)``, which raises ValueError (or OSError)
+    on a malformed one. Both must give the same table for the same line.
+    """
+    bad = 0
     pton = socket.inet_pton
     af_inet = socket.AF_INET
     from_bytes = int.from_bytes
-    count = 0
     for line in lines:
         text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
         text = text.strip()
@@ -495,21 +527,12 @@ def parse_pfx2as(lines: Iterable[str | bytes]) -> PrefixTable:
                 try:
                     addr = from_bytes(pton(af_inet, prefix), "big")
                 except (OSError, ValueError):
-                    table.bad_lines += 1
+                    bad += 1
                     continue
                 if asn > 0xFFFFFFFF or length > 32:
-                    table.bad_lines += 1
+                    bad += 1
                     continue
-                key = addr >> (32 - length)
-                bucket = v4.get(length)
-                if bucket is None:
-                    bucket = v4[length] = {}
-                if key in bucket:
-                    continue
-                bucket[key] = asn
-                if len(origin) > 1 and origin[0] == "0":  # "015169": keep the raw field
-                    raw[(4, length, key)] = origin
-                count += 1
+                add_plain4(prefix, addr, length, asn, origin)
                 continue
         else:
             parts = text.split()
@@ -517,9 +540,8 @@ def parse_pfx2as(lines: Iterable[str | bytes]) -> PrefixTable:
             prefix, length_s, origin = parts
             add(prefix, int(length_s), origin)
         except (ValueError, OSError):
-            table.bad_lines += 1
-    table.count += count
-    return table.freeze()
+            bad += 1
+    return bad
 
 
 # ---------------------------------------------------------------------------------------
