@@ -32,6 +32,7 @@ import sampledata as ss
 from services.beam_launcher.hyperquack.processing import FileTask
 from services.beam_launcher.run import RunConfig, RunSummary, run
 from services.beam_launcher.warehouse.bigquery import (
+    SWITCH_REFUSAL,
     BigQueryWarehouse,
     commit_script,
     schema_fields,
@@ -505,7 +506,9 @@ def test_reader_never_sees_a_file_twice_or_half(bq_env: BigQueryServer) -> None:
 
 def test_commit_script_replaces_each_table_in_one_transaction() -> None:
     """The statement order that makes a replacement atomic, checked on the parsed script:
-    BEGIN; per table DELETE then INSERT with the same predicate; ledger last; COMMIT."""
+    BEGIN; per table DELETE then INSERT with the same predicate; the switch check (fails
+    the transaction while a switch of a stable table it writes is under way); ledger
+    last; COMMIT."""
     echo, sat = HYPERQUACK_TABLES["echo"], next(s for s in ALL_TABLES if s.name == "satellite_scan")
     tables = [echo, sat, DEAD_LETTER]
     script = commit_script("proj", "base", "r-1", [], tables)
@@ -513,7 +516,13 @@ def test_commit_script_replaces_each_table_in_one_transaction() -> None:
     kinds = [type(s).__name__ for s in stmts]
     assert kinds[0] == "Transaction" and kinds[-1] == "Commit"
     body = stmts[1:-1]
-    assert [type(s).__name__ for s in body] == ["Delete", "Insert"] * (len(tables) + 1)
+    kinds = [type(s).__name__ for s in body]
+    assert kinds == ["Delete", "Insert"] * len(tables) + ["Select", "Delete", "Insert"]
+    check = body[-3]
+    assert isinstance(check.expressions[0].this, exp.If), check.sql("bigquery")
+    assert f"ERROR('{SWITCH_REFUSAL}: a version of echo_scan, satellite_scan" in check.sql(
+        "bigquery"
+    )
     for i, spec in enumerate(tables):
         delete, insert = body[2 * i], body[2 * i + 1]
         # INSERT INTO t (columns by name): a migration appends columns to the live table

@@ -171,3 +171,72 @@ def test_dataflow_dry_run_of_the_satellite_graph(monkeypatch: pytest.MonkeyPatch
     ):
         assert expected in labels
     assert str(p.run().state).endswith("DONE")
+
+
+def test_switch_wait_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """How long a switch waits for other runs' leases: 900 s unless
+    ``$CP_SWITCH_WAIT_SECONDS`` (which the launcher sets from its flag) or the caller says
+    otherwise; a value that is not a positive number is refused, naming the variable."""
+    monkeypatch.delenv("CP_SWITCH_WAIT_SECONDS", raising=False)
+    assert BigQueryWarehouse("proj", "base", client=RecordingClient()).switch_wait_s == 900.0
+    monkeypatch.setenv("CP_SWITCH_WAIT_SECONDS", "2.5")
+    target = BigQueryTarget("proj", "base", "gs://bucket/tmp")
+    assert target.warehouse.switch_wait_s == 2.5
+    assert BigQueryWarehouse("proj", "base", switch_wait_s=7).switch_wait_s == 7.0
+    for bad in ("0", "-1", "soon", "nan", "inf"):
+        monkeypatch.setenv("CP_SWITCH_WAIT_SECONDS", bad)
+        with pytest.raises(ValueError, match=r"\$CP_SWITCH_WAIT_SECONDS: expected a positive"):
+            BigQueryWarehouse("proj", "base")
+    with pytest.raises(ValueError, match="expected a positive number of seconds"):
+        BigQueryWarehouse("proj", "base", switch_wait_s=0)
+
+
+@pytest.mark.parametrize(
+    ("flag", "env"),
+    [(["--switch-wait-seconds", "0"], "900"), (["--switch-wait-seconds=-5"], "900"), ([], "soon")],
+    ids=["flag zero", "flag negative", "env not a number"],
+)
+def test_launcher_refuses_a_bad_switch_wait(flag: list[str], env: str, tmp_path: Path) -> None:
+    """The launcher process refuses a switch wait that is not a positive number: exit 2,
+    one ``usage_error`` line naming the setting, nothing created."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {**os.environ, "CP_SWITCH_WAIT_SECONDS": env}
+    warehouse = tmp_path / "wh"
+    cmd = [sys.executable, "-m", "services.beam_launcher", "--input", str(tmp_path)]
+    cmd += ["--warehouse", str(warehouse), *flag]
+    done = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    event = json.loads(line)
+    assert event["message"] == "usage_error"
+    assert "--switch-wait-seconds" in event["reason"]
+    assert "expected a positive number of seconds" in event["reason"]
+    assert "$CP_SWITCH_WAIT_SECONDS" in event["reason"]
+    assert not warehouse.exists()
+
+
+def test_chart_passes_the_switch_wait_to_the_launcher() -> None:
+    """The chart's ``stages.beam-launcher.switchWaitSeconds`` becomes the launcher's
+    ``CP_SWITCH_WAIT_SECONDS`` (900 by default); the values schema refuses a wait that is
+    not a positive number."""
+    helm = pytest.importorskip("helm_python", reason="the chart renderer (dev group) is missing")
+    from tests.test_helm import BASE_VALUES, CHART, RELEASE, by_kind, docs_of, env_of, load_yaml
+    from tests.test_helm import render as render_chart
+
+    def launcher_env(values: dict[str, Any]) -> dict[str, Any]:
+        cronjobs = by_kind(docs_of(render_chart(values)), "CronJob")
+        return env_of(cronjobs[f"{RELEASE}-beam-launcher"])
+
+    values = load_yaml(BASE_VALUES)
+    assert launcher_env(values)["CP_SWITCH_WAIT_SECONDS"] == "900"
+    values.setdefault("stages", {}).setdefault("beam-launcher", {})["switchWaitSeconds"] = 30
+    assert launcher_env(values)["CP_SWITCH_WAIT_SECONDS"] == "30"
+    chart = helm.Chart.load(str(CHART))
+    for bad in (0, -5, "soon"):
+        values["stages"]["beam-launcher"]["switchWaitSeconds"] = bad
+        with pytest.raises(helm.HelmValuesError) as err:
+            chart.validate_schema(chart.merge_values(values))
+        assert "switchWaitSeconds" in str(err.value)

@@ -11,6 +11,9 @@ steps and finished by running the same command again.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +36,7 @@ from tests.test_bigquery_emulator import TIMEOUT_S, Pair, make_pair, write_scan
 pytest_plugins = ["tests.bq_server"]
 pytestmark = pytest.mark.slow
 
+REPO = Path(__file__).resolve().parents[1]
 ECHO = HYPERQUACK_TABLES["echo"]
 LEGACY = "legacy_note"  # a column of the old code that the code no longer has
 
@@ -62,6 +66,17 @@ def launch(pair: Pair, version: str, mp: pytest.MonkeyPatch, **kw: Any) -> RunSu
     for k, v in kw.items():
         setattr(cfg, k, v)
     return run(cfg)
+
+
+def bq_child(pair: Pair, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """A real launcher process (``tests.test_concurrency``'s child entry: the launcher
+    with this server's environment) against the pair's dataset."""
+    cmd = [sys.executable, "-m", "tests.test_concurrency", pair.server.endpoint]
+    cmd += [pair.server.gcs_endpoint, "--sink", "bigquery", "--bq-project", PROJECT]
+    cmd += ["--bq-dataset", pair.dataset, *args]
+    return subprocess.run(
+        cmd, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=300
+    )
 
 
 def old_code_table(pair: Pair) -> None:
@@ -349,14 +364,26 @@ def test_nightly_commit_during_a_marked_switch_loses_no_row(
         "CURRENT_TIMESTAMP(), TIMESTAMP_ADD(CURRENT_TIMESTAMP(), INTERVAL 600 SECOND))"
     )
     q(client, lease_sql)
-    monkeypatch.setattr(bq, "SWITCH_WAIT_S", 1.0)
     monkeypatch.setattr(bq, "SWITCH_POLL_S", 0.2)
-    with pytest.raises(SwitchRefused, match="other runs still hold 1 lease"):
-        wh.switch("echo_scan", pending.version_id, "2.0")
+    # the wait is the setting: a real launcher process's --switch-table, waiting 2 s by
+    # its flag, and this process's warehouse, waiting 1 s by $CP_SWITCH_WAIT_SECONDS
+    t0 = time.monotonic()
+    refused = bq_child(pair, "--switch-table", pending.name, "--switch-wait-seconds", "2")
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert "after 2 s other runs still hold 1 lease" in refused.stderr
+    assert time.monotonic() - t0 >= 2
+    assert {v.name: v.state for v in wh.versions()}[pending.name] == "building"
+    monkeypatch.setenv("CP_SWITCH_WAIT_SECONDS", "1")
+    wh_env = BigQueryWarehouse(PROJECT, ds, client=client)
+    assert wh_env.switch_wait_s == 1.0
+    t0 = time.monotonic()
+    with pytest.raises(SwitchRefused, match="after 1 s other runs still hold 1 lease"):
+        wh_env.switch("echo_scan", pending.version_id, "2.0")
+    assert 1.0 <= time.monotonic() - t0 < 30
     assert {v.name: v.state for v in wh.versions()}[pending.name] == "building"
     assert state(client, ds) == (n, "1.0", "1.0")
     # ... and goes on once that lease ends (released by its run while the switch waits)
-    monkeypatch.setattr(bq, "SWITCH_WAIT_S", 60.0)
+    wh = BigQueryWarehouse(PROJECT, ds, client=client, switch_wait_s=60.0)
     other = bq_env.client()
     release = threading.Timer(
         1.5,

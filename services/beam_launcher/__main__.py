@@ -170,6 +170,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[RunConfig, argparse.Names
         default=float(env_or("CP_JOB_DEADLINE_HOURS", "0") or 0),
         help="cancel and fail a Beam (Dataflow) job still running after this (0: no limit)",
     )
+    p.add_argument(
+        "--switch-wait-seconds",
+        type=switch_wait_arg,
+        default=env_or("CP_SWITCH_WAIT_SECONDS", "900"),
+        help="BigQuery: how long a switch to a rebuilt table waits for other runs' leases "
+        "on its files before it is refused (default 900; $CP_SWITCH_WAIT_SECONDS)",
+    )
     add_ops_arguments(p)
     args, beam_args = p.parse_known_args(argv)
     admin = [
@@ -256,6 +263,16 @@ def workers_arg(value: object) -> int | None:
     return int(text)
 
 
+def switch_wait_arg(value: str) -> float:
+    """``--switch-wait-seconds``: a positive number of seconds."""
+    from services.beam_launcher.warehouse.schema_versions import switch_wait_seconds
+
+    try:
+        return switch_wait_seconds(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (flag or $CP_SWITCH_WAIT_SECONDS)") from None
+
+
 def _as_date(value: object) -> dt.date | None:
     """Env defaults arrive as strings (argparse applies ``type`` only to given flags)."""
     if value is None or isinstance(value, dt.date):
@@ -273,7 +290,12 @@ def table_command(args: argparse.Namespace) -> int:
     if args.sink == "bigquery":
         from services.beam_launcher.warehouse.bigquery import BigQueryWarehouse
 
-        wh = BigQueryWarehouse(args.bq_project, args.bq_dataset, args.bq_location)
+        wh = BigQueryWarehouse(
+            args.bq_project,
+            args.bq_dataset,
+            args.bq_location,
+            switch_wait_s=args.switch_wait_seconds,
+        )
     else:
         wh = LocalWarehouse(args.warehouse)
         if not wh.exists():
@@ -301,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.ip_org_mmdb:  # read by the workers' enrichers (also set on Dataflow workers)
         os.environ["CP_IP_ORG_MMDB"] = args.ip_org_mmdb
+    # read by the BigQuery warehouse the run creates (a --full switch waits this long)
+    os.environ["CP_SWITCH_WAIT_SECONDS"] = repr(args.switch_wait_seconds)
     metrics = LauncherMetrics()
 
     def push(succeeded: bool) -> None:

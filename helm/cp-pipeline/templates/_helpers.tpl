@@ -119,6 +119,9 @@ CP_* settings of a stage as a YAML map (name: value); the stage's env wins.
 {{- $_ := set $env "CP_BQ_DATASET" $v.gcp.bigqueryDataset -}}
 {{- $_ := set $env "CP_BQ_LOCATION" $v.gcp.bigqueryLocation -}}
 {{- $_ := set $env "CP_TEMP_LOCATION" $s.temp -}}
+{{- if hasKey $stage "switchWaitSeconds" -}}
+{{- $_ := set $env "CP_SWITCH_WAIT_SECONDS" (toString $stage.switchWaitSeconds) -}}
+{{- end -}}
 {{- else if eq .stage "queries" -}}
 {{- $_ := set $env "CP_BQ_PROJECT" $v.gcp.project -}}
 {{- $_ := set $env "CP_BQ_DATASET" $v.gcp.bigqueryDataset -}}

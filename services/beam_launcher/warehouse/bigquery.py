@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import re
 import threading
 import time
@@ -44,6 +45,7 @@ from services.beam_launcher.warehouse.local import (
     TableVersion,
     _test_kill_point,
 )
+from services.beam_launcher.warehouse.rebuild import WarehouseTarget
 from services.beam_launcher.warehouse.rows import (
     ALL_TABLES,
     DEAD_LETTER,
@@ -54,11 +56,13 @@ from services.beam_launcher.warehouse.rows import (
 from services.beam_launcher.warehouse.schema_versions import (
     ADDITIVE,
     BUILDING,
+    DEFAULT_SWITCH_WAIT_S,
     LIVE,
     NEW_TABLE,
     OLD,
     SCHEMA_TABLE,
     SCHEMA_VERSIONS,
+    SWITCH_WAIT_ENV,
     TABLE_VERSIONS,
     TABLE_VERSIONS_SPEC,
     VERSION_FILES,
@@ -67,6 +71,7 @@ from services.beam_launcher.warehouse.schema_versions import (
     SchemaCheck,
     SchemaRecord,
     next_version_id,
+    switch_wait_seconds,
     version_name,
 )
 from services.common import lifecycle
@@ -87,7 +92,6 @@ CONFLICT_ATTEMPTS = 8
 SWITCHING = "switching"  # a version whose switch began (see BigQueryWarehouse._switch)
 PREPARING = "preparing"  # a switch waits for commits in flight before copying the table
 SWITCH_MARKED = (PREPARING, SWITCHING)  # a nightly's commit into the table is refused
-SWITCH_WAIT_S = 900.0  # how long a switch waits for other runs' leases on its files
 SWITCH_POLL_S = 5.0
 # The text of the error a commit raises when a switch of one of its tables is marked
 # (no word of CONFLICT_MARKERS: such a commit is not retried, the next run does it).
@@ -223,7 +227,7 @@ def commit_script(
     ``builds`` (table -> the name of its version being built beside, ``--full``): those
     tables' rows go into that version's table and their files' ledger rows into
     ``version_files`` (``@version_keys``: ``<version>|<file key>``, ``@version_rows``).
-    The INSERT of the ledger rows fails the transaction (``ERROR()``, text
+    A check before the ledger rows fails the transaction (``ERROR()``, text
     ``SWITCH_REFUSAL``) while a version of a stable table it writes is ``preparing`` or
     ``switching`` (see :meth:`BigQueryWarehouse._switch`).
     """
@@ -234,17 +238,19 @@ def commit_script(
     guard = ""
     guarded = guarded_tables(tables, builds)
     if guarded:
-        # On the ledger rows of the files written to the stable tables (one per file): a
-        # switch marked on one of these tables (it copies, then replaces the stable table)
-        # fails the whole transaction, so no row is lost to it. ERROR() in the WHERE rather
-        # than IF … RAISE: bqemulator 1.4.0 answers 500 to IF/RAISE.
+        # Before the ledger rows of the files written to the stable tables: a switch marked
+        # on one of these tables (it copies, then replaces the stable table) fails the whole
+        # transaction, so no row is lost to it. A statement of its own, SELECT IF(…, ERROR(),
+        # TRUE): ERROR() inside IF is evaluated only when the condition holds (BigQuery
+        # gives ERROR no evaluation order otherwise, so not SELECT ERROR() … WHERE …), and
+        # bqemulator 1.4.0 answers 500 to IF … THEN RAISE.
         versions = table_ref(project, dataset, TABLE_VERSIONS)
         marked = ", ".join(f"'{s}'" for s in SWITCH_MARKED)
         names = ", ".join(f"'{t}'" for t in guarded)
         guard = (
-            f" WHERE IF((SELECT COUNT(*) FROM {versions} WHERE table_name IN ({names}) "
+            f"SELECT IF((SELECT COUNT(*) FROM {versions} WHERE table_name IN ({names}) "
             f"AND state IN ({marked})) > 0, ERROR('{SWITCH_REFUSAL}: a version of "
-            f"{', '.join(guarded)} is being switched to'), TRUE)"
+            f"{', '.join(guarded)} is being switched to'), TRUE) AS switch_check;"
         )
     for spec in tables:
         if spec.name == SATELLITE_SCAN.name:
@@ -260,8 +266,10 @@ def commit_script(
         stmts.append(f"INSERT INTO {target} ({cols}) SELECT {cols} FROM {staged} WHERE {cond};")
     ledger = table_ref(project, dataset, PROCESSED_FILES.name)
     if live_files or not built:
+        if guard:
+            stmts.append(guard)
         stmts.append(f"DELETE FROM {ledger} WHERE file_key IN UNNEST(@ledger_keys);")
-        stmts.append(f"INSERT INTO {ledger} SELECT * FROM UNNEST(@ledger_rows){guard};")
+        stmts.append(f"INSERT INTO {ledger} SELECT * FROM UNNEST(@ledger_rows);")
     if built:
         versions = table_ref(project, dataset, VERSION_FILES)
         names = ", ".join(f"`{c}`" for c in VERSION_FILES_SPEC.column_names)
@@ -301,11 +309,27 @@ def lease_scan_type(unit: str) -> str | None:
 class BigQueryWarehouse:
     """Tables, ledger and run commits on BigQuery (client created lazily)."""
 
-    def __init__(self, project: str, dataset: str, location: str | None = None, client: Any = None):
+    def __init__(
+        self,
+        project: str,
+        dataset: str,
+        location: str | None = None,
+        client: Any = None,
+        switch_wait_s: float | None = None,
+    ):
         self.project = project
         self.dataset = dataset
         self.location = location
         self._client = client
+        # How long a switch waits for other runs' leases (default: $CP_SWITCH_WAIT_SECONDS,
+        # else DEFAULT_SWITCH_WAIT_S); ValueError naming the variable when it is not valid.
+        if switch_wait_s is None:
+            env = os.environ.get(SWITCH_WAIT_ENV, "").strip()
+            try:
+                switch_wait_s = switch_wait_seconds(env or DEFAULT_SWITCH_WAIT_S)
+            except ValueError as exc:
+                raise ValueError(f"${SWITCH_WAIT_ENV}: {exc}") from None
+        self.switch_wait_s = switch_wait_seconds(switch_wait_s)
 
     @property
     def client(self) -> Any:
@@ -1067,7 +1091,7 @@ class BigQueryWarehouse:
 
         1. (target not yet ``switching``) the target is marked ``preparing``: from then on
            a commit into the stable table fails inside its transaction (see
-           :func:`commit_script`), writing nothing. The switch waits (``SWITCH_WAIT_S``)
+           :func:`commit_script`), writing nothing. The switch waits (``switch_wait_s``)
            until no other run than ``own_run`` holds an unexpired lease on a file of the
            table's scan type (a commit that began before the mark holds its leases until
            it ended); on timeout the mark is undone and :class:`SwitchRefused` raised,
@@ -1140,7 +1164,7 @@ class BigQueryWarehouse:
         log = get_logger("beam_launcher")
         before = target.state if target.state != PREPARING else BUILDING
         self._set_state(target, PREPARING)
-        deadline = time.monotonic() + SWITCH_WAIT_S
+        deadline = time.monotonic() + self.switch_wait_s
         waited = False
         while True:
             held = self.other_leases(scan_type, own_run)
@@ -1151,14 +1175,14 @@ class BigQueryWarehouse:
                 log.error(
                     "switch_wait_timeout",
                     version=target.name,
-                    waited_s=SWITCH_WAIT_S,
+                    waited_s=self.switch_wait_s,
                     leases=len(held),
                     first=held[0],
                     state_restored=before,
                 )
                 raise SwitchRefused(
                     f"{target.table} was not switched to {target.name}: after "
-                    f"{SWITCH_WAIT_S:g} s other runs still hold {len(held)} lease(s) on "
+                    f"{self.switch_wait_s:g} s other runs still hold {len(held)} lease(s) on "
                     f"{scan_type} files (first: {held[0]}); nothing changed, run it again "
                     "when they have finished"
                 )
@@ -1168,11 +1192,11 @@ class BigQueryWarehouse:
                     version=target.name,
                     leases=len(held),
                     first=held[0],
-                    max_wait_s=SWITCH_WAIT_S,
+                    max_wait_s=self.switch_wait_s,
                 )
                 waited = True
             lifecycle.check()
-            time.sleep(SWITCH_POLL_S)
+            time.sleep(min(SWITCH_POLL_S, max(0.0, deadline - time.monotonic())))
         if waited:
             log.info("switch_leases_ended", version=target.name)
 
@@ -1329,7 +1353,7 @@ def merged_schema(
     return out + [f for f in code if f["name"] not in known]
 
 
-class BigQueryTarget:
+class BigQueryTarget(WarehouseTarget[BigQueryWarehouse]):
     """Adapter used by the run: BigQuery tables, stats files under a gs:// temp location."""
 
     def __init__(self, project: str, dataset: str, temp_location: str, location: str | None = None):
@@ -1396,23 +1420,9 @@ class BigQueryTarget:
                 self.release([], self._lease_run)
         return done, 0
 
-    def ensure_tables(self) -> None:
-        self.warehouse.ensure_tables()
-
-    def schema_records(self) -> dict[str, SchemaRecord]:
-        return self.warehouse.schema_records()
-
-    def apply_schema(
-        self, check: SchemaCheck, pipeline_version: str, rebuilt: Iterable[str] = ()
-    ) -> list[str]:
-        return self.warehouse.apply_schema(check, pipeline_version, rebuilt)
-
     def sweep_staging(self) -> None:
         """Staging tables of dead runs (before the temp location's leases are swept)."""
         self.warehouse.sweep_staging(self.temp_location)
-
-    def ledger(self, keys: Iterable[str] | None = None) -> dict[str, LedgerEntry]:
-        return self.warehouse.ledger(keys)
 
     def claim(self, units: list[str], run_id: str) -> Claim:
         self._lease_run = run_id
@@ -1453,25 +1463,8 @@ class BigQueryTarget:
             thread.join(timeout=5)
             self._renewer = None
 
-    def ledger_rows(self, scan_types: Iterable[str]) -> list[tuple[str, str, int, int]]:
-        return self.warehouse.ledger_rows(scan_types)
-
     def reset(self, scan_types: Iterable[str]) -> None:
         self.warehouse.reset(scan_types)
-
-    def start_rebuild(
-        self, tables: Iterable[str], pipeline_version: str
-    ) -> dict[str, TableVersion]:
-        self.builds = self.warehouse.start_rebuild(tables, pipeline_version)
-        return self.builds
-
-    def building(self) -> dict[str, TableVersion]:
-        return self.warehouse.building()
-
-    def version_ledger(self, keys: Iterable[str] | None = None) -> dict[str, LedgerEntry]:
-        """The building versions' ledger (of this run's rebuild), only ``keys`` if given."""
-        found = self.warehouse.version_ledger(self.builds)
-        return found if keys is None else {k: found[k] for k in keys if k in found}
 
     def finish_rebuild(
         self, build: TableVersion, expected: Mapping[str, str | None], pipeline_version: str

@@ -65,6 +65,7 @@ import orjson
 
 from services.beam_launcher.hyperquack.pipeline import safe_key
 from services.beam_launcher.hyperquack.processing import FileTask
+from services.beam_launcher.warehouse.rebuild import WarehouseTarget
 from services.beam_launcher.warehouse.rows import (
     ALL_TABLES,
     DEAD_LETTER,
@@ -1437,7 +1438,7 @@ class LocalLeases:
         return n
 
 
-class LocalTarget:
+class LocalTarget(WarehouseTarget[LocalWarehouse]):
     """Adapter used by the run: local warehouse + Parquet staging under it."""
 
     def __init__(self, root: str) -> None:
@@ -1470,48 +1471,17 @@ class LocalTarget:
     def cleanup(self, run_id: str) -> None:
         shutil.rmtree(self.staging_dir(run_id), ignore_errors=True)
 
-    def ensure_tables(self) -> None:
-        self.warehouse.ensure_tables()
-
-    def schema_records(self) -> dict[str, SchemaRecord]:
-        return self.warehouse.schema_records()
-
-    def apply_schema(
-        self, check: SchemaCheck, pipeline_version: str, rebuilt: Iterable[str] = ()
-    ) -> list[str]:
-        return self.warehouse.apply_schema(check, pipeline_version, rebuilt)
-
     def finish_publishes(self) -> list[str]:
         return self.warehouse.finish_publishes()
 
     def sweep_staging(self) -> None:
         """Staging of dead runs is folders under ``staging_root`` (swept by the run)."""
 
-    def ledger(self, keys: Iterable[str] | None = None) -> dict[str, LedgerEntry]:
-        return self.warehouse.ledger(keys)
-
     def claim(self, units: list[str], run_id: str) -> Claim:
         return self.leases.claim(units, run_id)
 
     def release(self, units: list[str], run_id: str) -> int:
         return self.leases.release(units, run_id)
-
-    def ledger_rows(self, scan_types: Iterable[str]) -> list[tuple[str, str, int, int]]:
-        return self.warehouse.ledger_rows(scan_types)
-
-    def start_rebuild(
-        self, tables: Iterable[str], pipeline_version: str
-    ) -> dict[str, TableVersion]:
-        self.builds = self.warehouse.start_rebuild(tables, pipeline_version)
-        return self.builds
-
-    def building(self) -> dict[str, TableVersion]:
-        return self.warehouse.building()
-
-    def version_ledger(self, keys: Iterable[str] | None = None) -> dict[str, LedgerEntry]:
-        """The building versions' ledger (of this run's rebuild), only ``keys`` if given."""
-        found = self.warehouse.version_ledger(self.builds)
-        return found if keys is None else {k: found[k] for k in keys if k in found}
 
     def finish_rebuild(
         self, build: TableVersion, expected: Mapping[str, str | None], pipeline_version: str

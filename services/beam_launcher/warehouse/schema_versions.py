@@ -348,6 +348,27 @@ def spec_of(name: str, shapes: Sequence[Shape]) -> TableSpec:
     return TableSpec(name, tuple(col(s) for s in shapes))
 
 
+SWITCH_WAIT_ENV = "CP_SWITCH_WAIT_SECONDS"  # --switch-wait-seconds (BigQuery switch)
+DEFAULT_SWITCH_WAIT_S = 900.0
+
+
+def switch_wait_seconds(value: object) -> float:
+    """How long a BigQuery switch waits for other runs' leases on its table's files
+    (``--switch-wait-seconds``, ``$CP_SWITCH_WAIT_SECONDS``): a positive, finite number of
+    seconds; ValueError otherwise.
+
+    >>> switch_wait_seconds("900"), switch_wait_seconds(1.5)
+    (900.0, 1.5)
+    """
+    try:
+        seconds = float(str(value).strip())
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"expected a positive number of seconds, got {value!r}")
+    return seconds
+
+
 def table_version_arg(text: str) -> tuple[str, str]:
     """``TABLE=VERSION`` (e.g. ``http_scan=v2``) or ``TABLE__VERSION`` as (table, version).
 
