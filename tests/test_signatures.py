@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import random
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -536,3 +537,13 @@ def test_unknown_kind_is_rejected() -> None:
 def test_signature_pickles() -> None:
     sig = bp(3, "x")
     assert pickle.loads(pickle.dumps(sig)) == sig
+
+
+def test_every_code_point_is_each_code_point_once_in_order() -> None:
+    """The string the Unicode class ranges are computed over: U+0000..U+10FFFF, lone
+    surrogates included (a gap or a swapped pair would shift the ranges)."""
+    from services.beam_launcher.enrichment.signatures import _every_code_point
+
+    text = _every_code_point()
+    assert len(text) == sys.maxunicode + 1
+    assert all(ord(ch) == i for i, ch in enumerate(text))
