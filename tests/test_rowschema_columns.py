@@ -12,6 +12,7 @@ import pytest
 
 from sampledata import generate_hyperquack_records, go_json_line
 from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
+from services.beam_launcher.hyperquack import processing
 from services.beam_launcher.hyperquack.processing import (
     FileTask,
     HyperquackProcessor,
@@ -193,3 +194,67 @@ def test_processed_hyperquack_batches(scan_type: str) -> None:
     check_equal(spec, rows)
     out = proc.process_columns(task, 1, lines)
     assert spec.columns_to_arrow(out.columns, out.n_rows).equals(spec.to_arrow(rows))
+
+
+# --- columns given as ready Arrow arrays ----------------------------------------------------
+
+
+def test_ready_arrays_pass_through_and_timestamp_strings_are_cast() -> None:
+    """A pa.Array of the column's type is used as it is; strings for DATE/TIMESTAMP give
+    what the same strings as a list give (offsets, fractions, nulls)."""
+    rows = [varied_row(i) for i in range(40)]
+    columns = rows_to_columns(rows, ALL_TYPES.column_names)
+    want = ALL_TYPES.columns_to_arrow(columns, len(rows))
+    ready = {
+        "id": pa.array(columns["id"], pa.string()),
+        "n": pa.array(columns["n"], pa.int64()),
+        "ok": pa.array(columns["ok"], pa.bool_()),
+        "day": pa.array(columns["day"], pa.string()),
+        "at": pa.array(columns["at"], pa.string()),
+    }
+    got = ALL_TYPES.columns_to_arrow({**columns, **ready}, len(rows))
+    assert got.equals(want)
+    assert got.column("n").chunk(0).equals(ready["n"])
+    assert got.schema == ALL_TYPES.arrow_schema()
+
+
+def test_ready_arrays_of_one_value_equal_the_constant_path() -> None:
+    n = 7
+    columns: dict[str, Any] = {name: [CONSTANT[name]] * n for name in CONSTANT}
+    want = ALL_TYPES.columns_to_arrow(columns, n)
+    ready = {"id": pa.array(columns["id"]), "at": pa.array(columns["at"], pa.string())}
+    assert ALL_TYPES.columns_to_arrow({**columns, **ready}, n).equals(want)
+
+
+def test_ready_array_of_another_type_or_length_is_an_error() -> None:
+    with pytest.raises(TypeError, match="column n: an Arrow array of type string"):
+        ALL_TYPES.columns_to_arrow({"id": ["a"], "n": pa.array(["1"])}, 1)
+    with pytest.raises(TypeError, match="column tags"):
+        ALL_TYPES.columns_to_arrow({"id": ["a"], "tags": pa.array(["x"])}, 1)
+    with pytest.raises(ValueError, match="column id: 2 values for 1 rows"):
+        ALL_TYPES.columns_to_arrow({"id": pa.array(["a", "b"])}, 1)
+
+
+def test_bad_timestamp_string_array_raises_as_the_list_does() -> None:
+    for bad in (["2021-05-30T01:01:03"], ["2021-02-30"]):
+        column = "at" if "T" in bad[0] else "day"
+        with pytest.raises(pa.ArrowInvalid):
+            ALL_TYPES.columns_to_arrow({"id": ["a"], column: bad}, 1)
+        with pytest.raises(pa.ArrowInvalid):
+            ALL_TYPES.columns_to_arrow({"id": ["a"], column: pa.array(bad)}, 1)
+
+
+@pytest.mark.parametrize("scan_type", ["echo", "http", "https"])
+def test_processed_hyperquack_batches_as_arrow(scan_type: str) -> None:
+    """process_columns(arrow=True) (native: Arrow arrays; else lists) gives the same table."""
+    start = dt.datetime(2021, 5, 30, 23, 50, tzinfo=dt.timezone(dt.timedelta(hours=-4)))
+    lines = [
+        go_json_line(r) + b"\n" for r in generate_hyperquack_records(scan_type, 2, 60, 3, start)
+    ]
+    task = FileTask.for_test(f"CP_Quack-{scan_type}-2021-05-30-23-50-00")
+    proc = HyperquackProcessor(load_resources(str(SAMPLE_RESOURCES)))
+    rows = proc.process_lines(task, 1, lines).rows
+    out = proc.process_columns(task, 1, lines, True)
+    assert bool(out.arrays) == (proc.native and processing._native_arrow is not None)
+    spec = HYPERQUACK_TABLES[scan_type]
+    assert spec.columns_to_arrow(out.columns | out.arrays, out.n_rows).equals(spec.to_arrow(rows))

@@ -182,7 +182,9 @@ class TableSpec:
         ]
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema())
 
-    def columns_to_arrow(self, columns: Mapping[str, Sequence[Any]], n_rows: int) -> pa.Table:
+    def columns_to_arrow(
+        self, columns: Mapping[str, Sequence[Any] | pa.Array], n_rows: int
+    ) -> pa.Table:
         """:meth:`to_arrow` for rows held as columns (name → ``n_rows`` JSON-shaped values).
 
         Same table as ``to_arrow`` on the equivalent row dicts; a column missing from
@@ -190,6 +192,10 @@ class TableSpec:
         provenance, a batch's date, empty IP-metadata lists) is converted once (and
         remembered across batches when the value is a string, integer or boolean) and repeated by
         Arrow; lists of strings or numbers go to Arrow in one call, without a Python copy.
+        A column may also come as a ready ``pa.Array`` (the native parser writes them): of
+        the column's Arrow type it is used as it is; a string array for a DATE or
+        TIMESTAMP column is cast as JSON-shaped strings are (so equal to them, bad values
+        included).
         """
         arrays = []
         constants: dict[tuple[str, type, Any], pa.Array] = self._arrow.setdefault("constants", {})
@@ -200,7 +206,9 @@ class TableSpec:
                 continue
             if len(values) != n_rows:
                 raise ValueError(f"column {c.name}: {len(values)} values for {n_rows} rows")
-            if n_rows and _constant(values, n_rows):
+            if isinstance(values, pa.Array):
+                arrays.append(_ready_array(c, target, values))
+            elif n_rows and _constant(values, n_rows):
                 arrays.append(_repeat(c, target, values[0], n_rows, constants))
             else:
                 arrays.append(
@@ -257,6 +265,16 @@ def _repeat(
     if first.null_count:
         return pa.nulls(n_rows, target)
     return first.take(_zeros(n_rows))
+
+
+def _ready_array(col: Column, target: pa.DataType, array: pa.Array) -> pa.Array:
+    """A column given as an Arrow array: as it is when of the column's type; strings
+    for a DATE or TIMESTAMP column cast as :func:`_column_array` casts them."""
+    if array.type == target:
+        return array
+    if col.mode != REPEATED and col.type in (DATE, TIMESTAMP) and array.type == pa.string():
+        return array.cast(target)
+    raise TypeError(f"column {col.name}: an Arrow array of type {array.type}, not {target}")
 
 
 def _column_array_of(col: Column, values: Sequence[Any], n_rows: int) -> pa.Array:

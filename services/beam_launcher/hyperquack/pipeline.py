@@ -670,13 +670,14 @@ class ProcessSlices(_HyperquackDoFn):
         samples: Samples,
     ) -> Samples:
         assert self.processor is not None and self.enricher is not None
-        out = self.processor.process_columns(task, first, lines)
+        out = self.processor.process_columns(task, first, lines, True)  # arrow=True
         ip_stats: dict[str, int] = {}
         self.enricher.enrich_hyperquack_columns(out.columns, out.n_rows, ip_stats)
         out.stats.update(ip_stats)
-        if out.n_rows:
+        if out.n_rows:  # the native parser's Arrow arrays (out.arrays) go in as they are
             spec = HYPERQUACK_TABLES[task.scan_type]
-            rows_out.add(spec.columns_to_arrow(out.columns, out.n_rows), out.columns["date"])
+            table = spec.columns_to_arrow(out.columns | out.arrays, out.n_rows)
+            rows_out.add(table, out.columns["date"])
         if out.dead_letters:
             dates = [r["date"] for r in out.dead_letters]
             dead_out.add(DEAD_LETTER.to_arrow(out.dead_letters), dates)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
+import pyarrow as pa
 
 from services.beam_launcher import native
 from services.beam_launcher.enrichment.resources import Resources
@@ -42,7 +43,7 @@ from services.beam_launcher.hyperquack.parse import (
 )
 from services.beam_launcher.warehouse.rows import HYPERQUACK_SCAN
 from services.common.logsetup import get_logger
-from services.common.rowschema import Row
+from services.common.rowschema import BOOLEAN, DATE, INTEGER, REPEATED, STRING, TIMESTAMP, Row
 from services.common.scans import parse_scan_name
 
 #: The C extension (None when not built: `python -m services.beam_launcher.native.build`).
@@ -100,6 +101,74 @@ def _columnar_entry(module: Any) -> Any:
 #: The native columnar entry point (None when the module predates it, or is not used).
 _native_columns: Any = _columnar_entry(_native)
 
+#: The Arrow type of each kind of buffer ``process_batch_arrow`` writes, and the schema
+#: types a column of that kind may have (DATE/TIMESTAMP come as their ISO strings).
+_ARROW_KINDS: dict[str, tuple[pa.DataType, frozenset[str]]] = {
+    "utf8": (pa.string(), frozenset({STRING, DATE, TIMESTAMP})),
+    "int64": (pa.int64(), frozenset({INTEGER})),
+    "bool": (pa.bool_(), frozenset({BOOLEAN})),
+}
+
+
+def _arrow_entry(module: Any) -> Any:
+    """``module.process_batch_arrow`` when its COLUMN_KINDS fit the schema, else None.
+
+    Used only together with the columnar entry (:func:`_columnar_entry`). A column whose
+    kind does not fit its schema type (a type changed in rows.py but not in the C code)
+    or an unknown kind keeps the module to the list columns (logged).
+    """
+    entry = getattr(module, "process_batch_arrow", None)
+    if module is None or entry is None or _columnar_entry(module) is None:
+        return None
+    kinds = tuple(getattr(module, "COLUMN_KINDS", ()))
+    names = tuple(module.COLUMNS)
+    bad = sorted(
+        name
+        for name, kind in zip(names, kinds, strict=False)
+        if kind != "list"
+        and (
+            kind not in _ARROW_KINDS
+            or HYPERQUACK_SCAN.column(name).mode == REPEATED
+            or HYPERQUACK_SCAN.column(name).type not in _ARROW_KINDS[kind][1]
+        )
+    )
+    if len(kinds) != len(names) or bad:
+        get_logger("beam_launcher").warning(
+            "native_arrow_disabled", reason="COLUMN_KINDS do not fit the schema", columns=bad
+        )
+        return None
+    return entry
+
+
+#: The native entry point writing Arrow buffers (None when absent or not usable).
+_native_arrow: Any = _arrow_entry(_native)
+
+
+def _wrapped(kind: str, built: tuple[int, int, Any, bytes, Any]) -> pa.Array:
+    """The Arrow array over the buffers ``process_batch_arrow`` wrote for one column (no
+    copy); its layout is validated (lengths of the buffers, offsets)."""
+    n, nulls, validity, values, chars = built
+    buffers = [None if validity is None else pa.py_buffer(validity), pa.py_buffer(values)]
+    if chars is not None:
+        buffers.append(pa.py_buffer(chars))
+    array = pa.Array.from_buffers(_ARROW_KINDS[kind][0], n, buffers, null_count=nulls)
+    array.validate()
+    return array
+
+
+def _spliced(array: pa.Array, name: str, inserts: list[tuple[int, list[Row]]]) -> pa.Array:
+    """``array`` with the column ``name`` of the rows of each ``(at, rows)`` inserted at
+    row position ``at`` (positions ascending, in the array before any insertion)."""
+    pieces: list[pa.Array] = []
+    start = 0
+    for at, rows in inserts:
+        if at > start:
+            pieces.append(array.slice(start, at - start))
+        pieces.append(pa.array([row.get(name) for row in rows], type=array.type))
+        start = at
+    pieces.append(array.slice(start))
+    return pa.concat_arrays(pieces)
+
 
 @dataclass(frozen=True, slots=True)
 class FileTask:
@@ -149,12 +218,17 @@ class ColumnOutput:
 
     The values are exactly those the row dicts of :meth:`HyperquackProcessor.process_lines`
     hold (JSON-shaped), in the same order; dead letters and stats are the same too.
+    ``arrays`` (filled only by ``process_columns(..., arrow=True)`` on the native path)
+    holds columns already in Arrow form instead, their names then absent from
+    ``columns``: STRING, INTEGER and BOOLEAN ones of their Arrow type, DATE and TIMESTAMP
+    ones as the strings (``TableSpec.columns_to_arrow`` takes both kinds of values).
     """
 
     columns: dict[str, list[Any]]
     n_rows: int
     dead_letters: list[Row] = field(default_factory=list)
     stats: Counter[str] = field(default_factory=Counter)
+    arrays: dict[str, pa.Array] = field(default_factory=dict)
 
 
 def rows_to_columns(rows: list[Row], names: Iterable[str]) -> dict[str, list[Any]]:
@@ -458,17 +532,18 @@ class HyperquackProcessor:
         return self._process_python(task, first_line_no, lines)
 
     def process_columns(
-        self, task: FileTask, first_line_no: int, lines: list[bytes]
+        self, task: FileTask, first_line_no: int, lines: list[bytes], arrow: bool = False
     ) -> ColumnOutput:
         """:meth:`process_lines`, with the rows returned as columns (:class:`ColumnOutput`).
 
         The native parser writes the columns itself (no row dicts); without it, the rows of
         the Python path are transposed. A native error redoes the batch in Python, counted
-        as ``native_fallback_batches``, as :meth:`process_lines` does.
+        as ``native_fallback_batches``, as :meth:`process_lines` does. With ``arrow`` (and
+        the native parser), the simple columns come as Arrow arrays in ``arrays``.
         """
         if self._native_ctx is not None and _native_columns is not None:
             try:
-                return self._process_native_columns(task, first_line_no, lines)
+                return self._process_native_columns(task, first_line_no, lines, arrow)
             except Exception:  # a native bug must not lose rows: redo the batch in Python
                 out = self._process_python(task, first_line_no, lines)
                 out.stats["native_fallback_batches"] += 1
@@ -551,13 +626,19 @@ class HyperquackProcessor:
         return out
 
     def _process_native_columns(
-        self, task: FileTask, first_line_no: int, lines: list[bytes]
+        self, task: FileTask, first_line_no: int, lines: list[bytes], arrow: bool = False
     ) -> ColumnOutput:
-        """The native columnar path: ``_hqfast.process_batch_columns`` + the slow lines."""
+        """The native columnar path: ``_hqfast.process_batch_columns`` (or, with ``arrow``,
+        ``process_batch_arrow``) + the slow lines."""
         assert _native_columns is not None
-        written, slow, slow_at, counts = _native_columns(
-            lines, first_line_no, self._native_context(task)
-        )
+        entry = _native_arrow if arrow and _native_arrow is not None else _native_columns
+        written, slow, slow_at, counts = entry(lines, first_line_no, self._native_context(task))
+        kinds = _native.COLUMN_KINDS if entry is _native_arrow else ("list",) * len(written)
+        arrays = {
+            name: _wrapped(kind, built)
+            for name, kind, built in zip(_native.COLUMNS, kinds, written, strict=True)
+            if kind != "list"
+        }
         out = _native_output(counts)  # stats and dead letters (rows go to columns)
         n_rows = counts[1]
         if slow:  # the reference's rows for these lines go in at their row positions
@@ -570,10 +651,18 @@ class HyperquackProcessor:
                     spliced.append((at, rows))
             for at, rows in reversed(spliced):  # from the end: earlier positions stay valid
                 for name, column in zip(_native.COLUMNS, written, strict=True):
-                    column[at:at] = [row.get(name) for row in rows]
+                    if name not in arrays:
+                        column[at:at] = [row.get(name) for row in rows]
                 n_rows += len(rows)
+            if spliced:
+                for name, array in arrays.items():
+                    arrays[name] = _spliced(array, name, spliced)
             self.native_slow_lines += len(slow)
-        columns = dict(zip(_native.COLUMNS, written, strict=True))
+        columns = {
+            name: column
+            for name, column in zip(_native.COLUMNS, written, strict=True)
+            if name not in arrays
+        }
         constant = dict(
             zip(
                 _BATCH_CONSTANT_COLUMNS,
@@ -591,10 +680,12 @@ class HyperquackProcessor:
                 if name in constant
                 else [None] * n_rows
                 for name in _HQ_COLUMNS
+                if name not in arrays
             },
             n_rows,
             out.dead_letters,
             out.stats,
+            arrays,
         )
 
 
