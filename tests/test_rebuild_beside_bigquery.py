@@ -270,28 +270,17 @@ def test_killed_switch_is_finished_by_the_same_command(
     this server's environment) SIGKILLed inside the switch (``CP_TEST_KILL_AT``): readers
     see a complete table, and the same command run again finishes the switch."""
     import signal
-    import subprocess
-    import sys
 
     client, ds = old.client, old.dataset
     n = state(client, ds)[0]
     cfg = old.config("bigquery")
     args = [
-        "--input", cfg.input, "--sink", "bigquery", "--bq-project", PROJECT,
-        "--bq-dataset", ds, "--temp-location", cfg.temp_location or "",
+        "--input", cfg.input, "--temp-location", cfg.temp_location or "",
         "--bad-line-threshold", "0.5", "--scan-type", "echo", "--full",
     ]  # fmt: skip
-    entry = [sys.executable, "-m", "tests.test_concurrency", old.server.endpoint]
-    entry += [old.server.gcs_endpoint, *args]
-    repo = Path(__file__).resolve().parents[1]
 
     def child(**env: str) -> subprocess.CompletedProcess[str]:
-        import os
-
-        full_env = {**os.environ, "CP_PIPELINE_VERSION": "2.0", **env}
-        return subprocess.run(
-            entry, cwd=repo, env=full_env, capture_output=True, text=True, timeout=300
-        )
+        return bq_child(old, *args, CP_PIPELINE_VERSION="2.0", **env)
 
     killed = child(CP_TEST_KILL_AT=point)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]

@@ -41,11 +41,16 @@ from services.beam_launcher.warehouse.local import (
     Claim,
     FileVerdict,
     LedgerEntry,
-    SwitchRefused,
-    TableVersion,
     _test_kill_point,
 )
-from services.beam_launcher.warehouse.rebuild import WarehouseTarget
+from services.beam_launcher.warehouse.rebuild import (
+    SwitchRefused,
+    TableVersion,
+    WarehouseTarget,
+    building_version,
+    count_problems,
+    find_version,
+)
 from services.beam_launcher.warehouse.rows import (
     ALL_TABLES,
     DEAD_LETTER,
@@ -922,16 +927,8 @@ class BigQueryWarehouse:
                     LIVE,
                 )
                 self._insert_version(live, pipeline_version)
-            vid = next_version_id(code.version, taken)
-            new = TableVersion(
-                table,
-                vid,
-                version_name(table, vid),
-                code.version,
-                code.hash,
-                code.columns,
-                BUILDING,
-            )
+            new = building_version(code, taken)
+            vid = new.version_id
             # a table no version owns (left by a crash before its row was written): not data
             self.client.delete_table(self._ref(new.name), not_found_ok=True)
             fresh = self._table(specs[table])
@@ -971,7 +968,6 @@ class BigQueryWarehouse:
         """Where a version's table disagrees with its ledger: rows per date (from
         ``rows_by_date``; a ledger without it, of a version that was live, is compared in
         total with ``rows_written``). Empty: they agree."""
-        import orjson
         from google.cloud import bigquery
 
         scan_type = next(t for t, s in SCAN_TABLES.items() if s.name == v.table)
@@ -998,20 +994,8 @@ class BigQueryWarehouse:
                 f"{table_ref(self.project, self.dataset, source)} GROUP BY day"
             )
         }
-        if ledger and all(r["rows_by_date"] is not None for r in ledger):
-            want: dict[str, int] = {}
-            for r in ledger:
-                for day, n in orjson.loads(r["rows_by_date"]).items():
-                    want[day] = want.get(day, 0) + int(n)
-            return [
-                f"{day}: {found.get(day, 0)} rows in {source}, {want.get(day, 0)} in its ledger"
-                for day in sorted(set(want) | set(found))
-                if found.get(day, 0) != want.get(day, 0)
-            ]
-        total = sum(int(r["rows_written"] or 0) for r in ledger)
-        if total != sum(found.values()):
-            return [f"{sum(found.values())} rows in {source}, {total} in its ledger"]
-        return []
+        rows = [(r["rows_by_date"], r["rows_written"]) for r in ledger]
+        return count_problems(found, rows, f"in {source}")
 
     def finish_rebuild(
         self,
@@ -1067,19 +1051,12 @@ class BigQueryWarehouse:
     ) -> dict[str, Any]:
         """Make an existing version live again (a rollback) once its rows per date equal
         its ledger's."""
-        versions = [v for v in self.versions() if v.table == table]
-        target = next((v for v in versions if v.version_id == version_id), None)
-        if target is None:
-            raise SwitchRefused(
-                f"{table} has no version {version_id}; it has "
-                f"{', '.join(f'{v.version_id} ({v.state})' for v in versions) or 'none'}"
-            )
+        target, previous = find_version(self.versions(), table, version_id)
         if target.state == LIVE:
             return {"table": table, "version": target.name, "state": "already live"}
         problems = self.count_problems(target)
         if problems:
             raise SwitchRefused(f"{target.name} disagrees with its ledger: {'; '.join(problems)}")
-        previous = next((v.name for v in versions if v.state == LIVE), None)
         self._switch(target, pipeline_version, own_run)
         return {"table": table, "version": target.name, "state": "switched", "previous": previous}
 
@@ -1255,13 +1232,7 @@ class BigQueryWarehouse:
         """Remove a version that is not live: its table, ledger rows and record."""
         from google.cloud import bigquery
 
-        versions = [v for v in self.versions() if v.table == table]
-        target = next((v for v in versions if v.version_id == version_id), None)
-        if target is None:
-            raise SwitchRefused(
-                f"{table} has no version {version_id}; it has "
-                f"{', '.join(f'{v.version_id} ({v.state})' for v in versions) or 'none'}"
-            )
+        target, _live = find_version(self.versions(), table, version_id)
         if target.state in (LIVE, PREPARING, SWITCHING):
             raise SwitchRefused(
                 f"{target.name} is {target.state} (readers of {table} read it): switch "
@@ -1295,17 +1266,7 @@ class BigQueryWarehouse:
                 rows = self.client.get_table(self._ref(name)).num_rows
             except NotFound:
                 rows = None
-            out.append(
-                {
-                    "table": v.table,
-                    "version": v.version_id,
-                    "name": v.name,
-                    "state": v.state,
-                    "schema_version": v.schema_version,
-                    "table_read": name,
-                    "rows": rows,
-                }
-            )
+            out.append(v.listing(table_read=name, rows=rows))
         return out
 
 

@@ -65,7 +65,14 @@ import orjson
 
 from services.beam_launcher.hyperquack.pipeline import safe_key
 from services.beam_launcher.hyperquack.processing import FileTask
-from services.beam_launcher.warehouse.rebuild import WarehouseTarget
+from services.beam_launcher.warehouse.rebuild import (
+    SwitchRefused,
+    TableVersion,
+    WarehouseTarget,
+    building_version,
+    count_problems,
+    find_version,
+)
 from services.beam_launcher.warehouse.rows import (
     ALL_TABLES,
     DEAD_LETTER,
@@ -88,7 +95,6 @@ from services.beam_launcher.warehouse.schema_versions import (
     SchemaRecord,
     next_version_id,
     spec_of,
-    version_name,
 )
 from services.common import lifecycle
 from services.common.logsetup import get_logger
@@ -106,24 +112,6 @@ PARQUET_TABLES = (*SCAN_TABLES.values(), DEAD_LETTER)
 
 
 @dataclass(frozen=True)
-class TableVersion:
-    """One row of ``table_versions``: a version of a scan table and its Parquet folder."""
-
-    table: str
-    version_id: str
-    folder: str
-    schema_version: int
-    schema_hash: str
-    columns: list[dict[str, Any]]
-    state: str
-
-    @property
-    def name(self) -> str:
-        """Its view name, e.g. ``http_scan__v2``."""
-        return version_name(self.table, self.version_id)
-
-
-@dataclass(frozen=True)
 class ViewTarget:
     """A view to keep over a Parquet folder: a stable table name or a table version."""
 
@@ -131,10 +119,6 @@ class ViewTarget:
     spec: TableSpec  # named ``name``
     folder: str
     stable: bool
-
-
-class SwitchRefused(RuntimeError):
-    """A table version cannot become live (unknown, or its rows differ from its ledger)."""
 
 
 @dataclass(frozen=True)
@@ -706,16 +690,8 @@ class LocalWarehouse:
                                 None,
                             ],
                         )
-                    vid = next_version_id(code.version, taken)
-                    new = TableVersion(
-                        table,
-                        vid,
-                        version_name(table, vid),
-                        code.version,
-                        code.hash,
-                        code.columns,
-                        BUILDING,
-                    )
+                    new = building_version(code, taken)
+                    vid = new.version_id
                     con.execute(
                         insert,
                         [
@@ -795,21 +771,7 @@ class LocalWarehouse:
             if files:
                 found = con.execute("SELECT count(*) FROM read_parquet(?)", [files]).fetchone()
                 in_files[day.name.removeprefix("date=")] = int((found or (0,))[0])
-        if ledger and all(r[0] is not None for r in ledger):
-            want: dict[str, int] = {}
-            for text, _n in ledger:
-                for day, n in orjson.loads(text).items():
-                    want[day] = want.get(day, 0) + int(n)
-            return [
-                f"{day}: {in_files.get(day, 0)} rows in its Parquet, {want.get(day, 0)} in its "
-                "ledger"
-                for day in sorted(set(want) | set(in_files))
-                if in_files.get(day, 0) != want.get(day, 0)
-            ]
-        total = sum(int(r[1] or 0) for r in ledger)
-        if total != sum(in_files.values()):
-            return [f"{sum(in_files.values())} rows in its Parquet, {total} in its ledger"]
-        return []
+        return count_problems(in_files, [(r[0], r[1]) for r in ledger], "in its Parquet")
 
     def finish_rebuild(
         self,
@@ -874,13 +836,7 @@ class LocalWarehouse:
         one: a rollback) once its rows per date equal its ledger's."""
         with self.connect(purpose="switch a table version") as con:
             self._prepare(con, strict=False)
-            versions = [v for v in self._versions(con) if v.table == table]
-            target = next((v for v in versions if v.version_id == version_id), None)
-            if target is None:
-                raise SwitchRefused(
-                    f"{table} has no version {version_id}; it has "
-                    f"{', '.join(f'{v.version_id} ({v.state})' for v in versions) or 'none'}"
-                )
+            target, previous = find_version(self._versions(con), table, version_id)
             if target.state == LIVE:
                 return {"table": table, "version": target.name, "state": "already live"}
             problems = self._count_problems(con, target)
@@ -888,7 +844,6 @@ class LocalWarehouse:
                 raise SwitchRefused(
                     f"{target.name} disagrees with its ledger: {'; '.join(problems)}"
                 )
-            previous = next((v.name for v in versions if v.state == LIVE), None)
             self._switch(con, target, pipeline_version)
         return {"table": table, "version": target.name, "state": "switched", "previous": previous}
 
@@ -976,13 +931,7 @@ class LocalWarehouse:
         """Remove a version that is not live: its view, ledger rows, record and Parquet."""
         with self.connect(purpose="drop a table version") as con:
             self._prepare(con, strict=False)
-            versions = [v for v in self._versions(con) if v.table == table]
-            target = next((v for v in versions if v.version_id == version_id), None)
-            if target is None:
-                raise SwitchRefused(
-                    f"{table} has no version {version_id}; it has "
-                    f"{', '.join(f'{v.version_id} ({v.state})' for v in versions) or 'none'}"
-                )
+            target, _live = find_version(self._versions(con), table, version_id)
             if target.state == LIVE:
                 raise SwitchRefused(
                     f"{target.name} is live (readers of {table} read it): switch {table} to "
@@ -1032,16 +981,11 @@ class LocalWarehouse:
                 ).fetchone()
                 rows = con.execute(f"SELECT count(*) FROM {_ident(v.name)}").fetchone()
                 out.append(
-                    {
-                        "table": v.table,
-                        "version": v.version_id,
-                        "name": v.name,
-                        "state": v.state,
-                        "schema_version": v.schema_version,
-                        "folder": v.folder,
-                        "ok_files": int((files or (0,))[0]),
-                        "rows": int((rows or (0,))[0]),
-                    }
+                    v.listing(
+                        folder=v.folder,
+                        ok_files=int((files or (0,))[0]),
+                        rows=int((rows or (0,))[0]),
+                    )
                 )
         return out
 
