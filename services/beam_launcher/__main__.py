@@ -377,8 +377,19 @@ def print_summary(summary: dict[str, object]) -> None:
 
 
 def cli() -> NoReturn:
-    """Console entry point ``cp-launcher``."""
-    run_stage("beam_launcher", main)
+    """Console entry point ``cp-launcher``. Once a stage that loaded Beam has finished
+    (its exit code decided, its run folder removed) the process ends without the
+    interpreter's teardown (:func:`services.beam_launcher.worker.exit_now`); ``--help``
+    and usage errors, which load none of it, exit as usual."""
+    from services.beam_launcher.worker import exit_now
+
+    try:
+        run_stage("beam_launcher", main)
+    except SystemExit as done:
+        heavy = "apache_beam" in sys.modules
+        if heavy and (done.code is None or isinstance(done.code, int)):
+            exit_now(done.code or 0)
+        raise
 
 
 if __name__ == "__main__":

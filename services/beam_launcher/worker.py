@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 LAUNCHER_PID_ENV = "CP_LAUNCHER_PID"
 LAUNCHER_TICKS_ENV = "CP_LAUNCHER_START_TICKS"
@@ -188,8 +188,27 @@ class _QuietStartup:
         return not msg.startswith(QUIET_WORKER_WARNINGS)
 
 
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` once its work is done: flush the log handlers and
+    standard streams, then ``os._exit``, skipping the interpreter's teardown.
+
+    Tearing down a process that imported Beam, gRPC, pyarrow and DuckDB took 0.45-0.7 s
+    of CPU after the last atexit handler (a 100k-line run, launcher README), paid by the
+    launcher and by each worker process, whose exit the runner waits for. Nothing is
+    left to do by then: the run's files, ledger and summary are written and closed.
+    """
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def sdk() -> None:
-    """The SDK worker itself (child of :func:`guard`)."""
+    """The SDK worker itself (child of :func:`guard`); ends with :func:`exit_now` once
+    Beam's harness returns (the runner closed the control stream: no work is left)."""
     import logging
 
     from apache_beam.runners.worker import sdk_worker_main
@@ -197,10 +216,11 @@ def sdk() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.getLogger(sdk_worker_main.__name__).addFilter(_QuietStartup())
     sdk_worker_main.main(sys.argv[:1])
+    exit_now(0)
 
 
 if __name__ == "__main__":
     if SDK_FLAG in sys.argv[1:]:
         sdk()
     else:
-        sys.exit(guard())
+        exit_now(guard())
