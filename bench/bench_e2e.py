@@ -643,7 +643,9 @@ def main() -> int:
     enriched: dict[int, dict[str, Any]] = {}
     rates: dict[int, float] = {}
     for n in sizes:
-        work = cache / "runs" / str(n)
+        # per bench process: two benches sharing a cache must not delete each other's
+        # warehouse mid-run (seen: a run failed renaming a staged file the other removed)
+        work = cache / "runs" / f"{os.getpid()}-{n}"
         work.mkdir(parents=True, exist_ok=True)
         scans = paths[n].parent.parent
         res = run_launcher(scans, work, args.resources or None, None, args.launcher_arg)
@@ -663,7 +665,7 @@ def main() -> int:
                 f"CPU time; rows with an ASN {res['enriched_rows']:,} of {res['rows']:,}",
                 flush=True,
             )
-        shutil.rmtree(work / "warehouse", ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
     print("targets (issue 13):")
     if MILLION in results:
