@@ -11,8 +11,9 @@ For each N in ``--lines`` (``--big`` adds 10,000,000):
    the raw size in memory); a multiple of 1M above that is the 1M file's gzip stream
    repeated as concatenated gzip members, with a one-byte ``\\n`` member between copies
    (v2 results end without a newline, so copies would otherwise join two lines).
-2. Parse-only: ``HyperquackProcessor.process_columns`` (native path when built, the same
-   resources) over the first ``--parse-lines`` lines held in memory, in a child process:
+2. Parse-only: ``HyperquackProcessor.process_columns`` with Arrow output, as the launcher
+   calls it (native path when built, the same resources), over the first
+   ``--parse-lines`` lines held in memory, in a child process:
    lines per CPU-second of one core. Measured once per run, on the first scan that has
    that many lines (else the largest): one warm-up pass, then ``--parse-runs`` timed
    passes (default 3, each with cold parser caches, as a launcher run starts); all are
@@ -267,7 +268,7 @@ def parse_only_child(
         rows = 0
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for i in range(0, len(lines), batch):
-            rows += proc.process_columns(task, i + 1, lines[i : i + batch]).n_rows
+            rows += proc.process_columns(task, i + 1, lines[i : i + batch], arrow=True).n_rows
         return rows, time.process_time() - cpu0, time.perf_counter() - wall0
 
     one_pass()  # warm-up: code paths, allocator, CPU caches; not counted
@@ -632,7 +633,7 @@ def main() -> int:
     parse_rate = po["lines"] / po["cpu"]
     each = ", ".join(f"{po['lines'] / c:,.0f}" for c in po["cpus"])
     print(
-        f"parse-only ({'native' if po['native'] else 'PYTHON'} path, process_columns, "
+        f"parse-only ({'native' if po['native'] else 'PYTHON'} path, process_columns to Arrow, "
         f"{po['lines']:,} lines in memory, {po['rows']:,} rows, batches of "
         f"{args.parse_batch}; a warm-up pass, then the median of {len(po['cpus'])}: "
         f"{each} lines/cpu-s): {parse_rate:,.0f} lines/cpu-s ({po['cpu']:.2f} cpu-s, "

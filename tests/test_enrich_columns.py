@@ -321,7 +321,7 @@ class CountingEnricher(RowEnricher):
 
 
 def test_each_distinct_pair_is_looked_up_once(sample_root: Path) -> None:
-    distinct = sample_pairs()[:9]
+    distinct = sample_pairs()[:9]  # scan date, stale and missing: three sets of files
     pairs = distinct * 300
     cols, n = batch(pairs)
     e = CountingEnricher(str(sample_root))
@@ -329,6 +329,34 @@ def test_each_distinct_pair_is_looked_up_once(sample_root: Path) -> None:
     assert sorted(e.calls, key=str) == sorted(set(distinct), key=str)
     e.enrich_hyperquack_columns(*batch(pairs), {})  # the next batch: memoised
     assert len(e.calls) == len(set(distinct))
+
+
+def test_days_with_the_same_reference_files_share_lookups(sample_root: Path) -> None:
+    """A scan spans days; days whose routeviews/AS files are the same look each server up
+    once, while days that select other files (or none) get their own lookups and
+    results."""
+    day_s, ip = sample_pairs()[0]
+    day = dt.date.fromisoformat(day_s)
+    e = CountingEnricher(str(sample_root))
+    assert e.catalog is not None
+    by_key: dict[Any, list[str]] = {}
+    for k in range(40):  # the sample has daily files, then a gap: later days share them
+        d = day + dt.timedelta(days=k)
+        by_key.setdefault(e.catalog.choose(d).key, []).append(d.isoformat())
+    days = max(by_key.values(), key=len)[:3]
+    assert len(days) == 3
+    far = (day - dt.timedelta(days=4000)).isoformat()  # no routeviews file at all
+    keys = {d: e.catalog.choose(dt.date.fromisoformat(d)).key for d in (*days, far)}
+    assert keys[days[0]] == keys[days[1]] == keys[days[2]] != keys[far]
+    assert keys[days[0]][0] is not None and keys[far][0] is None
+    pairs = [(d, ip) for d in (*days, far)] * 5
+    cols, n = batch(pairs)
+    e.enrich_hyperquack_columns(cols, n, {})
+    assert sorted(e.calls) == sorted([(days[0], ip), (far, ip)])
+    expected = {k: list(v) for k, v in batch(pairs)[0].items()}
+    per_row(RowEnricher(str(sample_root)), expected, n, {})
+    assert cols == expected
+    assert cols["server_asn"][0] is not None and cols["server_asn"][3] is None
 
 
 # ---------------------------------------------------------------------------------------

@@ -73,7 +73,11 @@ class RowEnricher:
         )
         self._enrichers: dict[str, tuple[Enricher, Any]] = {}
         self._memo: OrderedDict[tuple[str, str], IpMetadata] = OrderedDict()
-        # date → server IP → hit (no key tuple per server), and the distinct sources.
+        # The reference files of a date (Selection.key): dates that share them share
+        # their lookups (a scan spans days; routeviews is chosen per date).
+        self._date_files: dict[str, tuple[str | None, ...]] = {}
+        # reference files → server IP → hit (no key tuple per server), and the distinct
+        # sources.
         self._server_columns: dict[Any, dict[Any, _ServerHit]] = {}
         self._server_count = 0
         self._sources: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -93,6 +97,22 @@ class RowEnricher:
                 self._enrichers.pop(next(iter(self._enrichers)))
             got = self._enrichers[date] = (enricher, selection)
         return got[0]
+
+    def _files_of(self, date: Any) -> Any:
+        """What the server hits of ``date`` are memoised under: its reference files (so
+        the days of one scan that select the same files look each server up once), or
+        ``date`` itself when nothing is looked up (no catalog, no date)."""
+        if self.catalog is None or not date:
+            return date
+        files = self._date_files.get(date)
+        if files is None:
+            with self._lock:
+                self._enricher(date)
+                files = self._enrichers[date][1].key  # just chosen: still there
+                if len(self._date_files) >= 4096:
+                    self._date_files.clear()
+                self._date_files[date] = files
+        return files
 
     def lookup(self, date: str | None, ip: str | None, memo: bool = True) -> IpMetadata:
         """The metadata of ``ip`` on ``date``; memoised unless ``memo`` is False (the
@@ -117,8 +137,9 @@ class RowEnricher:
         stats[name] = stats.get(name, 0) + 1
 
     def _server_hit(self, date: Any, ip: Any) -> _ServerHit:
-        """The server columns of one (date, ip), built once and memoised."""
-        by_ip = self._server_columns.get(date)
+        """The server columns of one (date, ip), built once per reference files and ip."""
+        files = self._files_of(date)
+        by_ip = self._server_columns.get(files)
         hit = by_ip.get(ip) if by_ip is not None else None
         if hit is None:
             md = self.lookup(date, ip, memo=False)
@@ -141,7 +162,7 @@ class RowEnricher:
                     self._server_columns.clear()
                     self._sources.clear()
                     self._server_count = 0
-                self._server_columns.setdefault(date, {})[ip] = hit
+                self._server_columns.setdefault(files, {})[ip] = hit
                 self._server_count += 1
         return hit
 
