@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
@@ -119,6 +120,7 @@ def check_same(location: str | None, columns: dict[str, list[Any]], n_rows: int)
         check_arrow_reads_only(cols, ref_cols, n_rows)
     # Never the same list in two batches' output.
     assert not {id(s) for s in outputs[0]} & {id(s) for s in outputs[1]}
+    check_arrow_output(location, columns, ref_cols, ref_stats, n_rows)
     if n_rows:
         # Mutating one batch's list touches no row with other sources, nor the next
         # batch's values.
@@ -130,6 +132,35 @@ def check_same(location: str | None, columns: dict[str, list[Any]], n_rows: int)
         again = {k: list(v) for k, v in columns.items()}
         warm.enrich_hyperquack_columns(again, n_rows, {})
         assert again["ip_metadata_sources"] == ref_cols["ip_metadata_sources"]
+
+
+def check_arrow_output(
+    location: str | None,
+    columns: dict[str, list[Any]],
+    ref_cols: dict[str, list[Any]],
+    ref_stats: dict[str, int],
+    n_rows: int,
+) -> None:
+    """With ``arrow=True`` (the launcher's call), cold and warm, the stats are the same
+    and the Arrow table equals the one from the per-row reference's lists."""
+    enricher = RowEnricher(location)
+    fresh = {k: v for k, v in ref_cols.items() if k != "date"}
+    want = HYPERQUACK_SCAN.columns_to_arrow(fresh, n_rows)
+    for _ in range(2):
+        cols: dict[str, Any] = {k: list(v) for k, v in columns.items()}
+        stats: dict[str, int] = {"other": 1}
+        enricher.enrich_hyperquack_columns(cols, n_rows, stats, arrow=True)
+        assert stats == ref_stats
+        got = HYPERQUACK_SCAN.columns_to_arrow(
+            {k: v for k, v in cols.items() if k != "date"}, n_rows
+        )
+        assert got.equals(want)
+        for name in (*SERVER_COLUMNS, "ip_metadata_sources"):
+            values = cols[name]
+            assert len(values) == n_rows, name
+            assert (values.to_pylist() if isinstance(values, pa.Array) else values) == ref_cols[
+                name
+            ], name
 
 
 def check_arrow_reads_only(

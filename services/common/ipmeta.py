@@ -596,6 +596,11 @@ class AsOrg(NamedTuple):
     country: str | None  # organisation's registration country (ISO alpha-2)
 
 
+_NO_ORG = AsOrg(None, None, None)
+#: ASNs whose (AsOrg, class) one Enricher keeps decoded (CAIDA lists about 120k ASNs).
+ASN_MEMO_SIZE = 200_000
+
+
 def _none_if_empty(value: Any) -> str | None:
     if value is None:
         return None
@@ -938,6 +943,9 @@ class Enricher:
         self.as2types: Mapping[int, str] = as2types or {}
         self.as2types_id = as2types_id if as2types is not None else None
         self.org_source = org_source
+        # Many addresses share an AS: its (AsOrg, class) is decoded once per Enricher.
+        self._asn_memo: dict[int, tuple[AsOrg, str | None]] = {}
+        self._sources_of: dict[str, tuple[str, ...]] = {}
         v4 = pfx2as if pfx2as is not None and pfx2as.has_ipv4 else None
         self._v4: tuple[PrefixTable, str] | None = (v4, pfx2as_id or "") if v4 else None
         if pfx2as6 is not None and pfx2as6.has_ipv6:
@@ -949,7 +957,25 @@ class Enricher:
 
     def asn_info(self, asn: int) -> tuple[AsOrg, str | None]:
         """(AsOrg, class) of an ASN; empty parts when the snapshots lack it."""
-        return self.as2org.get(asn) or AsOrg(None, None, None), self.as2types.get(asn)
+        got = self._asn_memo.get(asn)
+        if got is None:
+            got = (self.as2org.get(asn) or _NO_ORG, self.as2types.get(asn))
+            if len(self._asn_memo) >= ASN_MEMO_SIZE:
+                self._asn_memo.clear()
+            self._asn_memo[asn] = got
+        return got
+
+    def _sources(self, table_id: str) -> tuple[str, ...]:
+        """The ids of the files a routed address's metadata comes from (no org source)."""
+        got = self._sources_of.get(table_id)
+        if got is None:
+            ids = [table_id]
+            if self.as2org_id:
+                ids.append(self.as2org_id)
+            if self.as2types_id:
+                ids.append(self.as2types_id)
+            got = self._sources_of[table_id] = tuple(ids)
+        return got
 
     def lookup(self, ip: str) -> IpMetadata:
         parsed = parse_ip(ip) if isinstance(ip, str) else None
@@ -973,16 +999,12 @@ class Enricher:
         if match is None:
             return IpMetadata(sources=(table_id,), status="not_routed")
         org, cls = self.asn_info(match.asn)
-        sources = [table_id]
-        if self.as2org_id:
-            sources.append(self.as2org_id)
-        if self.as2types_id:
-            sources.append(self.as2types_id)
+        sources = self._sources(table_id)
         organization = None
         if self.org_source is not None:
             organization = self._organization(ip, match.asn)
             if organization is not None:
-                sources.append(self.org_source.file_id)
+                sources = (*sources, self.org_source.file_id)
         return IpMetadata(
             netblock=match.netblock,
             asn=match.asn,
@@ -991,7 +1013,7 @@ class Enricher:
             as_class=cls,
             country=org.country,
             organization=organization,
-            sources=tuple(sources),
+            sources=sources,
         )
 
     def _organization(self, ip: str, asn: int) -> str | None:

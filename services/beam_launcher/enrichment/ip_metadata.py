@@ -23,6 +23,9 @@ import threading
 from collections import Counter, OrderedDict
 from typing import Any, NamedTuple
 
+import pyarrow as pa
+
+from services.beam_launcher.warehouse.rows import HYPERQUACK_SCAN
 from services.common.ipmeta import Enricher, IpMetadata, ReferenceCatalog, default_cache_dir
 from services.common.mmdb import MmdbOrgSource
 
@@ -30,6 +33,13 @@ _EMPTY = IpMetadata(status="unconfigured")
 MEMO_SIZE = 200_000
 #: The server metadata columns, in the order of :meth:`IpMetadata.as_columns`.
 SERVER_COLUMNS: tuple[str, ...] = tuple(_EMPTY.as_columns("server"))
+
+
+#: Arrow types of the columns :meth:`RowEnricher.enrich_hyperquack_columns` fills.
+_ARROW_TYPES: dict[str, pa.DataType] = {
+    name: HYPERQUACK_SCAN.arrow_schema().field(name).type
+    for name in (*SERVER_COLUMNS, "ip_metadata_sources")
+}
 
 
 class _ServerHit(NamedTuple):
@@ -175,10 +185,19 @@ class RowEnricher:
         row["ip_metadata_sources"] = list(hit.sources)
 
     def enrich_hyperquack_columns(
-        self, columns: dict[str, list[Any]], n_rows: int, stats: dict[str, int]
+        self,
+        columns: dict[str, Any],
+        n_rows: int,
+        stats: dict[str, int],
+        arrow: bool = False,
     ) -> None:
         """:meth:`enrich_hyperquack` for a batch held as columns (``date``, ``server_ip``
         → the server metadata columns and ``ip_metadata_sources``, replaced in place).
+
+        With ``arrow``, a batch of several servers gets its columns as Arrow arrays (the
+        distinct results converted once, then ``take`` by the row index), which
+        ``TableSpec.columns_to_arrow`` uses as they are: the same table as from the
+        lists, without a Python value per row and column.
 
         Each distinct (date, server_ip) of the batch is looked up once; the columns are
         then built per row from an index into the distinct results. Also counts
@@ -212,6 +231,14 @@ class RowEnricher:
         per_column = list(zip(*hits, strict=True))[: len(SERVER_COLUMNS)]
         if not per_column:  # an empty batch
             per_column = [()] * len(SERVER_COLUMNS)
+        if arrow:
+            rows = pa.array(index, pa.int32())
+            for name, distinct in zip(SERVER_COLUMNS, per_column, strict=True):
+                columns[name] = pa.array(distinct, _ARROW_TYPES[name]).take(rows)
+            columns["ip_metadata_sources"] = pa.array(
+                [hit.sources for hit in hits], _ARROW_TYPES["ip_metadata_sources"]
+            ).take(rows)
+            return
         for name, distinct in zip(SERVER_COLUMNS, per_column, strict=True):
             columns[name] = list(map(distinct.__getitem__, index))
         shared = {value: list(value) for value in {hit.sources for hit in hits}}

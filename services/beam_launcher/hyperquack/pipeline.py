@@ -672,7 +672,7 @@ class ProcessSlices(_HyperquackDoFn):
         assert self.processor is not None and self.enricher is not None
         out = self.processor.process_columns(task, first, lines, True)  # arrow=True
         ip_stats: dict[str, int] = {}
-        self.enricher.enrich_hyperquack_columns(out.columns, out.n_rows, ip_stats)
+        self.enricher.enrich_hyperquack_columns(out.columns, out.n_rows, ip_stats, arrow=True)
         out.stats.update(ip_stats)
         if out.n_rows:  # the native parser's Arrow arrays (out.arrays) go in as they are
             spec = HYPERQUACK_TABLES[task.scan_type]
