@@ -411,3 +411,32 @@ def batches(draw: st.DrawFn) -> list[bytes]:
         seed = draw(st.sampled_from(SEEDS))
         lines.append(serialise(data, mutate(data, seed)))
     return lines
+
+
+# --- lines the C code hands back to Python ------------------------------------------------
+
+# Handed back to Python by the C code, but rows for the reference: a v1 "Sent" text the
+# C code does not parse (the reference's regex finds the request after the junk).
+SLOW_WITH_ROWS = orjson.dumps(
+    {
+        "Server": "5.6.7.8",
+        "Keyword": "late.com",
+        "Retries": 0,
+        "Results": [
+            {
+                "Sent": "junk\nGET / HTTP/1.1\r\nHost: late.com\r\n\r\n",
+                "Received": "HTTP/1.1 200 OK",
+                "Success": True,
+                "StartTime": "2020-11-14T07:54:49.246304766-05:00",
+                "EndTime": "2020-11-14T07:54:50.246304766-05:00",
+            }
+        ],
+    }
+)
+
+
+def partly_native(i: int) -> bytes:
+    """A v2 record whose first response the C code writes, its second one sends it slow."""
+    record = orjson.loads(v2_line(i))
+    record["response"].append(dict(record["response"][1], start_time="2021-05-30 00:00:00Z"))
+    return orjson.dumps(record)

@@ -34,6 +34,7 @@ from tests.helpers_native import (
     HTTPS_V1,
     MODULE,
     SCANS,
+    SLOW_WITH_ROWS,
     Pair,
     assert_bad_arguments_raise,
     batches,
@@ -43,11 +44,11 @@ from tests.helpers_native import (
     mutated_lines,
     needs_module,
     pair,
+    partly_native,
     real_fixture,
     sample_resources,
     v2_line,
 )
-from tests.test_native_columns import SLOW_WITH_ROWS, _partly_native
 
 
 def _table_or_error(make: Any) -> Any:
@@ -113,7 +114,7 @@ def test_raw_buffers_hold_the_column_lists_values() -> None:
     """process_batch_arrow writes what process_batch_columns lists (same slow lines)."""
     p = pair("sample")
     task, lines = generated_lines("https", 2, 120)
-    lines = [*lines[:50], b"junk", SLOW_WITH_ROWS, _partly_native(3), b"\n", *lines[50:]]
+    lines = [*lines[:50], b"junk", SLOW_WITH_ROWS, partly_native(3), b"\n", *lines[50:]]
     ctx = p.fast._native_context(task)
     lists, slow, slow_at, counts = MODULE.process_batch_columns(lines, 5, ctx)
     built, slow2, slow_at2, counts2 = MODULE.process_batch_arrow(lines, 5, ctx)
@@ -172,7 +173,7 @@ def test_slow_lines_are_spliced_into_the_arrays() -> None:
         good[0],
         SLOW_WITH_ROWS,
         b"junk",
-        _partly_native(7),
+        partly_native(7),
         good[1],
         SLOW_WITH_ROWS,
         SLOW_WITH_ROWS,  # two slow lines' rows at the same position
@@ -309,7 +310,7 @@ def test_no_leaks_on_repeated_hostile_arrow_batches() -> None:
     p = pair("sample")
     task = FileTask.for_test(ECHO_V2)
     good = [v2_line(i) for i in range(20)]
-    hostile = [b"junk", b"[1, 2]", _partly_native(3), SLOW_WITH_ROWS, _partly_native(4)]
+    hostile = [b"junk", b"[1, 2]", partly_native(3), SLOW_WITH_ROWS, partly_native(4)]
     batch = good + hostile + good
 
     def run() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,6 +31,7 @@ from tests.helpers_native import (
     HTTPS_V1,
     MODULE,
     SCANS,
+    SLOW_WITH_ROWS,
     assert_bad_arguments_raise,
     assert_columns_equal_rows,
     batches,
@@ -41,6 +41,7 @@ from tests.helpers_native import (
     mutated_lines,
     needs_module,
     pair,
+    partly_native,
     real_fixture,
     sample_resources,
     v2_line,
@@ -85,32 +86,6 @@ def test_generated_scans_columns_equal_rows(scan_type: str, version: int) -> Non
 
 # --- slow lines spliced into the columns --------------------------------------------------
 
-# Handed back to Python by the C code, but rows for the reference: a v1 "Sent" text the
-# C code does not parse (the reference's regex finds the request after the junk).
-SLOW_WITH_ROWS = orjson.dumps(
-    {
-        "Server": "5.6.7.8",
-        "Keyword": "late.com",
-        "Retries": 0,
-        "Results": [
-            {
-                "Sent": "junk\nGET / HTTP/1.1\r\nHost: late.com\r\n\r\n",
-                "Received": "HTTP/1.1 200 OK",
-                "Success": True,
-                "StartTime": "2020-11-14T07:54:49.246304766-05:00",
-                "EndTime": "2020-11-14T07:54:50.246304766-05:00",
-            }
-        ],
-    }
-)
-
-
-def _partly_native(i: int) -> bytes:
-    """A v2 record whose first response the C code writes, its second one sends it slow."""
-    record = orjson.loads(v2_line(i))
-    record["response"].append(dict(record["response"][1], start_time="2021-05-30 00:00:00Z"))
-    return orjson.dumps(record)
-
 
 @needs_module
 def test_slow_lines_in_the_middle_are_spliced_at_their_rows() -> None:
@@ -123,7 +98,7 @@ def test_slow_lines_in_the_middle_are_spliced_at_their_rows() -> None:
         SLOW_WITH_ROWS,
         good[1],
         b"junk",
-        _partly_native(7),  # rows written, then dropped: the line goes slow
+        partly_native(7),  # rows written, then dropped: the line goes slow
         good[2],
         good[2],  # equal to the line before: values shared with dropped rows must not be
         b"",
@@ -260,7 +235,7 @@ def test_no_leaks_on_repeated_hostile_column_batches() -> None:
     p = pair("sample")
     task = FileTask.for_test(ECHO_V2)
     good = [v2_line(i) for i in range(20)]
-    hostile = [b"junk", b"[1, 2]", _partly_native(3), SLOW_WITH_ROWS, _partly_native(4)]
+    hostile = [b"junk", b"[1, 2]", partly_native(3), SLOW_WITH_ROWS, partly_native(4)]
     batch = good + hostile + good
 
     def run() -> None:

@@ -105,11 +105,11 @@ def test_failing_slice_deletes_its_files(tmp_path: Path, monkeypatch: pytest.Mon
     real = dofn.processor.process_columns
     calls = {"n": 0}
 
-    def failing(*args: Any) -> Any:
+    def failing(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 5:  # after row groups have been written
             raise RuntimeError("bug in a later batch")
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(dofn.processor, "process_columns", failing)
     with pytest.raises(RuntimeError, match="bug in a later batch"):

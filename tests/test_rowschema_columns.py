@@ -179,9 +179,11 @@ def test_bad_timestamp_still_raises() -> None:
         ALL_TYPES.columns_to_arrow({"id": ["a"], "at": ["2021-05-30T01:01:03"]}, 1)
 
 
-@pytest.mark.parametrize("scan_type", ["echo", "http", "https"])
-def test_processed_hyperquack_batches(scan_type: str) -> None:
-    """Real parser output (generated v2 scans: bodies, headers, certificates, outcomes)."""
+def processed_batch(
+    scan_type: str,
+) -> tuple[HyperquackProcessor, FileTask, list[bytes], list[dict[str, Any]]]:
+    """A generated v2 scan's lines (bodies, headers, certificates, outcomes), a processor
+    with the sample resources, and the reference rows of those lines."""
     start = dt.datetime(2021, 5, 30, 23, 50, tzinfo=dt.timezone(dt.timedelta(hours=-4)))
     lines = [
         go_json_line(r) + b"\n" for r in generate_hyperquack_records(scan_type, 2, 60, 3, start)
@@ -189,6 +191,13 @@ def test_processed_hyperquack_batches(scan_type: str) -> None:
     task = FileTask.for_test(f"CP_Quack-{scan_type}-2021-05-30-23-50-00")
     proc = HyperquackProcessor(load_resources(str(SAMPLE_RESOURCES)))
     rows = proc.process_lines(task, 1, lines).rows
+    return proc, task, lines, rows
+
+
+@pytest.mark.parametrize("scan_type", ["echo", "http", "https"])
+def test_processed_hyperquack_batches(scan_type: str) -> None:
+    """Real parser output (generated v2 scans: bodies, headers, certificates, outcomes)."""
+    proc, task, lines, rows = processed_batch(scan_type)
     assert len(rows) > 60
     spec = HYPERQUACK_TABLES[scan_type]
     check_equal(spec, rows)
@@ -247,13 +256,7 @@ def test_bad_timestamp_string_array_raises_as_the_list_does() -> None:
 @pytest.mark.parametrize("scan_type", ["echo", "http", "https"])
 def test_processed_hyperquack_batches_as_arrow(scan_type: str) -> None:
     """process_columns(arrow=True) (native: Arrow arrays; else lists) gives the same table."""
-    start = dt.datetime(2021, 5, 30, 23, 50, tzinfo=dt.timezone(dt.timedelta(hours=-4)))
-    lines = [
-        go_json_line(r) + b"\n" for r in generate_hyperquack_records(scan_type, 2, 60, 3, start)
-    ]
-    task = FileTask.for_test(f"CP_Quack-{scan_type}-2021-05-30-23-50-00")
-    proc = HyperquackProcessor(load_resources(str(SAMPLE_RESOURCES)))
-    rows = proc.process_lines(task, 1, lines).rows
+    proc, task, lines, rows = processed_batch(scan_type)
     out = proc.process_columns(task, 1, lines, True)
     assert bool(out.arrays) == (proc.native and processing._native_arrow is not None)
     spec = HYPERQUACK_TABLES[scan_type]

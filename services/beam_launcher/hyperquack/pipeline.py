@@ -670,7 +670,7 @@ class ProcessSlices(_HyperquackDoFn):
         samples: Samples,
     ) -> Samples:
         assert self.processor is not None and self.enricher is not None
-        out = self.processor.process_columns(task, first, lines, True)  # arrow=True
+        out = self.processor.process_columns(task, first, lines, arrow=True)
         ip_stats: dict[str, int] = {}
         self.enricher.enrich_hyperquack_columns(out.columns, out.n_rows, ip_stats, arrow=True)
         out.stats.update(ip_stats)
