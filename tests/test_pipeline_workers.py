@@ -278,10 +278,16 @@ def alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def two_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two HTTP files, ~6 s of parsing each on this machine: one per worker."""
+    """Two HTTP files, one per worker: ~4 s of parsing each in Python on this machine.
+
+    The signalled run parses in Python (``CP_NATIVE_PARSER=0``): the C parser gets
+    through these files in under a second, which let a signal sent 1 s into the parse
+    arrive during the commit instead (the run then commits, as it should, and the test
+    could not check an abort in the parse).
+    """
     root = tmp_path_factory.mktemp("two") / "scans"
     for i in range(2):
-        write_http_scan(root, f"CP_Quack-http-2021-05-30-23-30-0{i}", 30000, i)
+        write_http_scan(root, f"CP_Quack-http-2021-05-30-23-30-0{i}", 60000, i)
     return root
 
 
@@ -294,7 +300,7 @@ def test_stop_signal_ends_workers_and_leaves_no_staging(
     proc = subprocess.Popen(
         [*args, "--warehouse", str(wh), "--workers", "2"],
         cwd=REPO,
-        env=launcher_env(),
+        env=dict(launcher_env(), CP_NATIVE_PARSER="0"),  # a parse of seconds to stop
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group, as a shell gives a job
@@ -308,7 +314,7 @@ def test_stop_signal_ends_workers_and_leaves_no_staging(
                 break
             time.sleep(0.1)
         assert len(workers) >= 4, "two guards and two SDK workers expected"
-        time.sleep(1.0)  # well inside the parse (each worker has ~6 s of work)
+        time.sleep(0.5)  # well inside the parse (each worker has ~4 s of work)
         assert proc.poll() is None, "the run ended before it could be signalled"
         if how == "SIGTERM":
             proc.send_signal(signal.SIGTERM)
