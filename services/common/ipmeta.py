@@ -53,7 +53,9 @@ Measured with ``bench/bench_ipmeta.py`` (1,000,000 synthetic IPv4 prefixes in ad
 order, 115,000 ASes; CPU seconds of a fresh process on the 2-core development machine
 while other jobs ran, 2026-12-03): parse 5.2 s (pfx2as 3.3, as2org 1.7, as2types 0.2),
 +159 MiB resident (peak +224); from the cache 0.18 s (pfx2as 0.08, as2org 0.05, as2types
-0.05), +43 MiB; cache files 22 MiB. Before (one dict per length, dicts of tuples, no
+0.05), +43 MiB; cache files 22 MiB. The launcher parses pfx2as text as whole columns
+(``ReferenceCatalog(read_pfx2as_text=…)``, ``services/beam_launcher/enrichment/
+pfx2as_arrays.py``): the same table in 0.6 instead of 2.2 CPU-s for 1M prefixes. Before (one dict per length, dicts of tuples, no
 cache): 3.2 s and +210 MiB in every process. ``PrefixTable.lookup``: ~150,000/s
 (memory-latency bound on that machine: one probe of a 1M-entry dict cost 360 ns, of a
 small one 60 ns; the old per-length dicts gave the same rate).
@@ -233,28 +235,43 @@ class PrefixTable:
 
     # -- building ------------------------------------------------------------------------
 
-    def add(self, prefix: str, length: int, origin: str) -> None:
-        """Add one prefix; ValueError on a malformed prefix, length or origin."""
+    @staticmethod
+    def entry(prefix: str, length: int, origin: str) -> tuple[int, int, int, int, str | None]:
+        """What :meth:`add` stores for one line: (family, length, network bits, ASN, raw
+        origin or None when it is ``str(asn)``); ValueError (or OSError) when malformed.
+
+        >>> PrefixTable.entry("8.8.8.0", 24, "15169_36040")
+        (4, 24, 526344, 15169, '15169_36040')
+        """
         asn, _ = parse_origin(origin)
         if ":" in prefix:
-            family, width, by_len = 6, 128, self._v6
+            family, width = 6, 128
             addr = int.from_bytes(socket.inet_pton(socket.AF_INET6, prefix), "big")
         else:
-            if self._p_start:  # frozen: back to dicts until the next freeze
-                self._thaw4()
-            family, width, by_len = 4, 32, self._v4
+            family, width = 4, 32
             addr = int.from_bytes(socket.inet_pton(socket.AF_INET, prefix), "big")
         if not 0 <= length <= width:
             raise ValueError(f"prefix length out of range: {length}")
         key = addr >> (width - length)
+        return family, length, key, asn, (origin if origin != str(asn) else None)
+
+    def add(self, prefix: str, length: int, origin: str) -> None:
+        """Add one prefix; ValueError on a malformed prefix, length or origin."""
+        family, length, key, asn, raw = self.entry(prefix, length, origin)
+        if family == 4:
+            if self._p_start:  # frozen: back to dicts until the next freeze
+                self._thaw4()
+            by_len = self._v4
+        else:
+            by_len = self._v6
         bucket = by_len.get(length)
         if bucket is None:
             bucket = by_len[length] = {}
         if key in bucket:
             return
         bucket[key] = asn
-        if origin != str(asn):
-            self._raw[(family, length, key)] = origin
+        if raw is not None:
+            self._raw[(family, length, key)] = raw
         self.count += 1
 
     def freeze(self) -> PrefixTable:
@@ -1188,9 +1205,23 @@ class _Codec(NamedTuple):
     decode: Callable[[bytes], Any]
 
 
-_PFX2AS = _Codec(
-    "pfx2as", lambda d: parse_pfx2as(_gz_lines(d)), PrefixTable.to_bytes, PrefixTable.from_bytes
-)
+#: A faster reader of a whole pfx2as text (gunzipped bytes) giving the same table, or
+#: None where it does not apply; the launcher passes one (``pfx2as_arrays``).
+TextReader = Callable[[bytes], "PrefixTable | None"]
+
+
+def _pfx2as_codec(read_text: TextReader | None) -> _Codec:
+    def parse(data: bytes) -> PrefixTable:
+        text = gzip.decompress(data)
+        table = read_text(text) if read_text is not None else None
+        if table is None:
+            table = parse_pfx2as(text.decode("utf-8", "replace").splitlines())
+        return table
+
+    return _Codec("pfx2as", parse, PrefixTable.to_bytes, PrefixTable.from_bytes)
+
+
+_PFX2AS = _pfx2as_codec(None)
 _AS2ORG = _Codec(
     "as2org",
     lambda d: AsOrgTable.from_mapping(parse_as2org(_gz_lines(d))),
@@ -1237,8 +1268,11 @@ class ReferenceCatalog:
         max_asinfo: int = 4,
         storage: st.Storage | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        read_pfx2as_text: TextReader | None = None,
     ) -> None:
         self.root = root
+        # pfx2as files: parsed by ``read_pfx2as_text`` where it applies, else by line.
+        self._pfx2as = _pfx2as_codec(read_pfx2as_text) if read_pfx2as_text else _PFX2AS
         self.max_staleness_days = max_staleness_days
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_hits = 0
@@ -1316,7 +1350,7 @@ class ReferenceCatalog:
         return self._storage.read_bytes(ref.url)
 
     def load_pfx2as(self, ref: RefFile) -> PrefixTable:
-        table: PrefixTable = self._tables.get(ref.file_id, lambda: self._load(_PFX2AS, ref))
+        table: PrefixTable = self._tables.get(ref.file_id, lambda: self._load(self._pfx2as, ref))
         return table
 
     def load_as2org(self, ref: RefFile) -> AsOrgTable:

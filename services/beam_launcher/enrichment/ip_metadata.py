@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import pyarrow as pa
 
+from services.beam_launcher.enrichment.pfx2as_arrays import parse_pfx2as_text
 from services.beam_launcher.warehouse.rows import HYPERQUACK_SCAN
 from services.common.ipmeta import Enricher, IpMetadata, ReferenceCatalog, default_cache_dir
 from services.common.mmdb import MmdbOrgSource
@@ -76,7 +77,10 @@ class RowEnricher:
         self.org_source = MmdbOrgSource(org_mmdb) if org_mmdb and location else None
         self.catalog = (
             ReferenceCatalog(
-                location, max_staleness_days=max_staleness_days, cache_dir=default_cache_dir()
+                location,
+                max_staleness_days=max_staleness_days,
+                cache_dir=default_cache_dir(),
+                read_pfx2as_text=parse_pfx2as_text,
             )
             if location
             else None
