@@ -27,9 +27,10 @@ from sampledata import DEFAULT_SCANS, HYPERQUACK_SCANS, scan_hosts
 from sampledata.caida import write_caida
 from services.beam_launcher.enrichment.ip_metadata import SERVER_COLUMNS, RowEnricher
 from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
+from services.beam_launcher.enrichment.server_columns import ServerTables
 from services.beam_launcher.hyperquack.processing import FileTask, HyperquackProcessor
 from services.beam_launcher.warehouse.rows import HYPERQUACK_SCAN
-from services.common.ipmeta import IpMetadata, parse_pfx2as
+from services.common.ipmeta import parse_pfx2as
 from tests.conftest import REAL, REAL_HQ_SCANS
 
 CAIDA = REAL / "caida"
@@ -290,6 +291,24 @@ def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.parametrize("day", ["2020-11-05", "2021-05-30", "2020-10-01", "2030-01-01"])
+def test_one_day_batches_are_looked_up_whole(real_root: Path, day: str) -> None:
+    """A batch of one day (the launcher's usual batch) is enriched by whole-batch lookups
+    (routed, unrouted, special, IPv6, invalid and empty values; stale and missing
+    reference files), to the per-row reference's columns and stats."""
+    odd: list[Any] = [None, "", "10.1.2.3", "not an ip", "::ffff:8.8.8.8", "1.2.3", *V6_IPS]
+    odd += [" 8.8.8.8 ", "1.2.3.04", "223.255.255.1", "100.64.0.1", "0.0.0.0", "8.8.8.8\x00"]
+    ips = [*real_table_ips()[::3], *odd, "1.1.1.1", "203.0.113.9"]
+    cols, n = batch([(day, ip) for ip in ips] * 2)
+    check_same(str(real_root), cols, n)
+    e = RowEnricher(str(real_root))
+    e.enrich_hyperquack_columns(batch([(day, ip) for ip in ips])[0], len(ips), {}, arrow=True)
+    # A day with no routeviews file (before the first, or the last too old) has no IPv4
+    # table: its servers are looked up one at a time.
+    want = type(None) if day in ("2020-10-01", "2030-01-01") else ServerTables
+    assert [type(t) for t in e._tables.values()] == [want]
+
+
 def sample_pairs() -> list[tuple[Any, Any]]:
     pairs: list[tuple[Any, Any]] = []
     for spec in HYPERQUACK_SCANS:
@@ -342,13 +361,15 @@ def test_mismatched_columns_are_an_error() -> None:
 
 
 class CountingEnricher(RowEnricher):
+    """Records each (date, ip) the per-server path looks up (not memoised yet)."""
+
     def __init__(self, location: str | None) -> None:
         super().__init__(location)
         self.calls: list[tuple[str | None, str | None]] = []
 
-    def lookup(self, date: str | None, ip: str | None, memo: bool = True) -> IpMetadata:
-        self.calls.append((date, ip))
-        return super().lookup(date, ip, memo)
+    def _new_server_hits(self, date: Any, files: Any, ips: list[Any]) -> list[Any]:
+        self.calls += [(date, ip) for ip in ips]
+        return super()._new_server_hits(date, files, ips)
 
 
 def test_each_distinct_pair_is_looked_up_once(sample_root: Path) -> None:

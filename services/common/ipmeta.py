@@ -55,8 +55,9 @@ while other jobs ran, 2026-12-03): parse 5.2 s (pfx2as 3.3, as2org 1.7, as2types
 +159 MiB resident (peak +224); from the cache 0.18 s (pfx2as 0.08, as2org 0.05, as2types
 0.05), +43 MiB; cache files 22 MiB. The launcher parses pfx2as text as whole columns
 (``ReferenceCatalog(read_pfx2as_text=…)``, ``services/beam_launcher/enrichment/
-pfx2as_arrays.py``): the same table in 0.6 instead of 2.2 CPU-s for 1M prefixes. Before (one dict per length, dicts of tuples, no
-cache): 3.2 s and +210 MiB in every process. ``PrefixTable.lookup``: ~150,000/s
+pfx2as_arrays.py``): the same table in 0.6 instead of 2.2 CPU-s for 1M prefixes.
+Before (one dict per length, dicts of tuples, no cache): 3.2 s and +210 MiB in every
+process. ``PrefixTable.lookup``: ~150,000/s
 (memory-latency bound on that machine: one probe of a 1M-entry dict cost 360 ns, of a
 small one 60 ns; the old per-length dicts gave the same rate).
 
@@ -124,6 +125,7 @@ __all__ = [
     "Selection",
     "default_cache_dir",
     "enrich_pairs",
+    "metadata_fields",
     "parse_as2org",
     "parse_as2types",
     "parse_asn",
@@ -367,19 +369,45 @@ class PrefixTable:
         (any prefix between the match and the candidate in sort order lies inside the
         match, so the candidate descends from it).
         """
+        i = self.index_v4(addr)
+        return self.match_at(i) if i >= 0 else None
+
+    def index_v4(self, addr: int) -> int:
+        """The index of the longest IPv4 prefix holding ``addr`` (see :meth:`match_v4`),
+        or -1; :meth:`match_at` gives its match."""
         starts = self._p_start
         i = bisect.bisect_right(starts, addr) - 1
         while i >= 0:
-            start = starts[i]
-            length = self._p_len[i]
-            shift = 32 - length
-            if addr >> shift == start >> shift:
-                asn = self._p_asn[i]
-                net = socket.inet_ntop(socket.AF_INET, start.to_bytes(4, "big"))
-                raw = self._raw.get((4, length, start >> shift)) if self._raw else None
-                return PrefixMatch(f"{net}/{length}", asn, raw or str(asn))
+            shift = 32 - self._p_len[i]
+            if addr >> shift == starts[i] >> shift:
+                return i
             i = self._p_parent[i]
-        return None
+        return -1
+
+    def match_at(self, i: int) -> PrefixMatch:
+        """The match of the frozen IPv4 prefix at index ``i`` (from :meth:`index_v4`)."""
+        start = self._p_start[i]
+        length = self._p_len[i]
+        asn = self._p_asn[i]
+        raw = self._raw.get((4, length, start >> (32 - length))) if self._raw else None
+        return PrefixMatch(self.netblock_at(i), asn, raw or str(asn))
+
+    def arrays_v4(self) -> tuple[array.array[int], ...]:
+        """The frozen IPv4 prefixes as arrays sorted by (start, length): start address
+        (``I``), length (``B``), ASN (``I``) and the index of the innermost enclosing
+        prefix (``i``, -1: none); read-only views for whole-batch lookups."""
+        return self._p_start, self._p_len, self._p_asn, self._p_parent
+
+    def netblock_at(self, i: int) -> str:
+        """``"a.b.c.d/n"`` of the frozen IPv4 prefix at index ``i``."""
+        start = self._p_start[i]
+        return (
+            f"{start >> 24}.{start >> 16 & 255}.{start >> 8 & 255}.{start & 255}/{self._p_len[i]}"
+        )
+
+    def asn_at(self, i: int) -> int:
+        """The ASN of the frozen IPv4 prefix at index ``i``."""
+        return self._p_asn[i]
 
     def match_v6(self, addr: int) -> PrefixMatch | None:
         """Longest match for an IPv6 address given as a 128-bit int."""
@@ -584,12 +612,12 @@ def parse_ip(ip: str) -> tuple[int, int] | None:
 
 # First octets under which IANA special-purpose IPv4 ranges live; anything else is
 # global unicast and skips the (slower) ipaddress check.
-_V4_SPECIAL_FIRST_OCTETS = frozenset([0, 10, 100, 127, 169, 172, 192, 198, 203, *range(224, 256)])
+V4_SPECIAL_FIRST_OCTETS = frozenset([0, 10, 100, 127, 169, 172, 192, 198, 203, *range(224, 256)])
 
 
 def is_special_v4(addr: int) -> bool:
     """Private, loopback, link-local, shared, documentation, multicast or reserved."""
-    if addr >> 24 not in _V4_SPECIAL_FIRST_OCTETS:
+    if addr >> 24 not in V4_SPECIAL_FIRST_OCTETS:
         return False
     a = ipaddress.IPv4Address(addr)
     return not a.is_global or a.is_multicast or a.is_reserved
@@ -963,6 +991,8 @@ class Enricher:
         # Many addresses share an AS: its (AsOrg, class) is decoded once per Enricher.
         self._asn_memo: dict[int, tuple[AsOrg, str | None]] = {}
         self._sources_of: dict[str, tuple[str, ...]] = {}
+        # lookup_fields: prefix index (-1: not routed) → the fields of its addresses.
+        self._fields_of_prefix: dict[int, tuple[Any, ...]] = {}
         v4 = pfx2as if pfx2as is not None and pfx2as.has_ipv4 else None
         self._v4: tuple[PrefixTable, str] | None = (v4, pfx2as_id or "") if v4 else None
         if pfx2as6 is not None and pfx2as6.has_ipv6:
@@ -971,6 +1001,17 @@ class Enricher:
             self._v6 = (pfx2as, pfx2as_id or "")
         else:
             self._v6 = None
+
+    @property
+    def has_v4_table(self) -> bool:
+        """Whether IPv4 addresses are looked up in a prefix table."""
+        return self._v4 is not None
+
+    def v4_table(self) -> tuple[PrefixTable, str]:
+        """The IPv4 prefix table and its file id (see :attr:`has_v4_table`)."""
+        if self._v4 is None:
+            raise ValueError("no IPv4 prefix table")
+        return self._v4
 
     def asn_info(self, asn: int) -> tuple[AsOrg, str | None]:
         """(AsOrg, class) of an ASN; empty parts when the snapshots lack it."""
@@ -982,7 +1023,7 @@ class Enricher:
             self._asn_memo[asn] = got
         return got
 
-    def _sources(self, table_id: str) -> tuple[str, ...]:
+    def sources_of(self, table_id: str) -> tuple[str, ...]:
         """The ids of the files a routed address's metadata comes from (no org source)."""
         got = self._sources_of.get(table_id)
         if got is None:
@@ -992,6 +1033,50 @@ class Enricher:
             if self.as2types_id:
                 ids.append(self.as2types_id)
             got = self._sources_of[table_id] = tuple(ids)
+        return got
+
+    def lookup_fields(self, ip: str) -> tuple[Any, ...]:
+        """:meth:`lookup` as the plain tuple of :class:`IpMetadata`'s fields, in order.
+
+        Cheaper for many addresses: a routed IPv4 address (the common case, when no
+        organisation source is set) costs no object of its own, and the addresses of one
+        prefix share one tuple (memoised per prefix). Every other address goes through
+        :meth:`lookup`.
+
+        >>> e = Enricher(pfx2as=parse_pfx2as(["8.8.8.0\\t24\\t15169"]), pfx2as_id="rv")
+        >>> e.lookup_fields("8.8.8.8")
+        ('8.8.8.0/24', 15169, None, None, None, None, None, ('rv',), 'ok')
+        """
+        if self._v4 is not None and self.org_source is None and type(ip) is str:
+            text = ip.strip()
+            if ":" not in text:
+                try:
+                    addr = int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+                except (OSError, ValueError):
+                    return _INVALID_FIELDS
+                if not is_special_v4(addr):
+                    table, table_id = self._v4
+                    i = table.index_v4(addr)
+                    got = self._fields_of_prefix.get(i)
+                    if got is None:
+                        got = self._prefix_fields(table, table_id, i)
+                    return got
+        return metadata_fields(self.lookup(ip))
+
+    def _prefix_fields(self, table: PrefixTable, table_id: str, i: int) -> tuple[Any, ...]:
+        """What :meth:`lookup` gives (as fields) for the addresses of IPv4 prefix ``i``
+        (-1: none holds them), with no organisation source; memoised."""
+        if i < 0:
+            got: tuple[Any, ...] = (*(None,) * 7, (table_id,), "not_routed")
+        else:
+            asn = table.asn_at(i)
+            org, cls = self.asn_info(asn)
+            sources = self.sources_of(table_id)
+            netblock = table.netblock_at(i)
+            got = (netblock, asn, org.as_name, org.org_name, cls, org.country, None, sources, "ok")
+        if len(self._fields_of_prefix) >= ASN_MEMO_SIZE:
+            self._fields_of_prefix.clear()
+        self._fields_of_prefix[i] = got
         return got
 
     def lookup(self, ip: str) -> IpMetadata:
@@ -1016,7 +1101,7 @@ class Enricher:
         if match is None:
             return IpMetadata(sources=(table_id,), status="not_routed")
         org, cls = self.asn_info(match.asn)
-        sources = self._sources(table_id)
+        sources = self.sources_of(table_id)
         organization = None
         if self.org_source is not None:
             organization = self._organization(ip, match.asn)
@@ -1050,6 +1135,24 @@ class Enricher:
 _INVALID = IpMetadata(status="invalid")
 _SPECIAL = IpMetadata(status="special")
 _NO_TABLE = IpMetadata(status="no_table")
+
+
+def metadata_fields(md: IpMetadata) -> tuple[Any, ...]:
+    """The fields of ``md`` in order, as :meth:`Enricher.lookup_fields` gives them."""
+    return (
+        md.netblock,
+        md.asn,
+        md.as_name,
+        md.as_full_name,
+        md.as_class,
+        md.country,
+        md.organization,
+        md.sources,
+        md.status,
+    )
+
+
+_INVALID_FIELDS = metadata_fields(_INVALID)
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,14 +23,25 @@ import threading
 from collections import Counter, OrderedDict
 from typing import Any, NamedTuple
 
+import numpy as np
 import pyarrow as pa
 
 from services.beam_launcher.enrichment.pfx2as_arrays import parse_pfx2as_text
+from services.beam_launcher.enrichment.server_columns import ServerTables
 from services.beam_launcher.warehouse.rows import HYPERQUACK_SCAN
-from services.common.ipmeta import Enricher, IpMetadata, ReferenceCatalog, default_cache_dir
+from services.common.ipmeta import (
+    Enricher,
+    IpMetadata,
+    ReferenceCatalog,
+    default_cache_dir,
+    metadata_fields,
+)
 from services.common.mmdb import MmdbOrgSource
 
 _EMPTY = IpMetadata(status="unconfigured")
+_EMPTY_FIELDS = metadata_fields(_EMPTY)
+#: status → its counter name (``ip_metadata.server.<status>``), one string each.
+_COUNTERS: dict[str, str] = {}
 MEMO_SIZE = 200_000
 #: The server metadata columns, in the order of :meth:`IpMetadata.as_columns`.
 SERVER_COLUMNS: tuple[str, ...] = tuple(_EMPTY.as_columns("server"))
@@ -97,6 +108,8 @@ class RowEnricher:
         self._sources: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._lock = threading.Lock()
         self.stale_dates: dict[str, str] = {}
+        # Whole-batch lookups (arrow=True): reference files → their tables (or None).
+        self._tables: dict[Any, ServerTables | None] = {}
 
     def _enricher(self, date: str) -> Enricher | None:
         assert self.catalog is not None
@@ -155,30 +168,42 @@ class RowEnricher:
         files = self._files_of(date)
         by_ip = self._server_columns.get(files)
         hit = by_ip.get(ip) if by_ip is not None else None
-        if hit is None:
-            md = self.lookup(date, ip, memo=False)
-            with self._lock:
-                sources = self._sources.setdefault(md.sources, md.sources)
-                hit = _ServerHit(
-                    md.netblock,
-                    md.asn,
-                    md.as_name,
-                    md.as_full_name,
-                    md.as_class,
-                    md.country,
-                    md.organization,
-                    sources,
-                    f"ip_metadata.server.{md.status}",
-                    md.asn is not None,
-                    md.country is not None,
+        return hit if hit is not None else self._new_server_hit(date, files, ip)
+
+    def _new_server_hit(self, date: Any, files: Any, ip: Any) -> _ServerHit:
+        """Look (date, ip) up and memoise its hit under ``files``."""
+        return self._new_server_hits(date, files, [ip])[0]
+
+    def _new_server_hits(self, date: Any, files: Any, ips: list[Any]) -> list[_ServerHit]:
+        """Look the ``ips`` of ``date`` up (:meth:`Enricher.lookup_fields`: no object per
+        address) and memoise their hits under ``files``."""
+        with self._lock:
+            enricher = None
+            if self.catalog is not None and date:
+                enricher = self._enricher(date)
+            lookup = enricher.lookup_fields if enricher is not None else None
+            if self._server_count + len(ips) > MEMO_SIZE:
+                self._server_columns.clear()
+                self._sources.clear()
+                self._server_count = 0
+            by_ip = self._server_columns.setdefault(files, {})
+            sources_of = self._sources
+            make = _ServerHit._make
+            hits = []
+            for ip in ips:
+                fields = lookup(ip) if lookup is not None and ip else _EMPTY_FIELDS
+                sources = sources_of.get(fields[7])
+                if sources is None:
+                    sources = sources_of[fields[7]] = fields[7]
+                counter = _COUNTERS.get(fields[8])
+                if counter is None:
+                    counter = _COUNTERS[fields[8]] = f"ip_metadata.server.{fields[8]}"
+                hit = by_ip[ip] = make(
+                    (*fields[:7], sources, counter, fields[1] is not None, fields[5] is not None)
                 )
-                if self._server_count >= MEMO_SIZE:
-                    self._server_columns.clear()
-                    self._sources.clear()
-                    self._server_count = 0
-                self._server_columns.setdefault(files, {})[ip] = hit
-                self._server_count += 1
-        return hit
+                hits.append(hit)
+            self._server_count += len(ips)
+        return hits
 
     def enrich_hyperquack(self, row: dict[str, Any], stats: dict[str, int]) -> None:
         # Rows of one server and day share everything added here: the columns, sources and
@@ -222,6 +247,8 @@ class RowEnricher:
             hits, index = [self._server_hit(None, None)], list[int]()
             if n_rows:
                 stats[hits[0].counter] = stats.get(hits[0].counter, 0) + n_rows
+        elif arrow and self._enrich_whole_batch(columns, n_rows, stats):
+            return
         else:
             hits, index = self._batch_hits(columns, n_rows, stats)
         if len(hits) == 1:  # one server (or no metadata at all): constant columns
@@ -249,6 +276,63 @@ class RowEnricher:
         sources = [shared[hit.sources] for hit in hits]
         columns["ip_metadata_sources"] = list(map(sources.__getitem__, index))
 
+    def _enrich_whole_batch(
+        self, columns: dict[str, Any], n_rows: int, stats: dict[str, int]
+    ) -> bool:
+        """The Arrow columns of a batch of one day and several servers from whole-batch
+        lookups (:mod:`.server_columns`); False (nothing done) for any other batch, or
+        when the day's reference files have no IPv4 table or an organisation source.
+        The same columns and stats as the per-server path."""
+        dates, ips = columns["date"], columns["server_ip"]
+        if type(dates) is not list or not n_rows or len(dates) != n_rows or len(ips) != n_rows:
+            return False
+        day = dates[0]
+        if not day or not isinstance(day, str) or dates.count(day) != n_rows:
+            return False
+        slot = {ip: k for k, ip in enumerate(dict.fromkeys(ips))}
+        if len(slot) == 1:
+            return False
+        tables = self._server_tables(day)
+        if tables is None:
+            return False
+        enricher = tables.enricher
+
+        def one_by_one(ip: Any) -> tuple[Any, ...]:
+            if not ip:
+                return _EMPTY_FIELDS
+            with self._lock:
+                return enricher.lookup_fields(ip)
+
+        out = tables.lookup(list(slot), one_by_one)
+        rows = pa.array(map(slot.__getitem__, ips), pa.int32(), size=n_rows)
+        for name, values in out.arrays.items():
+            columns[name] = values.take(rows)
+        per_server = np.bincount(rows.to_numpy(), minlength=len(slot))
+        for status, count in zip(out.statuses, per_server.tolist(), strict=True):
+            name = _COUNTERS.get(status) or _COUNTERS.setdefault(
+                status, f"ip_metadata.server.{status}"
+            )
+            stats[name] = stats.get(name, 0) + count
+        for flag, has in (("rows_with_asn", out.has_asn), ("rows_with_country", out.has_country)):
+            count = int(per_server[has].sum())
+            if count:
+                stats[flag] = stats.get(flag, 0) + count
+        return True
+
+    def _server_tables(self, day: str) -> ServerTables | None:
+        """The whole-batch lookup tables of ``day``'s reference files (built once per
+        files per worker), or None."""
+        files = self._files_of(day)
+        if files in self._tables:
+            return self._tables[files]
+        with self._lock:
+            enricher = self._enricher(day)
+        tables = ServerTables.of(enricher)
+        if len(self._tables) >= 4:
+            self._tables.pop(next(iter(self._tables)))
+        self._tables[files] = tables
+        return tables
+
     def _batch_hits(
         self, columns: dict[str, list[Any]], n_rows: int, stats: dict[str, int]
     ) -> tuple[list[_ServerHit], list[int]]:
@@ -264,7 +348,11 @@ class RowEnricher:
             (day,) = one_day
             keys: list[Any] = ips
             slot = {k: i for i, k in enumerate(dict.fromkeys(ips))}
-            hits = [self._server_hit(day, ip) for ip in slot]
+            files = self._files_of(day)
+            known = self._server_columns.get(files) or {}
+            new = [ip for ip in slot if ip not in known]
+            fresh = dict(zip(new, self._new_server_hits(day, files, new), strict=True))
+            hits = [known.get(ip) or fresh[ip] for ip in slot]
         else:
             keys = list(zip(dates, ips, strict=True))
             slot = {k: i for i, k in enumerate(dict.fromkeys(keys))}

@@ -1,0 +1,86 @@
+"""Whole-batch server lookups give what Enricher.lookup_fields gives one at a time."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from services.beam_launcher.enrichment.server_columns import SERVER_COLUMNS, ServerTables
+from services.common.ipmeta import AsOrg, Enricher, parse_pfx2as
+
+PREFIXES = [
+    "0.0.0.0\t1\t5",  # ASN below every AS key
+    "8.0.0.0\t8\t100",  # in both AS tables
+    "8.8.0.0\t16\t200",  # names only
+    "8.8.8.0\t24\t300",  # class only
+    "8.8.8.128\t25\t400",  # in neither
+    "9.0.0.0\t8\t4294967295",  # above every AS key
+    "11.0.0.0\t8\t100_200",  # multi-origin
+    "2001:db8::\t32\t100",
+]
+AS2ORG = {100: AsOrg("A", "A Inc", "US"), 200: AsOrg("B", None, "DE"), 250: AsOrg(None, "C", None)}
+AS2TYPES = {100: "Content", 300: "Transit/Access", 350: "Enterprise"}
+ODD = [None, "", "x", "1.2.3", "1.2.3.04", " 8.8.8.8 ", "8.8.8.8\x00", "10.0.0.1", "127.0.0.1"]
+ODD += ["100.64.0.1", "192.0.2.1", "224.0.0.1", "255.255.255.255", "::ffff:8.8.8.8"]
+ODD += ["2001:db8::1", "2002::1", 42, b"8.8.8.8"]
+
+
+def enricher(**parts: Any) -> Enricher:
+    return Enricher(
+        pfx2as=parse_pfx2as(PREFIXES),
+        pfx2as_id="rv",
+        as2org=parts.get("as2org", AS2ORG),
+        as2org_id="org",
+        as2types=parts.get("as2types", AS2TYPES),
+        as2types_id="types",
+    )
+
+
+def check(e: Enricher, ips: list[Any]) -> None:
+    tables = ServerTables.of(e)
+    assert tables is not None
+    out = tables.lookup(ips, e.lookup_fields)
+    want = [e.lookup_fields(ip) for ip in ips]
+    for j, name in enumerate(SERVER_COLUMNS):
+        assert out.arrays[name].to_pylist() == [w[j] for w in want], name
+    assert out.arrays["ip_metadata_sources"].to_pylist() == [list(w[7]) for w in want]
+    assert out.statuses == [w[8] for w in want]
+    assert out.has_asn.tolist() == [w[1] is not None for w in want]
+    assert out.has_country.tolist() == [w[5] is not None for w in want]
+
+
+def test_routed_unrouted_and_other_values() -> None:
+    ips = ["8.1.1.1", "8.8.1.1", "8.8.8.8", "8.8.8.200", "9.1.1.1", "11.1.1.1", "200.1.1.1"]
+    check(enricher(), [*ips, *ODD, "1.1.1.1", "0.255.255.255"])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_addresses(seed: int) -> None:
+    rng = random.Random(seed)
+    ips = [".".join(str(rng.randrange(256)) for _ in range(4)) for _ in range(500)]
+    ips += [f"8.8.8.{rng.randrange(256)}" for _ in range(50)]
+    check(enricher(), ips)
+
+
+def test_empty_as_tables_and_no_servers() -> None:
+    check(enricher(as2org={}, as2types={}), ["8.8.8.8", "9.9.9.9", "x"])
+    check(enricher(), [])
+    check(enricher(), ["10.0.0.1", None])  # nothing routed
+
+
+def test_not_for_an_enricher_without_ipv4_prefixes_or_with_an_org_source() -> None:
+    assert ServerTables.of(None) is None
+    assert ServerTables.of(Enricher(pfx2as=None)) is None
+    v6_only = Enricher(pfx2as=parse_pfx2as(["2001:db8::\t32\t1"]), pfx2as_id="rv")
+    assert ServerTables.of(v6_only) is None
+
+    class Org:
+        file_id = "mmdb"
+
+        def lookup(self, ip: str) -> tuple[int | None, str | None] | None:
+            return None
+
+    with_org = Enricher(pfx2as=parse_pfx2as(PREFIXES), pfx2as_id="rv", org_source=Org())
+    assert ServerTables.of(with_org) is None
