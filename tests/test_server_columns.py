@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from services.beam_launcher.enrichment.server_columns import SERVER_COLUMNS, ServerTables
-from services.common.ipmeta import AsOrg, Enricher, parse_pfx2as
+from services.common.ipmeta import AsOrg, AsOrgTable, Enricher, parse_pfx2as
 
 PREFIXES = [
     "0.0.0.0\t1\t5",  # ASN below every AS key
@@ -62,6 +62,12 @@ def test_random_addresses(seed: int) -> None:
     ips = [".".join(str(rng.randrange(256)) for _ in range(4)) for _ in range(500)]
     ips += [f"8.8.8.{rng.randrange(256)}" for _ in range(50)]
     check(enricher(), ips)
+
+
+def test_the_catalogs_compact_as_table() -> None:
+    compact = AsOrgTable.from_mapping(AS2ORG)
+    check(enricher(as2org=compact), ["8.1.1.1", "8.8.1.1", "8.8.8.8", "8.8.8.200", "9.1.1.1"])
+    check(enricher(as2org=AsOrgTable.from_mapping({})), ["8.1.1.1", "8.8.8.8"])
 
 
 def test_empty_as_tables_and_no_servers() -> None:

@@ -812,6 +812,13 @@ class AsOrgTable(Mapping[int, AsOrg]):
         ends = array.array("I", itertools.accumulate(len(x) for x in index))
         return cls(array.array("I", asns), fields, "".join(index), ends)
 
+    def arrays(self) -> tuple[array.array[int], array.array[int], list[str]]:
+        """The sorted ASNs (``I``), per ASN three indices (name, organisation name,
+        country; -1: None) into the distinct strings (``i``), and those strings."""
+        starts = itertools.chain((0,), self._ends)
+        strings = [self._text[a:b] for a, b in zip(starts, self._ends, strict=False)]
+        return self._asns, self._fields, strings
+
     def _position(self, asn: object) -> int:
         if not isinstance(asn, int) or not 0 <= asn <= 0xFFFFFFFF:
             return -1

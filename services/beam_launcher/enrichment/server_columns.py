@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +37,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from services.beam_launcher.warehouse.rows import HYPERQUACK_SCAN
-from services.common.ipmeta import V4_SPECIAL_FIRST_OCTETS, AsOrg, Enricher, is_special_v4
+from services.common.ipmeta import (
+    V4_SPECIAL_FIRST_OCTETS,
+    AsOrg,
+    AsOrgTable,
+    Enricher,
+    is_special_v4,
+)
 
 #: The server columns, in the order of ``IpMetadata.as_columns("server")``.
 SERVER_COLUMNS = (
@@ -53,8 +59,8 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     name: HYPERQUACK_SCAN.arrow_schema().field(name).type
     for name in (*SERVER_COLUMNS, "ip_metadata_sources")
 }
-_SPECIAL_FIRST = np.array(sorted(V4_SPECIAL_FIRST_OCTETS), dtype=np.int64)
-_NO_ORG = AsOrg(None, None, None)
+_SPECIAL_FIRST = np.zeros(256, dtype=bool)  # first octets that may be special
+_SPECIAL_FIRST[sorted(V4_SPECIAL_FIRST_OCTETS)] = True
 _NOT_V4 = -1  # not an IPv4 address string: looked up one by one
 
 
@@ -77,20 +83,10 @@ class ServerTables:
         self.enricher = enricher
         self.starts = np.frombuffer(starts, dtype=np.uint32).astype(np.int64)
         self.shifts = 32 - np.frombuffer(lengths, dtype=np.uint8).astype(np.int64)
-        self.lengths = pa.array(np.frombuffer(lengths, dtype=np.uint8)).cast(pa.string())
-        self.asns = np.frombuffer(asns, dtype=np.uint32).astype(np.int64)
-        self.parents = np.frombuffer(parents, dtype=np.int32).astype(np.int64)
-        # The AS attributes, by ASN: every ASN either table knows, sorted.
-        known = sorted(set(enricher.as2org) | set(enricher.as2types))
-        self.as_keys = np.array(known, dtype=np.int64)
-        orgs, classes = enricher.as2org, enricher.as2types
-        infos = [(orgs.get(asn) or _NO_ORG, classes.get(asn)) for asn in known]
-        self.as_values = {
-            "server_as_name": pa.array([org.as_name for org, _ in infos], pa.string()),
-            "server_as_full_name": pa.array([org.org_name for org, _ in infos], pa.string()),
-            "server_country": pa.array([org.country for org, _ in infos], pa.string()),
-            "server_as_class": pa.array([cls for _, cls in infos], pa.string()),
-        }
+        self.lengths = np.frombuffer(lengths, dtype=np.uint8)
+        self.asns = np.frombuffer(asns, dtype=np.uint32)
+        self.parents = np.frombuffer(parents, dtype=np.int32)
+        self.as_keys, self.as_values = _as_columns(enricher.as2org, enricher.as2types)
         self.routed_sources = enricher.sources_of(table_id)
         self.unrouted_sources = (table_id,)
 
@@ -108,7 +104,7 @@ class ServerTables:
         is not an IPv4 address outside the special ranges."""
         addrs = np.array([_address(ip) for ip in ips], dtype=np.int64)
         fast = addrs >= 0
-        maybe_special = fast & np.isin(addrs >> 24, _SPECIAL_FIRST)
+        maybe_special = fast & _SPECIAL_FIRST[(addrs >> 24) & 255]
         for k in np.flatnonzero(maybe_special):
             fast[k] = not is_special_v4(int(addrs[k]))
         at = np.flatnonzero(fast)
@@ -166,9 +162,9 @@ class ServerTables:
         start = self.starts[j]
         octets = [pa.array((start >> s) & 255).cast(pa.string()) for s in (24, 16, 8, 0)]
         address = pc.binary_join_element_wise(*octets, ".")
-        lengths = self.lengths.take(pa.array(j))
+        lengths = pa.array(self.lengths[j]).cast(pa.string())
         netblock = pc.binary_join_element_wise(address, lengths, "/")
-        asn = self.asns[j]
+        asn = self.asns[j].astype(np.int64)
         arrays: dict[str, pa.Array] = {
             "server_netblock": pc.if_else(unrouted, pa.nulls(len(j), pa.string()), netblock),
             "server_asn": pa.array(asn, pa.int64(), mask=~routed),
@@ -182,6 +178,43 @@ class ServerTables:
             arrays[name] = values.take(take) if len(values) else pa.nulls(len(j), pa.string())
         arrays["server_organization"] = pa.nulls(len(j), pa.string())
         return {name: arrays[name] for name in SERVER_COLUMNS}
+
+
+def _as_columns(
+    orgs: Mapping[int, AsOrg], classes: Mapping[int, str]
+) -> tuple[np.ndarray, dict[str, pa.Array]]:
+    """Every ASN either AS table knows (sorted), and its attributes as Arrow columns.
+
+    An :class:`AsOrgTable` (what the catalog loads) is read as the arrays it is
+    (0.02 instead of 0.5 CPU-s for 70,000 ASes)."""
+    class_keys = np.array(sorted(classes), dtype=np.int64)
+    class_values = pa.array([classes[asn] for asn in class_keys.tolist()], pa.string())
+    if isinstance(orgs, AsOrgTable):
+        asns, fields, strings = orgs.arrays()
+        org_keys = np.frombuffer(asns, dtype=np.uint32).astype(np.int64)
+        index = np.frombuffer(fields, dtype=np.int32).reshape(-1, 3)
+        text = pa.array(strings, pa.string())
+        org_columns = [
+            text.take(pa.array(index[:, k], pa.int32(), mask=index[:, k] < 0)) for k in range(3)
+        ]
+    else:
+        org_keys = np.array(sorted(orgs), dtype=np.int64)
+        infos = [orgs[asn] for asn in org_keys.tolist()]
+        org_columns = [pa.array([org[k] for org in infos], pa.string()) for k in range(3)]
+    keys = np.union1d(org_keys, class_keys)
+    columns: dict[str, pa.Array] = {}
+    for name, own_keys, values in (
+        ("server_as_name", org_keys, org_columns[0]),
+        ("server_as_full_name", org_keys, org_columns[1]),
+        ("server_country", org_keys, org_columns[2]),
+        ("server_as_class", class_keys, class_values),
+    ):
+        pos = np.searchsorted(own_keys, keys)
+        ok = pos < len(own_keys)
+        ok[ok] = own_keys[pos[ok]] == keys[ok]
+        take = pa.array(np.where(ok, pos, 0), pa.int64(), mask=~ok)
+        columns[name] = values.take(take) if len(values) else pa.nulls(len(keys), pa.string())
+    return keys, columns
 
 
 def _address(ip: Any) -> int:
