@@ -27,8 +27,11 @@ import numpy as np
 import pyarrow as pa
 
 from services.beam_launcher.enrichment.pfx2as_arrays import parse_pfx2as_text
-from services.beam_launcher.enrichment.server_columns import ServerTables
-from services.beam_launcher.warehouse.rows import HYPERQUACK_SCAN
+from services.beam_launcher.enrichment.server_columns import (
+    ARROW_TYPES,
+    SERVER_COLUMNS,
+    ServerTables,
+)
 from services.common.ipmeta import (
     Enricher,
     IpMetadata,
@@ -43,15 +46,6 @@ _EMPTY_FIELDS = metadata_fields(_EMPTY)
 #: status → its counter name (``ip_metadata.server.<status>``), one string each.
 _COUNTERS: dict[str, str] = {}
 MEMO_SIZE = 200_000
-#: The server metadata columns, in the order of :meth:`IpMetadata.as_columns`.
-SERVER_COLUMNS: tuple[str, ...] = tuple(_EMPTY.as_columns("server"))
-
-
-#: Arrow types of the columns :meth:`RowEnricher.enrich_hyperquack_columns` fills.
-_ARROW_TYPES: dict[str, pa.DataType] = {
-    name: HYPERQUACK_SCAN.arrow_schema().field(name).type
-    for name in (*SERVER_COLUMNS, "ip_metadata_sources")
-}
 
 
 class _ServerHit(NamedTuple):
@@ -265,9 +259,9 @@ class RowEnricher:
         if arrow:
             rows = pa.array(index, pa.int32())
             for name, distinct in zip(SERVER_COLUMNS, per_column, strict=True):
-                columns[name] = pa.array(distinct, _ARROW_TYPES[name]).take(rows)
+                columns[name] = pa.array(distinct, ARROW_TYPES[name]).take(rows)
             columns["ip_metadata_sources"] = pa.array(
-                [hit.sources for hit in hits], _ARROW_TYPES["ip_metadata_sources"]
+                [hit.sources for hit in hits], ARROW_TYPES["ip_metadata_sources"]
             ).take(rows)
             return
         for name, distinct in zip(SERVER_COLUMNS, per_column, strict=True):

@@ -42,19 +42,13 @@ from services.common.ipmeta import (
     AsOrg,
     AsOrgTable,
     Enricher,
+    IpMetadata,
     is_special_v4,
 )
 
-#: The server columns, in the order of ``IpMetadata.as_columns("server")``.
-SERVER_COLUMNS = (
-    "server_netblock",
-    "server_asn",
-    "server_as_name",
-    "server_as_full_name",
-    "server_as_class",
-    "server_country",
-    "server_organization",
-)
+#: The server metadata columns, in the order of ``IpMetadata.as_columns("server")``.
+SERVER_COLUMNS: tuple[str, ...] = tuple(IpMetadata().as_columns("server"))
+#: Arrow types of the columns enrichment fills.
 ARROW_TYPES: dict[str, pa.DataType] = {
     name: HYPERQUACK_SCAN.arrow_schema().field(name).type
     for name in (*SERVER_COLUMNS, "ip_metadata_sources")
