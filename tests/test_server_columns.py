@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
 from services.beam_launcher.enrichment.server_columns import SERVER_COLUMNS, ServerTables
@@ -49,11 +51,21 @@ def check(e: Enricher, ips: list[Any]) -> None:
     assert out.statuses == [w[8] for w in want]
     assert out.has_asn.tolist() == [w[1] is not None for w in want]
     assert out.has_country.tolist() == [w[5] is not None for w in want]
+    # Per row (the launcher's call): the servers' values taken by the row index.
+    rows = np.array([random.Random(len(ips)).randrange(len(ips)) for _ in range(3 * len(ips))])
+    by_row = tables.lookup(ips, e.lookup_fields, rows.astype(np.int64))
+    assert by_row.arrays.keys() == out.arrays.keys()
+    for name, values in out.arrays.items():
+        assert by_row.arrays[name].equals(values.take(pa.array(rows, pa.int64()))), name
+    assert by_row.statuses == out.statuses
+    assert (by_row.has_asn == out.has_asn).all() and (by_row.has_country == out.has_country).all()
 
 
 def test_routed_unrouted_and_other_values() -> None:
     ips = ["8.1.1.1", "8.8.1.1", "8.8.8.8", "8.8.8.200", "9.1.1.1", "11.1.1.1", "200.1.1.1"]
     check(enricher(), [*ips, *ODD, "1.1.1.1", "0.255.255.255"])
+    check(enricher(), [*ips, "1.1.1.1", "0.255.255.255"])  # every one an IPv4 address
+    check(enricher(), [" 8.8.8.8", "8.8.8.8", 1, None])  # not all strings
 
 
 @pytest.mark.parametrize("seed", range(4))

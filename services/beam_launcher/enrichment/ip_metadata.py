@@ -297,11 +297,10 @@ class RowEnricher:
             with self._lock:
                 return enricher.lookup_fields(ip)
 
-        out = tables.lookup(list(slot), one_by_one)
-        rows = pa.array(map(slot.__getitem__, ips), pa.int32(), size=n_rows)
-        for name, values in out.arrays.items():
-            columns[name] = values.take(rows)
-        per_server = np.bincount(rows.to_numpy(), minlength=len(slot))
+        rows = np.fromiter(map(slot.__getitem__, ips), dtype=np.int64, count=n_rows)
+        out = tables.lookup(list(slot), one_by_one, rows)
+        columns.update(out.arrays)
+        per_server = np.bincount(rows, minlength=len(slot))
         for status, count in zip(out.statuses, per_server.tolist(), strict=True):
             name = _COUNTERS.get(status) or _COUNTERS.setdefault(
                 status, f"ip_metadata.server.{status}"

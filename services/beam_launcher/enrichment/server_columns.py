@@ -36,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from services.beam_launcher.enrichment.pfx2as_arrays import ADDRESS
 from services.beam_launcher.warehouse.rows import HYPERQUACK_SCAN
 from services.common.ipmeta import (
     V4_SPECIAL_FIRST_OCTETS,
@@ -81,6 +82,9 @@ class ServerTables:
         self.asns = np.frombuffer(asns, dtype=np.uint32)
         self.parents = np.frombuffer(parents, dtype=np.int32)
         self.as_keys, self.as_values = _as_columns(enricher.as2org, enricher.as2types)
+        self.as_country_known = np.asarray(
+            self.as_values["server_country"].is_valid().to_numpy(zero_copy_only=False), dtype=bool
+        )
         self.routed_sources = enricher.sources_of(table_id)
         self.unrouted_sources = (table_id,)
 
@@ -92,11 +96,19 @@ class ServerTables:
             return None
         return cls(enricher)
 
-    def lookup(self, ips: list[Any], one_by_one: Callable[[Any], tuple[Any, ...]]) -> Distinct:
+    def lookup(
+        self,
+        ips: list[Any],
+        one_by_one: Callable[[Any], tuple[Any, ...]],
+        rows: np.ndarray | None = None,
+    ) -> Distinct:
         """The metadata of each of ``ips`` (distinct values of a batch's server column);
         ``one_by_one`` gives the fields (as ``Enricher.lookup_fields``) of any value that
-        is not an IPv4 address outside the special ranges."""
-        addrs = np.array([_address(ip) for ip in ips], dtype=np.int64)
+        is not an IPv4 address outside the special ranges. With ``rows`` (an index into
+        ``ips`` per row), the arrays are the rows' columns (``statuses`` and the flags
+        stay per server): the same as the servers' arrays taken by ``rows``, built with
+        one ``take`` per column instead of two."""
+        addrs = _addresses(ips)
         fast = addrs >= 0
         maybe_special = fast & _SPECIAL_FIRST[(addrs >> 24) & 255]
         for k in np.flatnonzero(maybe_special):
@@ -106,14 +118,29 @@ class ServerTables:
         routed = prefix >= 0
         slow = np.flatnonzero(~fast)
         slow_fields = [one_by_one(ips[k]) for k in slow]
+        asn = self.asns[np.maximum(prefix, 0)].astype(np.int64)
+        as_pos = self._as_positions(asn, routed)
+        has_country = np.zeros(len(ips), dtype=bool)
+        if len(self.as_keys):
+            has_country[at] = self.as_country_known[np.maximum(as_pos, 0)] & (as_pos >= 0)
+        has_asn = np.zeros(len(ips), dtype=bool)
+        has_asn[at] = routed
+        statuses = ["ok"] * len(ips)
+        for k in at[~routed]:
+            statuses[k] = "not_routed"
+        for k, f in zip(slow, slow_fields, strict=True):
+            statuses[k] = f[8]
+            has_asn[k] = f[1] is not None
+            has_country[k] = f[5] is not None
 
-        arrays = self._fast_arrays(prefix, routed)
+        if not len(slow) and rows is not None:  # the usual batch: straight to the rows
+            arrays = self._fast_arrays(prefix, routed, asn, as_pos, rows)
+            return Distinct(arrays, statuses, has_asn, has_country)
+        arrays = self._fast_arrays(prefix, routed, asn, as_pos, None)
         # Sources: one list per kind, taken per server.
-        kinds: list[tuple[str, ...]] = [self.routed_sources, self.unrouted_sources]
-        kind_of = {kinds[0]: 0, kinds[1]: 1}
+        kind_of = {self.routed_sources: 0, self.unrouted_sources: 1}
         codes = np.where(routed, 0, 1).astype(np.int32)
         slow_codes = [kind_of.setdefault(f[7], len(kind_of)) for f in slow_fields]
-        kinds = list(kind_of)
         if len(slow):  # merge the one-by-one results in their places
             order = np.empty(len(ips), dtype=np.int64)
             order[at] = np.arange(len(at))
@@ -123,20 +150,12 @@ class ServerTables:
                 rest = pa.array([f[j] for f in slow_fields], ARROW_TYPES[name])
                 arrays[name] = pa.concat_arrays([arrays[name], rest]).take(take)
             codes = np.concatenate([codes, np.array(slow_codes, dtype=np.int32)])[order]
-        sources = pa.array([list(k) for k in kinds], ARROW_TYPES["ip_metadata_sources"])
+        sources = pa.array([list(k) for k in kind_of], ARROW_TYPES["ip_metadata_sources"])
         arrays["ip_metadata_sources"] = sources.take(pa.array(codes))
-
-        statuses = ["ok"] * len(ips)
-        for k in at[~routed]:
-            statuses[k] = "not_routed"
-        for k, f in zip(slow, slow_fields, strict=True):
-            statuses[k] = f[8]
-        return Distinct(
-            arrays,
-            statuses,
-            arrays["server_asn"].is_valid().to_numpy(zero_copy_only=False),
-            arrays["server_country"].is_valid().to_numpy(zero_copy_only=False),
-        )
+        if rows is not None:
+            by_row = pa.array(rows)
+            arrays = {name: values.take(by_row) for name, values in arrays.items()}
+        return Distinct(arrays, statuses, has_asn, has_country)
 
     def _longest_prefix(self, addrs: np.ndarray) -> np.ndarray:
         """Index of the longest prefix holding each address, or -1 (as ``index_v4``)."""
@@ -149,29 +168,50 @@ class ServerTables:
                 return at
             at = np.where(miss, self.parents[j], at)
 
-    def _fast_arrays(self, prefix: np.ndarray, routed: np.ndarray) -> dict[str, pa.Array]:
-        """The columns of routed (prefix >= 0) and unrouted IPv4 servers."""
-        unrouted = pa.array(~routed)
+    def _as_positions(self, asn: np.ndarray, routed: np.ndarray) -> np.ndarray:
+        """Each routed ASN's position in the AS columns, or -1 (unknown, not routed)."""
+        pos = np.searchsorted(self.as_keys, asn)
+        found = routed & (pos < len(self.as_keys))
+        found[found] = self.as_keys[pos[found]] == asn[found]
+        return np.where(found, pos, -1)
+
+    def _fast_arrays(
+        self,
+        prefix: np.ndarray,
+        routed: np.ndarray,
+        asn: np.ndarray,
+        as_pos: np.ndarray,
+        rows: np.ndarray | None,
+    ) -> dict[str, pa.Array]:
+        """The columns of routed (prefix >= 0) and unrouted IPv4 servers: one value per
+        server, or with ``rows`` one per row (then with ``ip_metadata_sources``)."""
         j = np.maximum(prefix, 0)
         start = self.starts[j]
         octets = [pa.array((start >> s) & 255).cast(pa.string()) for s in (24, 16, 8, 0)]
         address = pc.binary_join_element_wise(*octets, ".")
         lengths = pa.array(self.lengths[j]).cast(pa.string())
         netblock = pc.binary_join_element_wise(address, lengths, "/")
-        asn = self.asns[j].astype(np.int64)
+        netblock = pc.if_else(pa.array(~routed), pa.nulls(len(j), pa.string()), netblock)
+        if rows is not None:
+            netblock = netblock.take(pa.array(rows))
+            routed, asn, as_pos = routed[rows], asn[rows], as_pos[rows]
+        n = len(routed)
         arrays: dict[str, pa.Array] = {
-            "server_netblock": pc.if_else(unrouted, pa.nulls(len(j), pa.string()), netblock),
+            "server_netblock": netblock,
             "server_asn": pa.array(asn, pa.int64(), mask=~routed),
         }
-        pos = np.searchsorted(self.as_keys, asn)
-        pos_ok = pos < len(self.as_keys)
-        found = routed & pos_ok
-        found[pos_ok] &= self.as_keys[pos[pos_ok]] == asn[pos_ok]
-        take = pa.array(np.where(found, pos, 0), pa.int64(), mask=~found)
+        take = pa.array(np.maximum(as_pos, 0), pa.int64(), mask=as_pos < 0)
         for name, values in self.as_values.items():
-            arrays[name] = values.take(take) if len(values) else pa.nulls(len(j), pa.string())
-        arrays["server_organization"] = pa.nulls(len(j), pa.string())
-        return {name: arrays[name] for name in SERVER_COLUMNS}
+            arrays[name] = values.take(take) if len(values) else pa.nulls(n, pa.string())
+        arrays["server_organization"] = pa.nulls(n, pa.string())
+        out = {name: arrays[name] for name in SERVER_COLUMNS}
+        if rows is not None:
+            sources = pa.array(
+                [list(self.routed_sources), list(self.unrouted_sources)],
+                ARROW_TYPES["ip_metadata_sources"],
+            )
+            out["ip_metadata_sources"] = sources.take(pa.array(np.where(routed, 0, 1)))
+        return out
 
 
 def _as_columns(
@@ -209,6 +249,27 @@ def _as_columns(
         take = pa.array(np.where(ok, pos, 0), pa.int64(), mask=~ok)
         columns[name] = values.take(take) if len(values) else pa.nulls(len(keys), pa.string())
     return keys, columns
+
+
+def _addresses(ips: list[Any]) -> np.ndarray:
+    """Each value's IPv4 address as an int, or -1 (as :func:`_address`), parsed as one
+    Arrow column: strict dotted decimal (``ADDRESS``, as ``inet_pton`` reads it) is an
+    address; anything else (spaces around, IPv6, not a string) is left to :func:`_address`.
+    """
+    try:
+        text = pa.array(ips, pa.string())
+    except (pa.ArrowException, TypeError):  # values that are not strings
+        return np.array([_address(ip) for ip in ips], dtype=np.int64)
+    plain = pc.match_substring_regex(text, ADDRESS).fill_null(False)
+    out = np.full(len(ips), _NOT_V4, dtype=np.int64)
+    where = np.flatnonzero(np.asarray(plain.to_numpy(zero_copy_only=False), dtype=bool))
+    if len(where):
+        octets = pc.split_pattern(text.filter(plain), ".").flatten().cast(pa.int64())
+        quad = octets.to_numpy().reshape(-1, 4)
+        out[where] = quad[:, 0] << 24 | quad[:, 1] << 16 | quad[:, 2] << 8 | quad[:, 3]
+    for k in np.flatnonzero(out < 0):  # spaces around an address, say
+        out[k] = _address(ips[k])
+    return out
 
 
 def _address(ip: Any) -> int:
