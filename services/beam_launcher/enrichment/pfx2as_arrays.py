@@ -57,6 +57,45 @@ def parse_pfx2as_text(text: bytes) -> PrefixTable | None:
     if not text.isascii() or any(end in text for end in _OTHER_LINE_ENDS):
         return None
     lines = _lines(text)
+    matched, row, start, length, asn, raws, bad = _common_lines(lines)
+
+    table = PrefixTable()
+    other = np.flatnonzero(~matched)
+    slow = _read_other_lines(table, lines, other, raws)
+    del lines, matched, other
+    bad += slow.bad
+    if slow.rows:  # IPv4 prefixes from other lines: merged in line order
+        row = np.concatenate([row, np.array(slow.rows, dtype=np.int64)])
+        start = np.concatenate([start, np.array(slow.starts, dtype=np.uint64)])
+        length = np.concatenate([length, np.array(slow.lengths, dtype=np.uint64)])
+        asn = np.concatenate([asn, np.array(slow.asns, dtype=np.uint64)])
+        order = np.argsort(row, kind="stable")
+        row, start, length, asn = row[order], start[order], length[order], asn[order]
+    # Sorted by (start, length); a prefix given twice keeps its first line.
+    _, first = np.unique(start << np.uint64(6) | length, return_index=True)
+    row, start, length, asn = row[first], start[first], length[first], asn[first]
+    parent = _enclosing(start, length)
+    table._set4(
+        _array("I", start.astype(np.uint32)),
+        _array("B", length.astype(np.uint8)),
+        _array("I", asn.astype(np.uint32)),
+        _array("i", parent.astype(np.int32)),
+    )
+    if raws:
+        for i in np.flatnonzero(np.isin(row, np.array(sorted(raws), dtype=np.int64))):
+            n = int(length[i])
+            table._raw[(4, n, int(start[i]) >> (32 - n))] = raws[int(row[i])]
+    table.count += len(first)
+    table.bad_lines += bad
+    return table.freeze()
+
+
+def _common_lines(lines: Any) -> tuple[Any, ...]:
+    """The common lines (``LINE`` with an ``ADDRESS``) taken apart: which lines they
+    are, their rows, prefix starts, lengths and ASNs (lines with a length over 32 or an
+    ASN over 4294967295 counted as bad instead), raw origins written with a leading
+    zero, and the bad count. Its own function, so the regular expressions' columns are
+    freed before the table is built (peak memory)."""
     found = pc.extract_regex(lines, LINE)
     row = np.flatnonzero(np.asarray(found.is_valid().to_numpy(zero_copy_only=False)))
     fields = {name: found.field(name).filter(found.is_valid()) for name in "pno"}
@@ -89,34 +128,7 @@ def parse_pfx2as_text(text: bytes) -> PrefixTable | None:
         for r, o in zip(row[zero_led], origin.filter(pa.array(zero_led)).to_pylist(), strict=True)
     }
 
-    table = PrefixTable()
-    other = np.flatnonzero(~matched)
-    slow = _read_other_lines(table, lines, other, raws)
-    bad += slow.bad
-    if slow.rows:  # IPv4 prefixes from other lines: merged in line order
-        row = np.concatenate([row, np.array(slow.rows, dtype=np.int64)])
-        start = np.concatenate([start, np.array(slow.starts, dtype=np.uint64)])
-        length = np.concatenate([length, np.array(slow.lengths, dtype=np.uint64)])
-        asn = np.concatenate([asn, np.array(slow.asns, dtype=np.uint64)])
-        order = np.argsort(row, kind="stable")
-        row, start, length, asn = row[order], start[order], length[order], asn[order]
-    # Sorted by (start, length); a prefix given twice keeps its first line.
-    _, first = np.unique(start << np.uint64(6) | length, return_index=True)
-    row, start, length, asn = row[first], start[first], length[first], asn[first]
-    parent = _enclosing(start, length)
-    table._set4(
-        _array("I", start.astype(np.uint32)),
-        _array("B", length.astype(np.uint8)),
-        _array("I", asn.astype(np.uint32)),
-        _array("i", parent.astype(np.int32)),
-    )
-    if raws:
-        for i in np.flatnonzero(np.isin(row, np.array(sorted(raws), dtype=np.int64))):
-            n = int(length[i])
-            table._raw[(4, n, int(start[i]) >> (32 - n))] = raws[int(row[i])]
-    table.count += len(first)
-    table.bad_lines += bad
-    return table.freeze()
+    return matched, row, start, length, asn, raws, bad
 
 
 def _lines(text: bytes) -> Any:
