@@ -344,7 +344,14 @@ def _thread_sched(pid: int) -> dict[int, tuple[int, int]]:
 
 
 def _is_sdk_worker(pid: int) -> bool:
+    """A Beam SDK worker: forked by the launcher's zygote (named ``launcher-worker``) or
+    started afresh (``-m services.beam_launcher.worker --sdk``)."""
+    from services.beam_launcher.zygote import WORKER_NAME
+
     try:
+        with open(f"/proc/{pid}/comm", "rb") as fh:
+            if fh.read().strip() == WORKER_NAME.encode():
+                return True
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             args = fh.read().split(b"\0")
     except OSError:

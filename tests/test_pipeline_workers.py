@@ -254,16 +254,19 @@ def launcher_env() -> dict[str, str]:
 
 
 def worker_pids(pid: int) -> list[int]:
-    """Worker processes (guards and SDK workers) below the launcher ``pid``."""
+    """Worker processes below the launcher ``pid``: guards and fresh SDK workers (by
+    their command line), the zygote and the SDK workers it forked (by their names)."""
     from services.beam_launcher.worker import descendants
+    from services.beam_launcher.zygote import WORKER_NAME, ZYGOTE_NAME
 
     out = []
     for child in descendants(pid):
         try:
             cmd = Path(f"/proc/{child}/cmdline").read_bytes()
+            name = Path(f"/proc/{child}/comm").read_text().strip()
         except OSError:
             continue
-        if b"services.beam_launcher.worker" in cmd:
+        if b"services.beam_launcher.worker" in cmd or name in (WORKER_NAME, ZYGOTE_NAME):
             out.append(child)
     return out
 

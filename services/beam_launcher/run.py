@@ -34,7 +34,7 @@ import orjson
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from services.beam_launcher import native
+from services.beam_launcher import native, zygote
 from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
 from services.beam_launcher.hyperquack import pipeline as graph
 from services.beam_launcher.hyperquack.processing import (
@@ -58,7 +58,7 @@ from services.beam_launcher.warehouse.schema_versions import (
     schema_hash,
 )
 from services.beam_launcher.worker import command as worker_command
-from services.beam_launcher.worker import stop_workers
+from services.beam_launcher.worker import sdk_main, stop_workers
 from services.common import lifecycle, storage
 from services.common.config import pipeline_version
 from services.common.logsetup import get_logger
@@ -290,12 +290,30 @@ def local_runner(workers: int) -> Any:
 
 
 def run_beam(p: beam.Pipeline, workers: int) -> Any:
-    """``p.run()``; with worker processes it runs in a thread while this (main) thread
+    """``p.run()``; with worker processes (forked by a zygote, :mod:`.zygote`) it runs
+    in a thread while this (main) thread
     waits, so a stop signal lands here: the workers are killed (and waited for) before
     the abort removes the staging they write into. Beam itself would wait for each worker
     to finish its slice first."""
     if workers <= 1:
         return p.run()
+    # Imported here, once: the workers forked from this process find it loaded.
+    from apache_beam.runners.worker import sdk_worker_main  # noqa: F401
+
+    enabled = zygote.fork_enabled()
+    blocker = zygote.fork_blocker() if enabled else f"{zygote.FORK_ENV}=0"
+    with zygote.forking(sdk_main, enabled=blocker is None) as forked:
+        get_logger("beam_launcher").info(
+            "worker_start",
+            workers=workers,
+            start="forked" if forked is not None else "fresh",
+            reason=blocker,
+        )
+        return _run_in_thread(p)
+
+
+def _run_in_thread(p: beam.Pipeline) -> Any:
+    """``p.run()`` in a thread; a stop signal in the main thread kills the workers."""
     box: dict[str, Any] = {}
 
     def target() -> None:

@@ -1,8 +1,10 @@
 """Worker processes of the local runner (``--workers N``): Beam's SDK worker, kept tidy.
 
 The launcher's FnApiRunner starts ``python -m services.beam_launcher.worker`` once per
-worker (:func:`command`). That process (the *guard*) runs Beam's SDK worker
-(``apache_beam.runners.worker.sdk_worker_main``) as its child and:
+worker (:func:`command`). That process (the *guard*) has Beam's SDK worker
+(``apache_beam.runners.worker.sdk_worker_main``, :func:`sdk_main`) run in a child:
+forked by the launcher's zygote (:mod:`services.beam_launcher.zygote`, no imports to
+repeat), or started afresh when there is none. The guard:
 
 * turns every line the child writes on stdout or stderr into one JSON log line on
   stderr (lines that already are JSON objects pass unchanged), so the launcher's stderr
@@ -32,7 +34,10 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from services.beam_launcher.zygote import ForkedWorker
 
 LAUNCHER_PID_ENV = "CP_LAUNCHER_PID"
 LAUNCHER_TICKS_ENV = "CP_LAUNCHER_START_TICKS"
@@ -152,11 +157,15 @@ def guard() -> int:
     launcher = int(os.environ.get(LAUNCHER_PID_ENV) or 0)
     ticks_text = os.environ.get(LAUNCHER_TICKS_ENV) or ""
     ticks = int(ticks_text) if ticks_text.isdigit() else None
-    child = subprocess.Popen(
-        [sys.executable, "-m", "services.beam_launcher.worker", SDK_FLAG],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    from services.beam_launcher.zygote import forked_worker
+
+    child: subprocess.Popen[bytes] | ForkedWorker | None = forked_worker()
+    if child is None:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "services.beam_launcher.worker", SDK_FLAG],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
     def stop(_signum: int, _frame: object) -> None:
         child.kill()
@@ -172,7 +181,7 @@ def guard() -> int:
         if launcher and not _alive(launcher, ticks):
             child.kill()
             break
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        with contextlib.suppress(subprocess.TimeoutExpired, TimeoutError):
             child.wait(POLL_S)
     code = child.wait()
     for pump in pumps:
@@ -206,16 +215,24 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def sdk() -> None:
-    """The SDK worker itself (child of :func:`guard`); ends with :func:`exit_now` once
-    Beam's harness returns (the runner closed the control stream: no work is left)."""
+def sdk_main() -> None:
+    """Beam's SDK harness, configured from the environment Beam gives the worker;
+    returns when the runner closed the control stream (no work is left)."""
     import logging
 
     from apache_beam.runners.worker import sdk_worker_main
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.getLogger(sdk_worker_main.__name__).addFilter(_QuietStartup())
+    quiet = logging.getLogger(sdk_worker_main.__name__)
+    if not any(isinstance(f, _QuietStartup) for f in quiet.filters):
+        quiet.addFilter(_QuietStartup())
     sdk_worker_main.main(sys.argv[:1])
+
+
+def sdk() -> None:
+    """The SDK worker as a fresh process (child of :func:`guard` when no zygote forks
+    it); ends with :func:`exit_now` once :func:`sdk_main` returns."""
+    sdk_main()
     exit_now(0)
 
 

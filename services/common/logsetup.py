@@ -311,6 +311,30 @@ def _configure(numeric: int, route_stdlib: bool) -> None:
     _configured = True
 
 
+def forget_configuration() -> None:
+    """Back to the state of a process that never configured logging: no root handlers,
+    root at WARNING, structlog's defaults, no labels, Python's exception hooks.
+
+    For a process forked from a configured one that then hosts library code the way a
+    fresh process would (a Beam SDK worker forked by the launcher,
+    ``services/beam_launcher/zygote.py``), so its lines take the same path.
+    """
+    global _configured
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+    for name in THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    logging.captureWarnings(False)
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    _process_labels.clear()
+    sys.excepthook = sys.__excepthook__
+    threading.excepthook = threading.__excepthook__
+    _configured = False
+
+
 def bind_labels(**labels: Any) -> None:
     """Bind label fields (stage, scan_type, run_id) to every later line of this process."""
     given = {k: str(v) for k, v in labels.items() if v is not None}
