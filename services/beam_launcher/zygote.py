@@ -47,7 +47,7 @@ from typing import IO, Any
 
 ZYGOTE_ENV = "CP_WORKER_ZYGOTE"
 FORK_ENV = "CP_FORK_WORKERS"
-POLL_S = 0.2
+POLL_S = 0.05  # how soon the zygote reports an ended worker, or sees the launcher gone
 _HEADER = 4  # bytes of the big-endian length before a request's JSON
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
