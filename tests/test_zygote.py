@@ -176,32 +176,80 @@ def test_forget_configuration_gives_a_fresh_process_logging() -> None:
         root.setLevel(saved[1])
 
 
+def warehouse_rows(wh: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Every table of the local warehouse, rows sorted (the ledger without its times)."""
+    import duckdb
+
+    out = {}
+    with duckdb.connect(str(wh / "warehouse.duckdb"), read_only=True) as con:
+        for table in ("http_scan", "https_scan", "dead_letter"):
+            out[table] = sorted(con.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+        out["ledger"] = con.execute(
+            "SELECT file_key, status, reason, lines, rows_written, dead_letters "
+            "FROM processed_files ORDER BY file_key"
+        ).fetchall()
+    return out
+
+
 @pytest.mark.slow
 def test_launcher_forked_and_fresh_workers_give_identical_tables(tmp_path: Path) -> None:
-    """The real launcher with two workers, forked (the default) and fresh
-    (``CP_FORK_WORKERS=0``): the same tables, ledger and Parquet rows; the log says which."""
+    """The real launcher with two workers and IP metadata, forked (the default: the
+    resources and the reference tables are prepared before the fork) and fresh
+    (``CP_FORK_WORKERS=0``): the same tables and ledger, rows enriched; the log says
+    which start each run had."""
+    from sampledata import HYPERQUACK_SCANS, write_scan_archives
+    from sampledata.caida import write_caida
+    from services.routeviews.__main__ import main as routeviews_main
     from tests.helpers_launcher import run_launcher
-    from tests.test_pipeline_workers import (
-        SCAN,
-        launcher_env,
-        parquet_rows,
-        tables,
-        write_http_scan,
-    )
+    from tests.test_pipeline_workers import launcher_env
 
-    scans = tmp_path / "scans"
-    for i in range(2):  # two files: one per worker
-        write_http_scan(scans, f"{SCAN[:-1]}{i}", 3000, i)
+    scans = tuple(s for s in HYPERQUACK_SCANS if s.scan_type in ("http", "https"))
+    write_scan_archives(tmp_path / "sample", scans, size=400, bad_line_ratio=0.01)
+    write_caida(tmp_path / "caida", scans, 400, 0)
+    meta = tmp_path / "ipmeta"
+    sync = ["sync", "--base-url", str(tmp_path / "caida"), "--dest", str(meta)]
+    assert routeviews_main([*sync, "--snapshot-days", "36500", "--log-level", "ERROR"]) == 0
     results = {}
     for mode, env in (("forked", {}), ("fresh", {zygote.FORK_ENV: "0"})):
         wh = tmp_path / mode
-        args = ["--input", str(scans), "--warehouse", str(wh), "--workers", "2"]
-        done = run_launcher(args, {**launcher_env(), **env}, timeout=300)
+        args = ["--input", str(tmp_path / "sample" / "scans"), "--warehouse", str(wh),
+                "--workers", "2", "--ip-metadata", str(meta)]  # fmt: skip
+        env = {**launcher_env(), "CP_IPMETA_CACHE": str(tmp_path / f"cache-{mode}"), **env}
+        done = run_launcher(args, env, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout)["stats"]["rows_with_asn"] > 0
         lines = [json.loads(line) for line in done.stderr.splitlines()]
         starts = [x for x in lines if x["message"] == "worker_start"]
-        assert [(x["start"], x["workers"]) for x in starts] == [(mode, 2)]
+        assert [(x["start"], x["workers"], x["prepared"]) for x in starts] == [
+            (mode, 2, mode == "forked")
+        ]
         assert not [x for x in lines if x.get("message") == "worker_output"]
-        results[mode] = (tables(wh), parquet_rows(wh, "http_scan"), parquet_rows(wh, "dead_letter"))
-    assert results["forked"][0]["http_scan"], "no rows"
+        results[mode] = warehouse_rows(wh)
+    assert results["forked"]["http_scan"] and results["forked"]["https_scan"], "no rows"
     assert results["forked"] == results["fresh"]
+
+
+def test_prepared_objects_are_what_the_dofns_acquire(tmp_path: Path) -> None:
+    """``prepare_shared`` builds the resources and the enricher (reference tables of the
+    given dates loaded) that a DoFn set up later in the same process (a forked worker)
+    acquires, instead of building its own."""
+    from sampledata import HYPERQUACK_SCANS
+    from sampledata.caida import scan_dates, write_caida
+    from services.beam_launcher.hyperquack.pipeline import ProcessSlices, prepare_shared
+    from services.routeviews.__main__ import main as routeviews_main
+
+    scans = tuple(s for s in HYPERQUACK_SCANS if s.scan_type == "http")
+    write_caida(tmp_path / "caida", scans, 50, 0)
+    meta = tmp_path / "ipmeta"
+    sync = ["sync", "--base-url", str(tmp_path / "caida"), "--dest", str(meta)]
+    assert routeviews_main([*sync, "--snapshot-days", "36500", "--log-level", "ERROR"]) == 0
+    sample = str(REPO / "resources" / "sample")
+    day = scan_dates(scans)[0].isoformat()
+    held = prepare_shared(sample, str(meta), 30, [day, day])
+    resources, enricher = held
+    assert len(enricher._tables) == 1  # the day's tables, loaded once
+    dofn = ProcessSlices(str(tmp_path), sample, ip_metadata=str(meta))
+    dofn.setup()
+    assert dofn.enricher is enricher
+    assert dofn.processor is not None and dofn.processor.resources is resources
+    assert prepare_shared(sample, None, 30, [day]) == [resources]  # no IP metadata

@@ -289,7 +289,7 @@ def local_runner(workers: int) -> Any:
     return FnApiRunner(default_environment=env)
 
 
-def run_beam(p: beam.Pipeline, workers: int) -> Any:
+def run_beam(p: beam.Pipeline, workers: int, prepare: Callable[[], object] | None = None) -> Any:
     """``p.run()``; with worker processes (forked by a zygote, :mod:`.zygote`) it runs
     in a thread while this (main) thread
     waits, so a stop signal lands here: the workers are killed (and waited for) before
@@ -302,14 +302,40 @@ def run_beam(p: beam.Pipeline, workers: int) -> Any:
 
     enabled = zygote.fork_enabled()
     blocker = zygote.fork_blocker() if enabled else f"{zygote.FORK_ENV}=0"
+    # What the forked workers would each build, built once here (kept until they end).
+    held = prepare() if prepare is not None and blocker is None else None
     with zygote.forking(sdk_main, enabled=blocker is None) as forked:
         get_logger("beam_launcher").info(
             "worker_start",
             workers=workers,
             start="forked" if forked is not None else "fresh",
             reason=blocker,
+            prepared=held is not None,
         )
-        return _run_in_thread(p)
+        result = _run_in_thread(p)
+    del held
+    return result
+
+
+def _preparer(cfg: RunConfig, tasks: list[FileTask], family: str) -> Callable[[], object]:
+    """What :func:`run_beam` builds before it forks Hyperquack workers: the resources
+    and the enricher with the reference tables of the scans' dates."""
+
+    def prepare() -> object:
+        if family != "hyperquack":
+            return None
+        try:
+            return graph.prepare_shared(
+                cfg.resources,
+                cfg.ip_metadata,
+                cfg.max_staleness_days,
+                [t.scan_date for t in tasks],
+            )
+        except Exception as exc:  # the workers load it themselves and report as usual
+            get_logger("beam_launcher").warning("prepare_shared_failed", error=repr(exc))
+            return None
+
+    return prepare
 
 
 def _run_in_thread(p: beam.Pipeline) -> Any:
@@ -794,7 +820,7 @@ def _process(
             workers = getattr(pipeline, "cp_workers", 1)
             if workers > 1:
                 log.info("worker_processes", family=family, workers=workers)
-            result = run_beam(pipeline, workers)
+            result = run_beam(pipeline, workers, _preparer(cfg, tasks, family))
             wait_for_job(result, cfg.job_deadline_s, log)
             counters = beam_counters(result)
             for name, value in counters.items():  # summed over the families of the run

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -134,6 +135,15 @@ class RowEnricher:
                     self._date_files.clear()
                 self._date_files[date] = files
         return files
+
+    def prepare(self, dates: Iterable[str]) -> None:
+        """Load the reference tables of ``dates`` and their whole-batch lookup tables now
+        rather than at the first row: for a process that forks its workers afterwards,
+        so they share what was loaded once instead of each loading it."""
+        if self.catalog is None:
+            return
+        for day in sorted(set(dates)):
+            self._server_tables(day)
 
     def lookup(self, date: str | None, ip: str | None, memo: bool = True) -> IpMetadata:
         """The metadata of ``ip`` on ``date``; memoised unless ``memo`` is False (the

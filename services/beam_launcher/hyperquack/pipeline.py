@@ -220,6 +220,25 @@ def shared_resources(location: str) -> Resources:
     return res
 
 
+def prepare_shared(
+    resources_location: str,
+    ip_metadata: str | None,
+    max_staleness_days: int,
+    dates: Iterable[str],
+) -> list[object]:
+    """Build this process's shared objects (compiled resources; the enricher with the
+    reference tables of ``dates`` loaded) before worker processes are forked from it
+    (``services/beam_launcher/zygote.py``): each forked worker's DoFns then acquire these
+    instead of building their own. The caller keeps the returned list alive until the
+    workers have started (the handles hold weak references only)."""
+    held: list[object] = [shared_resources(resources_location)]
+    if ip_metadata:
+        enricher = shared_enricher(ip_metadata, max_staleness_days)
+        enricher.prepare(dates)
+        held.append(enricher)
+    return held
+
+
 class _HyperquackDoFn(beam.DoFn):
     """What the Hyperquack parse steps share: the per-worker processor and enricher
     (built in ``setup``) and Beam counters by name."""
