@@ -290,8 +290,8 @@ def local_runner(workers: int) -> Any:
 
 
 def run_beam(p: beam.Pipeline, workers: int, prepare: Callable[[], object] | None = None) -> Any:
-    """``p.run()``; with worker processes (forked by a zygote, :mod:`.zygote`) it runs
-    in a thread while this (main) thread
+    """``p.run()``; with worker processes (forked by a zygote, :mod:`.zygote`, after
+    ``prepare`` built what they share) it runs in a thread while this (main) thread
     waits, so a stop signal lands here: the workers are killed (and waited for) before
     the abort removes the staging they write into. Beam itself would wait for each worker
     to finish its slice first."""
@@ -317,13 +317,11 @@ def run_beam(p: beam.Pipeline, workers: int, prepare: Callable[[], object] | Non
     return result
 
 
-def _preparer(cfg: RunConfig, tasks: list[FileTask], family: str) -> Callable[[], object]:
+def _preparer(cfg: RunConfig, tasks: list[FileTask]) -> Callable[[], object]:
     """What :func:`run_beam` builds before it forks Hyperquack workers: the resources
     and the enricher with the reference tables of the scans' dates."""
 
     def prepare() -> object:
-        if family != "hyperquack":
-            return None
         try:
             return graph.prepare_shared(
                 cfg.resources,
@@ -820,7 +818,8 @@ def _process(
             workers = getattr(pipeline, "cp_workers", 1)
             if workers > 1:
                 log.info("worker_processes", family=family, workers=workers)
-            result = run_beam(pipeline, workers, _preparer(cfg, tasks, family))
+            prepare = _preparer(cfg, tasks) if family == "hyperquack" else None
+            result = run_beam(pipeline, workers, prepare)
             wait_for_job(result, cfg.job_deadline_s, log)
             counters = beam_counters(result)
             for name, value in counters.items():  # summed over the families of the run

@@ -62,22 +62,22 @@ def fork_enabled(env: Mapping[str, str] = os.environ) -> bool:
     return env.get(FORK_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
-def die_with_parent() -> None:
-    """SIGKILL this process when its parent ends (Linux ``prctl``; elsewhere nothing)."""
+def _prctl(option: int, arg: int | bytes) -> None:
+    """``prctl(option, arg)`` on Linux; elsewhere, or when it fails, nothing."""
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent ends (Linux ``PR_SET_PDEATHSIG``)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def set_name(name: str) -> None:
     """This thread's kernel name (``ps -o comm``, ``top``; 15 bytes at most)."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    _prctl(_PR_SET_NAME, name.encode()[:15])
 
 
 class Zygote:
