@@ -311,7 +311,7 @@ class RowEnricher:
         out = tables.lookup(list(slot), one_by_one, rows)
         columns.update(out.arrays)
         per_server = np.bincount(rows, minlength=len(slot))
-        for status, count in zip(out.statuses, per_server.tolist(), strict=True):
+        for status, count in out.statuses.counts(per_server).items():
             name = _COUNTERS.get(status) or _COUNTERS.setdefault(
                 status, f"ip_metadata.server.{status}"
             )

@@ -19,7 +19,7 @@ Example:
     >>> e = Enricher(pfx2as=parse_pfx2as(["8.8.8.0\\t24\\t15169"]), pfx2as_id="rv",
     ...              as2org={15169: AsOrg("GOOGLE", "Google LLC", "US")}, as2org_id="org")
     >>> out = ServerTables.of(e).lookup(["8.8.8.8", "9.9.9.9", "10.0.0.1"], e.lookup_fields)
-    >>> out.arrays["server_netblock"].to_pylist(), out.statuses
+    >>> out.arrays["server_netblock"].to_pylist(), out.statuses.tolist()
     (['8.8.8.0/24', None, None], ['ok', 'not_routed', 'special'])
     >>> out.arrays["ip_metadata_sources"].to_pylist()
     [['rv', 'org'], ['rv'], []]
@@ -59,11 +59,29 @@ _NOT_V4 = -1  # not an IPv4 address string: looked up one by one
 
 
 @dataclass
+class Statuses:
+    """``IpMetadata.status`` per server: ``names[codes[k]]`` is server ``k``'s."""
+
+    names: tuple[str, ...]
+    codes: np.ndarray
+
+    def tolist(self) -> list[str]:
+        return [self.names[c] for c in self.codes.tolist()]
+
+    def counts(self, weights: np.ndarray) -> dict[str, int]:
+        """The sum of ``weights`` (one per server) per status, statuses of no server
+        left out."""
+        sums = np.bincount(self.codes, weights=weights, minlength=len(self.names))
+        present = np.bincount(self.codes, minlength=len(self.names))
+        return {n: int(w) for n, w, p in zip(self.names, sums.tolist(), present, strict=True) if p}
+
+
+@dataclass
 class Distinct:
     """The metadata of a batch's distinct servers, in the order given."""
 
     arrays: dict[str, pa.Array]  # SERVER_COLUMNS and ip_metadata_sources
-    statuses: list[str]  # IpMetadata.status per server
+    statuses: Statuses  # IpMetadata.status per server
     has_asn: np.ndarray  # bool per server
     has_country: np.ndarray
 
@@ -88,6 +106,12 @@ class ServerTables:
         )
         self.routed_sources = enricher.sources_of(table_id)
         self.unrouted_sources = (table_id,)
+        # ip_metadata_sources of a routed (0) and an unrouted (1) server.
+        self.source_pair = pa.array(
+            [list(self.routed_sources), list(self.unrouted_sources)],
+            ARROW_TYPES["ip_metadata_sources"],
+        )
+        self.netblocks = _netblocks(self.starts, self.lengths)
 
     @classmethod
     def of(cls, enricher: Enricher | None) -> ServerTables | None:
@@ -126,13 +150,14 @@ class ServerTables:
             has_country[at] = self.as_country_known[np.maximum(as_pos, 0)] & (as_pos >= 0)
         has_asn = np.zeros(len(ips), dtype=bool)
         has_asn[at] = routed
-        statuses = ["ok"] * len(ips)
-        for k in at[~routed]:
-            statuses[k] = "not_routed"
+        names = {"ok": 0, "not_routed": 1}
+        codes = np.zeros(len(ips), dtype=np.int64)
+        codes[at[~routed]] = 1
         for k, f in zip(slow, slow_fields, strict=True):
-            statuses[k] = f[8]
+            codes[k] = names.setdefault(f[8], len(names))
             has_asn[k] = f[1] is not None
             has_country[k] = f[5] is not None
+        statuses = Statuses(tuple(names), codes)
 
         if not len(slow) and rows is not None:  # the usual batch: straight to the rows
             arrays = self._fast_arrays(prefix, routed, asn, as_pos, rows)
@@ -202,20 +227,15 @@ class ServerTables:
     ) -> dict[str, pa.Array]:
         """The columns of routed (prefix >= 0) and unrouted IPv4 servers: one value per
         server, or with ``rows`` one per row (then with ``ip_metadata_sources``)."""
-        j = np.maximum(prefix, 0)
-        start = self.starts[j]
-        octets = [pa.array((start >> s) & 255).cast(pa.string()) for s in (24, 16, 8, 0)]
-        address = pc.binary_join_element_wise(*octets, ".")
-        lengths = pa.array(self.lengths[j]).cast(pa.string())
-        netblock = pc.binary_join_element_wise(address, lengths, "/")
-        netblock = pc.if_else(pa.array(~routed), pa.nulls(len(j), pa.string()), netblock)
         if rows is not None:
-            netblock = netblock.take(pa.array(rows))
-            routed, asn, as_pos = routed[rows], asn[rows], as_pos[rows]
+            prefix, routed, asn, as_pos = prefix[rows], routed[rows], asn[rows], as_pos[rows]
         n = len(routed)
+        unrouted = ~routed
         arrays: dict[str, pa.Array] = {
-            "server_netblock": netblock,
-            "server_asn": pa.array(asn, pa.int64(), mask=~routed),
+            "server_netblock": self.netblocks.take(
+                pa.array(np.maximum(prefix, 0), pa.int64(), mask=unrouted)
+            ),
+            "server_asn": pa.array(asn, pa.int64(), mask=unrouted),
         }
         take = pa.array(np.maximum(as_pos, 0), pa.int64(), mask=as_pos < 0)
         for name, values in self.as_values.items():
@@ -223,12 +243,37 @@ class ServerTables:
         arrays["server_organization"] = pa.nulls(n, pa.string())
         out = {name: arrays[name] for name in SERVER_COLUMNS}
         if rows is not None:
-            sources = pa.array(
-                [list(self.routed_sources), list(self.unrouted_sources)],
-                ARROW_TYPES["ip_metadata_sources"],
-            )
-            out["ip_metadata_sources"] = sources.take(pa.array(np.where(routed, 0, 1)))
+            out["ip_metadata_sources"] = self.source_pair.take(pa.array(unrouted.view(np.int8)))
         return out
+
+
+def _netblocks(starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """Every prefix's text (``"8.8.8.0/24"``), built once per table from the texts of
+    all 65,536 ``"a.b"`` halves: for 1M prefixes 0.06 CPU-s and 18.5 MB (0.14 with a cast
+    per octet), against ~200 us per batch of 500 lines when each batch built the texts
+    of its servers.
+
+    >>> _netblocks(np.array([0x08080800, 0x0A000000]), np.array([24, 8])).to_pylist()
+    ['8.8.8.0/24', '10.0.0.0/8']
+    """
+    halves, numbers = _texts()
+    high = halves.take(pa.array((starts >> 16).astype(np.int32)))
+    low = halves.take(pa.array((starts & 0xFFFF).astype(np.int32)))
+    length = numbers.take(pa.array(np.asarray(lengths, dtype=np.int32)))
+    address = pc.binary_join_element_wise(high, low, ".")
+    return pc.binary_join_element_wise(address, length, "/")
+
+
+_TEXTS: list[tuple[pa.Array, pa.Array]] = []
+
+
+def _texts() -> tuple[pa.Array, pa.Array]:
+    """``"a.b"`` for a, b in 0..255 at index ``a * 256 + b``; ``"n"`` at index n."""
+    if not _TEXTS:
+        numbers = [str(n) for n in range(256)]
+        halves = pa.array([f"{a}.{b}" for a in numbers for b in numbers])
+        _TEXTS.append((halves, pa.array(numbers)))
+    return _TEXTS[0]
 
 
 def _as_columns(
@@ -286,4 +331,4 @@ def _address(ip: Any) -> int:
         return _NOT_V4
 
 
-__all__ = ["ARROW_TYPES", "SERVER_COLUMNS", "Distinct", "ServerTables"]
+__all__ = ["ARROW_TYPES", "SERVER_COLUMNS", "Distinct", "ServerTables", "Statuses"]
