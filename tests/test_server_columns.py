@@ -102,3 +102,44 @@ def test_not_for_an_enricher_without_ipv4_prefixes_or_with_an_org_source() -> No
 
     with_org = Enricher(pfx2as=parse_pfx2as(PREFIXES), pfx2as_id="rv", org_source=Org())
     assert ServerTables.of(with_org) is None
+
+
+# The C reader of server addresses (``_hqfast.ipv4_values``) against the Python one.
+_ADDRESS_CHARS = "0123456789.: \t\n\r\x0b\x0c\x1c\x1f\x00xé\u2003\u00a0"
+
+
+def _native_or_skip() -> None:
+    from services.beam_launcher import native
+
+    if native.load("_hqfast") is None:
+        pytest.skip("native module not built (python -m services.beam_launcher.native.build)")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_native_addresses_equal_the_python_reading(seed: int) -> None:
+    _native_or_skip()
+    from services.beam_launcher.enrichment.server_columns import _address, native_addresses
+
+    rng = random.Random(seed)
+    values: list[Any] = [*ODD, "é8.8.8.8", "\u20038.8.8.8\u00a0", "1.2.3.4" * 20]
+    for _ in range(5000):
+        if rng.random() < 0.5:  # near-addresses: octets, padding, stray characters
+            octets = [str(rng.choice([0, 1, 9, 10, 99, 255, 256, 300, rng.randrange(256)]))
+                      for _ in range(rng.choice([3, 4, 4, 4, 5]))]  # fmt: skip
+            text = ".".join(octets)
+            pad = "".join(rng.choice(" \t\n\x1c\u2003") for _ in range(rng.randrange(3)))
+            values.append(pad + text + pad[::-1])
+        else:
+            n = rng.randrange(12)
+            values.append("".join(rng.choice(_ADDRESS_CHARS) for _ in range(n)))
+    got = native_addresses(values)
+    assert got is not None
+    assert got.tolist() == [_address(v) for v in values]
+    assert sum(1 for v in got.tolist() if v >= 0) > 100  # the generator made addresses too
+
+
+def test_native_addresses_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.beam_launcher.enrichment.server_columns import native_addresses
+
+    monkeypatch.setenv("CP_NATIVE_PARSER", "0")
+    assert native_addresses(["8.8.8.8"]) is None

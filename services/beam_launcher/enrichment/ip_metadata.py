@@ -32,6 +32,7 @@ from services.beam_launcher.enrichment.server_columns import (
     ARROW_TYPES,
     SERVER_COLUMNS,
     ServerTables,
+    native_addresses,
 )
 from services.common.ipmeta import (
     Enricher,
@@ -293,8 +294,18 @@ class RowEnricher:
         day = dates[0]
         if not day or not isinstance(day, str) or dates.count(day) != n_rows:
             return False
-        slot = {ip: k for k, ip in enumerate(dict.fromkeys(ips))}
-        if len(slot) == 1:
+        # Distinct servers and each row's index into them: by address when every row's
+        # server is an IPv4 address read in C (np.unique: ~60 us for 1,500 rows, where
+        # the dicts of strings below took ~370 us with the addresses), else by string.
+        addrs = native_addresses(ips) if type(ips) is list else None
+        if addrs is not None and addrs.min() >= 0:
+            distinct, first, rows = np.unique(addrs, return_index=True, return_inverse=True)
+            servers = [ips[k] for k in first.tolist()]
+        else:
+            slot = {ip: k for k, ip in enumerate(dict.fromkeys(ips))}
+            servers, distinct = list(slot), None
+            rows = np.fromiter(map(slot.__getitem__, ips), dtype=np.int64, count=n_rows)
+        if len(servers) == 1:
             return False
         tables = self._server_tables(day)
         if tables is None:
@@ -307,10 +318,9 @@ class RowEnricher:
             with self._lock:
                 return enricher.lookup_fields(ip)
 
-        rows = np.fromiter(map(slot.__getitem__, ips), dtype=np.int64, count=n_rows)
-        out = tables.lookup(list(slot), one_by_one, rows)
+        out = tables.lookup(servers, one_by_one, rows, distinct)
         columns.update(out.arrays)
-        per_server = np.bincount(rows, minlength=len(slot))
+        per_server = np.bincount(rows, minlength=len(servers))
         for status, count in out.statuses.counts(per_server).items():
             name = _COUNTERS.get(status) or _COUNTERS.setdefault(
                 status, f"ip_metadata.server.{status}"

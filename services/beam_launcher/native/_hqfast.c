@@ -43,6 +43,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <arpa/inet.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -2072,7 +2073,71 @@ process_batch_arrow(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return run_batch(args, nargs, 2);
 }
 
+/* ipv4_values(values) -> bytes: per item of the list `values`, an int64 (native byte
+ * order): the IPv4 address of a str as server_columns._address reads it (surrounding
+ * whitespace stripped, then inet_pton(AF_INET), the call socket.inet_pton makes), -1 for
+ * anything else (not a str, a ':' in it, refused by inet_pton, an embedded NUL), and -2
+ * for a str that is not ASCII (Python's strip() knows more whitespace: the caller decides
+ * those). */
+static int
+ascii_space(char c)
+{
+    /* str.isspace() of the ASCII characters: \t \n \v \f \r, \x1c-\x1f and ' '. */
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= '\x1c' && c <= '\x1f');
+}
+
+static PyObject *
+ipv4_values(PyObject *self, PyObject *values)
+{
+    if (!PyList_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "ipv4_values: a list is required");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+    if (out == NULL) {
+        return NULL;
+    }
+    int64_t *dst = (int64_t *)PyBytes_AS_STRING(out);
+    char buf[64];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyList_GET_ITEM(values, i);
+        int64_t r = -1;
+        if (PyUnicode_CheckExact(v)) {
+            if (!PyUnicode_IS_ASCII(v)) {
+                r = -2;
+            } else {
+                const char *t = (const char *)PyUnicode_DATA(v);
+                Py_ssize_t len = PyUnicode_GET_LENGTH(v);
+                if (memchr(t, ':', (size_t)len) == NULL && memchr(t, '\0', (size_t)len) == NULL) {
+                    Py_ssize_t a = 0, b = len;
+                    while (a < b && ascii_space(t[a])) {
+                        a++;
+                    }
+                    while (b > a && ascii_space(t[b - 1])) {
+                        b--;
+                    }
+                    if (b - a < (Py_ssize_t)sizeof buf) {
+                        struct in_addr addr;
+                        memcpy(buf, t + a, (size_t)(b - a));
+                        buf[b - a] = '\0';
+                        if (inet_pton(AF_INET, buf, &addr) == 1) {
+                            r = (int64_t)ntohl(addr.s_addr);
+                        }
+                    }
+                }
+            }
+        }
+        dst[i] = r;
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"ipv4_values", (PyCFunction)ipv4_values, METH_O,
+     "ipv4_values(values: list) -> bytes\n\n"
+     "Per item an int64 (native byte order): the IPv4 address of a str (whitespace\n"
+     "stripped, inet_pton), -1 for anything else, -2 for a non-ASCII str."},
     {"process_batch", (PyCFunction)(void (*)(void))process_batch, METH_FASTCALL,
      "process_batch(lines, first_line_no, ctx) -> (rows, slow, counts)\n\n"
      "Parse and annotate a batch of Hyperquack lines; see _hqfast.c for ctx."},
