@@ -113,6 +113,7 @@ class ServerTables:
             ARROW_TYPES["ip_metadata_sources"],
         )
         self.netblocks = _netblocks(self.starts, self.lengths)
+        self._routed_sources_rows = self.source_pair.slice(0, 0)
 
     @classmethod
     def of(cls, enricher: Enricher | None) -> ServerTables | None:
@@ -247,8 +248,20 @@ class ServerTables:
         arrays["server_organization"] = pa.nulls(n, pa.string())
         out = {name: arrays[name] for name in SERVER_COLUMNS}
         if rows is not None:
-            out["ip_metadata_sources"] = self.source_pair.take(pa.array(unrouted.view(np.int8)))
+            out["ip_metadata_sources"] = (
+                self._routed_rows(n)
+                if not unrouted.any()
+                else self.source_pair.take(pa.array(unrouted.view(np.int8)))
+            )
         return out
+
+    def _routed_rows(self, n: int) -> pa.Array:
+        """``n`` rows of the routed sources: a slice of one array kept for all batches
+        (a list ``take`` per batch of 1,500 rows cost ~60 us)."""
+        if len(self._routed_sources_rows) < n:
+            size = max(n, 2 * len(self._routed_sources_rows))
+            self._routed_sources_rows = self.source_pair.take(pa.array(np.zeros(size, np.int8)))
+        return self._routed_sources_rows.slice(0, n)
 
 
 def _netblocks(starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
