@@ -34,9 +34,12 @@ For each N in ``--lines`` (``--big`` adds 10,000,000):
 4. With ``--ip-metadata-prefixes P``: a synthetic CAIDA site folder with ~P prefixes
    (every server /24 of the scan plus filler prefixes and ASes) is written once, mirrored
    with ``python -m services.routeviews sync``, and each N runs twice, without and with
-   ``--ip-metadata`` (with a new, empty ``$CP_IPMETA_CACHE`` folder: the reference
-   files are parsed, as on a run's first day with them; ``--warm-cache`` fills it
-   first, as for later runs with the same files); the enrichment share is
+   ``--ip-metadata`` (with a new, empty ``$CP_IPMETA_CACHE`` folder: the tables are read
+   from the parsed forms the sync published under ``compiled/``, as a launcher pod or a
+   Dataflow worker reads them; ``--not-compiled``: from a copy of the mirror without
+   them, so the reference files are parsed, as when the sync ran with ``--no-compile``;
+   ``--warm-cache`` fills the cache first, as for later runs of one machine with the
+   same files); the enrichment share is
    (CPU with - CPU without) / CPU with, judged on CPU time because the wall time of a
    shared machine varies more than that share (the wall-time share is printed too).
 
@@ -231,26 +234,50 @@ def caida_child(out: str, n_lines: int, prefixes: int, seed: int) -> dict[str, A
     return {"prefixes": len(sample.prefixes) + len(extra), "ases": len(sample.ases)}
 
 
-def ensure_ip_metadata(cache: Path, n_lines: int, prefixes: int) -> Path:
-    """Mirrored IP metadata (``services.routeviews sync`` of a synthetic CAIDA folder)."""
+def ensure_ip_metadata(cache: Path, n_lines: int, prefixes: int, compiled: bool = True) -> Path:
+    """Mirrored IP metadata (``services.routeviews sync`` of a synthetic CAIDA folder),
+    with the parsed forms the sync publishes under ``compiled/``; without ``compiled``, a
+    copy of the mirror without them (every reader parses the files)."""
+    from services.common.ipmeta import COMPILED_DIR
+
     dest = cache / f"ipmeta-{prefixes}-{n_lines}"
     done = dest / ".bench-complete"
     if done.exists():
-        return dest / "mirror"
+        if not (dest / "mirror" / COMPILED_DIR).is_dir():  # made before the sync compiled
+            subprocess.run(_sync_cmd(dest), cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        return dest / "mirror" if compiled else _without_compiled(dest)
     shutil.rmtree(dest, ignore_errors=True)
     start = time.perf_counter()
     info = in_child(caida_child, str(dest / "caida"), n_lines, prefixes, 0)
-    cmd = [sys.executable, "-m", "services.routeviews", "sync", "--base-url",
-           str(dest / "caida"), "--dest", str(dest / "mirror"), "--snapshot-days", "36500",
-           "--log-level", "ERROR"]  # fmt: skip
-    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(_sync_cmd(dest), cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     done.write_text(json.dumps(info))
     print(
         f"IP metadata: {info['prefixes']:,} prefixes, {info['ases']:,} ASes "
         f"in {time.perf_counter() - start:.0f} s -> {dest / 'mirror'}",
         flush=True,
     )
-    return dest / "mirror"
+    return dest / "mirror" if compiled else _without_compiled(dest)
+
+
+def _sync_cmd(dest: Path) -> list[str]:
+    return [sys.executable, "-m", "services.routeviews", "sync", "--base-url",
+            str(dest / "caida"), "--dest", str(dest / "mirror"), "--snapshot-days", "36500",
+            "--log-level", "ERROR"]  # fmt: skip
+
+
+def _without_compiled(dest: Path) -> Path:
+    """``dest/mirror`` without its ``compiled/`` folder (hard links, made once)."""
+    from services.common.ipmeta import COMPILED_DIR
+
+    plain = dest / "mirror-not-compiled"
+    if not plain.is_dir():
+        tmp = dest / "mirror-not-compiled.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(
+            dest / "mirror", tmp, ignore=shutil.ignore_patterns(COMPILED_DIR), copy_function=os.link
+        )
+        tmp.rename(plain)
+    return plain
 
 
 # --- parse-only -----------------------------------------------------------------------------
@@ -657,6 +684,12 @@ def main() -> int:
         action="store_true",
         help="fill the IP-metadata cache before the enriched runs (default: empty cache)",
     )
+    parser.add_argument(
+        "--not-compiled",
+        action="store_true",
+        help="enriched runs on a mirror without the parsed forms services.routeviews "
+        "publishes under compiled/ (so an empty cache means parsing every reference file)",
+    )
     parser.add_argument("--resources", default="", help="resources (default: the launcher's)")
     parser.add_argument("--parse-lines", type=int, default=200_000, help="parse-only lines")
     parser.add_argument("--parse-batch", type=int, default=500, help="parse-only batch lines")
@@ -722,12 +755,15 @@ def main() -> int:
         results[n] = res
         rates[n] = print_run(n, "plain", res, parse_rate)
         if args.ip_metadata_prefixes:
-            meta = ensure_ip_metadata(cache, n, args.ip_metadata_prefixes)
+            meta = ensure_ip_metadata(
+                cache, n, args.ip_metadata_prefixes, compiled=not args.not_compiled
+            )
             res = run_launcher(
                 scans, work, args.resources or None, meta, args.launcher_arg, args.warm_cache
             )
             enriched[n] = res
-            print_run(n, "ip-meta" + (" warm" if args.warm_cache else ""), res, parse_rate)
+            label = "ip-meta" + (" warm" if args.warm_cache else "")
+            print_run(n, label + (" parse" if args.not_compiled else ""), res, parse_rate)
             share = (res["wall"] - results[n]["wall"]) / res["wall"]
             cpu_share = (res["cpu"] - results[n]["cpu"]) / res["cpu"]
             print(

@@ -24,12 +24,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
+from services.common import ipmeta
+from services.common import storage as st
 from services.common.ipmeta import (
+    COMPILED_DIR,
+    KIND_FOLDERS,
+    KIND_ROUTEVIEWS,
     AsOrg,
     Enricher,
     IpMetadata,
     PrefixTable,
     ReferenceCatalog,
+    compile_reference,
     enrich_pairs,
     parse_as2org,
     parse_as2types,
@@ -860,6 +866,84 @@ def test_catalog_cache_damage_is_logged_and_repaired(
     cat2 = ReferenceCatalog(str(catalog_root), cache_dir=cache)
     _loaded(cat2, day)
     assert cat2.cache_hits == 3  # rewritten whole
+
+
+def _compile_all(root: Path) -> list[str]:
+    """compile_reference for every mirrored file under ``root`` (as services/routeviews
+    does after a sync); the entry names."""
+    storage = st.storage_for(str(root))
+    cat = ReferenceCatalog(str(root))
+    names = []
+    for kind in KIND_FOLDERS:
+        for ref in cat.available(kind):
+            result, name = compile_reference(storage, str(root), ref)
+            assert result == "compiled"
+            names.append(name)
+    assert [compile_reference(storage, str(root), ref, set(names))[0]
+            for ref in cat.available(KIND_ROUTEVIEWS)] == ["present"] * 3  # fmt: skip
+    return sorted(names)
+
+
+def test_catalog_reads_the_compiled_forms_instead_of_parsing(
+    catalog_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    day = dt.date(2021, 5, 31)
+    plain = _loaded(ReferenceCatalog(str(catalog_root)), day)
+    names = _compile_all(catalog_root)
+    assert sorted(p.name for p in (catalog_root / COMPILED_DIR).iterdir()) == names
+    # Parsing is not possible any more: every table must come from compiled/.
+    for parser in ("parse_pfx2as", "parse_as2org", "parse_as2types"):
+        monkeypatch.setattr(ipmeta, parser, _no_parse)
+    cache = tmp_path / "cache"
+    for cat in (ReferenceCatalog(str(catalog_root)),
+                ReferenceCatalog(str(catalog_root), cache_dir=cache)):  # fmt: skip
+        got = _loaded(cat, day)
+        assert cat.compiled_hits == 3
+        for a, b in zip(plain, got, strict=True):
+            if isinstance(a, PrefixTable):
+                _same_table(a, b)
+            else:
+                assert dict(a) == dict(b)
+    # ... and the local cache took them as they were: the next process reads it.
+    cached = sorted(cache.glob("*.cpmeta"))
+    assert len(cached) == 3
+    for entry in cached:
+        assert entry.read_bytes() == (catalog_root / COMPILED_DIR / entry.name).read_bytes()
+    again = ReferenceCatalog(str(catalog_root), cache_dir=cache)
+    _loaded(again, day)
+    assert (again.cache_hits, again.compiled_hits) == (3, 0)
+
+
+def _no_parse(lines: Any) -> Any:
+    raise AssertionError("parsed instead of read from compiled/")
+
+
+def test_catalog_a_damaged_or_stale_compiled_form_is_parsed_instead(
+    catalog_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO")
+    day = dt.date(2021, 5, 31)
+    _compile_all(catalog_root)
+    (entry,) = (catalog_root / COMPILED_DIR).glob("routeviews-rv2-20210530-1200.*")
+    blob = bytearray(entry.read_bytes())
+    blob[-1] ^= 0xFF
+    entry.write_bytes(bytes(blob))
+    cat = ReferenceCatalog(str(catalog_root))
+    table, _, _ = _loaded(cat, day)
+    assert table.lookup("8.8.8.8").asn == 15169
+    assert cat.compiled_hits == 2
+    err = capsys.readouterr().err
+    assert "ipmeta_compiled_damaged" in err and "checksum mismatch" in err
+    # A file mirrored again with other bytes has no entry under its new name: parsed.
+    _put(
+        catalog_root,
+        "routeviews/2021/05/routeviews-rv2-20210530-1200.pfx2as.gz",
+        _gz(["8.8.8.0\t24\t64500"]),
+    )
+    cat = ReferenceCatalog(str(catalog_root))
+    table, _, _ = _loaded(cat, day)
+    assert table.lookup("8.8.8.8").asn == 64500
+    assert cat.compiled_hits == 2
 
 
 def test_catalog_cache_folder_that_cannot_be_written(

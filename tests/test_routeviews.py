@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from services.common import ipmeta
 from services.common import storage as st
 from services.common.ipmeta import ReferenceCatalog, enrich_pairs
 from services.routeviews import caida
@@ -238,18 +239,47 @@ def build_tree(fc: FakeCaida, *, with_bad_files: bool = True) -> None:
     fc.put("as-classification/20210401.as2types.txt.gz", _gz(["15169|peerDB_class|Content"]))
 
 
-def _mirror(fc: FakeCaida, dest: str, sleeps: list[float] | None = None) -> Mirror:
+def _mirror(
+    fc: FakeCaida, dest: str, sleeps: list[float] | None = None, compile_tables: bool = True
+) -> Mirror:
     fetcher = Fetcher(
         retries=3,
         backoff=0.001,
         timeout=5,
         sleep=(sleeps.append if sleeps is not None else lambda s: None),
     )
-    return Mirror(base_url=fc.url, dest=dest, fetcher=fetcher, metrics=MirrorMetrics())
+    return Mirror(
+        base_url=fc.url,
+        dest=dest,
+        fetcher=fetcher,
+        metrics=MirrorMetrics(),
+        compile_tables=compile_tables,
+    )
 
 
 def _files(root: Path) -> list[str]:
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    """The mirrored files (not the parsed forms under compiled/)."""
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and p.relative_to(root).parts[0] != ipmeta.COMPILED_DIR
+    )
+
+
+def _compiled(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / ipmeta.COMPILED_DIR).glob("*"))
+
+
+def _entries_of(root: Path, files: list[str]) -> list[str]:
+    """The compiled/ names the mirrored ``files`` (paths under ``root``) should have."""
+    out = []
+    for rel in files:
+        kind = next(k for k, f in ipmeta.KIND_FOLDERS.items() if rel.startswith(f + "/"))
+        ref = ipmeta.ref_file_from_name(kind, rel)
+        assert ref is not None
+        data = (root / rel).read_bytes()
+        out.append(ipmeta.entry_name(ref.file_id, ipmeta.KIND_CODECS[kind].name, data))
+    return sorted(out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,6 +321,10 @@ def test_sync_mirrors_verifies_and_reports(fake: FakeCaida, tmp_path: Path) -> N
     assert by_name[RV_TRUNC].result == "failed"
     assert "not published" in (by_name[RV_TRUNC].detail or "")
     assert not list(dest.rglob(".tmp-*"))
+    # Each published file's parsed form, named by its bytes (nothing for the failed one).
+    assert _compiled(dest) == _entries_of(dest, _files(dest))
+    assert summary.compiled == {"routeviews": {"compiled": 4}, "as2org": {"compiled": 3},
+                                "as2class": {"compiled": 2}}  # fmt: skip
 
     assert summary.failed
     assert summary.counts() == {
@@ -314,6 +348,8 @@ def test_sync_mirrors_verifies_and_reports(fake: FakeCaida, tmp_path: Path) -> N
     assert sample("cp_routeviews_last_success_timestamp_seconds", kind="as2org") is not None
     newest = sample("cp_routeviews_newest_file_timestamp_seconds", kind="routeviews")
     assert newest == dt.datetime(2021, 5, 31, tzinfo=dt.UTC).timestamp()
+    assert sample("cp_routeviews_compiled_total", kind="routeviews", result="compiled") == 4
+    assert sample("cp_routeviews_compiled_total", kind="routeviews", result="failed") == 0
 
 
 def test_second_sync_skips_everything_present(fake: FakeCaida, tmp_path: Path) -> None:
@@ -332,6 +368,9 @@ def test_second_sync_skips_everything_present(fake: FakeCaida, tmp_path: Path) -
     for name in RV_PUBLISHED:
         assert fake.count("GET", name) == 0 and fake.count("HEAD", name) == 1
     assert {p: p.stat().st_mtime_ns for p in Path(dest).rglob("*") if p.is_file()} == before
+    # Their parsed forms are there: none is written again (the routeviews ones not even read).
+    assert summary.compiled == {"routeviews": {"present": 4}, "as2org": {"present": 3},
+                                "as2class": {"present": 2}}  # fmt: skip
     assert (
         m.metrics.registry.get_sample_value(
             "cp_routeviews_files_total", {"kind": "as2org", "result": "skipped"}
@@ -667,16 +706,24 @@ def test_sync_to_gcs_destination(fake: FakeCaida, gcs_bucket: Any) -> None:
     dest = gcs_bucket.url("ipmeta")
     summary = _mirror(fake, dest).sync(["routeviews"], today=TODAY)
     assert summary.counts()["routeviews"] == {"failed": 1, "mirrored": 4, "missing": 1}
-    assert sorted(gcs_bucket.keys("ipmeta/")) == sorted(
+    keys = sorted(gcs_bucket.keys("ipmeta/"))
+    assert [k for k in keys if "/compiled/" not in k] == sorted(
         f"ipmeta/routeviews/2021/05/{n}" for n in RV_PUBLISHED
     )
+    assert summary.compiled == {"routeviews": {"compiled": 4}}
+    compiled = [k for k in keys if k.startswith("ipmeta/compiled/routeviews-rv2-")]
+    assert len(compiled) == 4 and all(k.endswith(".cpmeta") for k in compiled)
     again = _mirror(fake, dest).sync(["routeviews"], today=TODAY)
     assert again.counts()["routeviews"] == {"failed": 1, "missing": 1, "skipped": 4}
+    assert again.compiled == {"routeviews": {"present": 4}}
+    assert sorted(gcs_bucket.keys("ipmeta/")) == keys
+    # The launcher's catalog reads the parsed form from the bucket instead of parsing.
     cat = ReferenceCatalog(dest)
     e, sel = cat.enricher_for(dt.date(2021, 5, 30))
     assert sel.routeviews is not None and sel.routeviews.url.startswith("gs://")
     assert e.lookup("122.155.84.41").netblock == "122.155.80.0/21"
     assert st.basename(sel.routeviews.url) == RV_REAL
+    assert cat.compiled_hits == 1
 
 
 def test_no_size_check_skips_present_files_without_requests(

@@ -102,7 +102,7 @@ import socket
 import sys
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -1282,6 +1282,25 @@ CACHE_VERSION = 2
 CACHE_SUFFIX = ".cpmeta"
 CACHE_KEEP = 24  # cached tables kept per folder, least recently used removed first
 _CACHE_MAGIC = b"CPMETA1\n"
+#: Folder under the catalog root where ``services/routeviews`` publishes the parsed form
+#: of each mirrored file (the cache entries' format and names), read before parsing.
+COMPILED_DIR = "compiled"
+
+
+def entry_name(file_id: str, codec: str, data: bytes) -> str:
+    """The name of the parsed form of a reference file whose bytes are ``data``, in a
+    cache folder and under :data:`COMPILED_DIR`: a changed file gets a new name.
+
+    >>> entry_name("20210401.as2types", "as2types", b"x")[:60]
+    '20210401.as2types.as2types.2d711642b726b04401627ca9fbac32f5.v2'
+    """
+    digest = hashlib.sha256(data).hexdigest()[:32]
+    return f"{file_id}.{codec}.{digest}.v{CACHE_VERSION}{CACHE_SUFFIX}"
+
+
+def entry_prefix(file_id: str, codec: str) -> str:
+    """What every entry name of ``file_id`` parsed by ``codec`` starts with."""
+    return f"{file_id}.{codec}."
 
 
 def default_cache_dir() -> Path | None:
@@ -1343,6 +1362,41 @@ _AS2TYPES = _Codec(
 )
 
 
+#: The codec each kind's files are loaded with (the routeviews6 files are pfx2as too).
+KIND_CODECS = {
+    KIND_ROUTEVIEWS: _PFX2AS,
+    KIND_ROUTEVIEWS6: _PFX2AS,
+    KIND_AS2ORG: _AS2ORG,
+    KIND_AS2CLASS: _AS2TYPES,
+}
+
+
+def compiled_names(storage: st.Storage, root: str) -> set[str]:
+    """The entry names under ``<root>/compiled/`` (empty when there is no such folder)."""
+    try:
+        return {st.basename(o.url) for o in storage.list(st.join(root, COMPILED_DIR))}
+    except FileNotFoundError:
+        return set()
+
+
+def compile_reference(
+    storage: st.Storage, root: str, ref: RefFile, present: Collection[str] = ()
+) -> tuple[str, str]:
+    """Publish the parsed form of the mirrored file ``ref`` as ``<root>/compiled/<name>``
+    (:func:`entry_name`, the format of the catalog's cache), which every
+    :class:`ReferenceCatalog` on ``root`` then reads instead of parsing the file.
+    Returns ``("compiled" or "present", name)``; ``present``: names already there.
+    Written atomically (``storage.write_bytes``), so a reader sees all of it or nothing.
+    """
+    codec = KIND_CODECS[ref.kind]
+    data = storage.read_bytes(ref.url)
+    name = entry_name(ref.file_id, codec.name, data)
+    if name in present:
+        return "present", name
+    storage.write_bytes(st.join(root, COMPILED_DIR, name), _seal(codec.encode(codec.parse(data))))
+    return "compiled", name
+
+
 class ReferenceCatalog:
     """Lists the mirrored reference files under ``root`` and picks them by date.
 
@@ -1353,6 +1407,7 @@ class ReferenceCatalog:
         <root>/routeviews6/YYYY/MM/routeviews-rv6-YYYYMMDD-HHMM.pfx2as.gz   (optional)
         <root>/as-organizations/YYYYMMDD.as-org2info.{txt,jsonl}.gz
         <root>/as-classifications/YYYYMMDD.as2types.txt.gz
+        <root>/compiled/<entry name>.cpmeta   (parsed forms, read instead of parsing)
 
     Choice for a measurement date D:
 
@@ -1387,6 +1442,7 @@ class ReferenceCatalog:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.cache_hits = 0
         self.cache_writes = 0
+        self.compiled_hits = 0  # tables read from <root>/compiled/ instead of parsed
         self._cache_warned = False
         self._storage = storage or st.storage_for(root)
         self._files: dict[str, list[RefFile]] | None = None
@@ -1479,10 +1535,10 @@ class ReferenceCatalog:
         a cache folder that cannot be written is logged once and the run goes on.
         """
         data = self._read(ref)
+        name = entry_name(ref.file_id, codec.name, data)
         if self.cache_dir is None:
-            return codec.parse(data)
-        digest = hashlib.sha256(data).hexdigest()[:32]
-        name = f"{ref.file_id}.{codec.name}.{digest}.v{CACHE_VERSION}{CACHE_SUFFIX}"
+            got = self._compiled(codec, name)
+            return got[0] if got is not None else codec.parse(data)
         path = self.cache_dir / name
         value = self._cache_read(codec, path)
         if value is not None:
@@ -1492,11 +1548,16 @@ class ReferenceCatalog:
             value = self._cache_read(codec, path, report=False)
             if value is not None:
                 return value
-            value = codec.parse(data)
+            got = self._compiled(codec, name)
+            if got is not None:
+                value, blob = got
+            else:
+                value = codec.parse(data)
+                blob = _seal(codec.encode(value))
             tmp = path.with_name(f"{name}.tmp-{os.getpid()}-{threading.get_ident()}")
             try:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(_seal(codec.encode(value)))
+                tmp.write_bytes(blob)
                 os.replace(tmp, path)
                 self.cache_writes += 1
                 self._prune()
@@ -1505,6 +1566,26 @@ class ReferenceCatalog:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
         return value
+
+    def _compiled(self, codec: _Codec, name: str) -> tuple[Any, bytes] | None:
+        """(table, sealed bytes) of the entry ``name`` that ``services/routeviews``
+        published under ``<root>/compiled/``, or None: absent, unreadable or damaged (the
+        last two logged; the file is then parsed here)."""
+        url = st.join(self.root, COMPILED_DIR, name)
+        try:
+            blob = self._storage.read_bytes(url)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # storage trouble: parse the file instead
+            self._warn("ipmeta_compiled_unreadable", url, exc, always=True)
+            return None
+        try:
+            value = codec.decode(_unseal(blob))
+        except ValueError as exc:
+            self._warn("ipmeta_compiled_damaged", url, exc, always=True)
+            return None
+        self.compiled_hits += 1
+        return value, blob
 
     def _cache_read(self, codec: _Codec, path: Path, report: bool = True) -> Any:
         """The decoded entry at ``path``, or None (absent, unreadable or damaged)."""
@@ -1557,7 +1638,7 @@ class ReferenceCatalog:
             with contextlib.suppress(OSError):
                 p.unlink()
 
-    def _warn(self, event: str, path: Path, exc: Exception, always: bool = False) -> None:
+    def _warn(self, event: str, path: Path | str, exc: Exception, always: bool = False) -> None:
         if self._cache_warned and not always:
             return
         self._cache_warned = True

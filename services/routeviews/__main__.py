@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip present files without asking CAIDA for their size (no HEAD requests)",
     )
+    common.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="do not publish the parsed form of the files under <dest>/compiled/ (readers "
+        "then parse each file themselves)",
+    )
     add_ops_arguments(common)
     snapshots = JsonArgumentParser(add_help=False)
     snapshots.add_argument(
@@ -150,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else Fetcher(retries=args.retries, backoff=args.backoff, timeout=args.timeout),
         metrics=metrics,
         check_remote_size=not args.no_size_check,
+        compile_tables=not args.no_compile,
     )
 
     def push(failed: bool) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 RESULTS = ("mirrored", "skipped", "missing", "failed")
+COMPILE_RESULTS = ("compiled", "present", "failed")
 
 
 class MirrorMetrics:
@@ -53,6 +54,13 @@ class MirrorMetrics:
             ["kind"],
             registry=r,
         )
+        self.compiled = Counter(
+            "cp_routeviews_compiled",
+            "Parsed forms of mirrored files published under compiled/, by kind and result "
+            "(compiled/present/failed)",
+            ["kind", "result"],
+            registry=r,
+        )
         self.duration = Gauge(
             "cp_routeviews_run_duration_seconds", "Wall time of the last run", registry=r
         )
@@ -68,3 +76,5 @@ class MirrorMetrics:
             self.files.labels(kind=kind, result=result)
         self.bytes.labels(kind=kind)
         self.listing_failures.labels(kind=kind)
+        for result in COMPILE_RESULTS:
+            self.compiled.labels(kind=kind, result=result)

@@ -64,6 +64,8 @@ class RunSummary:
     outcomes: list[FileOutcome] = field(default_factory=list)
     listing_errors: dict[str, str] = field(default_factory=dict)  # kind → error
     duration_s: float = 0.0
+    # kind → result (compiled/present/failed) → files: the parsed forms under compiled/
+    compiled: dict[str, Counter[str]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, Counter[str]] = {k: Counter() for k in self.kinds}
@@ -92,6 +94,7 @@ class RunSummary:
             "listing_errors": self.listing_errors,
             "problems": [o.to_dict() for o in self.outcomes if o.result in ("failed", "missing")],
             "mirrored": [o.name for o in self.outcomes if o.result == "mirrored"],
+            "compiled": {k: dict(sorted(c.items())) for k, c in sorted(self.compiled.items())},
             "duration_s": round(self.duration_s, 3),
         }
 
@@ -120,6 +123,7 @@ class Mirror:
         metrics: MirrorMetrics | None = None,
         storage: st.Storage | None = None,
         check_remote_size: bool = True,
+        compile_tables: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.dest = dest
@@ -127,6 +131,7 @@ class Mirror:
         self.metrics = metrics or MirrorMetrics()
         self.storage = storage or st.storage_for(dest)
         self.check_remote_size = check_remote_size
+        self.compile_tables = compile_tables
         self.log = get_logger("routeviews", dest=dest)
         self._present: dict[str, dict[str, int]] = {}
 
@@ -347,7 +352,63 @@ class Mirror:
                     self._record(o)
                     summary.outcomes.append(o)
 
+    # -- parsed forms ----------------------------------------------------------------------
+
+    def compile_outcomes(self, summary: RunSummary) -> None:
+        """Publish the parsed form of each file this run mirrored or found present
+        (``ipmeta.compile_reference``), so launchers and workers read it instead of
+        parsing the file (a routeviews file of 1M prefixes: ~2 CPU-s per process).
+
+        A routeviews file found present (same size as CAIDA's) whose entry exists under
+        another name is not read again; any other file is read and hashed, and parsed only
+        when its entry is missing. A failure is logged (``routeviews_compile_failed``) and
+        counted, not fatal: the readers then parse that file themselves.
+        """
+        names: set[str] | None = None
+        for o in summary.outcomes:
+            if o.result not in ("mirrored", "skipped"):
+                continue
+            spec = caida.SPECS[o.kind]
+            rf = caida.parse_name(spec, o.name)
+            ref = ipmeta.ref_file_from_name(o.kind, caida.dest_url(self.dest, rf)) if rf else None
+            if ref is None:
+                continue
+            lifecycle.check()  # after a stop signal no new file starts
+            if names is None:
+                names = ipmeta.compiled_names(self.storage, self.dest)
+            codec = ipmeta.KIND_CODECS[o.kind].name
+            prefix = ipmeta.entry_prefix(ref.file_id, codec)
+            t0 = time.monotonic()
+            if (
+                o.result == "skipped"
+                and spec.dated_subdirs
+                and any(n.startswith(prefix) for n in names)
+            ):
+                result, name = "present", ""
+            else:
+                try:
+                    result, name = ipmeta.compile_reference(self.storage, self.dest, ref, names)
+                except Exception as exc:  # reported per file; readers parse it themselves
+                    lifecycle.reraise_if_aborted(exc)
+                    result, name = "failed", f"{type(exc).__name__}: {exc}"
+            if result == "compiled":
+                names.add(name)
+            summary.compiled.setdefault(o.kind, Counter())[result] += 1
+            self.metrics.compiled.labels(kind=o.kind, result=result).inc()
+            if result == "failed":
+                self.log.warning("routeviews_compile_failed", kind=o.kind, name=o.name, error=name)
+            elif result == "compiled":
+                self.log.info(
+                    "routeviews_file_compiled",
+                    kind=o.kind,
+                    name=o.name,
+                    entry=name,
+                    seconds=round(time.monotonic() - t0, 3),
+                )
+
     def _finish(self, summary: RunSummary, t0: float) -> RunSummary:
+        if self.compile_tables:
+            self.compile_outcomes(summary)
         summary.duration_s = time.monotonic() - t0
         self.metrics.duration.set(summary.duration_s)
         now = time.time()
