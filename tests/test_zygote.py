@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from services.beam_launcher import zygote
+from services.beam_launcher import worker, zygote
 from services.common import logsetup
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,3 +253,24 @@ def test_prepared_objects_are_what_the_dofns_acquire(tmp_path: Path) -> None:
     assert dofn.enricher is enricher
     assert dofn.processor is not None and dofn.processor.resources is resources
     assert prepare_shared(sample, None, 30, [day]) == [resources]  # no IP metadata
+
+
+def test_sdk_worker_gc_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SDK worker process collects less often and freezes what its DoFns set up;
+    any other process (a run inside the launcher, these tests) is left as it is."""
+    import gc
+
+    threshold = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    worker.freeze_after_setup()
+    assert gc.get_freeze_count() == frozen  # not an SDK worker process
+    monkeypatch.setattr(worker, "_sdk_process", False)
+    try:
+        worker.tune_gc_for_sdk_process()
+        assert gc.get_threshold() == (worker.GC_GEN0_THRESHOLD, *threshold[1:])
+        kept = [[object()] for _ in range(100)]
+        worker.freeze_after_setup()
+        assert gc.get_freeze_count() >= frozen + len(kept)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()

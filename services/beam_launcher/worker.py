@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shlex
@@ -215,18 +216,55 @@ def exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
+#: The cyclic GC's first threshold in an SDK worker process (Python's default: 700).
+GC_GEN0_THRESHOLD = 50_000
+_sdk_process = False
+
+
 def sdk_main() -> None:
     """Beam's SDK harness, configured from the environment Beam gives the worker;
-    returns when the runner closed the control stream (no work is left)."""
+    returns when the runner closed the control stream (no work is left).
+
+    The cyclic GC of the process looks at new containers every
+    :data:`GC_GEN0_THRESHOLD` allocations instead of 700: a batch's rows die with the
+    batch, and most of them are freed before a collection would walk them. Measured on
+    100k lines of the 1M bench scan parsed and enriched as a worker does
+    (`gc.callbacks`): 0.044–0.048 s of collections, 0.009–0.012 s with 50,000, after
+    :func:`freeze_after_setup`; 0.121 s with neither.
+    """
     import logging
 
     from apache_beam.runners.worker import sdk_worker_main
 
+    tune_gc_for_sdk_process()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     quiet = logging.getLogger(sdk_worker_main.__name__)
     if not any(isinstance(f, _QuietStartup) for f in quiet.filters):
         quiet.addFilter(_QuietStartup())
     sdk_worker_main.main(sys.argv[:1])
+
+
+def tune_gc_for_sdk_process() -> None:
+    """Mark this process as an SDK worker and raise the GC's first threshold to
+    :data:`GC_GEN0_THRESHOLD` (see :func:`sdk_main`)."""
+    global _sdk_process
+    _sdk_process = True
+    first, *rest = gc.get_threshold()
+    gc.set_threshold(max(first, GC_GEN0_THRESHOLD), *rest)
+
+
+def freeze_after_setup() -> None:
+    """In an SDK worker process (:func:`sdk_main`): what exists after a DoFn's setup
+    (resources, IP-metadata tables, Beam's harness) moves to the GC's permanent
+    generation, so no collection walks it again. Elsewhere (a run inside the launcher,
+    the tests) nothing happens.
+
+    >>> freeze_after_setup()  # not an SDK worker process: no effect
+    >>> gc.get_freeze_count() >= 0
+    True
+    """
+    if _sdk_process:
+        gc.freeze()
 
 
 def sdk() -> None:

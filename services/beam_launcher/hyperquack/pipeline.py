@@ -57,6 +57,7 @@ from services.beam_launcher.slices import (
     plan_pieces,
 )
 from services.beam_launcher.warehouse.rows import DEAD_LETTER, HYPERQUACK_TABLES, SATELLITE_SCAN
+from services.beam_launcher.worker import freeze_after_setup
 from services.common import progress, storage
 from services.common.rowschema import Row, TableSpec
 
@@ -257,6 +258,7 @@ class _HyperquackDoFn(beam.DoFn):
         """Once per worker: the compiled resources and the IP-metadata enricher."""
         self.processor = HyperquackProcessor(shared_resources(self.resources_location))
         self.enricher = shared_enricher(self.ip_metadata, self.max_staleness_days)
+        freeze_after_setup()
 
     def _count(self, name: str, value: int) -> None:
         counter = self.counters.get(name)
