@@ -283,14 +283,9 @@ def _without_compiled(dest: Path) -> Path:
 # --- parse-only -----------------------------------------------------------------------------
 
 
-def parse_only_child(
-    path: str, max_lines: int, resources: str, batch: int, runs: int = PARSE_RUNS
-) -> dict[str, Any]:
-    """Lines per CPU-second of ``process_columns`` over lines already in memory: one
-    untimed warm-up pass over all lines, then ``runs`` timed passes (caches cleared
-    before each); the median pass is the figure, all are returned."""
-    from services.beam_launcher.enrichment.resources import load_resources
-    from services.beam_launcher.hyperquack.processing import FileTask, HyperquackProcessor
+def scan_lines(path: str, max_lines: int) -> tuple[list[bytes], Any]:
+    """The first ``max_lines`` lines of the scan file ``path`` and its ``FileTask``."""
+    from services.beam_launcher.hyperquack.processing import FileTask
     from services.common.scans import parse_scan_name
 
     lines: list[bytes] = []
@@ -303,6 +298,19 @@ def parse_only_child(
     scan = parse_scan_name(source)
     task = FileTask(path, source, "results.json", scan.scan_type, scan.date.isoformat(),
                     0, None, "bench")  # fmt: skip
+    return lines, task
+
+
+def parse_only_child(
+    path: str, max_lines: int, resources: str, batch: int, runs: int = PARSE_RUNS
+) -> dict[str, Any]:
+    """Lines per CPU-second of ``process_columns`` over lines already in memory: one
+    untimed warm-up pass over all lines, then ``runs`` timed passes (caches cleared
+    before each); the median pass is the figure, all are returned."""
+    from services.beam_launcher.enrichment.resources import load_resources
+    from services.beam_launcher.hyperquack.processing import HyperquackProcessor
+
+    lines, task = scan_lines(path, max_lines)
     proc = HyperquackProcessor(load_resources(resources))
 
     def one_pass() -> tuple[int, float, float]:

@@ -55,28 +55,16 @@ BATCH = 500
 
 def paired_child(scan: str, meta: str, n_lines: int, rounds: int, out_dir: str) -> dict[str, Any]:
     """Worker-side CPU of the plain and the enriched path after each parse (seconds)."""
-    import gzip
-
     from services.beam_launcher import worker
     from services.beam_launcher.enrichment.ip_metadata import RowEnricher
     from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES, load_resources
     from services.beam_launcher.hyperquack.pipeline import HYPERQUACK_TABLES, DateWriters
-    from services.beam_launcher.hyperquack.processing import FileTask, HyperquackProcessor
-    from services.common.scans import parse_scan_name
+    from services.beam_launcher.hyperquack.processing import HyperquackProcessor
 
     os.environ["CP_IPMETA_CACHE"] = "off"
-    lines: list[bytes] = []
-    with gzip.open(scan, "rb") as fh:
-        for line in fh:
-            lines.append(line)
-            if len(lines) >= n_lines:
-                break
-    source = Path(scan).parent.name
-    info = parse_scan_name(source)
-    task = FileTask(scan, source, "results.json", info.scan_type, info.date.isoformat(),
-                    0, None, "bench")  # fmt: skip
+    lines, task = e2e.scan_lines(scan, n_lines)
     proc = HyperquackProcessor(load_resources(str(SAMPLE_RESOURCES)))
-    spec = HYPERQUACK_TABLES[info.scan_type]
+    spec = HYPERQUACK_TABLES[task.scan_type]
     plain, enriched = RowEnricher(None), RowEnricher(meta)
     # Prepared as the launcher prepares before forking: the dates of the first batches.
     first = proc.process_columns(task, 1, lines[:BATCH], arrow=True)
