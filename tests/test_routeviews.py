@@ -829,3 +829,26 @@ def test_cli_sync_from_a_local_folder(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["sync", "--base-url", str(tmp_path / "nowhere"), *args[:2]]) == 1
     out = json.loads(capsys.readouterr().out)
     assert sorted(out["listing_errors"]) == ["as2class", "as2org", "routeviews"]
+
+
+def test_a_file_that_cannot_be_compiled_is_reported_not_fatal(
+    fake: FakeCaida, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    build_tree(fake, with_bad_files=False)
+
+    def broken(*args: Any, **kwargs: Any) -> tuple[str, str]:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ipmeta, "compile_reference", broken)
+    m = _mirror(fake, str(tmp_path))
+    summary = m.sync(["as2class"], today=TODAY, snapshot_days=400)
+    assert not summary.failed and summary.counts() == {"as2class": {"mirrored": 2}}
+    assert summary.compiled == {"as2class": {"failed": 2}}
+    assert (
+        m.metrics.registry.get_sample_value(
+            "cp_routeviews_compiled_total", {"kind": "as2class", "result": "failed"}
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count('"routeviews_compile_failed"') == 2 and "OSError: disk full" in err

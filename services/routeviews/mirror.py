@@ -379,25 +379,30 @@ class Mirror:
             codec = ipmeta.KIND_CODECS[o.kind].name
             prefix = ipmeta.entry_prefix(ref.file_id, codec)
             t0 = time.monotonic()
+            name = ""
+            # spec.dated_subdirs: a routeviews kind, the large files worth not reading again
             if (
                 o.result == "skipped"
                 and spec.dated_subdirs
                 and any(n.startswith(prefix) for n in names)
             ):
-                result, name = "present", ""
+                result = "present"
             else:
                 try:
                     result, name = ipmeta.compile_reference(self.storage, self.dest, ref, names)
                 except Exception as exc:  # reported per file; readers parse it themselves
                     lifecycle.reraise_if_aborted(exc)
-                    result, name = "failed", f"{type(exc).__name__}: {exc}"
-            if result == "compiled":
-                names.add(name)
+                    result = "failed"
+                    self.log.warning(
+                        "routeviews_compile_failed",
+                        kind=o.kind,
+                        name=o.name,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
             summary.compiled.setdefault(o.kind, Counter())[result] += 1
             self.metrics.compiled.labels(kind=o.kind, result=result).inc()
-            if result == "failed":
-                self.log.warning("routeviews_compile_failed", kind=o.kind, name=o.name, error=name)
-            elif result == "compiled":
+            if result == "compiled":
+                names.add(name)
                 self.log.info(
                     "routeviews_file_compiled",
                     kind=o.kind,
