@@ -254,7 +254,7 @@ def main() -> int:
     opts = PipelineOptions(direct_running_mode="multi_processing", direct_num_workers=2)
     with beam.Pipeline(runner="FnApiRunner", options=opts) as p:
         _ = (p | beam.Create(range(4)) | beam.Map(where)
-             | beam.Map(lambda t: print(t[0], t[1], flush=True)))
+             | beam.Map(lambda t: os.write(1, f"temp {t[0]} {t[1]}\\n".encode())))
     print("done", os.getpid(), tempfile.gettempdir(), flush=True)
     if sys.argv[1] == "hang":
         time.sleep(120)
@@ -273,14 +273,19 @@ sys.exit(lifecycle.run_main("mp", main))
     pids, paths = set(), []
     try:
         for line in proc.stdout:
-            if line.startswith("done"):
+            # Worker subprocesses share this pipe with Beam and gRPC, which may print
+            # lines of their own: only the lines the script writes (one atomic write each)
+            # are read.
+            if line.startswith("done "):
                 _, main_pid, own = line.split()
                 break
-            pid, path = line.split()
-            pids.add(int(pid))
-            paths.append(Path(path))
+            if line.startswith("temp "):
+                _, pid, path = line.split()
+                pids.add(int(pid))
+                paths.append(Path(path))
         else:
             pytest.fail(f"the pipeline did not run (exit {proc.wait()})")
+        assert len(paths) == 4, paths
         assert int(main_pid) not in pids, "no worker subprocess did the work"
         assert all(p.parent == Path(own) and p.exists() for p in paths), (own, paths)
         assert Path(own).parent == run_root(tmp)
