@@ -138,16 +138,20 @@ def test_pending_rows_of_all_dates_stay_bounded(
     """A slice spanning many days holds at most about one row group's bytes pending."""
     from services.beam_launcher.hyperquack import pipeline
 
-    limit = DEAD_LETTER.to_arrow(dl_rows(300, "2021-05-30", 0)).nbytes
+    limit = DEAD_LETTER.to_arrow(dl_rows(300, "2021-05-30", 0)).get_total_buffer_size()
     monkeypatch.setattr(pipeline, "ROW_GROUP_BYTES", limit)
     w = DateWriters(DEAD_LETTER, str(tmp_path / "f"), "", row_group_rows=10_000)
-    batch = DEAD_LETTER.to_arrow(dl_rows(100, "2021-05-30", 0)).nbytes
+    batch = DEAD_LETTER.to_arrow(dl_rows(100, "2021-05-30", 0)).get_total_buffer_size()
     line = 0
     for day in range(1, 12):
         for _ in range(2):
             add(w, dl_rows(100, f"2021-06-{day:02d}", line))
             line += 100
             assert sum(w.pending_bytes.values()) < limit + batch
+            # ... and what is pending is what the rows added and not yet written hold.
+            held = sum(t.get_total_buffer_size() for ts in w.pending.values() for t in ts)
+            assert sum(w.pending_bytes.values()) >= held * 0.9
+            assert sum(w.pending_rows.values()) <= 400
     done = w.finish()
     assert len(done) == 11
     assert sum(pq.ParquetFile(p).metadata.num_rows for p in done) == 2200
