@@ -138,6 +138,44 @@ def test_constants_of_later_batches_are_their_own() -> None:
         ] * size
 
 
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [
+        ("id", ""),
+        ("id", "é€😀"),
+        ("id", "x" * 1000),
+        ("raw", b64(b"")),
+        ("raw", b64(bytes(range(256)))),
+        ("tags", ["a", ""]),
+    ],
+)
+def test_constant_strings_and_bytes_laid_out_directly(column: str, value: Any) -> None:
+    """Constant STRING/BYTES columns (built from offsets and repeated bytes) are valid
+    arrays equal to the row path at every batch size, the first and the remembered."""
+    for size in (1, 2, 7, 1000, 3):
+        got = check_equal(ALL_TYPES, [{"id": "a", column: value}] * size)
+        got.validate(full=True)
+
+
+def test_remembered_list_constants_are_their_own() -> None:
+    """Constant lists are remembered by their items (and the items' types: [1] and [True]
+    are different keys); each batch still gets its own value and length."""
+    spec = TableSpec(
+        "lists", (Column("n", INTEGER, "N", REPEATED), Column("s", STRING, "S", REPEATED))
+    )
+    for size, n_value, s_value in [
+        (3, [1], ["1"]),
+        (2, [2], ["1", ""]),
+        (4, [1], []),
+        (1, [], ["1"]),
+    ]:
+        got = spec.columns_to_arrow({"n": [n_value] * size, "s": [s_value] * size}, size)
+        assert got.column("n").to_pylist() == [n_value] * size
+        assert got.column("s").to_pylist() == [s_value] * size
+    assert ("s", list, ((str, "1"),)) in spec._arrow["constants"]
+    assert rowschema._constant_key("n", [True]) != rowschema._constant_key("n", [1])
+
+
 @pytest.mark.parametrize("odd_one", [0, 1, 2, 3, 4])
 def test_one_differing_value_anywhere_is_kept(odd_one: int) -> None:
     """A column equal in all rows but one (first, middle, last or elsewhere) is not
