@@ -48,7 +48,7 @@ docs: env
 bench: env
 	$(UV) run python bench/bench_parse.py
 	$(UV) run python bench/bench_pipeline.py
-	$(UV) run python bench/bench_e2e.py --keep $(VAR)/bench-e2e --ip-metadata-prefixes 1000000
+	$(UV) run python bench/bench_e2e.py --keep $(VAR)/bench-e2e --ip-metadata-prefixes 1000000 --repeat 3
 	$(UV) run python bench/bench_enrichment.py --keep $(VAR)/bench-e2e
 	$(UV) run python bench/bench_export.py
 	$(UV) run python bench/bench_ipmeta.py
