@@ -114,12 +114,15 @@ def test_raw_buffers_hold_the_column_lists_values() -> None:
     """process_batch_arrow writes what process_batch_columns lists (same slow lines)."""
     p = pair("sample")
     task, lines = generated_lines("https", 2, 120)
+    # partly_native: rows written, then dropped when the line goes slow (here also last, so
+    # what it wrote must not stay past the end of any buffer)
     lines = [*lines[:50], b"junk", SLOW_WITH_ROWS, partly_native(3), b"\n", *lines[50:]]
+    lines.append(_partly_native_with_headers())
     ctx = p.fast._native_context(task)
     lists, slow, slow_at, counts = MODULE.process_batch_columns(lines, 5, ctx)
     built, slow2, slow_at2, counts2 = MODULE.process_batch_arrow(lines, 5, ctx)
     assert (slow2, slow_at2, counts2) == (slow, slow_at, counts)
-    assert slow == [50, 51, 52]
+    assert slow == [50, 51, 52, len(lines) - 1]
     n_rows = counts[1]
     for name, kind, column, item in zip(
         MODULE.COLUMNS, MODULE.COLUMN_KINDS, lists, built, strict=True
@@ -130,12 +133,26 @@ def test_raw_buffers_hold_the_column_lists_values() -> None:
         n, nulls, validity, values, chars = item
         assert n == n_rows and nulls == column.count(None), name
         assert (validity is None) == (nulls == 0), name
-        assert (chars is not None) == (kind == "utf8"), name
-        size = {"utf8": 4 * (n + 1), "int64": 8 * n, "bool": (n + 7) // 8}[kind]
+        assert (chars is not None) == (kind in ("utf8", "list_utf8")), name
+        size = {"utf8": 4 * (n + 1), "list_utf8": 4 * (n + 1), "int64": 8 * n}.get(
+            kind, (n + 7) // 8
+        )
         assert len(values) == size, name  # exactly the Arrow layout, no slack
+        if kind == "list_utf8":  # the items: one offset per item (and a first 0), no slack
+            items, text = chars
+            n_items = sum(len(v) for v in column if v is not None)
+            assert len(items) == 4 * (n_items + 1), name
+            assert len(text) == sum(len(x.encode()) for v in column if v for x in v), name
         array = processing._wrapped(kind, item)
         array.validate(full=True)
         assert array.to_pylist() == column, name
+
+
+def _partly_native_with_headers() -> bytes:
+    """partly_native with headers in the response the C code writes before going slow."""
+    record = orjson.loads(_record(response={"headers": {"A": ["x" * 10, "y"]}}))
+    record["response"].append(dict(record["response"][1], start_time="2021-05-30 00:00:00Z"))
+    return orjson.dumps(record)
 
 
 def _record(**changes: Any) -> bytes:
@@ -161,6 +178,27 @@ def test_unusual_strings_and_integers() -> None:
     ]
     for k in range(len(lines)):
         check_arrow(p, FileTask.for_test(HTTPS_V1), 7, lines[k:] + lines[:k])
+
+
+@needs_module
+def test_header_lists() -> None:
+    """Headers (a list of strings per row, laid out in C): none, empty values, many,
+    non-ASCII, several values per name, a null and a non-string value (slow), in every
+    order, so lists of every size follow each other and a refused list in the middle of a
+    batch leaves the builder as it was."""
+    p = pair("sample")
+    lines = [
+        _record(response={"headers": {}}),
+        _record(response={"headers": {"A": [""], "": ["x"]}}),
+        _record(response={"headers": {f"H{i}": [f"v{i}", "w"] for i in range(40)}}),
+        _record(response={"headers": {"Ünï": ["çødé 😀", "\u2028"]}}),
+        _record(response={"headers": None}),
+        _record(response={"headers": {"A": [1]}}),
+        _record(response={"headers": {"A": None}}),
+        _record(response={"headers": {"Server": ["nginx"], "Content-Length": ["0"]}}),
+    ]
+    for k in range(len(lines)):
+        check_arrow(p, FileTask.for_test(HTTPS_V1), 3, lines[k:] + lines[:k])
 
 
 @needs_module

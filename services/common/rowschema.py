@@ -281,7 +281,7 @@ def _repeat(
             return pa.Array.from_buffers(
                 target, n_rows, [None, pa.py_buffer(offsets), pa.py_buffer(raw * n_rows)]
             )
-    if isinstance(target, pa.ListType) and not first.value_lengths()[0].as_py():
+    if type(value) is list and not value and isinstance(target, pa.ListType):
         zeros = pa.py_buffer(np.zeros(n_rows + 1, dtype=np.int32))  # all empty lists
         return pa.Array.from_buffers(target, n_rows, [None, zeros], children=[first.values])
     return first.take(_zeros(n_rows))

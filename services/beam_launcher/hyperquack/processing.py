@@ -107,7 +107,9 @@ _ARROW_KINDS: dict[str, tuple[pa.DataType, frozenset[str]]] = {
     "utf8": (pa.string(), frozenset({STRING, DATE, TIMESTAMP})),
     "int64": (pa.int64(), frozenset({INTEGER})),
     "bool": (pa.bool_(), frozenset({BOOLEAN})),
+    "list_utf8": (pa.list_(pa.string()), frozenset({STRING})),  # of REPEATED columns only
 }
+_LIST_KINDS = frozenset({"list_utf8"})
 
 
 def _arrow_entry(module: Any) -> Any:
@@ -128,7 +130,7 @@ def _arrow_entry(module: Any) -> Any:
         if kind != "list"
         and (
             kind not in _ARROW_KINDS
-            or HYPERQUACK_SCAN.column(name).mode == REPEATED
+            or (HYPERQUACK_SCAN.column(name).mode == REPEATED) != (kind in _LIST_KINDS)
             or HYPERQUACK_SCAN.column(name).type not in _ARROW_KINDS[kind][1]
         )
     )
@@ -149,9 +151,18 @@ def _wrapped(kind: str, built: tuple[int, int, Any, bytes, Any]) -> pa.Array:
     copy); its layout is validated (lengths of the buffers, offsets)."""
     n, nulls, validity, values, chars = built
     buffers = [None if validity is None else pa.py_buffer(validity), pa.py_buffer(values)]
-    if chars is not None:
-        buffers.append(pa.py_buffer(chars))
-    array = pa.Array.from_buffers(_ARROW_KINDS[kind][0], n, buffers, null_count=nulls)
+    if kind in _LIST_KINDS:  # lists of strings: the items are a string array
+        offsets, text = chars
+        items = pa.Array.from_buffers(
+            pa.string(), len(offsets) // 4 - 1, [None, pa.py_buffer(offsets), pa.py_buffer(text)]
+        )
+        array = pa.Array.from_buffers(
+            _ARROW_KINDS[kind][0], n, buffers, null_count=nulls, children=[items]
+        )
+    else:
+        if chars is not None:
+            buffers.append(pa.py_buffer(chars))
+        array = pa.Array.from_buffers(_ARROW_KINDS[kind][0], n, buffers, null_count=nulls)
     array.validate()
     return array
 

@@ -1192,22 +1192,24 @@ batch_template(Ctx *c)
 /*
  * In Arrow mode the simple columns are not Python lists but Arrow-layout buffers written
  * here: STRING (and the DATE/TIMESTAMP strings) as int32 offsets + UTF-8 bytes, INTEGER
- * as int64 values, BOOLEAN as packed bits, each with a validity bitmap (bit set = not
- * null). The Python side wraps them without a copy (pyarrow.Array.from_buffers). The
- * other columns (repeated, bytes, and those the Python side reads as values: the date and
- * the server IP) stay lists. COLUMN_KINDS tells the Python side which is which.
+ * as int64 values, BOOLEAN as packed bits, repeated STRING (the headers and the
+ * certificate's names) as int32 offsets into items laid out as STRING, each with a
+ * validity bitmap (bit set = not null). The Python side wraps them without a copy
+ * (pyarrow.Array.from_buffers). The other columns (the certificate's bytes, and those the
+ * Python side reads as values: the date and the server IP) stay lists. COLUMN_KINDS tells
+ * the Python side which is which.
  */
-enum { A_LIST, A_UTF8, A_INT64, A_BOOL };
-static const char *const KIND_NAMES[] = {"list", "utf8", "int64", "bool"};
+enum { A_LIST, A_UTF8, A_INT64, A_BOOL, A_LIST_UTF8 };
+static const char *const KIND_NAMES[] = {"list", "utf8", "int64", "bool", "list_utf8"};
 static const unsigned char COL_KIND[NCOL] = {
     [C_server_ip] = A_LIST,      [C_measurement_id] = A_UTF8, [C_source_line] = A_INT64,
     [C_anomaly] = A_BOOL,        [C_controls_failed] = A_BOOL, [C_stateful] = A_BOOL,
     [C_domain] = A_UTF8,         [C_is_control] = A_BOOL,     [C_category] = A_UTF8,
     [C_date] = A_LIST,           [C_start] = A_UTF8,          [C_end] = A_UTF8,
     [C_retry] = A_INT64,         [C_error] = A_UTF8,          [C_matches] = A_BOOL,
-    [C_status] = A_UTF8,         [C_headers] = A_LIST,        [C_body] = A_UTF8,
+    [C_status] = A_UTF8,         [C_headers] = A_LIST_UTF8,        [C_body] = A_UTF8,
     [C_tls_version] = A_INT64,   [C_tls_cipher] = A_INT64,    [C_cert] = A_LIST,
-    [C_cert_cn] = A_UTF8,        [C_cert_issuer] = A_UTF8,    [C_cert_alt] = A_LIST,
+    [C_cert_cn] = A_UTF8,        [C_cert_issuer] = A_UTF8,    [C_cert_alt] = A_LIST_UTF8,
     [C_cert_match] = A_BOOL,     [C_known] = A_BOOL,          [C_signature] = A_UTF8,
     [C_outcome] = A_UTF8,        [C_rule_id] = A_UTF8,
 };
@@ -1221,8 +1223,10 @@ typedef struct {
 /* One column's builder: n rows so far, nulls among them. */
 typedef struct ACol {
     Buf valid;  /* validity bits, (n + 7) / 8 bytes, bits past n clear */
-    Buf values; /* utf8: n + 1 int32 offsets; int64: n values; bool: (n + 7) / 8 bytes */
-    Buf chars;  /* utf8: the UTF-8 bytes of the values */
+    Buf values; /* utf8: n + 1 int32 offsets; int64: n values; bool: (n + 7) / 8 bytes;
+                   list_utf8: n + 1 int32 offsets into the items */
+    Buf chars;  /* utf8, list_utf8: the UTF-8 bytes of the values (of the items) */
+    Buf items;  /* list_utf8: int32 offsets of the items into chars (items + 1) */
     Py_ssize_t n, nulls;
 } ACol;
 
@@ -1291,12 +1295,19 @@ static int
 acol_init(ACol *a, int kind)
 {
     memset(a, 0, sizeof *a);
-    if (kind == A_UTF8) { /* offsets[0] = 0 */
+    if (kind == A_UTF8 || kind == A_LIST_UTF8) { /* offsets[0] = 0 */
         if (buf_reserve(&a->values, 4 * 64) < 0) {
             return -1;
         }
         memset(a->values.p, 0, 4);
         a->values.len = 4;
+    }
+    if (kind == A_LIST_UTF8) { /* the items' offsets[0] = 0 */
+        if (buf_reserve(&a->items, 4 * 256) < 0) {
+            return -1;
+        }
+        memset(a->items.p, 0, 4);
+        a->items.len = 4;
     }
     return 0;
 }
@@ -1307,6 +1318,7 @@ acol_free(ACol *a)
     buf_free(&a->valid);
     buf_free(&a->values);
     buf_free(&a->chars);
+    buf_free(&a->items);
 }
 
 /*
@@ -1376,6 +1388,62 @@ acol_append(Ctx *c, ACol *a, int kind, PyObject *v)
         a->values.len = 8 * ((size_t)a->n + 1);
         break;
     }
+    case A_LIST_UTF8: {
+        /* Every item is checked (and its UTF-8 form made) before anything is written, so a
+           list refused or failing leaves the builder as it was. */
+        Py_ssize_t k = 0, total = 0;
+        if (valid) {
+            if (!PyList_CheckExact(v)) {
+                return HQ_SLOW;
+            }
+            k = PyList_GET_SIZE(v);
+            for (Py_ssize_t j = 0; j < k; j++) {
+                PyObject *item = PyList_GET_ITEM(v, j);
+                Py_ssize_t size = 0;
+                if (!PyUnicode_CheckExact(item)) {
+                    return HQ_SLOW;
+                }
+                if (PyUnicode_AsUTF8AndSize(item, &size) == NULL) {
+                    return HQ_ERR; /* e.g. a lone surrogate: the reference decides */
+                }
+                if (size > (Py_ssize_t)INT32_MAX - total) {
+                    total = -1;
+                    break;
+                }
+                total += size;
+            }
+        }
+        int32_t first, end;
+        memcpy(&first, a->values.p + 4 * (size_t)a->n, 4);
+        memcpy(&end, a->items.p + 4 * (size_t)first, 4);
+        if (total < 0 || k > (Py_ssize_t)(INT32_MAX - first) ||
+            total > (Py_ssize_t)(INT32_MAX - end)) {
+            PyErr_SetString(PyExc_OverflowError, "a list column exceeds 2 GiB in one batch");
+            c->fatal = 1;
+            return HQ_ERR;
+        }
+        if (buf_reserve(&a->values, 4 * ((size_t)a->n + 2)) < 0 ||
+            buf_reserve(&a->items, 4 * ((size_t)first + (size_t)k + 1)) < 0 ||
+            (total > 0 && buf_reserve(&a->chars, (size_t)end + (size_t)total) < 0)) {
+            c->fatal = 1;
+            return HQ_ERR;
+        }
+        for (Py_ssize_t j = 0; j < k; j++) {
+            Py_ssize_t size = 0;
+            const char *text = PyUnicode_AsUTF8AndSize(PyList_GET_ITEM(v, j), &size);
+            if (size > 0) { /* text is the UTF-8 form made above (cached in the str) */
+                memcpy(a->chars.p + end, text, (size_t)size);
+            }
+            end += (int32_t)size;
+            memcpy(a->items.p + 4 * ((size_t)first + (size_t)j + 1), &end, 4);
+        }
+        a->chars.len = (size_t)end;
+        a->items.len = 4 * ((size_t)first + (size_t)k + 1);
+        int32_t last = first + (int32_t)k;
+        memcpy(a->values.p + 4 * ((size_t)a->n + 1), &last, 4);
+        a->values.len = 4 * ((size_t)a->n + 2);
+        break;
+    }
     case A_BOOL:
         if (valid && v != Py_True && v != Py_False) {
             return HQ_SLOW;
@@ -1412,6 +1480,14 @@ acol_truncate(ACol *a, int kind, Py_ssize_t n)
         a->chars.len = (size_t)end;
         a->values.len = 4 * ((size_t)n + 1);
     }
+    else if (kind == A_LIST_UTF8) {
+        int32_t first, end;
+        memcpy(&first, a->values.p + 4 * (size_t)n, 4);
+        memcpy(&end, a->items.p + 4 * (size_t)first, 4);
+        a->chars.len = (size_t)end;
+        a->items.len = 4 * ((size_t)first + 1);
+        a->values.len = 4 * ((size_t)n + 1);
+    }
     else if (kind == A_INT64) {
         a->values.len = 8 * (size_t)n;
     }
@@ -1432,7 +1508,8 @@ buf_bytes(const Buf *b)
     return PyBytes_FromStringAndSize(b->len ? b->p : "", (Py_ssize_t)b->len);
 }
 
-/* (n, null_count, validity bytes or None when no null, values bytes, chars bytes or None) */
+/* (n, null_count, validity bytes or None when no null, values bytes, chars bytes or None;
+   list_utf8: (items' offsets bytes, chars bytes) in place of chars) */
 static PyObject *
 acol_result(const ACol *a, int kind)
 {
@@ -1446,6 +1523,12 @@ acol_result(const ACol *a, int kind)
     }
     if (kind == A_UTF8) {
         chars = buf_bytes(&a->chars);
+    }
+    else if (kind == A_LIST_UTF8) {
+        PyObject *items = buf_bytes(&a->items), *text = buf_bytes(&a->chars);
+        chars = items != NULL && text != NULL ? PyTuple_Pack(2, items, text) : NULL;
+        Py_XDECREF(items);
+        Py_XDECREF(text);
     }
     else {
         chars = Py_None;
@@ -2154,7 +2237,9 @@ static PyMethodDef methods[] = {
      "process_batch_arrow(lines, first_line_no, ctx) -> (columns, slow, slow_at, counts)\n\n"
      "process_batch_columns with the columns whose COLUMN_KINDS entry is not 'list' as\n"
      "Arrow buffers: (length, null_count, validity bytes or None, values bytes, UTF-8\n"
-     "bytes or None); 'utf8': int32 offsets, 'int64': values, 'bool': packed bits."},
+     "bytes or None); 'utf8': int32 offsets, 'int64': values, 'bool': packed bits;\n"
+     "'list_utf8': int32 offsets into the items, and (items' int32 offsets, UTF-8 bytes)\n"
+     "in place of the UTF-8 bytes."},
     {NULL, NULL, 0, NULL},
 };
 
