@@ -52,7 +52,7 @@ CLI_MODULES = (
     "services.routeviews",
     "services.queries",
 )
-CLI_SCRIPTS = ("deploy/dashboards.py", "bench/bench_msgspec.py")
+CLI_SCRIPTS = ("deploy/dashboards.py", "bench/bench_msgspec.py", "bench/bench_e2e.py")
 # Flags of our small scripts that take no argparse parser: flag -> script that reads it.
 SCRIPT_FLAGS = {"--write": "tests/test_helm.py", "--check": "helm/chart_readme.py"}
 # Beam / Dataflow pipeline options the docs may name (passed through to Beam).
