@@ -793,8 +793,8 @@ def main() -> int:
             around = (parse_rate + after) / 2
             rate = print_run(n, f"plain {k + 1}", res, around)
             print(
-                f"{'':>11} parse-only around this run: {parse_rate:,.0f} before, {after:,.0f} "
-                f"after, {around:,.0f} mean; this run {rate / around:.0%} of it",
+                f"{'':>11} parse-only around this run (the ratio above is to their mean): "
+                f"{parse_rate:,.0f} before, {after:,.0f} after, {around:,.0f} mean",
                 flush=True,
             )
             parse_rate = after
