@@ -11,7 +11,11 @@ For each N in ``--lines`` (``--big`` adds 10,000,000):
    temporary folder). Up to 1M lines it is generated directly (the generator holds ~3x
    the raw size in memory); a multiple of 1M above that is the 1M file's gzip stream
    repeated as concatenated gzip members, with a one-byte ``\\n`` member between copies
-   (v2 results end without a newline, so copies would otherwise join two lines).
+   (v2 results end without a newline, so copies would otherwise join two lines). With
+   ``--layout untar`` (the default) that file's text is then rewritten as untar writes
+   scan files (line-aligned gzip members with an index, :mod:`services.common.gzindex`,
+   still level 1), so worker processes enter it at a member; ``--layout plain`` runs on
+   the single gzip stream (a stream starting mid-file inflates the file up to there).
 2. Parse-only: ``HyperquackProcessor.process_columns`` with Arrow output, as the launcher
    calls it (native path when built, the same resources), over the first
    ``--parse-lines`` lines held in memory, in a child process:
@@ -118,17 +122,21 @@ def in_child(func: Any, *args: Any) -> Any:
 # --- scans ----------------------------------------------------------------------------------
 
 
+LAYOUTS = {"untar": "as untar writes them", "plain": "as one plain gzip stream"}
+
+
 def scan_spec() -> Any:
     from sampledata import HYPERQUACK_SCANS
 
     return next(s for s in HYPERQUACK_SCANS if s.scan_type == SCAN_TYPE and s.version == VERSION)
 
 
-def scan_file(cache: Path, n: int) -> Path:
+def scan_file(cache: Path, n: int, layout: str = "plain") -> Path:
     from sampledata import source_name
 
     spec = scan_spec()
-    folder = cache / f"http-v2-{n}" / "scans" / source_name(spec.scan_type, spec.start)
+    name = f"http-v2-{n}" if layout == "plain" else f"http-v2-{n}-{layout}"
+    folder = cache / name / "scans" / source_name(spec.scan_type, spec.start)
     return folder / "results.json.gz"
 
 
@@ -147,13 +155,42 @@ def generate_child(path: str, n: int) -> dict[str, Any]:
     return {"records": records, "seconds": time.perf_counter() - start}
 
 
-def ensure_scan(cache: Path, n: int) -> Path:
-    """The cached n-line scan, generated (or, above 1M, concatenated) when absent."""
-    path = scan_file(cache, n)
+def rewrite_as_untar_child(src: str, dest: str, copies: int) -> dict[str, Any]:
+    """Write ``copies`` of the text of ``src`` (joined by a line end) to ``dest`` as
+    untar writes files: line-aligned gzip members with an index (gzip level 1, as the
+    plain layout, so the two differ only in layout)."""
+    from isal import igzip
+
+    from services.common.gzindex import MemberWriter
+
+    start = time.perf_counter()
+    tmp = Path(dest + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    size = 0
+    with tmp.open("wb") as out, MemberWriter(out, compresslevel=1) as w:
+        for i in range(copies):
+            if i:
+                w.write(b"\n")  # v2 files end without a newline
+            with igzip.open(src, "rb") as fh:
+                while block := fh.read(16 * MB):
+                    size += w.write(block)
+    tmp.replace(dest)
+    return {"bytes": size, "seconds": time.perf_counter() - start}
+
+
+def ensure_scan(cache: Path, n: int, layout: str = "plain") -> Path:
+    """The cached n-line scan, generated (or, above 1M, concatenated) when absent; with
+    ``layout="untar"``, the plain one rewritten as untar writes files."""
+    path = scan_file(cache, n, layout)
     if path.exists():
         return path
     start = time.perf_counter()
-    if n <= MILLION or n % MILLION:
+    if layout == "untar":
+        base = ensure_scan(cache, n if n <= MILLION or n % MILLION else MILLION)
+        copies = 1 if n <= MILLION or n % MILLION else n // MILLION
+        in_child(rewrite_as_untar_child, str(base), str(path), copies)
+        how = f"{copies} cop{'y' if copies == 1 else 'ies'} of {base} as untar writes files"
+    elif n <= MILLION or n % MILLION:
         info = in_child(generate_child, str(path), n)
         how = f"generated ({info['records']:,} records)"
     else:
@@ -693,6 +730,13 @@ def main() -> int:
         "--lines", default="100000,1000000", help="comma-separated scan sizes in lines"
     )
     parser.add_argument("--big", action="store_true", help="also 10,000,000 lines")
+    parser.add_argument(
+        "--layout",
+        choices=["untar", "plain"],
+        default="untar",
+        help="scan file as untar writes it (line-aligned gzip members with an index, the "
+        "default) or as one plain gzip stream",
+    )
     parser.add_argument("--keep", type=Path, help="cache folder for scans (kept and reused)")
     parser.add_argument(
         "--ip-metadata-prefixes",
@@ -743,13 +787,14 @@ def main() -> int:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(
         f"bench_e2e: commit {commit}; {os.cpu_count()} CPUs, load {load}; sizes "
-        f"{', '.join(f'{n:,}' for n in sizes)}; cache {cache}; {bytecode_state()}",
+        f"{', '.join(f'{n:,}' for n in sizes)}; cache {cache}; {bytecode_state()}; "
+        f"scan files {LAYOUTS[args.layout]}",
         flush=True,
     )
     from services.beam_launcher.enrichment.resources import SAMPLE_RESOURCES
 
     resources = args.resources or str(SAMPLE_RESOURCES)
-    paths = {n: ensure_scan(cache, n) for n in sizes}
+    paths = {n: ensure_scan(cache, n, args.layout) for n in sizes}
     parse_src = next((n for n in sizes if n >= args.parse_lines), sizes[-1])
 
     def parse_rate_now(when: str) -> float:

@@ -26,8 +26,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from sampledata import go_json_line, iter_hyperquack_records
+from services.beam_launcher import slices
+from services.beam_launcher.hyperquack import pipeline as graph
+from services.beam_launcher.hyperquack.processing import FileTask
 from services.beam_launcher.run import RunConfig, run
 from services.beam_launcher.warehouse.local import LocalWarehouse
+from services.common.gzindex import MemberWriter
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +116,41 @@ def test_two_workers_give_identical_results(one_and_two: tuple[Any, Any]) -> Non
     assert names <= {f"{KEY}.{k}-of-3.parquet" for k in (1, 2, 3)}
     for table in ("http_scan", "dead_letter"):
         assert parquet_rows(wh1, table) == parquet_rows(wh2, table)
+
+
+def test_two_workers_entering_an_indexed_file_at_members_give_identical_results(
+    scan: Path, one_and_two: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """The same scan written as untar writes it (line-aligned members with an index,
+    small ones here): the pieces start at members, read by seeking; same results."""
+    (wh1, s1), _ = one_and_two
+    src = tmp_path / "scans" / SCAN / "results.json.gz"
+    src.parent.mkdir(parents=True)
+    text = gzip.decompress((scan / SCAN / "results.json.gz").read_bytes())
+    with src.open("wb") as out, MemberWriter(out, compresslevel=1, member_text=64 << 10) as w:
+        w.write(text)
+    planned: list[FileTask] = []
+
+    def spy(task: FileTask) -> FileTask:
+        planned.append(slices.with_index(task))
+        return planned[-1]
+
+    wh = tmp_path / "wh"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(graph, "with_index", spy)
+        summary = run(
+            RunConfig(
+                input=str(tmp_path / "scans"), warehouse=str(wh), workers=2, slice_bytes=1 << 20
+            )
+        )
+    [task] = planned
+    assert task.gz_index is not None and len(task.gz_index.members) > 100
+    assert tables(wh) == tables(wh1)
+    assert summary.stats == s1.stats and summary.beam_counters == s1.beam_counters
+    for table in ("http_scan", "dead_letter"):
+        assert parquet_rows(wh, table) == parquet_rows(wh1, table)
+    names = {name.split("/")[1] for name in parquet_files(wh, "http_scan")}
+    assert f"{KEY}.1-of-3.parquet" in names
 
 
 def test_counters_sum_over_slices_and_processes(scan: Path, one_and_two: tuple[Any, Any]) -> None:

@@ -454,7 +454,7 @@ def read_streams(
     one after the other; with ``jumps``, a refused stream skips ahead to a random later
     unclaimed piece half of the time. Each stream's pieces and numbered lines."""
     claimed = set(starts)
-    edges = slices.piece_starts(task, count)
+    edges, _end, _skip = slices._work_layout(task, count)
     out = []
     for start in starts:
         held = [start]
@@ -466,7 +466,7 @@ def read_streams(
             held.append(piece)
             return True
 
-        def jump(pos: int, held: list[int] = held) -> int | None:
+        def jump(pos: float, held: list[int] = held) -> int | None:
             later = [k for k in range(count) if k not in claimed and edges[k] > pos]
             if jumps is None or not later or jumps.random() < 0.5:
                 return None

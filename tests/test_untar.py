@@ -14,7 +14,7 @@ import pytest
 
 from sampledata import write_scan_archives
 from services.beam_launcher.inputs import discover
-from services.common import storage
+from services.common import gzindex, storage
 from services.common.scans import HYPERQUACK_TYPES
 from services.untar.__main__ import main as untar_main
 from services.untar.markers import MARKER_NAME, completed_archives, read_marker
@@ -56,7 +56,10 @@ def scan_type(scan: str) -> str:
     return "satellite" if "Satellite" in scan else scan.split("-")[1]
 
 
-def test_real_layout_archives_yield_the_expected_objects(tmp_path: Path) -> None:
+def test_real_layout_archives_yield_the_expected_objects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gzindex, "MEMBER_TEXT", 1 << 10)  # several members per real file
     expected = build_real_archives(tmp_path / "raw")
     target = tmp_path / "out"
     m = UntarMetrics()
@@ -64,12 +67,22 @@ def test_real_layout_archives_yield_the_expected_objects(tmp_path: Path) -> None
     assert summary.ok and len(summary.of("unpacked")) == 9
 
     want = []
+    members = 0
     for scan, files in expected.items():
         folder = Path("scans") / scan_type(scan) / scan
         want.append(str(folder / MARKER_NAME))
         for name, data in files.items():
             want.append(str(folder / f"{name}.gz"))
-            assert gzip.decompress((target / folder / f"{name}.gz").read_bytes()) == data
+            stored = (target / folder / f"{name}.gz").read_bytes()
+            assert gzip.decompress(stored) == data
+            # line-aligned members, described by the index at the end (gzindex)
+            index = gzindex.parse_index(stored)
+            assert index is not None
+            assert sum(m.lines for m in index.members) == len(data.splitlines())
+            texts = [gzip.decompress(stored[m.start : m.end]) for m in index.members]
+            assert all(t.endswith(b"\n") for t in texts[:-1])
+            assert [len(t.splitlines()) for t in texts] == [m.lines for m in index.members]
+            members += len(index.members)
         marker = read_marker(str(target / folder / MARKER_NAME))
         assert marker is not None
         assert [f["name"] for f in marker["files"]] == sorted(f"{n}.gz" for n in files)
@@ -82,6 +95,7 @@ def test_real_layout_archives_yield_the_expected_objects(tmp_path: Path) -> None
         if "Quack" in scan:
             assert marker["skipped_members"] == [f"{scan}/domains.txt", f"{scan}/servers.txt"]
     assert list_tree(str(target)) == sorted(want)
+    assert members > 2 * sum(map(len, expected.values()))  # real files took several members
 
     assert m.registry.get_sample_value("cp_untar_archives_total", {"result": "unpacked"}) == 9
     assert m.registry.get_sample_value("cp_untar_members_total", {"result": "written"}) == 14

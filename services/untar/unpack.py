@@ -4,7 +4,9 @@ The archive is read once, as a stream (``tarfile`` in ``r|`` mode over our own g
 decoder, so that the inflated/compressed ratio can be measured and the gzip trailer
 verified at the end). Each member is checked (``safety.check_member``) before any of
 its data is read; a ``.json`` member is written through ``open_write`` (atomic) as
-``<basename>.gz``; other members are skipped and listed in the marker. Any error
+``<basename>.gz``, in line-aligned gzip members with an index at the end
+(:mod:`services.common.gzindex`: the launcher's workers can start reading it in the
+middle); other members are skipped and listed in the marker. Any error
 removes the archive's whole output folder, so only complete, marked folders remain.
 
 Example (see tests/test_untar.py for real archives):
@@ -25,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from services.common import storage
+from services.common.gzindex import MemberWriter
 from services.common.scans import ScanName, parse_scan_name
 from services.untar.markers import MARKER_FORMAT, archive_folder, marker_url
 from services.untar.safety import (
@@ -101,18 +104,14 @@ def _write_member(
     if src is None:  # pragma: no cover - regular members always have a file object
         raise CorruptArchive(f"member {member.name!r} has no data")
     n = 0
-    fileobj: Any = None
     with out.open_write(url) as w:
-        fileobj = w
-        gz = gzip.GzipFile(
-            filename="", mode="wb", fileobj=fileobj, mtime=0, compresslevel=compresslevel
-        )
-        with gz:
-            while chunk := src.read(CHUNK):
-                n += len(chunk)
-                if n > limits.max_member_bytes:  # headers are not trusted
-                    raise HostileArchive(f"member {member.name!r}: more data than the size limit")
-                gz.write(chunk)
+        gz = MemberWriter(w, compresslevel=compresslevel, expected_size=member.size)
+        while chunk := src.read(CHUNK):
+            n += len(chunk)
+            if n > limits.max_member_bytes:  # headers are not trusted
+                raise HostileArchive(f"member {member.name!r}: more data than the size limit")
+            gz.write(chunk)
+        gz.close()
     if n != member.size:
         raise CorruptArchive(f"member {member.name!r}: {n} bytes, header says {member.size}")
     return n, w

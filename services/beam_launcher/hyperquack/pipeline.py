@@ -55,6 +55,7 @@ from services.beam_launcher.slices import (
     iter_slice_batches,
     iter_stream_batches,
     plan_pieces,
+    with_index,
 )
 from services.beam_launcher.warehouse.rows import DEAD_LETTER, HYPERQUACK_TABLES, SATELLITE_SCAN
 from services.beam_launcher.worker import freeze_after_setup
@@ -776,7 +777,7 @@ class _Held:
         self.pieces.append(piece)
         return True
 
-    def jump(self, pos: int) -> int | None:
+    def jump(self, pos: float) -> int | None:
         """Refused a piece after ``pos`` stored chunks: where to skip ahead to, if anywhere."""
         counts = {t.file_key: n for t, n in self.board.plan}
         piece = self.board.jump(self.task, counts[self.task.file_key], pos)
@@ -816,7 +817,8 @@ def plan_work(
     many stored bytes, tests use it to cut small files) dealt into up to ``workers``
     lists, round robin; empty lists are dropped. The number of lists is the number of
     worker processes; which pieces each one does is decided while they run
-    (:class:`ProcessStreams`).
+    (:class:`ProcessStreams`). A gzip file cut into pieces carries its index when it has
+    one (:func:`slices.with_index`): its pieces then start at gzip members.
 
     >>> from services.beam_launcher.hyperquack.processing import FileTask
     >>> ts = [FileTask.for_test(f"CP_Quack-echo-2021-05-30-01-01-0{i}") for i in range(3)]
@@ -824,12 +826,13 @@ def plan_work(
     [2, 1]
     """
     workers = max(1, workers)
-    pieces = [
-        FileSlice(task, k, n)
-        for task in tasks
-        for n in [plan_pieces(task, workers, slice_bytes)]
-        for k in range(n)
-    ]
+    pieces: list[FileSlice] = []
+    for task in tasks:
+        n = plan_pieces(task, workers, slice_bytes)
+        if n > 1 and (indexed := with_index(task)) is not task:  # pieces at gzip members
+            task = indexed
+            n = plan_pieces(task, workers, slice_bytes)
+        pieces += [FileSlice(task, k, n) for k in range(n)]
     bins: list[list[FileSlice]] = [pieces[i::workers] for i in range(workers)]
     return [b for b in bins if b]
 

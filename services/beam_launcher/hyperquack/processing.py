@@ -42,6 +42,7 @@ from services.beam_launcher.hyperquack.parse import (
     flatten_record,
 )
 from services.beam_launcher.warehouse.rows import HYPERQUACK_SCAN
+from services.common.gzindex import GzIndex
 from services.common.logsetup import get_logger
 from services.common.rowschema import BOOLEAN, DATE, INTEGER, REPEATED, STRING, TIMESTAMP, Row
 from services.common.scans import parse_scan_name
@@ -193,6 +194,9 @@ class FileTask:
     size: int
     version: str | None
     pipeline_version: str
+    # Where its gzip members start and their line counts (services.common.gzindex), when
+    # the file has an index and is cut into pieces (hyperquack.pipeline.plan_work).
+    gz_index: GzIndex | None = None
 
     @property
     def file_key(self) -> str:
