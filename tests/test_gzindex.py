@@ -29,9 +29,12 @@ from isal import igzip
 from services.beam_launcher import slices
 from services.beam_launcher.hyperquack.pipeline import plan_work
 from services.beam_launcher.slices import FileSlice, iter_slice_batches
-from services.common import gzindex
+from services.common import gzindex, storage
 from services.common.gzindex import BadIndex, MemberWriter, parse_index, read_index
-from tests.test_slices import SMALL, Numbered, read_streams, reference, task_for, text_st
+from tests.gcs_server import GcsBucket
+from tests.test_slices import SCAN, SMALL, Numbered, read_streams, reference, task_for, text_st
+
+pytest_plugins = ["tests.gcs_server"]
 
 
 def indexed_gzip(text: bytes, member_text: int, writes: list[int] | None = None) -> bytes:
@@ -341,3 +344,25 @@ def test_plan_work_cuts_indexed_files_at_members(tmp_path: Path) -> None:
     bins = plan_work([task_for(str(plain), plain.stat().st_size)], 2, slice_bytes=1000)
     assert all(p.task.gz_index is None for b in bins for p in b)
     assert dataclasses.replace(pieces[0].task, gz_index=None) == task
+
+
+def test_gs_objects_with_an_index_are_entered_at_members(gcs_bucket: GcsBucket) -> None:
+    """Over the GCS test server: the index from a ranged read of the object's tail, and
+    pieces that seek to their members give the object's numbered lines."""
+    text = b"".join(b'{"n": %d, "pad": "%s"}\n' % (i, b"x" * (i % 300)) for i in range(5000))
+    key = f"scans/{SCAN}/results.json.gz"
+    gcs_bucket.put(key, indexed_gzip(text, 20_000))
+    url = gcs_bucket.url(key)
+    info = storage.storage_for(url).stat(url)
+    assert info is not None
+    task = slices.with_index(dataclasses.replace(task_for(url, info.size), version=info.version))
+    assert task.gz_index is not None and len(task.gz_index.members) > 20
+    for count in (2, 5):
+        got = [
+            p for k in range(count) for f, b in iter_slice_batches(FileSlice(task, k, count), 300)
+            for p in enumerate(b, f)
+        ]  # fmt: skip
+        assert got == reference_lines(text), count
+    gcs_bucket.put(key, indexed_gzip(text + b"more\n", 20_000))  # rewritten after planning
+    with pytest.raises(slices.FileChanged):
+        list(iter_slice_batches(FileSlice(task, 1, 2), 300))
