@@ -72,9 +72,11 @@ OUT_CHUNK = 1 << 20
 # multiply files.
 MIN_SLICE_BYTES = 16 << 20
 # Inflating and counting the lines of a stored byte a slice skips costs about this share
-# of processing it (read, parse, enrich, write): 3.2 s against ~40-70 s of CPU for the
-# 1M-line HTTP test scan.
-SKIP_COST = 0.06
+# of processing it (read, parse, enrich, write): for the 1M-line HTTP bench scan (415 MiB,
+# gzip level 1) 2.5-2.7 CPU-s against ~21.5 CPU-s for the workers' processing (a run's
+# 24.4-25.1 CPU-s less ~2 of launcher and ~1.3 of skipping), 2026-12-04. Files with a
+# gzip index skip nothing (_work_layout).
+SKIP_COST = 0.12
 # Stored chunks read ahead of the parser by a background thread (:class:`_ReadAhead`):
 # 8 MiB per slice, so a page-cache miss is read while earlier chunks are parsed.
 READ_AHEAD = 8
