@@ -644,15 +644,16 @@ class _Members:
                 while True:
                     if out:
                         more = io.BytesIO(out).readlines()
-                        if carry and more:
-                            carry.append(more[0])
-                            more[0] = b"".join(carry)
-                            carry = []
-                        if more and not more[-1].endswith(b"\n"):
-                            carry = [more.pop()]
+                        tail = None if more[-1].endswith(b"\n") else more.pop()
                         if more:
+                            if carry:  # the line begun in earlier blocks ends here
+                                carry.append(more[0])
+                                more[0] = b"".join(carry)
+                                carry = []
                             yield line_no, more
                             line_no += len(more)
+                        if tail is not None:  # joined once its line end arrives
+                            carry.append(tail)
                     if inflater.eof or inflater.needs_input:
                         break
                     out = inflater.decompress(b"", OUT_CHUNK)
