@@ -22,6 +22,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from hypothesis import given
 from hypothesis import strategies as st
 from isal import igzip
@@ -31,6 +32,7 @@ from services.beam_launcher.hyperquack.pipeline import plan_work
 from services.beam_launcher.slices import FileSlice, iter_slice_batches
 from services.common import gzindex, storage
 from services.common.gzindex import BadIndex, MemberWriter, parse_index, read_index
+from services.common.logsetup import configure_logging
 from tests.gcs_server import GcsBucket
 from tests.test_slices import SCAN, SMALL, Numbered, read_streams, reference, task_for, text_st
 
@@ -310,16 +312,17 @@ def test_a_member_that_ends_inside_a_line_fails_the_read(tmp_path: Path) -> None
         list(slices.iter_stream_batches(task, 2, 0, lambda _k: True, 10))
 
 
-def test_an_unusable_index_costs_speed_not_lines(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_an_unusable_index_costs_speed_not_lines(tmp_path: Path) -> None:
     """A malformed index is logged and ignored: the file is read from its start."""
     text = b"".join(b"record %d\n" % i for i in range(3000))
     path = tmp_path / "results.json.gz"
     path.write_bytes(tampered(indexed_gzip(text, 2000), "order"))
-    task = slices.with_index(task_for(str(path), path.stat().st_size))
+    configure_logging("INFO")  # whatever level an earlier test left configured
+    with structlog.testing.capture_logs() as logs:
+        task = slices.with_index(task_for(str(path), path.stat().st_size))
     assert task.gz_index is None
-    assert "gz_index_unusable" in capsys.readouterr().err
+    [log] = [e for e in logs if e["event"] == "gz_index_unusable"]
+    assert log["log_level"] == "warning" and "BadIndex" in log["reason"]
     got = [
         p for k in range(3) for f, b in iter_slice_batches(FileSlice(task, k, 3), 64)
         for p in enumerate(b, f)
