@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog.testing
@@ -34,7 +35,15 @@ from services.common import gzindex, storage
 from services.common.gzindex import BadIndex, MemberWriter, parse_index, read_index
 from services.common.logsetup import configure_logging
 from tests.gcs_server import GcsBucket
-from tests.test_slices import SCAN, SMALL, Numbered, read_streams, reference, task_for, text_st
+from tests.test_slices import (
+    SCAN,
+    SMALL,
+    STREAM_DRAWS,
+    Numbered,
+    check_streams,
+    task_for,
+    text_st,
+)
 
 pytest_plugins = ["tests.gcs_server"]
 
@@ -189,48 +198,18 @@ def indexed_task(folder: Path, text: bytes, member_text: int) -> slices.FileTask
 @given(
     text=text_st,
     member_text=st.integers(1, 120),
-    read_chunk=st.integers(1, 64),
-    out_chunk=st.integers(1, 64),
-    batch_lines=st.integers(1, 7),
-    count=st.integers(2, 9),
-    starts=st.sets(st.integers(1, 8), max_size=4),
-    order=st.randoms(),
-    jumps=st.booleans(),
+    draws=st.fixed_dictionaries(STREAM_DRAWS | {"count": st.integers(2, 9)}),
 )
 def test_streams_over_an_indexed_file_give_exactly_its_numbered_lines(
-    tmp_path: Path,
-    text: bytes,
-    member_text: int,
-    read_chunk: int,
-    out_chunk: int,
-    batch_lines: int,
-    count: int,
-    starts: set[int],
-    order: random.Random,
-    jumps: bool,
+    tmp_path: Path, text: bytes, member_text: int, draws: dict[str, Any]
 ) -> None:
     """As for files without an index (test_slices), and piece ``k`` is exactly the
     members from ``piece_members(index, count)[k]`` to the next piece's first."""
     with tempfile.TemporaryDirectory(dir=tmp_path) as folder:
         task = indexed_task(Path(folder), text, member_text)
         assert task.gz_index is not None
-        want = reference(task.url)
-        first_pieces = sorted({0} | {s for s in starts if s < count})
-        shuffled = list(first_pieces)
-        order.shuffle(shuffled)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(slices, "READ_CHUNK", read_chunk)
-            mp.setattr(slices, "OUT_CHUNK", out_chunk)
-            streams = read_streams(task, count, shuffled, batch_lines, order if jumps else None)
-            pieces: list[Numbered] = []
-            for k in range(count):
-                got: Numbered = []
-                for first, batch in iter_slice_batches(FileSlice(task, k, count), batch_lines):
-                    got.extend(enumerate(batch, start=first))
-                pieces.append(got)
-        assert sorted(pair for _, got in streams for pair in got) == want
-        for held, got in streams:
-            assert got == [pair for k in sorted(held) for pair in pieces[k]]
+        pieces = check_streams(task, **draws)
+        count = draws["count"]
         firsts = [*slices.piece_members(task.gz_index, count), len(task.gz_index.members)]
         members = task.gz_index.members
         for k in range(count):

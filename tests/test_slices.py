@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -487,31 +488,26 @@ def read_streams(
     return out
 
 
+# The arguments of check_streams: pieces, extra start pieces, their order (and the
+# random skips ahead), chunk sizes and batch lines.
+STREAM_DRAWS = {
+    "count": st.integers(1, 9),
+    "starts": st.sets(st.integers(1, 8), max_size=4),
+    "order": st.randoms(),
+    "jumps": st.booleans(),
+    "sizes": st.tuples(st.integers(1, 64), st.integers(1, 64), st.integers(1, 7)),
+}
+
+
 @SMALL
 @given(
     text=text_st,
     gz=st.booleans(),
     cuts=st.lists(st.integers(0, 2000), max_size=3),
-    read_chunk=st.integers(1, 64),
-    out_chunk=st.integers(1, 64),
-    batch_lines=st.integers(1, 7),
-    count=st.integers(1, 9),
-    starts=st.sets(st.integers(1, 8), max_size=4),
-    order=st.randoms(),
-    jumps=st.booleans(),
+    draws=st.fixed_dictionaries(STREAM_DRAWS),
 )
 def test_streams_over_claimed_pieces_give_exactly_the_files_numbered_lines(
-    tmp_path: Path,
-    text: bytes,
-    gz: bool,
-    cuts: list[int],
-    read_chunk: int,
-    out_chunk: int,
-    batch_lines: int,
-    count: int,
-    starts: set[int],
-    order: random.Random,
-    jumps: bool,
+    tmp_path: Path, text: bytes, gz: bool, cuts: list[int], draws: dict[str, Any]
 ) -> None:
     """Streams starting at any pieces, run in any order, skipping ahead to any later
     pieces, give every line once with its number, and each stream exactly the lines of
@@ -519,19 +515,35 @@ def test_streams_over_claimed_pieces_give_exactly_the_files_numbered_lines(
     with tempfile.TemporaryDirectory(dir=tmp_path) as folder:
         path = Path(folder) / ("results.json.gz" if gz else "results.json")
         path.write_bytes(gzip_members(text, cuts, [1, 6], [0]) if gz else text)
-        want = reference(str(path))
         task = task_for(str(path), path.stat().st_size)
-        first_pieces = sorted({0} | {s for s in starts if s < count})
-        shuffled = list(first_pieces)
-        order.shuffle(shuffled)
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(slices, "READ_CHUNK", read_chunk)
-            mp.setattr(slices, "OUT_CHUNK", out_chunk)
-            streams = read_streams(task, count, shuffled, batch_lines, order if jumps else None)
-            pieces = read_slices(task, count, 1)
-        assert sorted(pair for _, got in streams for pair in got) == want
-        for held, got in streams:
-            assert got == [pair for k in sorted(held) for pair in pieces[k]]
+        check_streams(task, **draws)
+
+
+def check_streams(
+    task: FileTask,
+    count: int,
+    starts: set[int],
+    order: random.Random,
+    jumps: bool,
+    sizes: tuple[int, int, int],
+) -> list[Numbered]:
+    """Streams from piece 0 and ``starts`` (in ``order``'s shuffle, skipping ahead at
+    random with ``jumps``) give every line of the file once with its number, and each
+    stream exactly the lines of the pieces it went through. ``sizes``: READ_CHUNK,
+    OUT_CHUNK and the batch lines. Returns each piece's numbered lines."""
+    read_chunk, out_chunk, batch_lines = sizes
+    want = reference(task.url)
+    shuffled = sorted({0} | {s for s in starts if s < count})
+    order.shuffle(shuffled)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(slices, "READ_CHUNK", read_chunk)
+        mp.setattr(slices, "OUT_CHUNK", out_chunk)
+        streams = read_streams(task, count, shuffled, batch_lines, order if jumps else None)
+        pieces = read_slices(task, count, 1)
+    assert sorted(pair for _, got in streams for pair in got) == want
+    for held, got in streams:
+        assert got == [pair for k in sorted(held) for pair in pieces[k]]
+    return pieces
 
 
 def test_two_workers_claiming_on_demand_share_a_file_and_end_together(tmp_path: Path) -> None:

@@ -481,6 +481,22 @@ def _work_layout(task: FileTask, count: int) -> tuple[list[float], float, float]
     return starts, index.data_end / READ_CHUNK, 0.0
 
 
+class _Reach:
+    """A stream's claims: it holds the pieces up to ``held``; ``reach(k)`` claims the
+    pieces after that up to ``k`` in order and says whether all were granted."""
+
+    def __init__(self, claim: Callable[[int], bool], held: int) -> None:
+        self.claim = claim
+        self.held = held
+
+    def __call__(self, piece: int) -> bool:
+        while self.held < piece:
+            if not self.claim(self.held + 1):
+                return False
+            self.held += 1
+        return True
+
+
 def _stream_lines(
     task: FileTask,
     count: int,
@@ -499,16 +515,7 @@ def _stream_lines(
     file it claims the (empty) pieces left.
     """
     starts = piece_starts(task, count)
-    held = start
-
-    def reach(piece: int) -> bool:
-        nonlocal held
-        while held < piece:
-            if not claim(held + 1):
-                return False
-            held += 1
-        return True
-
+    reach = _Reach(claim, start)
     edges = 0
     newlines = 0
     last = b"\n"
@@ -590,7 +597,7 @@ def _stream_lines(
         nxt = jump(edges) if jump is not None else None
         if nxt is None:
             return
-        newlines, last, target, held = line_no - 1, b"\n", nxt, nxt
+        newlines, last, target, reach.held = line_no - 1, b"\n", nxt, nxt
 
 
 class _Members:
@@ -692,16 +699,7 @@ def _indexed_lines(
     from ``piece_members(index, count)[k]`` on; a stream reads from its piece's first
     member (no prefix to inflate) and skips ahead by seeking."""
     firsts = piece_members(index, count)
-    held = start
-
-    def reach(piece: int) -> bool:
-        nonlocal held
-        while held < piece:
-            if not claim(held + 1):
-                return False
-            held += 1
-        return True
-
+    reach = _Reach(claim, start)
     url = task.url
     st = storage.storage_for(url)
     with st.open_read(url) as raw:
@@ -714,7 +712,7 @@ def _indexed_lines(
                     nxt = jump(index.members[j].start / READ_CHUNK) if jump is not None else None
                     if nxt is None:
                         return
-                    held, j = nxt, firsts[nxt]
+                    reach.held, j = nxt, firsts[nxt]
                     continue
                 yield from members.lines(j)
                 j += 1
