@@ -143,3 +143,79 @@ def test_native_addresses_off(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("CP_NATIVE_PARSER", "0")
     assert native_addresses(["8.8.8.8"]) is None
+
+
+# The C longest-prefix search (``_hqfast.longest_prefix_v4``) against the numpy one.
+
+
+def _random_prefixes(rng: random.Random, n: int) -> list[str]:
+    """Nested, adjacent and lone IPv4 prefixes (pfx2as lines), /0 now and then."""
+    lines = ["0.0.0.0\t0\t1"] if rng.random() < 0.5 else []
+    for _ in range(n):
+        length = rng.choice([8, 12, 16, 20, 22, 24, 24, 25, 28, 32])
+        base = rng.choice([0x08000000, 0x0A000000, 0xC0A80000, rng.randrange(2**32)])
+        start = (base + rng.randrange(1 << 20)) & ~((1 << (32 - length)) - 1) & 0xFFFFFFFF
+        addr = ".".join(str(start >> s & 255) for s in (24, 16, 8, 0))
+        lines.append(f"{addr}\t{length}\t{rng.randrange(1, 70000)}")
+    return lines
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_native_longest_prefix_equals_the_numpy_search(seed: int) -> None:
+    _native_or_skip()
+    rng = random.Random(seed)
+    e = Enricher(
+        pfx2as=parse_pfx2as(_random_prefixes(rng, 3000)),
+        pfx2as_id="rv",
+        as2org=AS2ORG,
+        as2org_id="org",
+        as2types=AS2TYPES,
+        as2types_id="types",
+    )
+    tables = ServerTables.of(e)
+    assert tables is not None
+    starts = tables.starts
+    near = [int(starts[rng.randrange(len(starts))]) + rng.choice([-1, 0, 1, 255, 256])
+            for _ in range(3000)]  # fmt: skip
+    addrs = np.array([rng.randrange(2**32) for _ in range(3000)] + near + [0, 2**32 - 1])
+    addrs = np.clip(addrs, 0, 2**32 - 1)
+    got = tables._longest_prefix(addrs)
+    assert got.tolist() == tables._longest_prefix_numpy(addrs).tolist()
+    assert (got >= 0).sum() > 1000 and (got < 0).sum() + (starts[0] == 0) > 0
+    # as the Enricher's own lookup: an address with an ASN is in a prefix of that ASN
+    checked = 0
+    for a, k in zip(addrs[::6].tolist(), got[::6].tolist(), strict=True):
+        asn = e.lookup_fields(".".join(str(a >> s & 255) for s in (24, 16, 8, 0)))[1]
+        if asn is not None:  # (special ranges have none, found or not)
+            assert k >= 0 and int(tables.asns[k]) == asn
+            checked += 1
+    assert checked > 100
+
+
+def test_native_longest_prefix_refuses_mismatched_buffers() -> None:
+    _native_or_skip()
+    from services.beam_launcher import native
+
+    module = native.load("_hqfast")
+    starts = np.array([0, 1 << 24], dtype=np.int64)
+    first16 = np.searchsorted(starts, np.arange(65537, dtype=np.int64) << 16)
+    shifts = np.array([24, 24], dtype=np.int64)
+    parents = np.array([-1, -1], dtype=np.int32)
+    addrs = np.array([5, (1 << 24) + 5, -1, 2**32], dtype=np.int64)
+    found = np.frombuffer(module.longest_prefix_v4(addrs, starts, first16, shifts, parents),
+                          dtype=np.int64)  # fmt: skip
+    assert found.tolist() == [0, 1, -1, -1]
+    with pytest.raises(ValueError, match="65,537"):
+        module.longest_prefix_v4(addrs, starts, first16[:-1], shifts, parents)
+    with pytest.raises(ValueError, match="one per start"):
+        module.longest_prefix_v4(addrs, starts, first16, shifts[:1], parents)
+    with pytest.raises(ValueError, match="integers"):
+        module.longest_prefix_v4(b"123", starts, first16, shifts, parents)
+    with pytest.raises(TypeError):
+        module.longest_prefix_v4(addrs, starts, first16, shifts)
+
+
+def test_lookups_without_the_native_module_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CP_NATIVE_PARSER", "0")
+    ips = ["8.1.1.1", "8.8.1.1", "8.8.8.8", "8.8.8.200", "9.1.1.1", "11.1.1.1", "200.1.1.1"]
+    check(enricher(), [*ips, *ODD, "1.1.1.1", "0.255.255.255"])

@@ -194,7 +194,23 @@ class ServerTables:
 
         The last prefix starting at or before the address, by a binary search inside
         the address's /16 (the bucket table narrows ~20 probes scattered over the whole
-        array to a few in one small region), then up the enclosing prefixes."""
+        array to a few in one small region), then up the enclosing prefixes. In C when
+        the native module is built (``_hqfast.longest_prefix_v4``, the same steps per
+        address: 1,550 addresses in ~20 us against ~110 us for these array passes)."""
+        module = native.load("_hqfast") if native.enabled() else None
+        if module is not None:
+            found = module.longest_prefix_v4(
+                np.ascontiguousarray(addrs, dtype=np.int64),
+                self.starts,
+                self.first16,
+                self.shifts,
+                self.parents,
+            )
+            return np.frombuffer(found, dtype=np.int64)
+        return self._longest_prefix_numpy(addrs)
+
+    def _longest_prefix_numpy(self, addrs: np.ndarray) -> np.ndarray:
+        """:meth:`_longest_prefix` without the native module."""
         top = addrs >> 16
         lo = self.first16[top]
         hi = self.first16[top + 1]

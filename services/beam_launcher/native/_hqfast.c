@@ -2221,7 +2221,103 @@ ipv4_values(PyObject *self, PyObject *values)
     return out;
 }
 
+/* longest_prefix_v4(addrs, starts, first16, shifts, parents) -> bytes: for each address
+ * of `addrs` (int64), the index of the longest prefix holding it, or -1, as
+ * server_columns.ServerTables._longest_prefix computes it with numpy: the last prefix
+ * starting at or before the address (a binary search between first16[a >> 16] and
+ * first16[(a >> 16) + 1]), then up `parents` until a prefix holds it. `starts`,
+ * `first16` (65,537 entries) and `shifts` (32 - length) are int64 buffers, `parents`
+ * int32; the result is int64 (native byte order). An address outside 0..2**32-1 gets -1. */
+static int
+int_buffer(PyObject *obj, Py_buffer *view, Py_ssize_t itemsize, const char *what)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0) {
+        return -1;
+    }
+    if (view->len % itemsize != 0) {
+        PyErr_Format(PyExc_ValueError, "longest_prefix_v4: %s is not a buffer of %zd-byte"
+                     " integers", what, itemsize);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+longest_prefix_v4(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const char *names[5] = {"addrs", "starts", "first16", "shifts", "parents"};
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "longest_prefix_v4 takes 5 buffers");
+        return NULL;
+    }
+    Py_buffer views[5];
+    int got = 0;
+    PyObject *out = NULL;
+    for (; got < 5; got++) {
+        if (int_buffer(args[got], &views[got], got == 4 ? 4 : 8, names[got]) < 0) {
+            goto done;
+        }
+    }
+    Py_ssize_t n = views[0].len / 8, m = views[1].len / 8;
+    if (views[2].len / 8 != 65537 || views[3].len / 8 != m || views[4].len / 4 != m) {
+        PyErr_SetString(PyExc_ValueError, "longest_prefix_v4: first16 must have 65,537"
+                        " entries, shifts and parents one per start");
+        goto done;
+    }
+    const int64_t *addrs = views[0].buf, *starts = views[1].buf, *first16 = views[2].buf;
+    const int64_t *shifts = views[3].buf;
+    const int32_t *parents = views[4].buf;
+    out = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+    if (out == NULL) {
+        goto done;
+    }
+    int64_t *dst = (int64_t *)PyBytes_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t a = addrs[i], at = -1;
+        if (a >= 0 && a <= 0xFFFFFFFFLL) {
+            int64_t lo = first16[a >> 16], hi = first16[(a >> 16) + 1];
+            if (lo < 0 || hi > m || lo > hi) {
+                Py_CLEAR(out);
+                PyErr_SetString(PyExc_ValueError, "longest_prefix_v4: first16 out of range");
+                goto done;
+            }
+            while (lo < hi) {
+                int64_t mid = lo + (hi - lo) / 2;
+                if (starts[mid] <= a) {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            at = lo - 1;
+            /* Prefixes nest at most 33 deep: a longer walk means `parents` loops. */
+            for (int steps = 0; at >= 0; steps++) {
+                int64_t sh = shifts[at];
+                if (steps > 33 || sh < 0 || sh > 32 || parents[at] >= at) {
+                    at = -1;
+                    break;
+                }
+                if ((a >> sh) == (starts[at] >> sh)) {
+                    break;
+                }
+                at = parents[at];
+            }
+        }
+        dst[i] = at;
+    }
+done:
+    for (int k = 0; k < got; k++) {
+        PyBuffer_Release(&views[k]);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"longest_prefix_v4", (PyCFunction)(void (*)(void))longest_prefix_v4, METH_FASTCALL,
+     "longest_prefix_v4(addrs, starts, first16, shifts, parents) -> bytes\n\n"
+     "Per address (int64) the index of the longest prefix holding it, or -1 (int64):\n"
+     "a binary search inside the address's /16, then up the enclosing prefixes."},
     {"ipv4_values", (PyCFunction)ipv4_values, METH_O,
      "ipv4_values(values: list) -> bytes\n\n"
      "Per item an int64 (native byte order): the IPv4 address of a str (whitespace\n"
