@@ -1,7 +1,7 @@
 """What IP-metadata enrichment adds to a launcher run, measured paired inside one process.
 
 Usage: ``uv run python bench/bench_enrichment.py [--lines 300000] [--prefixes 1000000]
-[--keep DIR] [--rounds 2]``
+[--keep DIR] [--rounds 2] [--layout untar|plain] [--plain-runs 3]``
 
 ``bench_e2e.py`` measures enrichment as the difference of two launcher runs, one with and
 one without ``--ip-metadata``. On the shared development machine two runs of the same
