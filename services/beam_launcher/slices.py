@@ -23,6 +23,14 @@ How a file is cut (the same rule for plain and gzip files, local or ``gs://``):
 * Concatenated gzip members are read one after another (zero padding between members
   is skipped, as :mod:`gzip` does); the ISIZE trailer (size mod 2**32) is not used.
 
+A gzip file with an index (what ``services.untar`` writes, :mod:`services.common.gzindex`;
+the planner attaches it to the task, :func:`with_index`) is cut at its members instead:
+piece ``k`` of ``n`` is the members from the first one starting at or after ``k / n`` of
+the stored data (:func:`piece_members`) up to the next piece's, a stream seeks to its
+first member and numbers lines from the index's counts, and every member read is
+checked against the index (:class:`_Members`), so the lines and numbers are those of
+reading the file from its start.
+
 Errors: a slice raises when the bytes it reads are bad, after yielding the batches of
 the complete lines before that point. A gzip file truncated or corrupt at some point
 fails in every slice that reads past it, and always in the **last** slice (it reads to
