@@ -732,7 +732,7 @@ def main() -> int:
     parser.add_argument("--big", action="store_true", help="also 10,000,000 lines")
     parser.add_argument(
         "--layout",
-        choices=["untar", "plain"],
+        choices=sorted(LAYOUTS),
         default="untar",
         help="scan file as untar writes it (line-aligned gzip members with an index, the "
         "default) or as one plain gzip stream",

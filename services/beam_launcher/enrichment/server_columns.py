@@ -197,7 +197,7 @@ class ServerTables:
         array to a few in one small region), then up the enclosing prefixes. In C when
         the native module is built (``_hqfast.longest_prefix_v4``, the same steps per
         address: 1,550 addresses in ~20 us against ~110 us for these array passes)."""
-        module = native.load("_hqfast") if native.enabled() else None
+        module = _native_module()
         if module is not None:
             found = module.longest_prefix_v4(
                 np.ascontiguousarray(addrs, dtype=np.int64),
@@ -353,6 +353,12 @@ def _addresses(ips: list[Any]) -> np.ndarray:
     return np.array([_address(ip) for ip in ips], dtype=np.int64)
 
 
+def _native_module() -> Any:
+    """The native helpers (``_hqfast``), or None when not built or turned off
+    (``CP_NATIVE_PARSER=0``)."""
+    return native.load("_hqfast") if native.enabled() else None
+
+
 def native_addresses(ips: list[Any]) -> np.ndarray | None:
     """:func:`_addresses` by the C helper, or None when it is not built or turned off
     (``CP_NATIVE_PARSER=0``). Its -2 (a non-ASCII string) is decided by :func:`_address`.
@@ -361,9 +367,7 @@ def native_addresses(ips: list[Any]) -> np.ndarray | None:
     >>> got is None or got.tolist() == [134744072, 16909060, -1, -1]
     True
     """
-    if not native.enabled():
-        return None
-    module = native.load("_hqfast")
+    module = _native_module()
     if module is None:
         return None
     out = np.frombuffer(module.ipv4_values(ips), dtype=np.int64)
